@@ -1,0 +1,465 @@
+//! The daemon's TOML configuration: parsing, defaults and validation.
+//!
+//! Every key is documented in `docs/config.md`. Unknown keys are errors, and
+//! every error names the file, the line and the key at fault, because an
+//! operator on an air-gapped box has nothing else to go on.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/deepseek/deepseekd.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(rename = "model", default)]
+    pub models: Vec<ModelConfig>,
+}
+
+/// `[server]`: the Unix socket and who may use it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Path of the listening socket when systemd does not pass one.
+    pub socket: PathBuf,
+    /// Permission bits of a socket the daemon creates itself.
+    pub socket_mode: SocketMode,
+    /// Group owning a socket the daemon creates itself; `None` keeps the daemon's group.
+    pub socket_group: Option<String>,
+    /// Peers whose uid is listed here may use the API.
+    /// `None` means "the daemon's own uid".
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Peers whose primary gid belongs to one of these groups may use the API.
+    pub allowed_groups: Vec<String>,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: NonZeroUsize,
+    /// How long SIGTERM waits for in-flight requests before giving up.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/deepseek/deepseekd.sock"),
+            socket_mode: SocketMode(0o660),
+            socket_group: None,
+            allowed_uids: None,
+            allowed_groups: vec!["deepseek".to_owned()],
+            max_body_bytes: NonZeroUsize::new(64 * 1024 * 1024).expect("non-zero constant"),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[runtime]`: where ONNX Runtime and the CUDA libraries are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Absolute path of `libonnxruntime.so.1.31.x`.
+    pub library: PathBuf,
+    /// Directory holding the CUDA runtime, cuBLAS and friends, preloaded by path
+    /// so that the dynamic loader's search path does not matter.
+    #[serde(default)]
+    pub cuda_library_dir: Option<PathBuf>,
+    /// Directory holding the cuDNN 9 libraries, preloaded by path.
+    #[serde(default)]
+    pub cudnn_library_dir: Option<PathBuf>,
+}
+
+/// `[log]`: the daemon's own logs on stderr (journald collects them).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `info,ort=warn`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` lines for people reading `journalctl`.
+    Text,
+    /// One JSON object per line for log shippers.
+    Json,
+}
+
+/// One `[[model]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients use in `/v2/models/{name}`.
+    pub name: Spanned<ModelName>,
+    /// The `.onnx` file.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub device: Device,
+    /// CUDA device ordinal when `device = "cuda"`.
+    #[serde(default)]
+    pub device_id: u32,
+    /// Run on the CPU when the CUDA provider cannot be registered, instead of failing.
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+    /// Threads ONNX Runtime uses inside one operator; unset means its default
+    /// (one per physical core).
+    #[serde(default)]
+    pub intra_op_threads: Option<NonZeroUsize>,
+    /// Sessions in the pool, i.e. how many requests run at once.
+    #[serde(default = "one")]
+    pub sessions: NonZeroUsize,
+    /// Requests that may wait for a free session; more get 503.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+}
+
+fn one() -> NonZeroUsize {
+    NonZeroUsize::MIN
+}
+
+fn default_queue_depth() -> usize {
+    64
+}
+
+/// Where a model runs.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+/// A model name that is safe in a URL path segment and a log line.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(try_from = "String")]
+pub struct ModelName(String);
+
+impl ModelName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ModelName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !name.starts_with('.');
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "invalid model name {name:?}: expected 1 to 64 characters from [A-Za-z0-9._-], not starting with '.'"
+            ))
+        }
+    }
+}
+
+/// Socket permission bits, written in TOML as an octal integer (`0o660`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(try_from = "u32")]
+pub struct SocketMode(u32);
+
+impl SocketMode {
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for SocketMode {
+    type Error = String;
+
+    fn try_from(mode: u32) -> Result<Self, Self::Error> {
+        if mode & !0o777 != 0 {
+            return Err(format!(
+                "invalid socket mode {mode:#o}: expected permission bits only, at most 0o777"
+            ));
+        }
+        if mode & 0o600 != 0o600 {
+            return Err(format!(
+                "invalid socket mode {mode:#o}: the owner needs read and write (0o600)"
+            ));
+        }
+        Ok(Self(mode))
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Semantic {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// True when the file itself is missing or unreadable (as opposed to wrong).
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, ConfigError::Read { .. })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` is used in error messages only.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: relations between keys.
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let semantic = |key: &str, message: String| ConfigError::Semantic {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let mut paths = vec![
+            ("server.socket".to_owned(), &self.server.socket),
+            ("runtime.library".to_owned(), &self.runtime.library),
+        ];
+        paths.extend(
+            [
+                ("runtime.cuda_library_dir", &self.runtime.cuda_library_dir),
+                ("runtime.cudnn_library_dir", &self.runtime.cudnn_library_dir),
+            ]
+            .into_iter()
+            .filter_map(|(key, dir)| Some((key.to_owned(), dir.as_ref()?))),
+        );
+        paths.extend(
+            self.models
+                .iter()
+                .enumerate()
+                .map(|(index, model)| (format!("model[{index}].path"), &model.path)),
+        );
+        // Relative paths would depend on the working directory systemd happens
+        // to give the daemon; refuse them rather than guess.
+        if let Some((key, relative)) = paths.iter().find(|(_, path)| !path.is_absolute()) {
+            return Err(semantic(
+                key,
+                format!("expected an absolute path, got {:?}", relative.display()),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(semantic(
+                "log.level",
+                format!("invalid filter {:?}: {e}; expected e.g. \"info\" or \"info,ort=warn\"", self.log.level),
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(semantic(
+                "model",
+                "expected at least one [[model]] table".to_owned(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (index, model) in self.models.iter().enumerate() {
+            if !seen.insert(model.name.get_ref().as_str()) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line: line_of(text, model.name.span().start),
+                    key: format!("model[{index}].name"),
+                    message: format!(
+                        "duplicate model name {:?}: each [[model]] needs its own name",
+                        model.name.get_ref().as_str()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[runtime]
+library = "/opt/ort/libonnxruntime.so.1.31.1"
+
+[[model]]
+name = "demo"
+path = "/models/demo.onnx"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/deepseek/deepseekd.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = parse(MINIMAL).expect("minimal config parses");
+        assert_eq!(
+            config.server.socket,
+            PathBuf::from("/run/deepseek/deepseekd.sock")
+        );
+        assert_eq!(config.server.socket_mode.bits(), 0o660);
+        assert_eq!(config.server.allowed_groups, vec!["deepseek".to_owned()]);
+        assert_eq!(config.server.allowed_uids, None);
+        assert_eq!(config.server.max_body_bytes.get(), 64 * 1024 * 1024);
+        let model = &config.models[0];
+        assert_eq!(model.device, Device::Cpu);
+        assert_eq!(model.sessions.get(), 1);
+        assert_eq!(model.queue_depth, 64);
+        assert!(!model.allow_cpu_fallback);
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = format!("{MINIMAL}threads = 4\n");
+        let err = parse(&text).expect_err("unknown key rejected").to_string();
+        assert!(err.starts_with("/etc/deepseek/deepseekd.toml: "), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+        assert!(err.contains("unknown field `threads`"), "{err}");
+        assert!(err.contains("expected one of"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_expected_type() {
+        let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nsessions = \"two\"");
+        let err = parse(&text).expect_err("bad type rejected").to_string();
+        assert!(err.contains("line 8"), "{err}");
+        assert!(err.contains("sessions"), "{err}");
+        assert!(err.contains("invalid type: string \"two\""), "{err}");
+    }
+
+    #[test]
+    fn zero_sessions_rejected() {
+        let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nsessions = 0");
+        let err = parse(&text).expect_err("zero sessions rejected").to_string();
+        assert!(err.contains("nonzero"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+    }
+
+    #[test]
+    fn bad_device_lists_the_choices() {
+        let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\ndevice = \"gpu\"");
+        let err = parse(&text).expect_err("bad device rejected").to_string();
+        assert!(err.contains("unknown variant `gpu`, expected `cpu` or `cuda`"), "{err}");
+    }
+
+    #[test]
+    fn socket_mode_must_be_permission_bits_with_owner_rw() {
+        for (mode, expected) in [("0o4660", "at most 0o777"), ("0o060", "owner needs")] {
+            let text = format!("[server]\nsocket_mode = {mode}\n{MINIMAL}");
+            let err = parse(&text).expect_err("bad mode rejected").to_string();
+            assert!(err.contains(expected), "{mode}: {err}");
+            assert!(err.contains("line 2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_model_names_point_at_the_second() {
+        let text = format!("{MINIMAL}\n[[model]]\nname = \"demo\"\npath = \"/m.onnx\"\n");
+        let err = parse(&text).expect_err("duplicate rejected").to_string();
+        assert_eq!(
+            err,
+            "/etc/deepseek/deepseekd.toml:10: model[1].name: duplicate model name \"demo\": each [[model]] needs its own name"
+        );
+    }
+
+    #[test]
+    fn model_names_are_url_safe() {
+        let text = MINIMAL.replace("\"demo\"", "\"../etc\"");
+        let err = parse(&text).expect_err("bad name rejected").to_string();
+        assert!(err.contains("invalid model name \"../etc\""), "{err}");
+    }
+
+    #[test]
+    fn relative_library_path_rejected() {
+        let text = MINIMAL.replace("/opt/ort/", "");
+        let err = parse(&text).expect_err("relative path rejected").to_string();
+        assert!(err.contains("runtime.library: expected an absolute path"), "{err}");
+    }
+
+    #[test]
+    fn no_models_rejected() {
+        let err = parse("[runtime]\nlibrary = \"/x.so\"\n")
+            .expect_err("no models rejected")
+            .to_string();
+        assert!(err.contains("at least one [[model]]"), "{err}");
+    }
+
+    #[test]
+    fn missing_runtime_section_rejected() {
+        let err = parse("[[model]]\nname = \"a\"\npath = \"/a.onnx\"\n")
+            .expect_err("missing runtime rejected")
+            .to_string();
+        assert!(err.contains("missing field `runtime`"), "{err}");
+    }
+}

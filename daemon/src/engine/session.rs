@@ -1,0 +1,560 @@
+//! One loaded model: its ONNX Runtime sessions, the pool that hands them to
+//! requests, and the checks a request must pass before it reaches the runtime.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ort::environment::Environment;
+use ort::ep;
+use ort::session::Session;
+use ort::session::builder::SessionBuilder;
+use ort::value::{DynValue, Outlet};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::tensor::{DataType, TensorData};
+use crate::config::{Device, ModelConfig};
+
+/// The declared type of a model input or output.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// -1 where the dimension is dynamic.
+    pub shape: Vec<i64>,
+    /// The symbolic name of each dimension, empty where it has none.
+    #[serde(skip)]
+    pub dim_names: Vec<String>,
+}
+
+impl Serialize for DataType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// What the daemon knows about a loaded model, shown in its metadata.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// The device the configuration asked for.
+    pub requested_device: Device,
+    /// The device the model actually runs on.
+    pub device: Device,
+    /// Why the model runs on the CPU although CUDA was asked for.
+    pub cpu_fallback_reason: Option<String>,
+    pub sessions: usize,
+    pub queue_depth: usize,
+}
+
+/// A named tensor in a request or a response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model {model:?} (model[{index}].path): cannot read {path}: {source}")]
+    Unreadable {
+        model: String,
+        index: usize,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "model {model:?}: the CUDA execution provider could not be registered on device {device_id}: {reason}; \
+         set allow_cpu_fallback = true in its [[model]] table to run it on the CPU instead"
+    )]
+    Cuda {
+        model: String,
+        device_id: u32,
+        reason: String,
+    },
+    #[error("model {model:?}: ONNX Runtime cannot load {path}: {reason}")]
+    Session {
+        model: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("model {model:?}: {kind} {tensor:?} has type {found}, which the API cannot carry")]
+    UnsupportedType {
+        model: String,
+        kind: &'static str,
+        tensor: String,
+        found: String,
+    },
+    #[error("model {model:?}: the warm-up run failed: {reason}")]
+    WarmUp { model: String, reason: String },
+}
+
+/// Why one inference request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// The request does not fit the model (the client's fault).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Every session is busy and the queue is full.
+    #[error("model {0:?} is busy: its request queue is full, retry later")]
+    QueueFull(String),
+    /// ONNX Runtime failed; the detail is logged, not sent to the client.
+    #[error("inference failed")]
+    Runtime(String),
+}
+
+/// A loaded model and its pool of sessions.
+#[derive(Debug)]
+pub struct Model {
+    info: ModelInfo,
+    pool: Arc<Pool>,
+    /// Admits running plus queued requests; when none is left the model answers 503.
+    admission: Arc<Semaphore>,
+}
+
+/// Sessions not currently running, and one permit per idle session.
+///
+/// `Session::run` takes `&mut self`, so each session serves one request at a
+/// time; a permit from `free` guarantees `idle` holds a session.
+#[derive(Debug)]
+struct Pool {
+    idle: Mutex<Vec<Session>>,
+    free: Arc<Semaphore>,
+}
+
+impl Model {
+    /// Builds `sessions` ONNX Runtime sessions for the model and warms each up.
+    pub fn load(
+        environment: &Environment,
+        index: usize,
+        config: &ModelConfig,
+    ) -> Result<Self, LoadError> {
+        let name = config.name.get_ref().as_str().to_owned();
+        // Open the file ourselves first: ONNX Runtime's message for a missing
+        // or unreadable file does not say which key named it.
+        std::fs::File::open(&config.path).map_err(|source| LoadError::Unreadable {
+            model: name.clone(),
+            index,
+            path: config.path.clone(),
+            source,
+        })?;
+        let session_error = |e: ort::Error| LoadError::Session {
+            model: name.clone(),
+            path: config.path.clone(),
+            reason: e.to_string(),
+        };
+        let mut builder = Session::builder(environment).map_err(session_error)?;
+        if let Some(threads) = config.intra_op_threads {
+            builder = builder
+                .with_intra_threads(threads.get())
+                .map_err(|e| session_error(e.into()))?;
+        }
+        let (mut builder, device, cpu_fallback_reason) = match config.device {
+            Device::Cpu => (builder, Device::Cpu, None),
+            Device::Cuda => register_cuda(builder, &name, config)?,
+        };
+        let sessions = (0..config.sessions.get())
+            .map(|_| builder.commit_from_file(&config.path))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(session_error)?;
+        let first = &sessions[0];
+        let inputs = specs(&name, "input", first.inputs())?;
+        let outputs = specs(&name, "output", first.outputs())?;
+        let info = ModelInfo {
+            name,
+            path: config.path.clone(),
+            inputs,
+            outputs,
+            requested_device: config.device,
+            device,
+            cpu_fallback_reason,
+            sessions: sessions.len(),
+            queue_depth: config.queue_depth,
+        };
+        let mut sessions = sessions;
+        for session in &mut sessions {
+            warm_up(&info, session).map_err(|reason| LoadError::WarmUp {
+                model: info.name.clone(),
+                reason,
+            })?;
+        }
+        let permits = sessions.len();
+        Ok(Self {
+            admission: Arc::new(Semaphore::new(permits + config.queue_depth)),
+            pool: Arc::new(Pool {
+                idle: Mutex::new(sessions),
+                free: Arc::new(Semaphore::new(permits)),
+            }),
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Runs one request: waits for a free session (or fails at once with
+    /// [`InferError::QueueFull`]), runs it on a blocking thread, and returns
+    /// the `outputs` asked for (all of them when empty), in that order.
+    pub async fn infer(
+        &self,
+        inputs: Vec<NamedTensor>,
+        outputs: Vec<String>,
+    ) -> Result<Vec<NamedTensor>, InferError> {
+        validate(&self.info, &inputs, &outputs).map_err(InferError::BadRequest)?;
+        let admitted = Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| InferError::QueueFull(self.info.name.clone()))?;
+        let permit = Arc::clone(&self.pool.free)
+            .acquire_owned()
+            .await
+            .map_err(|_| InferError::Runtime("session pool closed".to_owned()))?;
+        let outputs = if outputs.is_empty() {
+            self.info.outputs.iter().map(|o| o.name.clone()).collect()
+        } else {
+            outputs
+        };
+        let pool = Arc::clone(&self.pool);
+        // The closure owns the permits and returns the session itself, so a
+        // client that disconnects mid-run cannot leak a session.
+        tokio::task::spawn_blocking(move || pool.run(permit, admitted, inputs, &outputs))
+            .await
+            .map_err(|e| InferError::Runtime(format!("inference task failed: {e}")))?
+    }
+}
+
+impl Pool {
+    fn run(
+        &self,
+        _permit: OwnedSemaphorePermit,
+        _admitted: OwnedSemaphorePermit,
+        inputs: Vec<NamedTensor>,
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, InferError> {
+        let mut session = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .ok_or_else(|| InferError::Runtime("no idle session despite a permit".to_owned()))?;
+        let result = run_session(&mut session, inputs, outputs);
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(session);
+        result
+    }
+}
+
+/// Registers the CUDA provider, or falls back to the CPU when allowed.
+fn register_cuda(
+    builder: SessionBuilder,
+    name: &str,
+    config: &ModelConfig,
+) -> Result<(SessionBuilder, Device, Option<String>), LoadError> {
+    let cuda = ep::CUDA::default()
+        .with_device_id(i32::try_from(config.device_id).unwrap_or(i32::MAX))
+        .build()
+        .error_on_failure();
+    match builder.with_execution_providers([cuda]) {
+        Ok(builder) => Ok((builder, Device::Cuda, None)),
+        Err(e) if config.allow_cpu_fallback => {
+            let reason = e.to_string();
+            tracing::warn!(
+                model = name,
+                reason = %reason,
+                "CUDA execution provider unavailable; running on the CPU because allow_cpu_fallback = true"
+            );
+            Ok((e.recover(), Device::Cpu, Some(reason)))
+        }
+        Err(e) => Err(LoadError::Cuda {
+            model: name.to_owned(),
+            device_id: config.device_id,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn specs(model: &str, kind: &'static str, outlets: &[Outlet]) -> Result<Vec<TensorSpec>, LoadError> {
+    outlets
+        .iter()
+        .map(|outlet| {
+            let (datatype, shape, dim_names) =
+                DataType::of_value_type(outlet.dtype()).ok_or_else(|| LoadError::UnsupportedType {
+                    model: model.to_owned(),
+                    kind,
+                    tensor: outlet.name().to_owned(),
+                    found: outlet.dtype().to_string(),
+                })?;
+            Ok(TensorSpec {
+                name: outlet.name().to_owned(),
+                datatype,
+                shape,
+                dim_names,
+            })
+        })
+        .collect()
+}
+
+/// Runs the model once on default-valued inputs (dynamic dimensions set to
+/// 1), so the first client request does not pay for lazy initialisation and a
+/// model that cannot run is refused at load.
+fn warm_up(info: &ModelInfo, session: &mut Session) -> Result<(), String> {
+    let inputs = info
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let len = shape.iter().product::<i64>();
+            NamedTensor {
+                name: spec.name.clone(),
+                data: TensorData::zeros(spec.datatype, usize::try_from(len).unwrap_or(0)),
+                shape,
+            }
+        })
+        .collect();
+    let outputs: Vec<String> = info.outputs.iter().map(|o| o.name.clone()).collect();
+    run_session(session, inputs, &outputs)
+        .map(drop)
+        .map_err(|e| match e {
+            InferError::BadRequest(m) | InferError::Runtime(m) => m,
+            InferError::QueueFull(m) => m,
+        })
+}
+
+fn run_session(
+    session: &mut Session,
+    inputs: Vec<NamedTensor>,
+    outputs: &[String],
+) -> Result<Vec<NamedTensor>, InferError> {
+    let values = inputs
+        .into_iter()
+        .map(|input| {
+            let value = input.data.into_value(input.shape).map_err(|e| {
+                InferError::BadRequest(format!("input {:?}: {e}", input.name))
+            })?;
+            Ok((input.name, value))
+        })
+        .collect::<Result<Vec<(String, DynValue)>, InferError>>()?;
+    let results = session.run(values).map_err(|e| match e.code() {
+        // The model rejected the values (e.g. shapes that do not broadcast):
+        // the client can fix that, so say what the runtime said.
+        ort::ErrorCode::InvalidArgument => {
+            InferError::BadRequest(format!("the model rejected the inputs: {e}"))
+        }
+        _ => InferError::Runtime(e.to_string()),
+    })?;
+    outputs
+        .iter()
+        .map(|name| {
+            let value = results
+                .get(name.as_str())
+                .ok_or_else(|| InferError::Runtime(format!("output {name:?} missing from the run")))?;
+            let (shape, data) = TensorData::from_value(value)
+                .map_err(|e| InferError::Runtime(format!("output {name:?}: {e}")))?;
+            Ok(NamedTensor {
+                name: name.clone(),
+                shape,
+                data,
+            })
+        })
+        .collect()
+}
+
+/// The request checks, separate from the pool so they are testable without
+/// ONNX Runtime.
+fn validate(info: &ModelInfo, inputs: &[NamedTensor], outputs: &[String]) -> Result<(), String> {
+    let mut given: HashMap<&str, &NamedTensor> = HashMap::with_capacity(inputs.len());
+    for input in inputs {
+        if given.insert(&input.name, input).is_some() {
+            return Err(format!("input {:?} is given more than once", input.name));
+        }
+        if !info.inputs.iter().any(|spec| spec.name == input.name) {
+            return Err(format!(
+                "model {:?} has no input {:?}; its inputs are {}",
+                info.name,
+                input.name,
+                names(&info.inputs)
+            ));
+        }
+    }
+    // Sizes seen so far for each named dynamic dimension (e.g. "batch").
+    let mut symbols: HashMap<&str, (i64, &str)> = HashMap::new();
+    for spec in &info.inputs {
+        let input = given.get(spec.name.as_str()).ok_or_else(|| {
+            format!(
+                "missing input {:?} ({} {}) for model {:?}",
+                spec.name,
+                spec.datatype,
+                shape_text(&spec.shape),
+                info.name
+            )
+        })?;
+        if input.data.datatype() != spec.datatype {
+            return Err(format!(
+                "input {:?}: expected datatype {}, got {}",
+                spec.name,
+                spec.datatype,
+                input.data.datatype()
+            ));
+        }
+        let fits = input.shape.len() == spec.shape.len()
+            && input
+                .shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(&got, &want)| got >= 0 && (want < 0 || got == want));
+        if !fits {
+            return Err(format!(
+                "input {:?}: expected shape {}, got {}",
+                spec.name,
+                shape_text(&spec.shape),
+                shape_text(&input.shape)
+            ));
+        }
+        for ((&got, &want), symbol) in input.shape.iter().zip(&spec.shape).zip(&spec.dim_names) {
+            if want >= 0 || symbol.is_empty() {
+                continue;
+            }
+            match symbols.get(symbol.as_str()) {
+                Some(&(size, other)) if size != got => {
+                    return Err(format!(
+                        "input {:?}: dimension {symbol:?} is {got}, but input {other:?} has {symbol:?} = {size}",
+                        spec.name
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    symbols.insert(symbol, (got, &spec.name));
+                }
+            }
+        }
+    }
+    for output in outputs {
+        if !info.outputs.iter().any(|spec| &spec.name == output) {
+            return Err(format!(
+                "model {:?} has no output {output:?}; its outputs are {}",
+                info.name,
+                names(&info.outputs)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("{:?}", s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `[-1, 4]` style, as the metadata shows shapes.
+pub fn shape_text(shape: &[i64]) -> String {
+    format!("{shape:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ModelInfo {
+        let spec = |name: &str, datatype, shape: &[i64], dims: &[&str]| TensorSpec {
+            name: name.to_owned(),
+            datatype,
+            shape: shape.to_vec(),
+            dim_names: dims.iter().map(|d| (*d).to_owned()).collect(),
+        };
+        ModelInfo {
+            name: "multi".to_owned(),
+            path: PathBuf::from("/m.onnx"),
+            inputs: vec![
+                spec("a", DataType::Fp32, &[-1, 3], &["batch", ""]),
+                spec("ids", DataType::Int64, &[-1], &["batch"]),
+            ],
+            outputs: vec![spec("sum", DataType::Fp32, &[-1, 3], &["batch", ""])],
+            requested_device: Device::Cpu,
+            device: Device::Cpu,
+            cpu_fallback_reason: None,
+            sessions: 1,
+            queue_depth: 1,
+        }
+    }
+
+    fn tensor(name: &str, shape: &[i64], data: TensorData) -> NamedTensor {
+        NamedTensor {
+            name: name.to_owned(),
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    fn good() -> Vec<NamedTensor> {
+        vec![
+            tensor("a", &[2, 3], TensorData::Fp32(vec![0.0; 6])),
+            tensor("ids", &[2], TensorData::Int64(vec![1, 2])),
+        ]
+    }
+
+    #[test]
+    fn accepts_a_matching_request() {
+        assert_eq!(validate(&info(), &good(), &["sum".to_owned()]), Ok(()));
+    }
+
+    #[test]
+    fn names_the_tensor_and_the_expected_shape() {
+        let mut inputs = good();
+        inputs[0] = tensor("a", &[2, 4], TensorData::Fp32(vec![0.0; 8]));
+        assert_eq!(
+            validate(&info(), &inputs, &[]),
+            Err("input \"a\": expected shape [-1, 3], got [2, 4]".to_owned())
+        );
+    }
+
+    #[test]
+    fn names_the_expected_datatype() {
+        let mut inputs = good();
+        inputs[1] = tensor("ids", &[2], TensorData::Int32(vec![1, 2]));
+        assert_eq!(
+            validate(&info(), &inputs, &[]),
+            Err("input \"ids\": expected datatype INT64, got INT32".to_owned())
+        );
+    }
+
+    #[test]
+    fn shared_dynamic_dimensions_must_agree() {
+        let mut inputs = good();
+        inputs[1] = tensor("ids", &[3], TensorData::Int64(vec![1, 2, 3]));
+        assert_eq!(
+            validate(&info(), &inputs, &[]),
+            Err("input \"ids\": dimension \"batch\" is 3, but input \"a\" has \"batch\" = 2".to_owned())
+        );
+    }
+
+    #[test]
+    fn missing_unknown_and_duplicate_inputs_are_named() {
+        let err = validate(&info(), &good()[..1], &[]).expect_err("missing");
+        assert_eq!(err, "missing input \"ids\" (INT64 [-1]) for model \"multi\"");
+        let mut inputs = good();
+        inputs.push(tensor("b", &[1], TensorData::Fp32(vec![0.0])));
+        let err = validate(&info(), &inputs, &[]).expect_err("unknown");
+        assert_eq!(err, "model \"multi\" has no input \"b\"; its inputs are \"a\", \"ids\"");
+        let mut inputs = good();
+        inputs.push(inputs[0].clone());
+        let err = validate(&info(), &inputs, &[]).expect_err("duplicate");
+        assert_eq!(err, "input \"a\" is given more than once");
+    }
+
+    #[test]
+    fn unknown_output_is_named() {
+        let err = validate(&info(), &good(), &["prob".to_owned()]).expect_err("unknown output");
+        assert_eq!(err, "model \"multi\" has no output \"prob\"; its outputs are \"sum\"");
+    }
+}

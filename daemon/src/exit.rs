@@ -1,0 +1,34 @@
+//! The daemon's exit codes, sysexits-style so that systemd units and scripts
+//! can tell a bad configuration from a missing runtime. Documented in
+//! `docs/exit-codes.md`; keep the two in step.
+
+use std::process::ExitCode;
+
+/// Why the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Clean shutdown, or `check-config` found nothing wrong.
+    Ok = 0,
+    /// SIGTERM's grace period ran out with requests still running.
+    ShutdownTimedOut = 1,
+    /// Bad command line (EX_USAGE).
+    Usage = 64,
+    /// A model file is not a loadable ONNX model, or its warm-up run failed (EX_DATAERR).
+    Model = 65,
+    /// The configuration file is missing or unreadable (EX_NOINPUT).
+    NoConfig = 66,
+    /// ONNX Runtime (or the CUDA provider a model requires) is missing, unloadable or the wrong version (EX_UNAVAILABLE).
+    Runtime = 69,
+    /// An internal error, such as failing to start the async runtime (EX_SOFTWARE).
+    Software = 70,
+    /// The listening socket could not be set up (EX_OSERR).
+    Socket = 71,
+    /// The configuration is invalid (EX_CONFIG).
+    Config = 78,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}

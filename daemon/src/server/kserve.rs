@@ -1,0 +1,447 @@
+//! The KServe v2 / Open Inference Protocol inference request and response,
+//! with the binary tensor data extension.
+//!
+//! JSON `data` may be flat or nested; it is decoded straight into typed
+//! vectors (no intermediate JSON tree), because large tensors in JSON are
+//! already slow enough.
+
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::engine::tensor::{Element, with_numeric_types};
+use crate::engine::{DataType, NamedTensor, TensorData};
+
+/// The header that carries the length of the JSON part of a binary request
+/// or response.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A decoded inference request.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<NamedTensor>,
+    /// Outputs asked for, in order (empty: all), each with whether it should
+    /// come back as binary data.
+    pub outputs: Vec<(String, bool)>,
+    /// `binary_data_output`: every output binary unless it says otherwise.
+    pub binary_by_default: bool,
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
+    #[serde(default)]
+    outputs: Vec<RawOutput>,
+}
+
+#[derive(Deserialize)]
+struct RawInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// Reads a boolean parameter; absent is `None`, any other type an error.
+fn bool_parameter(parameters: &Map<String, Value>, key: &str, owner: &str) -> Result<Option<bool>, String> {
+    match parameters.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(format!("{owner}: parameter {key:?} must be a boolean, got {other}")),
+    }
+}
+
+/// Decodes a request body. `json_length` is the value of
+/// `Inference-Header-Content-Length`, when the client sent binary data.
+pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRequest, String> {
+    let (json, mut binary) = match json_length {
+        Some(len) if len > body.len() => {
+            return Err(format!(
+                "Inference-Header-Content-Length is {len} but the body has only {} bytes",
+                body.len()
+            ));
+        }
+        Some(len) => body.split_at(len),
+        None => (body, &[][..]),
+    };
+    let raw: RawRequest<'_> = serde_json::from_slice(json).map_err(|e| format!("invalid request JSON: {e}"))?;
+    let binary_by_default =
+        bool_parameter(&raw.parameters, "binary_data_output", "request")?.unwrap_or(false);
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    for input in raw.inputs {
+        let owner = format!("input {:?}", input.name);
+        let datatype = DataType::from_name(&input.datatype).ok_or_else(|| {
+            format!(
+                "{owner}: unknown datatype {:?}; expected one of {}",
+                input.datatype,
+                DataType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let count = element_count(&input.shape).map_err(|e| format!("{owner}: {e}"))?;
+        let data = match (input.parameters.get("binary_data_size"), input.data) {
+            (Some(_), Some(_)) => {
+                return Err(format!("{owner}: has both \"data\" and binary_data_size; send one"));
+            }
+            (None, None) => return Err(format!("{owner}: has no \"data\" and no binary_data_size")),
+            (Some(size), None) => {
+                let size = size
+                    .as_u64()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .ok_or_else(|| format!("{owner}: binary_data_size must be a non-negative integer, got {size}"))?;
+                if size > binary.len() {
+                    return Err(format!(
+                        "{owner}: binary_data_size is {size} but only {} bytes of binary data remain",
+                        binary.len()
+                    ));
+                }
+                let (bytes, rest) = binary.split_at(size);
+                binary = rest;
+                TensorData::read_binary(datatype, bytes).map_err(|e| format!("{owner} ({datatype} binary data): {e}"))?
+            }
+            (None, Some(data)) => decode_json_data(datatype, data.get(), count)
+                .map_err(|e| format!("{owner} ({datatype} data): {e}"))?,
+        };
+        if data.len() != count {
+            return Err(format!(
+                "{owner}: shape {:?} needs {count} elements, the data has {}",
+                input.shape,
+                data.len()
+            ));
+        }
+        inputs.push(NamedTensor {
+            name: input.name,
+            shape: input.shape,
+            data,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(format!(
+            "{} bytes of binary data follow the last input that declared binary_data_size",
+            binary.len()
+        ));
+    }
+    let outputs = raw
+        .outputs
+        .into_iter()
+        .map(|output| {
+            let owner = format!("output {:?}", output.name);
+            let binary = bool_parameter(&output.parameters, "binary_data", &owner)?.unwrap_or(binary_by_default);
+            Ok((output.name, binary))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(InferRequest {
+        id: raw.id,
+        inputs,
+        outputs,
+        binary_by_default,
+    })
+}
+
+/// The number of elements a shape holds, refusing negative dimensions and overflow.
+fn element_count(shape: &[i64]) -> Result<usize, String> {
+    shape.iter().try_fold(1usize, |count, &dim| {
+        let dim = usize::try_from(dim).map_err(|_| format!("shape {shape:?} has a negative dimension"))?;
+        count
+            .checked_mul(dim)
+            .ok_or_else(|| format!("shape {shape:?} holds more elements than this machine can address"))
+    })
+}
+
+fn decode_json_data(datatype: DataType, json: &str, count: usize) -> Result<TensorData, String> {
+    macro_rules! decode {
+        ($($variant:ident: $ty:ty = $name:literal,)*) => {
+            match datatype {
+                $(DataType::$variant => flatten::<$ty>(json, count).map(TensorData::$variant),)*
+                DataType::Bytes => flatten::<String>(json, count).map(TensorData::Bytes),
+            }
+        };
+    }
+    with_numeric_types!(decode)
+}
+
+/// Parses flat or nested JSON arrays of scalars into one row-major vector.
+fn flatten<T: JsonScalar>(json: &str, count: usize) -> Result<Vec<T>, String> {
+    // Cap the up-front allocation: `count` comes from the client's shape.
+    let mut out = Vec::with_capacity(count.min(1 << 20));
+    let mut de = serde_json::Deserializer::from_str(json);
+    Flatten(&mut out).deserialize(&mut de).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// A JSON scalar that can become one tensor element.
+trait JsonScalar: Sized {
+    fn from_u64(v: u64) -> Option<Self>;
+    fn from_i64(v: i64) -> Option<Self>;
+    fn from_f64(v: f64) -> Option<Self>;
+    fn from_bool(v: bool) -> Option<Self>;
+    fn from_str(v: &str) -> Option<Self>;
+}
+
+impl<T: Element> JsonScalar for T {
+    fn from_u64(v: u64) -> Option<Self> {
+        Element::from_u64(v)
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        Element::from_i64(v)
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        Element::from_f64(v)
+    }
+    fn from_bool(v: bool) -> Option<Self> {
+        Element::from_bool(v)
+    }
+    fn from_str(v: &str) -> Option<Self> {
+        Element::from_special(v)
+    }
+}
+
+impl JsonScalar for String {
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_str(v: &str) -> Option<Self> {
+        Some(v.to_owned())
+    }
+}
+
+struct Flatten<'a, T>(&'a mut Vec<T>);
+
+impl<T: JsonScalar> Flatten<'_, T> {
+    fn push<E: serde::de::Error>(self, value: Option<T>, shown: impl fmt::Display) -> Result<(), E> {
+        match value {
+            Some(value) => {
+                self.0.push(value);
+                Ok(())
+            }
+            None => Err(E::custom(format_args!(
+                "element {}: {shown} is not a valid value of this datatype",
+                self.0.len()
+            ))),
+        }
+    }
+}
+
+impl<'de, T: JsonScalar> DeserializeSeed<'de> for Flatten<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, T: JsonScalar> Visitor<'de> for Flatten<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of scalars, possibly nested")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(T::from_u64(v), v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(T::from_i64(v), v)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(T::from_f64(v), v)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(T::from_bool(v), v)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.push(T::from_str(v), format_args!("{v:?}"))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Err(E::custom(format_args!("element {}: null is not a value", self.0.len())))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(A::Error::custom(format_args!(
+            "element {}: an object is not a value",
+            self.0.len()
+        )))
+    }
+}
+
+/// One output tensor of a response.
+#[derive(Serialize)]
+struct ResponseOutput<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a TensorData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+}
+
+#[derive(Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+#[derive(Serialize)]
+struct Response<'a> {
+    model_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<ResponseOutput<'a>>,
+}
+
+/// An encoded response body, and the JSON length to send in
+/// `Inference-Header-Content-Length` when binary data follows it.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub json_length: Option<usize>,
+}
+
+/// Encodes the outputs, each as JSON `data` or as binary data after the JSON
+/// according to `binary` (same order as `outputs`).
+pub fn encode_response(
+    model_name: &str,
+    id: Option<&str>,
+    outputs: &[NamedTensor],
+    binary: &[bool],
+) -> EncodedResponse {
+    let mut blobs = Vec::new();
+    let mut entries = Vec::with_capacity(outputs.len());
+    for (output, &as_binary) in outputs.iter().zip(binary) {
+        let (data, parameters) = if as_binary {
+            let start = blobs.len();
+            output.data.write_binary(&mut blobs);
+            (None, Some(BinaryParameters { binary_data_size: blobs.len() - start }))
+        } else {
+            (Some(&output.data), None)
+        };
+        entries.push(ResponseOutput {
+            name: &output.name,
+            datatype: output.data.datatype().name(),
+            shape: &output.shape,
+            data,
+            parameters,
+        });
+    }
+    let response = Response {
+        model_name,
+        id,
+        outputs: entries,
+    };
+    let mut body = serde_json::to_vec(&response).expect("response serializes: all keys are strings");
+    let json_length = (binary.iter().any(|&b| b)).then_some(body.len());
+    body.extend_from_slice(&blobs);
+    EncodedResponse { body, json_length }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<InferRequest, String> {
+        decode_request(json.as_bytes(), None)
+    }
+
+    #[test]
+    fn nested_and_flat_data_decode_alike() {
+        let nested = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,-4]]}]}"#)
+            .expect("nested decodes");
+        let flat = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3.5,-4]}]}"#)
+            .expect("flat decodes");
+        assert_eq!(nested.inputs, flat.inputs);
+        assert_eq!(flat.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.5, -4.0]));
+    }
+
+    #[test]
+    fn element_count_must_match_shape() {
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"INT64","data":[1,2,3,4,5]}]}"#)
+            .expect_err("short data");
+        assert_eq!(err, "input \"x\": shape [2, 3] needs 6 elements, the data has 5");
+    }
+
+    #[test]
+    fn out_of_range_and_wrong_kind_values_are_located() {
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"UINT8","data":[1,300]}]}"#)
+            .expect_err("300 is no u8");
+        assert!(err.starts_with("input \"x\" (UINT8 data): element 1: 300 is not a valid value"), "{err}");
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#)
+            .expect_err("string is no float");
+        assert!(err.contains("element 0: \"a\" is not a valid value"), "{err}");
+    }
+
+    #[test]
+    fn unknown_datatype_lists_the_valid_ones() {
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#)
+            .expect_err("FLOAT is not KServe");
+        assert!(err.starts_with("input \"x\": unknown datatype \"FLOAT\"; expected one of BOOL, UINT8"), "{err}");
+    }
+
+    #[test]
+    fn binary_inputs_are_cut_from_the_tail_in_order() {
+        let json = r#"{"inputs":[
+            {"name":"a","shape":[2],"datatype":"INT16","parameters":{"binary_data_size":4}},
+            {"name":"b","shape":[1],"datatype":"FP64","data":[0.5]},
+            {"name":"c","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":7}}]}"#;
+        let mut body = json.as_bytes().to_vec();
+        body.extend_from_slice(&[1, 0, 0xff, 0xff]);
+        body.extend_from_slice(&[3, 0, 0, 0, b'a', b'b', b'c']);
+        let request = decode_request(&body, Some(json.len())).expect("decodes");
+        assert_eq!(request.inputs[0].data, TensorData::Int16(vec![1, -1]));
+        assert_eq!(request.inputs[1].data, TensorData::Fp64(vec![0.5]));
+        assert_eq!(request.inputs[2].data, TensorData::Bytes(vec!["abc".into()]));
+        let err = decode_request(&body[..body.len() - 1], Some(json.len())).expect_err("short");
+        assert_eq!(err, "input \"c\": binary_data_size is 7 but only 6 bytes of binary data remain");
+    }
+
+    #[test]
+    fn response_puts_binary_outputs_after_the_json() {
+        let outputs = vec![
+            NamedTensor { name: "y".into(), shape: vec![2], data: TensorData::Fp32(vec![1.5, 2.0]) },
+            NamedTensor { name: "n".into(), shape: vec![1], data: TensorData::Int8(vec![-1]) },
+        ];
+        let encoded = encode_response("m", Some("r1"), &outputs, &[true, false]);
+        let json_length = encoded.json_length.expect("binary response");
+        let json: Value = serde_json::from_slice(&encoded.body[..json_length]).expect("json");
+        assert_eq!(json["id"], "r1");
+        assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(json["outputs"][1]["data"], serde_json::json!([-1]));
+        assert_eq!(&encoded.body[json_length..], &[0, 0, 0xc0, 0x3f, 0, 0, 0, 0x40]);
+    }
+}

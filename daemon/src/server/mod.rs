@@ -1,0 +1,87 @@
+//! Serving HTTP/1.1 on the Unix socket: the accept loop, per-connection
+//! peer credentials, and graceful shutdown.
+
+pub mod kserve;
+pub mod peer;
+pub mod routes;
+pub mod socket;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::UnixListener;
+use tower::ServiceExt;
+
+use peer::Peer;
+
+/// A client that has not sent its request headers after this long is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How serving ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every in-flight request finished.
+    Clean,
+    /// The grace period ran out with requests still running.
+    TimedOut,
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting and
+/// waits up to `grace` for in-flight requests to finish.
+pub async fn serve(
+    listener: UnixListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Drained {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read peer credentials; connection closed");
+                continue;
+            }
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting connections; finishing in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => Drained::Clean,
+        () = tokio::time::sleep(grace) => Drained::TimedOut,
+    }
+}

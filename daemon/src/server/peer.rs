@@ -1,0 +1,194 @@
+//! Who is on the other end of a connection, as the kernel reports it, and
+//! whether the configured allow-list admits them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::os::fd::AsFd;
+
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::unistd::{Gid, Group, Uid};
+
+use crate::config::ServerConfig;
+
+/// The credentials of a connected client, read once when it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    /// Supplementary groups (`SO_PEERGROUPS`), so that membership added with
+    /// `usermod -aG deepseek` counts, not only the primary group.
+    pub groups: Vec<u32>,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "uid={} gid={} pid={}", self.uid, self.gid, self.pid)
+    }
+}
+
+impl Peer {
+    /// Reads `SO_PEERCRED` and `SO_PEERGROUPS` from a connected Unix socket.
+    /// These are the credentials the client had when it called `connect`, so
+    /// a client cannot change them afterwards.
+    pub fn of(socket: &impl AsFd) -> std::io::Result<Self> {
+        let cred = getsockopt(socket, sockopt::PeerCredentials)?;
+        let groups = peer_groups(socket)?;
+        Ok(Self {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+            groups,
+        })
+    }
+}
+
+/// Reads the supplementary groups of a Unix socket's peer.
+#[expect(
+    unsafe_code,
+    reason = "nix has no wrapper for SO_PEERGROUPS; getsockopt is called directly"
+)]
+fn peer_groups(socket: &impl AsFd) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    // NGROUPS_MAX on Linux is 65536; start small and grow on ERANGE.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * size_of::<libc::gid_t>())
+            .map_err(|_| std::io::Error::other("too many peer groups"))?;
+        // SAFETY: `groups` is a live, writable buffer of exactly `len` bytes;
+        // the kernel writes at most `len` bytes into it and stores the size
+        // it needs (or used) in `len`. The fd is borrowed for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() {
+            groups.resize(needed, 0);
+        } else {
+            return Err(error);
+        }
+    }
+}
+
+/// The uids and gids allowed to use the API, resolved once at startup.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    uids: BTreeSet<u32>,
+    gids: BTreeSet<u32>,
+}
+
+/// A group named in the configuration does not exist on this system.
+#[derive(Debug, thiserror::Error)]
+#[error("server.{key}: group {group:?} does not exist on this system{hint}")]
+pub struct UnknownGroup {
+    pub key: &'static str,
+    pub group: String,
+    hint: &'static str,
+}
+
+impl UnknownGroup {
+    fn new(key: &'static str, group: &str) -> Self {
+        let hint = if group == "deepseek" {
+            " (create it with `groupadd --system deepseek`, or set the key explicitly)"
+        } else {
+            ""
+        };
+        Self {
+            key,
+            group: group.to_owned(),
+            hint,
+        }
+    }
+}
+
+/// Looks a group up by name.
+pub fn resolve_group(key: &'static str, name: &str) -> Result<Gid, UnknownGroup> {
+    match Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid),
+        _ => Err(UnknownGroup::new(key, name)),
+    }
+}
+
+impl AccessPolicy {
+    /// Builds the policy from `[server]`: `allowed_uids` (default: the
+    /// daemon's own uid) and the gids of `allowed_groups`.
+    pub fn from_config(config: &ServerConfig) -> Result<Self, UnknownGroup> {
+        let uids = match &config.allowed_uids {
+            Some(uids) => uids.iter().copied().collect(),
+            None => BTreeSet::from([Uid::current().as_raw()]),
+        };
+        let gids = config
+            .allowed_groups
+            .iter()
+            .map(|name| resolve_group("allowed_groups", name).map(Gid::as_raw))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { uids, gids })
+    }
+
+    /// A peer is admitted when its uid is listed, or its primary or any
+    /// supplementary group is.
+    pub fn admits(&self, peer: &Peer) -> bool {
+        self.uids.contains(&peer.uid)
+            || self.gids.contains(&peer.gid)
+            || peer.groups.iter().any(|g| self.gids.contains(g))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(uids: &[u32], gids: &[u32]) -> AccessPolicy {
+        AccessPolicy {
+            uids: uids.iter().copied().collect(),
+            gids: gids.iter().copied().collect(),
+        }
+    }
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
+            uid,
+            gid,
+            pid: 1,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn admits_by_uid_primary_gid_or_supplementary_group() {
+        let policy = policy(&[1000], &[500]);
+        assert!(policy.admits(&peer(1000, 1000, &[])));
+        assert!(policy.admits(&peer(1001, 500, &[])));
+        assert!(policy.admits(&peer(1001, 1001, &[20, 500])));
+        assert!(!policy.admits(&peer(1001, 1001, &[20])));
+    }
+
+    #[test]
+    fn reads_own_credentials_from_a_socket_pair() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let peer = Peer::of(&a).expect("peer credentials");
+        assert_eq!(peer.uid, Uid::current().as_raw());
+        assert_eq!(peer.pid, i32::try_from(std::process::id()).expect("pid fits"));
+        assert_eq!(peer.gid, Gid::current().as_raw());
+    }
+
+    #[test]
+    fn unknown_group_is_named_with_a_hint() {
+        let err = resolve_group("allowed_groups", "no-such-group-xyz").expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "server.allowed_groups: group \"no-such-group-xyz\" does not exist on this system"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The HTTP API: KServe v2 health, metadata and inference endpoints, the
+//! peer allow-list in front of them, and JSON errors.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+
+use super::kserve::{self, HEADER_LENGTH};
+use super::peer::{AccessPolicy, Peer};
+use crate::engine::{Engine, InferError, Model};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// Set once every model is loaded; until then the daemon is live but not ready.
+    pub engine: OnceLock<Engine>,
+    /// The configured model names, known before loading finishes.
+    pub model_names: Vec<String>,
+    pub access: AccessPolicy,
+    pub max_body_bytes: usize,
+    /// Set on SIGTERM: readiness turns false while in-flight requests finish.
+    pub draining: AtomicBool,
+}
+
+/// An error answered as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Builds the router with the allow-list and access log in front.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .with_state(state)
+}
+
+/// Refuses peers outside the allow-list (403) and logs every request without
+/// its content: method, path, status, peer and latency.
+async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let Some(peer) = request.extensions().get::<Peer>().cloned() else {
+        tracing::error!(%method, %path, "request without peer credentials refused");
+        return ApiError::new(StatusCode::FORBIDDEN, "peer credentials unavailable").into_response();
+    };
+    if !state.access.admits(&peer) {
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            pid = peer.pid,
+            %method,
+            %path,
+            "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused"
+        );
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("uid {} gid {} is not allowed to use this socket", peer.uid, peer.gid),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    tracing::info!(
+        uid = peer.uid,
+        pid = peer.pid,
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros(),
+        "request"
+    );
+    response
+}
+
+async fn live() -> Response {
+    axum::Json(json!({ "live": true })).into_response()
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.engine.get().is_some() && !state.draining.load(Ordering::Relaxed);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({
+        "name": "deepseekd",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+        "onnxruntime_version": state.engine.get().map(Engine::runtime_version),
+    }))
+    .into_response()
+}
+
+/// Finds a model: 404 when none is configured under `name`, 503 while the
+/// configured models are still loading.
+fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, ApiError> {
+    if let Some(model) = state.engine.get().and_then(|engine| engine.model(name)) {
+        return Ok(model);
+    }
+    if state.model_names.iter().any(|n| n == name) {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model {name:?} is not ready: models are still loading"),
+        ))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown model {name:?}; GET /v2/models/<name> for one of: {}", state.model_names.join(", ")),
+        ))
+    }
+}
+
+async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let info = find_model(&state, &name)?.info();
+    Ok(axum::Json(json!({
+        "name": info.name,
+        "versions": [],
+        "platform": "onnxruntime_onnx",
+        "inputs": info.inputs,
+        "outputs": info.outputs,
+        "parameters": {
+            "path": info.path,
+            "device": info.device.to_string(),
+            "requested_device": info.requested_device.to_string(),
+            "cpu_fallback": info.cpu_fallback_reason.is_some(),
+            "cpu_fallback_reason": info.cpu_fallback_reason,
+            "sessions": info.sessions,
+            "queue_depth": info.queue_depth,
+        },
+    }))
+    .into_response())
+}
+
+async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    find_model(&state, &name)?;
+    Ok(axum::Json(json!({ "name": name, "ready": true })).into_response())
+}
+
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = find_model(&state, &name)?;
+    let bytes = read_body(body, &headers, state.max_body_bytes).await?;
+    let json_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{HEADER_LENGTH} must be a non-negative integer, got {value:?}"),
+                    )
+                })?,
+        ),
+    };
+    let request =
+        kserve::decode_request(&bytes, json_length).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    drop(bytes);
+    let (names, binary): (Vec<String>, Vec<bool>) = if request.outputs.is_empty() {
+        let info = model.info();
+        (
+            info.outputs.iter().map(|o| o.name.clone()).collect(),
+            vec![request.binary_by_default; info.outputs.len()],
+        )
+    } else {
+        request.outputs.into_iter().unzip()
+    };
+    let outputs = model.infer(request.inputs, names).await.map_err(|e| match e {
+        InferError::BadRequest(message) => ApiError::new(StatusCode::BAD_REQUEST, message),
+        InferError::QueueFull(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        InferError::Runtime(detail) => {
+            tracing::error!(model = %name, error = %detail, "inference failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference failed; the daemon's log has the details",
+            )
+        }
+    })?;
+    let encoded = kserve::encode_response(&name, request.id.as_deref(), &outputs, &binary);
+    let mut response = Response::new(Body::from(encoded.body));
+    let response_headers = response.headers_mut();
+    match encoded.json_length {
+        Some(length) => {
+            response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            response_headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(response)
+}
+
+/// Reads the whole body, refusing (413) anything over `limit` bytes, early
+/// when `Content-Length` already says so.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {limit} bytes (server.max_body_bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no endpoint {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}", uri.path()),
+    )
+}
