@@ -6,17 +6,26 @@ use clap::{Parser, Subcommand};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
+/// Shown after `--help`; the same table is in docs/exit-codes.md.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   stopped cleanly, or check-config found the configuration valid
+  1   SIGTERM's grace period ended with requests still running
+  64  bad command line
+  65  a model file cannot be loaded by ONNX Runtime or failed its warm-up run
+  66  the configuration file is missing or unreadable
+  69  ONNX Runtime, or the CUDA provider a model needs, is missing or the wrong version
+  70  internal error
+  71  the listening socket could not be set up
+  78  invalid configuration";
+
 /// Serve ONNX models over a Unix socket (KServe v2 / Open Inference Protocol).
 ///
 /// deepseekd listens only on a Unix socket: the one systemd passes
 /// (socket activation) or `server.socket` from the configuration. Clients
 /// are admitted by their kernel-reported uid and groups.
-///
-/// Exit codes: 0 ok, 1 shutdown grace period exceeded, 64 usage, 65 model
-/// unloadable, 66 configuration unreadable, 69 ONNX Runtime unavailable,
-/// 70 internal error, 71 socket error, 78 invalid configuration.
 #[derive(Debug, Parser)]
-#[command(name = "deepseekd", version, about, long_about)]
+#[command(name = "deepseekd", version, about, long_about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Configuration file (TOML; every key is documented in docs/config.md).
     #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_CONFIG_PATH, global = true)]

@@ -228,9 +228,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {}{source}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
     Parse {
         path: PathBuf,
+        /// The dotted key being read, empty for syntax errors.
+        key: String,
         source: Box<toml::de::Error>,
     },
     #[error("{path}:{line}: {key}: {message}")]
@@ -267,9 +269,18 @@ impl Config {
 
     /// Parses and validates `text`; `path` is used in error messages only.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let parse_error = |key: String, source| ConfigError::Parse {
             path: path.to_owned(),
+            key,
             source: Box::new(source),
+        };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), e))?;
+        // serde_path_to_error tracks the key being read (`model[1].sessions`),
+        // which toml's own message only shows as a source excerpt.
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            parse_error(if key == "." { String::new() } else { key }, e.into_inner())
         })?;
         config.validate(path, text)?;
         Ok(config)
@@ -311,7 +322,10 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(semantic(
                 "log.level",
-                format!("invalid filter {:?}: {e}; expected e.g. \"info\" or \"info,ort=warn\"", self.log.level),
+                format!(
+                    "invalid filter {:?}: {e}; expected e.g. \"info\" or \"info,ort=warn\"",
+                    self.log.level
+                ),
             ));
         }
         if self.models.is_empty() {
@@ -393,24 +407,36 @@ path = "/models/demo.onnx"
     fn wrong_type_names_the_expected_type() {
         let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nsessions = \"two\"");
         let err = parse(&text).expect_err("bad type rejected").to_string();
-        assert!(err.contains("line 8"), "{err}");
-        assert!(err.contains("sessions"), "{err}");
+        assert!(
+            err.starts_with(
+                "/etc/deepseek/deepseekd.toml: model[0].sessions: TOML parse error at line 7"
+            ),
+            "{err}"
+        );
         assert!(err.contains("invalid type: string \"two\""), "{err}");
     }
 
     #[test]
     fn zero_sessions_rejected() {
         let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nsessions = 0");
-        let err = parse(&text).expect_err("zero sessions rejected").to_string();
-        assert!(err.contains("nonzero"), "{err}");
-        assert!(err.contains("line 8"), "{err}");
+        let err = parse(&text)
+            .expect_err("zero sessions rejected")
+            .to_string();
+        assert!(err.contains("expected a nonzero usize"), "{err}");
+        assert!(
+            err.contains("model[0].sessions: TOML parse error at line 7"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_device_lists_the_choices() {
         let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\ndevice = \"gpu\"");
         let err = parse(&text).expect_err("bad device rejected").to_string();
-        assert!(err.contains("unknown variant `gpu`, expected `cpu` or `cuda`"), "{err}");
+        assert!(
+            err.contains("unknown variant `gpu`, expected `cpu` or `cuda`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -443,8 +469,13 @@ path = "/models/demo.onnx"
     #[test]
     fn relative_library_path_rejected() {
         let text = MINIMAL.replace("/opt/ort/", "");
-        let err = parse(&text).expect_err("relative path rejected").to_string();
-        assert!(err.contains("runtime.library: expected an absolute path"), "{err}");
+        let err = parse(&text)
+            .expect_err("relative path rejected")
+            .to_string();
+        assert!(
+            err.contains("runtime.library: expected an absolute path"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -57,7 +57,11 @@ fn report(error: &dyn std::fmt::Display) {
 fn load_config(path: &std::path::Path) -> Result<Config, Exit> {
     Config::load(path).map_err(|e| {
         report(&e);
-        if e.is_unreadable() { Exit::NoConfig } else { Exit::Config }
+        if e.is_unreadable() {
+            Exit::NoConfig
+        } else {
+            Exit::Config
+        }
     })
 }
 
@@ -71,11 +75,11 @@ fn check_config(path: &std::path::Path) -> Exit {
         report(&e);
         return Exit::Config;
     }
-    if let Some(group) = &config.server.socket_group {
-        if let Err(e) = server::peer::resolve_group("socket_group", group) {
-            report(&e);
-            return Exit::Config;
-        }
+    if let Some(group) = &config.server.socket_group
+        && let Err(e) = server::peer::resolve_group("socket_group", group)
+    {
+        report(&e);
+        return Exit::Config;
     }
     let mut files = vec![("runtime.library".to_owned(), config.runtime.library.clone())];
     files.extend(
@@ -95,7 +99,11 @@ fn check_config(path: &std::path::Path) -> Exit {
             return Exit::Config;
         }
     }
-    println!("{}: configuration is valid ({} models)", path.display(), config.models.len());
+    println!(
+        "{}: configuration is valid ({} models)",
+        path.display(),
+        config.models.len()
+    );
     Exit::Ok
 }
 
@@ -124,7 +132,10 @@ fn serve(path: &std::path::Path) -> Exit {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -134,10 +145,10 @@ fn serve(path: &std::path::Path) -> Exit {
     let exit = runtime.block_on(run(config, access, listener, &origin));
     // A model load still running in a blocking thread must not hold up exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if let Origin::Created(path) = origin {
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove the socket file");
-        }
+    if let Origin::Created(path) = origin
+        && let Err(e) = std::fs::remove_file(&path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the socket file");
     }
     tracing::info!(code = exit as u8, "exiting");
     exit
@@ -158,7 +169,11 @@ async fn run(
     };
     let state = Arc::new(AppState {
         engine: std::sync::OnceLock::new(),
-        model_names: config.models.iter().map(|m| m.name.get_ref().as_str().to_owned()).collect(),
+        model_names: config
+            .models
+            .iter()
+            .map(|m| m.name.get_ref().as_str().to_owned())
+            .collect(),
         access,
         max_body_bytes: config.server.max_body_bytes.get(),
         draining: AtomicBool::new(false),
@@ -178,7 +193,10 @@ async fn run(
         match load_engine(&config) {
             Ok(engine) => {
                 let _ = loader_state.engine.set(engine);
-                tracing::info!(elapsed_ms = started.elapsed().as_millis(), "all models loaded; ready");
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis(),
+                    "all models loaded; ready"
+                );
             }
             Err(exit) => {
                 let _ = failed_tx.send(exit);
@@ -193,13 +211,21 @@ async fn run(
             Ok(code) = failed_rx => exit = code,
         }
     };
-    let drained = server::serve(listener, server::routes::router(Arc::clone(&state)), async {
-        stop.await;
-        state.draining.store(true, Ordering::Relaxed);
-    }, grace)
+    let drained = server::serve(
+        listener,
+        server::routes::router(Arc::clone(&state)),
+        async {
+            stop.await;
+            state.draining.store(true, Ordering::Relaxed);
+        },
+        grace,
+    )
     .await;
     if drained == server::Drained::TimedOut {
-        tracing::error!(grace_secs = grace.as_secs(), "requests still running when the grace period ended");
+        tracing::error!(
+            grace_secs = grace.as_secs(),
+            "requests still running when the grace period ended"
+        );
         if exit == Exit::Ok {
             exit = Exit::ShutdownTimedOut;
         }
@@ -226,7 +252,10 @@ fn load_engine(config: &Config) -> Result<Engine, Exit> {
 
 /// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C), naming which.
 async fn shutdown_signal() -> &'static str {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };

@@ -16,11 +16,15 @@ pub const REQUIRED_VERSION_PREFIX: &str = "1.31.";
 /// Why ONNX Runtime could not be brought up.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("ONNX Runtime library {path} (runtime.library) does not exist; run packaging/fetch-onnxruntime.sh or fix the path")]
+    #[error(
+        "ONNX Runtime library {path} (runtime.library) does not exist; run packaging/fetch-onnxruntime.sh or fix the path"
+    )]
     Missing { path: PathBuf },
     #[error("cannot load ONNX Runtime library {path} (runtime.library): {reason}")]
     Load { path: PathBuf, reason: String },
-    #[error("ONNX Runtime library {path} (runtime.library) is version {found}, expected {REQUIRED_VERSION_PREFIX}x")]
+    #[error(
+        "ONNX Runtime library {path} (runtime.library) is version {found}, expected {REQUIRED_VERSION_PREFIX}x"
+    )]
     Version { path: PathBuf, found: String },
     #[error("cannot preload CUDA libraries from {dir} ({key}): {reason}")]
     CudaPreload {
@@ -66,7 +70,11 @@ pub fn init(config: &RuntimeConfig) -> Result<(Environment, String), RuntimeErro
 fn preload_cuda(config: &RuntimeConfig) -> Result<(), RuntimeError> {
     let dirs = [
         ("runtime.cuda_library_dir", &config.cuda_library_dir, true),
-        ("runtime.cudnn_library_dir", &config.cudnn_library_dir, false),
+        (
+            "runtime.cudnn_library_dir",
+            &config.cudnn_library_dir,
+            false,
+        ),
     ];
     for (key, dir, is_cuda) in dirs {
         let Some(dir) = dir else { continue };
@@ -108,13 +116,15 @@ fn library_version(path: &Path) -> Result<String, RuntimeError> {
     // SAFETY: loading a shared library runs its initialisers. The path is the
     // operator-configured ONNX Runtime library, which is exactly the code this
     // process exists to run; `ort` loads the same file right after.
-    let library = unsafe { libloading::Library::new(path) }.map_err(|e| load_error(e.to_string()))?;
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|e| load_error(e.to_string()))?;
     // SAFETY: `OrtGetApiBase` has had the signature `const OrtApiBase* (void)`
     // in every ONNX Runtime release; the type below matches it.
-    let get_api_base = unsafe {
-        library.get::<unsafe extern "C" fn() -> *const OrtApiBase>(b"OrtGetApiBase\0")
-    }
-    .map_err(|_| load_error("it does not export OrtGetApiBase; is it ONNX Runtime?".to_owned()))?;
+    let get_api_base =
+        unsafe { library.get::<unsafe extern "C" fn() -> *const OrtApiBase>(b"OrtGetApiBase\0") }
+            .map_err(|_| {
+            load_error("it does not export OrtGetApiBase; is it ONNX Runtime?".to_owned())
+        })?;
     // SAFETY: the function takes no arguments and returns a pointer to a
     // static struct owned by the library, which stays loaded for this scope.
     let base = unsafe { get_api_base() };

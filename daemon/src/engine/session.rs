@@ -281,16 +281,22 @@ fn register_cuda(
     }
 }
 
-fn specs(model: &str, kind: &'static str, outlets: &[Outlet]) -> Result<Vec<TensorSpec>, LoadError> {
+fn specs(
+    model: &str,
+    kind: &'static str,
+    outlets: &[Outlet],
+) -> Result<Vec<TensorSpec>, LoadError> {
     outlets
         .iter()
         .map(|outlet| {
             let (datatype, shape, dim_names) =
-                DataType::of_value_type(outlet.dtype()).ok_or_else(|| LoadError::UnsupportedType {
-                    model: model.to_owned(),
-                    kind,
-                    tensor: outlet.name().to_owned(),
-                    found: outlet.dtype().to_string(),
+                DataType::of_value_type(outlet.dtype()).ok_or_else(|| {
+                    LoadError::UnsupportedType {
+                        model: model.to_owned(),
+                        kind,
+                        tensor: outlet.name().to_owned(),
+                        found: outlet.dtype().to_string(),
+                    }
                 })?;
             Ok(TensorSpec {
                 name: outlet.name().to_owned(),
@@ -310,7 +316,11 @@ fn warm_up(info: &ModelInfo, session: &mut Session) -> Result<(), String> {
         .inputs
         .iter()
         .map(|spec| {
-            let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+            let shape: Vec<i64> = spec
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { 1 } else { d })
+                .collect();
             let len = shape.iter().product::<i64>();
             NamedTensor {
                 name: spec.name.clone(),
@@ -336,9 +346,10 @@ fn run_session(
     let values = inputs
         .into_iter()
         .map(|input| {
-            let value = input.data.into_value(input.shape).map_err(|e| {
-                InferError::BadRequest(format!("input {:?}: {e}", input.name))
-            })?;
+            let value = input
+                .data
+                .into_value(input.shape)
+                .map_err(|e| InferError::BadRequest(format!("input {:?}: {e}", input.name)))?;
             Ok((input.name, value))
         })
         .collect::<Result<Vec<(String, DynValue)>, InferError>>()?;
@@ -353,9 +364,9 @@ fn run_session(
     outputs
         .iter()
         .map(|name| {
-            let value = results
-                .get(name.as_str())
-                .ok_or_else(|| InferError::Runtime(format!("output {name:?} missing from the run")))?;
+            let value = results.get(name.as_str()).ok_or_else(|| {
+                InferError::Runtime(format!("output {name:?} missing from the run"))
+            })?;
             let (shape, data) = TensorData::from_value(value)
                 .map_err(|e| InferError::Runtime(format!("output {name:?}: {e}")))?;
             Ok(NamedTensor {
@@ -534,18 +545,27 @@ mod tests {
         inputs[1] = tensor("ids", &[3], TensorData::Int64(vec![1, 2, 3]));
         assert_eq!(
             validate(&info(), &inputs, &[]),
-            Err("input \"ids\": dimension \"batch\" is 3, but input \"a\" has \"batch\" = 2".to_owned())
+            Err(
+                "input \"ids\": dimension \"batch\" is 3, but input \"a\" has \"batch\" = 2"
+                    .to_owned()
+            )
         );
     }
 
     #[test]
     fn missing_unknown_and_duplicate_inputs_are_named() {
         let err = validate(&info(), &good()[..1], &[]).expect_err("missing");
-        assert_eq!(err, "missing input \"ids\" (INT64 [-1]) for model \"multi\"");
+        assert_eq!(
+            err,
+            "missing input \"ids\" (INT64 [-1]) for model \"multi\""
+        );
         let mut inputs = good();
         inputs.push(tensor("b", &[1], TensorData::Fp32(vec![0.0])));
         let err = validate(&info(), &inputs, &[]).expect_err("unknown");
-        assert_eq!(err, "model \"multi\" has no input \"b\"; its inputs are \"a\", \"ids\"");
+        assert_eq!(
+            err,
+            "model \"multi\" has no input \"b\"; its inputs are \"a\", \"ids\""
+        );
         let mut inputs = good();
         inputs.push(inputs[0].clone());
         let err = validate(&info(), &inputs, &[]).expect_err("duplicate");
@@ -555,6 +575,9 @@ mod tests {
     #[test]
     fn unknown_output_is_named() {
         let err = validate(&info(), &good(), &["prob".to_owned()]).expect_err("unknown output");
-        assert_eq!(err, "model \"multi\" has no output \"prob\"; its outputs are \"sum\"");
+        assert_eq!(
+            err,
+            "model \"multi\" has no output \"prob\"; its outputs are \"sum\""
+        );
     }
 }

@@ -8,8 +8,8 @@
 use std::fmt;
 
 use half::{bf16, f16};
-use ort::value::{IntoTensorElementType, PrimitiveTensorElementType};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::value::{IntoTensorElementType, PrimitiveTensorElementType};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 /// A numeric element type the API and ONNX Runtime share.
@@ -362,7 +362,7 @@ impl fmt::Display for DataType {
 }
 
 fn read_fixed<T: Element>(bytes: &[u8]) -> Result<Vec<T>, String> {
-    if bytes.len() % T::SIZE != 0 {
+    if !bytes.len().is_multiple_of(T::SIZE) {
         return Err(format!(
             "{} bytes is not a whole number of {}-byte elements",
             bytes.len(),
@@ -451,7 +451,10 @@ mod tests {
         let json = serde_json::to_string(&data).expect("serializes");
         assert_eq!(json, r#"[1.1,"NaN","-Infinity"]"#);
         let data = TensorData::Uint64(vec![u64::MAX]);
-        assert_eq!(serde_json::to_string(&data).expect("serializes"), "[18446744073709551615]");
+        assert_eq!(
+            serde_json::to_string(&data).expect("serializes"),
+            "[18446744073709551615]"
+        );
     }
 
     #[test]

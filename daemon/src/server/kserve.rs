@@ -62,11 +62,17 @@ struct RawOutput {
 }
 
 /// Reads a boolean parameter; absent is `None`, any other type an error.
-fn bool_parameter(parameters: &Map<String, Value>, key: &str, owner: &str) -> Result<Option<bool>, String> {
+fn bool_parameter(
+    parameters: &Map<String, Value>,
+    key: &str,
+    owner: &str,
+) -> Result<Option<bool>, String> {
     match parameters.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(format!("{owner}: parameter {key:?} must be a boolean, got {other}")),
+        Some(other) => Err(format!(
+            "{owner}: parameter {key:?} must be a boolean, got {other}"
+        )),
     }
 }
 
@@ -83,7 +89,8 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRe
         Some(len) => body.split_at(len),
         None => (body, &[][..]),
     };
-    let raw: RawRequest<'_> = serde_json::from_slice(json).map_err(|e| format!("invalid request JSON: {e}"))?;
+    let raw: RawRequest<'_> =
+        serde_json::from_slice(json).map_err(|e| format!("invalid request JSON: {e}"))?;
     let binary_by_default =
         bool_parameter(&raw.parameters, "binary_data_output", "request")?.unwrap_or(false);
     let mut inputs = Vec::with_capacity(raw.inputs.len());
@@ -93,20 +100,32 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRe
             format!(
                 "{owner}: unknown datatype {:?}; expected one of {}",
                 input.datatype,
-                DataType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+                DataType::ALL
+                    .iter()
+                    .map(|d| d.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
         let count = element_count(&input.shape).map_err(|e| format!("{owner}: {e}"))?;
         let data = match (input.parameters.get("binary_data_size"), input.data) {
             (Some(_), Some(_)) => {
-                return Err(format!("{owner}: has both \"data\" and binary_data_size; send one"));
+                return Err(format!(
+                    "{owner}: has both \"data\" and binary_data_size; send one"
+                ));
             }
-            (None, None) => return Err(format!("{owner}: has no \"data\" and no binary_data_size")),
+            (None, None) => {
+                return Err(format!("{owner}: has no \"data\" and no binary_data_size"));
+            }
             (Some(size), None) => {
                 let size = size
                     .as_u64()
                     .and_then(|s| usize::try_from(s).ok())
-                    .ok_or_else(|| format!("{owner}: binary_data_size must be a non-negative integer, got {size}"))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "{owner}: binary_data_size must be a non-negative integer, got {size}"
+                        )
+                    })?;
                 if size > binary.len() {
                     return Err(format!(
                         "{owner}: binary_data_size is {size} but only {} bytes of binary data remain",
@@ -115,7 +134,8 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRe
                 }
                 let (bytes, rest) = binary.split_at(size);
                 binary = rest;
-                TensorData::read_binary(datatype, bytes).map_err(|e| format!("{owner} ({datatype} binary data): {e}"))?
+                TensorData::read_binary(datatype, bytes)
+                    .map_err(|e| format!("{owner} ({datatype} binary data): {e}"))?
             }
             (None, Some(data)) => decode_json_data(datatype, data.get(), count)
                 .map_err(|e| format!("{owner} ({datatype} data): {e}"))?,
@@ -144,7 +164,8 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRe
         .into_iter()
         .map(|output| {
             let owner = format!("output {:?}", output.name);
-            let binary = bool_parameter(&output.parameters, "binary_data", &owner)?.unwrap_or(binary_by_default);
+            let binary = bool_parameter(&output.parameters, "binary_data", &owner)?
+                .unwrap_or(binary_by_default);
             Ok((output.name, binary))
         })
         .collect::<Result<_, String>>()?;
@@ -159,10 +180,11 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRe
 /// The number of elements a shape holds, refusing negative dimensions and overflow.
 fn element_count(shape: &[i64]) -> Result<usize, String> {
     shape.iter().try_fold(1usize, |count, &dim| {
-        let dim = usize::try_from(dim).map_err(|_| format!("shape {shape:?} has a negative dimension"))?;
-        count
-            .checked_mul(dim)
-            .ok_or_else(|| format!("shape {shape:?} holds more elements than this machine can address"))
+        let dim = usize::try_from(dim)
+            .map_err(|_| format!("shape {shape:?} has a negative dimension"))?;
+        count.checked_mul(dim).ok_or_else(|| {
+            format!("shape {shape:?} holds more elements than this machine can address")
+        })
     })
 }
 
@@ -183,7 +205,9 @@ fn flatten<T: JsonScalar>(json: &str, count: usize) -> Result<Vec<T>, String> {
     // Cap the up-front allocation: `count` comes from the client's shape.
     let mut out = Vec::with_capacity(count.min(1 << 20));
     let mut de = serde_json::Deserializer::from_str(json);
-    Flatten(&mut out).deserialize(&mut de).map_err(|e| e.to_string())?;
+    Flatten(&mut out)
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -235,7 +259,11 @@ impl JsonScalar for String {
 struct Flatten<'a, T>(&'a mut Vec<T>);
 
 impl<T: JsonScalar> Flatten<'_, T> {
-    fn push<E: serde::de::Error>(self, value: Option<T>, shown: impl fmt::Display) -> Result<(), E> {
+    fn push<E: serde::de::Error>(
+        self,
+        value: Option<T>,
+        shown: impl fmt::Display,
+    ) -> Result<(), E> {
         match value {
             Some(value) => {
                 self.0.push(value);
@@ -290,7 +318,10 @@ impl<'de, T: JsonScalar> Visitor<'de> for Flatten<'_, T> {
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        Err(E::custom(format_args!("element {}: null is not a value", self.0.len())))
+        Err(E::custom(format_args!(
+            "element {}: null is not a value",
+            self.0.len()
+        )))
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
@@ -348,7 +379,12 @@ pub fn encode_response(
         let (data, parameters) = if as_binary {
             let start = blobs.len();
             output.data.write_binary(&mut blobs);
-            (None, Some(BinaryParameters { binary_data_size: blobs.len() - start }))
+            (
+                None,
+                Some(BinaryParameters {
+                    binary_data_size: blobs.len() - start,
+                }),
+            )
         } else {
             (Some(&output.data), None)
         };
@@ -365,7 +401,8 @@ pub fn encode_response(
         id,
         outputs: entries,
     };
-    let mut body = serde_json::to_vec(&response).expect("response serializes: all keys are strings");
+    let mut body =
+        serde_json::to_vec(&response).expect("response serializes: all keys are strings");
     let json_length = (binary.iter().any(|&b| b)).then_some(body.len());
     body.extend_from_slice(&blobs);
     EncodedResponse { body, json_length }
@@ -381,36 +418,58 @@ mod tests {
 
     #[test]
     fn nested_and_flat_data_decode_alike() {
-        let nested = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,-4]]}]}"#)
-            .expect("nested decodes");
-        let flat = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3.5,-4]}]}"#)
-            .expect("flat decodes");
+        let nested = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,-4]]}]}"#,
+        )
+        .expect("nested decodes");
+        let flat = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3.5,-4]}]}"#,
+        )
+        .expect("flat decodes");
         assert_eq!(nested.inputs, flat.inputs);
-        assert_eq!(flat.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.5, -4.0]));
+        assert_eq!(
+            flat.inputs[0].data,
+            TensorData::Fp32(vec![1.0, 2.0, 3.5, -4.0])
+        );
     }
 
     #[test]
     fn element_count_must_match_shape() {
-        let err = decode(r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"INT64","data":[1,2,3,4,5]}]}"#)
-            .expect_err("short data");
-        assert_eq!(err, "input \"x\": shape [2, 3] needs 6 elements, the data has 5");
+        let err = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"INT64","data":[1,2,3,4,5]}]}"#,
+        )
+        .expect_err("short data");
+        assert_eq!(
+            err,
+            "input \"x\": shape [2, 3] needs 6 elements, the data has 5"
+        );
     }
 
     #[test]
     fn out_of_range_and_wrong_kind_values_are_located() {
-        let err = decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"UINT8","data":[1,300]}]}"#)
-            .expect_err("300 is no u8");
-        assert!(err.starts_with("input \"x\" (UINT8 data): element 1: 300 is not a valid value"), "{err}");
+        let err =
+            decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"UINT8","data":[1,300]}]}"#)
+                .expect_err("300 is no u8");
+        assert!(
+            err.starts_with("input \"x\" (UINT8 data): element 1: 300 is not a valid value"),
+            "{err}"
+        );
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#)
             .expect_err("string is no float");
-        assert!(err.contains("element 0: \"a\" is not a valid value"), "{err}");
+        assert!(
+            err.contains("element 0: \"a\" is not a valid value"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_datatype_lists_the_valid_ones() {
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#)
             .expect_err("FLOAT is not KServe");
-        assert!(err.starts_with("input \"x\": unknown datatype \"FLOAT\"; expected one of BOOL, UINT8"), "{err}");
+        assert!(
+            err.starts_with("input \"x\": unknown datatype \"FLOAT\"; expected one of BOOL, UINT8"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -425,16 +484,30 @@ mod tests {
         let request = decode_request(&body, Some(json.len())).expect("decodes");
         assert_eq!(request.inputs[0].data, TensorData::Int16(vec![1, -1]));
         assert_eq!(request.inputs[1].data, TensorData::Fp64(vec![0.5]));
-        assert_eq!(request.inputs[2].data, TensorData::Bytes(vec!["abc".into()]));
+        assert_eq!(
+            request.inputs[2].data,
+            TensorData::Bytes(vec!["abc".into()])
+        );
         let err = decode_request(&body[..body.len() - 1], Some(json.len())).expect_err("short");
-        assert_eq!(err, "input \"c\": binary_data_size is 7 but only 6 bytes of binary data remain");
+        assert_eq!(
+            err,
+            "input \"c\": binary_data_size is 7 but only 6 bytes of binary data remain"
+        );
     }
 
     #[test]
     fn response_puts_binary_outputs_after_the_json() {
         let outputs = vec![
-            NamedTensor { name: "y".into(), shape: vec![2], data: TensorData::Fp32(vec![1.5, 2.0]) },
-            NamedTensor { name: "n".into(), shape: vec![1], data: TensorData::Int8(vec![-1]) },
+            NamedTensor {
+                name: "y".into(),
+                shape: vec![2],
+                data: TensorData::Fp32(vec![1.5, 2.0]),
+            },
+            NamedTensor {
+                name: "n".into(),
+                shape: vec![1],
+                data: TensorData::Int8(vec![-1]),
+            },
         ];
         let encoded = encode_response("m", Some("r1"), &outputs, &[true, false]);
         let json_length = encoded.json_length.expect("binary response");
@@ -442,6 +515,9 @@ mod tests {
         assert_eq!(json["id"], "r1");
         assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert_eq!(json["outputs"][1]["data"], serde_json::json!([-1]));
-        assert_eq!(&encoded.body[json_length..], &[0, 0, 0xc0, 0x3f, 0, 0, 0, 0x40]);
+        assert_eq!(
+            &encoded.body[json_length..],
+            &[0, 0, 0xc0, 0x3f, 0, 0, 0, 0x40]
+        );
     }
 }

@@ -179,7 +179,10 @@ mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
         let peer = Peer::of(&a).expect("peer credentials");
         assert_eq!(peer.uid, Uid::current().as_raw());
-        assert_eq!(peer.pid, i32::try_from(std::process::id()).expect("pid fits"));
+        assert_eq!(
+            peer.pid,
+            i32::try_from(std::process::id()).expect("pid fits")
+        );
         assert_eq!(peer.gid, Gid::current().as_raw());
     }
 

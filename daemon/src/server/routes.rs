@@ -77,7 +77,8 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
     let path = request.uri().path().to_owned();
     let Some(peer) = request.extensions().get::<Peer>().cloned() else {
         tracing::error!(%method, %path, "request without peer credentials refused");
-        return ApiError::new(StatusCode::FORBIDDEN, "peer credentials unavailable").into_response();
+        return ApiError::new(StatusCode::FORBIDDEN, "peer credentials unavailable")
+            .into_response();
     };
     if !state.access.admits(&peer) {
         tracing::warn!(
@@ -90,7 +91,10 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         );
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("uid {} gid {} is not allowed to use this socket", peer.uid, peer.gid),
+            format!(
+                "uid {} gid {} is not allowed to use this socket",
+                peer.uid, peer.gid
+            ),
         )
         .into_response();
     }
@@ -145,12 +149,18 @@ fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, Api
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("unknown model {name:?}; GET /v2/models/<name> for one of: {}", state.model_names.join(", ")),
+            format!(
+                "unknown model {name:?}; GET /v2/models/<name> for one of: {}",
+                state.model_names.join(", ")
+            ),
         ))
     }
 }
 
-async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let info = find_model(&state, &name)?.info();
     Ok(axum::Json(json!({
         "name": info.name,
@@ -171,7 +181,10 @@ async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<Str
     .into_response())
 }
 
-async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn model_ready(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     find_model(&state, &name)?;
     Ok(axum::Json(json!({ "name": name, "ready": true })).into_response())
 }
@@ -199,8 +212,8 @@ async fn infer(
                 })?,
         ),
     };
-    let request =
-        kserve::decode_request(&bytes, json_length).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let request = kserve::decode_request(&bytes, json_length)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     drop(bytes);
     let (names, binary): (Vec<String>, Vec<bool>) = if request.outputs.is_empty() {
         let info = model.info();
@@ -211,27 +224,38 @@ async fn infer(
     } else {
         request.outputs.into_iter().unzip()
     };
-    let outputs = model.infer(request.inputs, names).await.map_err(|e| match e {
-        InferError::BadRequest(message) => ApiError::new(StatusCode::BAD_REQUEST, message),
-        InferError::QueueFull(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        InferError::Runtime(detail) => {
-            tracing::error!(model = %name, error = %detail, "inference failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "inference failed; the daemon's log has the details",
-            )
-        }
-    })?;
+    let outputs = model
+        .infer(request.inputs, names)
+        .await
+        .map_err(|e| match e {
+            InferError::BadRequest(message) => ApiError::new(StatusCode::BAD_REQUEST, message),
+            InferError::QueueFull(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            InferError::Runtime(detail) => {
+                tracing::error!(model = %name, error = %detail, "inference failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "inference failed; the daemon's log has the details",
+                )
+            }
+        })?;
     let encoded = kserve::encode_response(&name, request.id.as_deref(), &outputs, &binary);
     let mut response = Response::new(Body::from(encoded.body));
     let response_headers = response.headers_mut();
     match encoded.json_length {
         Some(length) => {
-            response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             response_headers.insert(HEADER_LENGTH, HeaderValue::from(length));
         }
         None => {
-            response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     Ok(response)
@@ -239,7 +263,11 @@ async fn infer(
 
 /// Reads the whole body, refusing (413) anything over `limit` bytes, early
 /// when `Content-Length` already says so.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -264,7 +292,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<byte
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no endpoint {method} {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {method} {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -171,7 +171,13 @@ mod tests {
         let config = config(dir.path());
         std::fs::write(&config.socket, b"precious").expect("write");
         let err = open(&config).expect_err("file kept").to_string();
-        assert!(err.ends_with("exists and is not a socket; refusing to remove it"), "{err}");
-        assert_eq!(std::fs::read(&config.socket).expect("still there"), b"precious");
+        assert!(
+            err.ends_with("exists and is not a socket; refusing to remove it"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&config.socket).expect("still there"),
+            b"precious"
+        );
     }
 }

@@ -1,0 +1,73 @@
+# The two commands of the README, and their helpers.
+#
+#   make run    fetch ONNX Runtime (CPU), build release, serve the bundled demo
+#               model on ./run/deepseekd.sock in the foreground
+#   make test   fetch what the tests need, then fmt, clippy and every test
+#   make bench  the socket-overhead benchmark (BENCHMARKS.md)
+
+SHELL := /bin/bash
+ORT_DIR := $(CURDIR)/.ort/cpu
+ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
+RUN_DIR := $(CURDIR)/run
+SOCKET := $(RUN_DIR)/deepseekd.sock
+
+.PHONY: run test bench ort deps check-config clean
+
+# ONNX Runtime's CPU library, from the pinned PyPI wheel.
+ort: $(ORT_LIB)
+$(ORT_LIB):
+	packaging/fetch-onnxruntime.sh cpu $(ORT_DIR)
+
+# Debian packages the tests use: curl for the README example,
+# systemd-socket-activate for the socket-activation test. Installed only
+# when missing, so a developer's machine is not touched needlessly.
+deps:
+	@missing=""; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(RUN_DIR)/deepseekd.toml: Makefile
+	mkdir -p $(RUN_DIR)
+	printf '%s\n' \
+		'# Written by `make run`: the demo model on a socket in ./run.' \
+		'[server]' \
+		'socket = "$(SOCKET)"' \
+		'socket_mode = 0o600' \
+		'allowed_groups = []' \
+		'' \
+		'[runtime]' \
+		'library = "$(ORT_LIB)"' \
+		'' \
+		'[[model]]' \
+		'name = "demo"' \
+		'path = "$(CURDIR)/fixtures/models/demo.onnx"' > $@
+
+run: ort $(RUN_DIR)/deepseekd.toml
+	cargo build --release --bin deepseekd
+	@echo
+	@echo "deepseekd is starting on $(SOCKET) with the demo model (y = 2x + 1)."
+	@echo "In another terminal:"
+	@echo
+	@echo "  curl --unix-socket $(SOCKET) http://localhost/v2/models/demo/infer \\"
+	@echo "    -d '{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}'"
+	@echo
+	@echo "Expected: y = [3,5,7,9] and row_sum = [24]. Stop with Ctrl-C."
+	@echo
+	exec target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
+
+test: ort deps
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
+
+bench: ort
+	cargo run --release -p deepseek-bench -- --library $(ORT_LIB)
+
+clean:
+	rm -rf $(RUN_DIR)
+	cargo clean

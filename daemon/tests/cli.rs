@@ -1,0 +1,149 @@
+//! The command line of the real `deepseekd` binary: help, version, and
+//! `check-config` with its exit codes and messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn deepseekd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deepseekd"))
+        .args(args)
+        .output()
+        .expect("run deepseekd")
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+fn check_config(text: &str) -> (Option<i32>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("deepseekd.toml");
+    std::fs::write(&path, text).expect("write config");
+    let output = deepseekd(&["check-config", "--config", path.to_str().expect("utf8")]);
+    (output.status.code(), self::text(&output), dir)
+}
+
+/// A config whose files exist: this test binary stands in for the library
+/// and the model, since check-config only checks that they are readable.
+fn valid_config() -> String {
+    let file = std::env::current_exe().expect("current exe");
+    format!(
+        "[server]\nallowed_groups = []\n\n[runtime]\nlibrary = \"{0}\"\n\n[[model]]\nname = \"demo\"\npath = \"{0}\"\n",
+        file.display()
+    )
+}
+
+#[test]
+fn help_documents_commands_options_and_exit_codes() {
+    let output = deepseekd(&["--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = text(&output);
+    for needle in [
+        "check-config",
+        "--config",
+        "/etc/deepseek/deepseekd.toml",
+        "78  invalid configuration",
+        "69  ONNX Runtime",
+        "Unix socket",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let output = deepseekd(&["--version"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        text(&output).trim(),
+        format!("deepseekd {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_arguments_exit_64() {
+    let output = deepseekd(&["--no-such-flag"]);
+    assert_eq!(output.status.code(), Some(64), "{}", text(&output));
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let (code, out, dir) = check_config(&valid_config());
+    assert_eq!(code, Some(0), "{out}");
+    let path = dir.path().join("deepseekd.toml");
+    assert_eq!(
+        out.trim(),
+        format!("{}: configuration is valid (1 models)", path.display())
+    );
+}
+
+#[test]
+fn check_config_names_file_line_and_key_and_exits_78() {
+    let (code, out, dir) = check_config(&format!("{}intra_threads = 4\n", valid_config()));
+    assert_eq!(code, Some(78), "{out}");
+    let path = dir.path().join("deepseekd.toml");
+    assert!(
+        out.starts_with(&format!(
+            "deepseekd: error: {}: model[0].intra_threads: TOML parse error at line 10",
+            path.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("unknown field `intra_threads`, expected one of `name`, `path`, `device`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_reports_malformed_toml() {
+    let (code, out, _dir) = check_config("[server\nsocket = 1\n");
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("TOML parse error at line 1"), "{out}");
+}
+
+#[test]
+fn check_config_reports_missing_files_by_key() {
+    let config = valid_config().replacen("path = \"", "path = \"/nonexistent", 1);
+    let (code, out, _dir) = check_config(&config);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(
+        out.contains("model[0].path: cannot read /nonexistent"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_reports_unknown_groups() {
+    let config = valid_config().replace(
+        "allowed_groups = []",
+        "allowed_groups = [\"no-such-group-42\"]",
+    );
+    let (code, out, _dir) = check_config(&config);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(
+        out.contains(
+            "server.allowed_groups: group \"no-such-group-42\" does not exist on this system"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_config_file_exits_66() {
+    let output = deepseekd(&["check-config", "--config", "/nonexistent/deepseekd.toml"]);
+    assert_eq!(output.status.code(), Some(66));
+    assert_eq!(
+        text(&output).trim(),
+        "deepseekd: error: cannot read configuration file /nonexistent/deepseekd.toml: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn shipped_example_config_parses() {
+    // packaging/deepseekd.toml references paths of an installed system; its
+    // keys and values must still parse.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deepseekd.toml");
+    let text = std::fs::read_to_string(&example).expect("example config");
+    deepseekd::config::Config::parse(&example, &text).expect("example config is valid");
+}

@@ -1,0 +1,396 @@
+//! Test harness: starts the real `deepseekd` binary on a temporary socket
+//! with a generated configuration, and talks HTTP/1.1 to it over that socket.
+//!
+//! Nothing here is mocked: the daemon loads the real ONNX Runtime library
+//! (`.ort/cpu`, fetched by `make test`) and the committed fixture models.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The workspace root, where `fixtures/` and `.ort/` live.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// A committed fixture model.
+pub fn model(name: &str) -> PathBuf {
+    workspace().join("fixtures/models").join(name)
+}
+
+/// The ONNX Runtime library the tests load: `$DEEPSEEK_TEST_ORT_LIBRARY`, or
+/// the one `make test` fetches into `.ort/cpu`.
+pub fn ort_library() -> PathBuf {
+    let path = std::env::var_os("DEEPSEEK_TEST_ORT_LIBRARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".ort/cpu/libonnxruntime.so.1.31.1"));
+    assert!(
+        path.exists(),
+        "ONNX Runtime library {} is missing: run `make test`, or `packaging/fetch-onnxruntime.sh cpu .ort/cpu`",
+        path.display()
+    );
+    path
+}
+
+/// A binary built from this workspace, found next to the test executable
+/// (`target/<profile>/deps/..`), so custom target directories work.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// Whether this process may create users' connections and read other
+/// processes' /proc entries: the peer tests need root.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A `[[model]]` table for the configuration.
+pub fn model_table(name: &str, file: &str, extra: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n",
+        model(file).display()
+    )
+}
+
+/// A running daemon; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub stderr: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes a configuration with `server_extra` in `[server]`, the test
+    /// ONNX Runtime library and `models` (from [`model_table`]), starts the
+    /// daemon and waits until it reports ready.
+    pub fn start(server_extra: &str, models: &str) -> Self {
+        let daemon = Self::spawn(server_extra, models);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Like [`Daemon::start`] but returns at once, ready or not.
+    pub fn spawn(server_extra: &str, models: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Traversable by other uids, so the peer test reaches the socket
+        // and the allow-list, not the directory permissions, decides.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let socket = dir.path().join("deepseekd.sock");
+        let config = dir.path().join("deepseekd.toml");
+        let text = format!(
+            "[server]\nsocket = \"{}\"\nallowed_groups = []\n{server_extra}\n\n[runtime]\nlibrary = \"{}\"\n\n{models}",
+            socket.display(),
+            ort_library().display()
+        );
+        fs::write(&config, text).expect("write config");
+        Self::spawn_with_config(dir, socket, config, &[])
+    }
+
+    /// Starts the daemon on an existing configuration, with extra arguments
+    /// placed before `--config`.
+    pub fn spawn_with_config(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        config: PathBuf,
+        wrapper: &[&str],
+    ) -> Self {
+        let stderr = dir.path().join("stderr.log");
+        let log = fs::File::create(&stderr).expect("log file");
+        let daemon = binary("deepseekd");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&daemon);
+                c
+            }
+            None => Command::new(&daemon),
+        };
+        let child = command
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn deepseekd");
+        Self {
+            dir,
+            socket,
+            config,
+            stderr,
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("daemon running");
+        i32::try_from(child.id()).expect("pid fits")
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        fs::File::open(&self.stderr)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .expect("read daemon log");
+        text
+    }
+
+    /// Polls `/v2/health/ready` for up to 30 s. Runs its own runtime on a
+    /// separate thread, so both sync and async tests can call it.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let socket = self.socket.clone();
+        let ready = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            while Instant::now() < deadline {
+                if runtime
+                    .block_on(get(&socket, "/v2/health/ready"))
+                    .is_ok_and(|response| response.status == 200)
+                {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+        .join()
+        .expect("readiness poller");
+        assert!(
+            ready,
+            "deepseekd not ready after 30 s; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("kill");
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("daemon running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deepseekd did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the daemon binary to completion (for commands and startup failures)
+/// and returns its exit code and stderr.
+pub fn run_daemon(args: &[&str], timeout: Duration) -> (i32, String) {
+    let mut child = Command::new(binary("deepseekd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn deepseekd");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("deepseekd {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout),
+    )
+}
+
+/// An HTTP response read from the socket.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The body as JSON (the whole body, or the JSON part of a binary response).
+    pub fn json(&self) -> Value {
+        let end = self.json_length().unwrap_or(self.body.len());
+        serde_json::from_slice(&self.body[..end]).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// `Inference-Header-Content-Length`, when the response carries binary data.
+    pub fn json_length(&self) -> Option<usize> {
+        self.headers
+            .get("inference-header-content-length")
+            .map(|v| v.to_str().expect("ascii").parse().expect("number"))
+    }
+
+    /// The binary data after the JSON part.
+    pub fn binary(&self) -> &[u8] {
+        &self.body[self.json_length().expect("binary response")..]
+    }
+
+    /// The `error` message of an error response.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .expect("error is a string")
+            .to_owned()
+    }
+}
+
+/// Sends one request over a fresh connection to the Unix socket.
+pub async fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> std::io::Result<Response> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    let request = builder.body(Full::new(Bytes::from(body))).expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub async fn get(socket: &Path, path: &str) -> std::io::Result<Response> {
+    request(socket, "GET", path, &[], Vec::new()).await
+}
+
+/// POSTs a JSON document.
+pub async fn post_json(socket: &Path, path: &str, body: &Value) -> Response {
+    request(
+        socket,
+        "POST",
+        path,
+        &[("content-type", "application/json".to_owned())],
+        serde_json::to_vec(body).expect("json"),
+    )
+    .await
+    .expect("request")
+}
+
+/// POSTs a KServe binary request: `json` followed by `binary`.
+pub async fn post_binary(socket: &Path, path: &str, json: &Value, binary: &[u8]) -> Response {
+    let mut body = serde_json::to_vec(json).expect("json");
+    let json_length = body.len();
+    body.extend_from_slice(binary);
+    request(
+        socket,
+        "POST",
+        path,
+        &[
+            ("content-type", "application/octet-stream".to_owned()),
+            ("inference-header-content-length", json_length.to_string()),
+        ],
+        body,
+    )
+    .await
+    .expect("request")
+}
+
+/// The inodes of the sockets a process holds open (`/proc/PID/fd`).
+pub fn socket_inodes(pid: i32) -> Vec<u64> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read fds")
+        .filter_map(|entry| {
+            let target = fs::read_link(entry.ok()?.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The socket inodes listed in one of `/proc/PID/net/{tcp,tcp6,udp,udp6}`.
+pub fn inet_inodes(pid: i32, table: &str) -> Vec<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).expect("read net table");
+    text.lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(9)?.parse().ok())
+        .collect()
+}
