@@ -65,8 +65,10 @@ test: ort deps
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
 
+# BENCH_ARGS="--seconds 5" for longer measurements.
 bench: ort
-	cargo run --release -p deepseek-bench -- --library $(ORT_LIB)
+	cargo build --release --bin deepseekd
+	cargo bench -p deepseek-tests --bench socket_overhead -- $(BENCH_ARGS)
 
 clean:
 	rm -rf $(RUN_DIR)

@@ -294,6 +294,59 @@ impl Response {
     }
 }
 
+/// A keep-alive HTTP/1.1 connection to the daemon's socket.
+#[derive(Debug)]
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    pub async fn open(socket: &Path) -> std::io::Result<Self> {
+        let stream = tokio::net::UnixStream::connect(socket).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    /// Sends one request and reads the whole response.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> std::io::Result<Response> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder.body(Full::new(body)).expect("request");
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
 /// Sends one request over a fresh connection to the Unix socket.
 pub async fn request(
     socket: &Path,
@@ -302,36 +355,10 @@ pub async fn request(
     headers: &[(&str, String)],
     body: Vec<u8>,
 ) -> std::io::Result<Response> {
-    let stream = tokio::net::UnixStream::connect(socket).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    Connection::open(socket)
+        .await?
+        .send(method, path, headers, Bytes::from(body))
         .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(connection);
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost");
-    for (name, value) in headers {
-        builder = builder.header(*name, value);
-    }
-    let request = builder.body(Full::new(Bytes::from(body))).expect("request");
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(std::io::Error::other)?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
 }
 
 pub async fn get(socket: &Path, path: &str) -> std::io::Result<Response> {
@@ -351,23 +378,23 @@ pub async fn post_json(socket: &Path, path: &str, body: &Value) -> Response {
     .expect("request")
 }
 
+/// The headers and body of a KServe binary request: `json` then `binary`.
+pub fn binary_request(json: &Value, binary: &[u8]) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let mut body = serde_json::to_vec(json).expect("json");
+    let headers = vec![
+        ("content-type", "application/octet-stream".to_owned()),
+        ("inference-header-content-length", body.len().to_string()),
+    ];
+    body.extend_from_slice(binary);
+    (headers, body)
+}
+
 /// POSTs a KServe binary request: `json` followed by `binary`.
 pub async fn post_binary(socket: &Path, path: &str, json: &Value, binary: &[u8]) -> Response {
-    let mut body = serde_json::to_vec(json).expect("json");
-    let json_length = body.len();
-    body.extend_from_slice(binary);
-    request(
-        socket,
-        "POST",
-        path,
-        &[
-            ("content-type", "application/octet-stream".to_owned()),
-            ("inference-header-content-length", json_length.to_string()),
-        ],
-        body,
-    )
-    .await
-    .expect("request")
+    let (headers, body) = binary_request(json, binary);
+    request(socket, "POST", path, &headers, body)
+        .await
+        .expect("request")
 }
 
 /// The inodes of the sockets a process holds open (`/proc/PID/fd`).

@@ -376,3 +376,61 @@ fn refuses_to_replace_a_file_that_is_not_a_socket() {
     );
     assert_eq!(std::fs::read(&path).expect("kept"), b"keep me");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_at_once_but_ready_only_when_every_model_is_loaded() {
+    // `sleepy` takes seconds to warm up; `demo` is loaded long before it.
+    let d = Daemon::spawn(
+        "",
+        &[
+            model_table("demo", "demo.onnx", ""),
+            model_table("sleepy", "sleepy.onnx", ""),
+        ]
+        .concat(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&d.socket, "/v2/health/live")
+        .await
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not live after 10 s:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready = get(&d.socket, "/v2/health/ready").await.expect("ready");
+    assert_eq!((ready.status, ready.json()), (503, json!({"ready": false})));
+    let x = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+    let early = post_json(&d.socket, "/v2/models/demo/infer", &x).await;
+    assert_eq!(
+        (early.status, early.error()),
+        (
+            503,
+            "model \"demo\" is not ready: models are still loading".to_owned()
+        )
+    );
+    assert_eq!(
+        get(&d.socket, "/v2/models/demo/ready")
+            .await
+            .expect("model ready")
+            .status,
+        503
+    );
+    assert_eq!(
+        post_json(&d.socket, "/v2/models/other/infer", &x)
+            .await
+            .status,
+        404
+    );
+    d.wait_ready();
+    assert_eq!(
+        post_json(&d.socket, "/v2/models/demo/infer", &x)
+            .await
+            .status,
+        200
+    );
+}
