@@ -132,6 +132,15 @@ pub struct ModelConfig {
     /// Requests that may wait for a free session; more get 503.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: usize,
+    /// Run each session once on zero-valued inputs at load, and refuse the
+    /// model if that fails. Turn off for models whose inputs cannot be zeros
+    /// (shape or index tensors).
+    #[serde(default = "yes")]
+    pub warm_up: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> NonZeroUsize {
@@ -390,6 +399,7 @@ path = "/models/demo.onnx"
         assert_eq!(model.sessions.get(), 1);
         assert_eq!(model.queue_depth, 64);
         assert!(!model.allow_cpu_fallback);
+        assert!(model.warm_up);
         assert_eq!(config.log.format, LogFormat::Text);
     }
 

@@ -318,10 +318,14 @@ impl Connection {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> std::io::Result<Response> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost");
+        let mut builder = Request::builder().method(method).uri(path);
+        // HTTP/1.1 requires a Host header; over a Unix socket any will do.
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            builder = builder.header("host", "localhost");
+        }
         for (name, value) in headers {
             builder = builder.header(*name, value);
         }

@@ -512,3 +512,53 @@ async fn bodies_over_the_limit_get_413_and_the_daemon_keeps_serving() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_run_answers_500_without_internal_detail_and_logs_it() {
+    let d = Daemon::start(
+        "",
+        &model_table("reshape", "reshape.onnx", "warm_up = false"),
+    );
+    let body = |shape: Value| {
+        json!({"inputs": [
+            {"name": "x", "shape": [6], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]},
+            {"name": "shape", "shape": [2], "datatype": "INT64", "data": shape},
+        ]})
+    };
+    let failed = post_json(&d.socket, "/v2/models/reshape/infer", &body(json!([4, 4]))).await;
+    assert_eq!(failed.status, 500);
+    assert_eq!(
+        failed.json(),
+        json!({"error": "inference failed; the daemon's log has the details"})
+    );
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("inference failed")
+            && l.contains("model=reshape")
+            && l.contains("Reshape")),
+        "ONNX Runtime's detail is in the log:\n{log}"
+    );
+    let ok = post_json(&d.socket, "/v2/models/reshape/infer", &body(json!([2, 3]))).await;
+    assert_eq!(ok.status, 200, "the session survives a failed run");
+    assert_eq!(ok.json()["outputs"][0]["shape"], json!([2, 3]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_host_header_is_accepted() {
+    let d = daemon();
+    for host in ["localhost", "deepseek.example", "127.0.0.1:9", "x"] {
+        let mut connection = deepseek_tests::Connection::open(&d.socket)
+            .await
+            .expect("connect");
+        let response = connection
+            .send(
+                "GET",
+                "/v2/health/live",
+                &[("host", host.to_owned())],
+                bytes::Bytes::new(),
+            )
+            .await
+            .expect("request");
+        assert_eq!(response.status, 200, "Host: {host}");
+    }
+}

@@ -434,3 +434,18 @@ async fn live_at_once_but_ready_only_when_every_model_is_loaded() {
         200
     );
 }
+
+#[test]
+fn a_model_whose_warm_up_fails_is_refused_with_a_hint() {
+    // Zeros as the target shape of a reshape cannot work: the warm-up fails.
+    let (code, stderr) = start_failure(
+        ort_library().to_str().expect("utf8"),
+        &model_table("reshape", "reshape.onnx", ""),
+    );
+    assert_eq!(code, 65, "{stderr}");
+    assert!(
+        stderr.contains("model \"reshape\": the warm-up run on zero-valued inputs failed")
+            && stderr.contains("set warm_up = false in its [[model]] table"),
+        "{stderr}"
+    );
+}

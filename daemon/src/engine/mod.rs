@@ -62,8 +62,4 @@ impl Engine {
     pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
         self.models.get(name)
     }
-
-    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.models.values()
-    }
 }

@@ -91,7 +91,10 @@ pub enum LoadError {
         tensor: String,
         found: String,
     },
-    #[error("model {model:?}: the warm-up run failed: {reason}")]
+    #[error(
+        "model {model:?}: the warm-up run on zero-valued inputs failed: {reason}; \
+         if the model cannot take zeros (shape or index inputs), set warm_up = false in its [[model]] table"
+    )]
     WarmUp { model: String, reason: String },
 }
 
@@ -178,11 +181,13 @@ impl Model {
             queue_depth: config.queue_depth,
         };
         let mut sessions = sessions;
-        for session in &mut sessions {
-            warm_up(&info, session).map_err(|reason| LoadError::WarmUp {
-                model: info.name.clone(),
-                reason,
-            })?;
+        if config.warm_up {
+            for session in &mut sessions {
+                warm_up(&info, session).map_err(|reason| LoadError::WarmUp {
+                    model: info.name.clone(),
+                    reason,
+                })?;
+            }
         }
         let permits = sessions.len();
         Ok(Self {

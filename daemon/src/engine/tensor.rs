@@ -194,15 +194,6 @@ macro_rules! define_types {
                 }
             }
 
-            /// Bytes per element in the binary format; `None` for `BYTES`,
-            /// whose elements are length-prefixed.
-            pub fn element_size(self) -> Option<usize> {
-                match self {
-                    $(DataType::$variant => Some(<$ty as Element>::SIZE),)*
-                    DataType::Bytes => None,
-                }
-            }
-
             fn from_ort(ty: TensorElementType) -> Option<Self> {
                 match ty {
                     $(t if t == <$ty as IntoTensorElementType>::into_tensor_element_type() => Some(DataType::$variant),)*
