@@ -78,6 +78,25 @@ pub fn model_table(name: &str, file: &str, extra: &str) -> String {
     )
 }
 
+/// Writes `deepseekd.toml` into `dir`: the socket at `socket`, `library` as
+/// ONNX Runtime, `server_extra` inside `[server]`, then `rest` (tables).
+pub fn write_config(
+    dir: &Path,
+    socket: &Path,
+    library: &Path,
+    server_extra: &str,
+    rest: &str,
+) -> PathBuf {
+    let config = dir.join("deepseekd.toml");
+    let text = format!(
+        "[server]\nsocket = \"{}\"\nallowed_groups = []\n{server_extra}\n\n[runtime]\nlibrary = \"{}\"\n\n{rest}",
+        socket.display(),
+        library.display()
+    );
+    fs::write(&config, text).expect("write config");
+    config
+}
+
 /// A running daemon; killed when dropped.
 #[derive(Debug)]
 pub struct Daemon {
@@ -105,13 +124,7 @@ impl Daemon {
         // and the allow-list, not the directory permissions, decides.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         let socket = dir.path().join("deepseekd.sock");
-        let config = dir.path().join("deepseekd.toml");
-        let text = format!(
-            "[server]\nsocket = \"{}\"\nallowed_groups = []\n{server_extra}\n\n[runtime]\nlibrary = \"{}\"\n\n{models}",
-            socket.display(),
-            ort_library().display()
-        );
-        fs::write(&config, text).expect("write config");
+        let config = write_config(dir.path(), &socket, &ort_library(), server_extra, models);
         Self::spawn_with_config(dir, socket, config, &[])
     }
 

@@ -473,7 +473,7 @@ async fn unknown_models_and_endpoints_get_404_and_wrong_methods_405() {
     assert_eq!(response.status, 404);
     assert_eq!(
         response.error(),
-        "unknown model \"nope\"; GET /v2/models/<name> for one of: demo, multi, types"
+        "unknown model \"nope\"; this daemon serves: demo, multi, types"
     );
     let response = get(&d.socket, "/v2/models/nope").await.expect("metadata");
     assert_eq!(response.status, 404);

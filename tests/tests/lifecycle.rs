@@ -3,12 +3,13 @@
 //! run as configured.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deepseek_tests::{
     Daemon, binary, get, inet_inodes, is_root, model_table, ort_library, post_json, run_daemon,
-    socket_inodes,
+    socket_inodes, write_config,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -175,18 +176,14 @@ async fn takes_its_socket_from_systemd() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("activated.sock");
-    let config = dir.path().join("deepseekd.toml");
     let unused = dir.path().join("unused.sock");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nsocket = \"{}\"\nallowed_groups = []\n[runtime]\nlibrary = \"{}\"\n{}",
-            unused.display(),
-            ort_library().display(),
-            model_table("demo", "demo.onnx", "")
-        ),
-    )
-    .expect("config");
+    let config = write_config(
+        dir.path(),
+        &unused,
+        &ort_library(),
+        "",
+        &model_table("demo", "demo.onnx", ""),
+    );
     let listen = format!("--listen={}", socket.display());
     let mut d =
         Daemon::spawn_with_config(dir, socket, config, &["systemd-socket-activate", &listen]);
@@ -208,15 +205,8 @@ async fn takes_its_socket_from_systemd() {
 /// Writes a config with `runtime` and `models` and runs the daemon on it.
 fn start_failure(runtime_library: &str, models: &str) -> (i32, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("deepseekd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nsocket = \"{}\"\nallowed_groups = []\n[runtime]\nlibrary = \"{runtime_library}\"\n{models}",
-            dir.path().join("d.sock").display()
-        ),
-    )
-    .expect("config");
+    let socket = dir.path().join("d.sock");
+    let config = write_config(dir.path(), &socket, Path::new(runtime_library), "", models);
     run_daemon(
         &["--config", config.to_str().expect("utf8")],
         Duration::from_secs(30),
@@ -354,17 +344,13 @@ fn refuses_to_replace_a_file_that_is_not_a_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("d.sock");
     std::fs::write(&path, b"keep me").expect("write");
-    let config = dir.path().join("deepseekd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nsocket = \"{}\"\nallowed_groups = []\n[runtime]\nlibrary = \"{}\"\n{}",
-            path.display(),
-            ort_library().display(),
-            model_table("demo", "demo.onnx", "")
-        ),
-    )
-    .expect("config");
+    let config = write_config(
+        dir.path(),
+        &path,
+        &ort_library(),
+        "",
+        &model_table("demo", "demo.onnx", ""),
+    );
     let (code, stderr) = run_daemon(
         &["--config", config.to_str().expect("utf8")],
         Duration::from_secs(30),
@@ -447,5 +433,43 @@ fn a_model_whose_warm_up_fails_is_refused_with_a_hint() {
         stderr.contains("model \"reshape\": the warm-up run on zero-valued inputs failed")
             && stderr.contains("set warm_up = false in its [[model]] table"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_without_request_content() {
+    let d = Daemon::start(
+        "",
+        &format!(
+            "[log]\nformat = \"json\"\n\n{}",
+            model_table("demo", "demo.onnx", "")
+        ),
+    );
+    let secret = 1234.5;
+    let x = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [secret, 0, 0, 0]}]});
+    assert_eq!(
+        post_json(&d.socket, "/v2/models/demo/infer", &x)
+            .await
+            .status,
+        200
+    );
+    let log = d.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["path"] == "/v2/models/demo/infer")
+        .unwrap_or_else(|| panic!("no access log line:\n{log}"));
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["level"], "INFO");
+    assert!(
+        request["uid"].is_u64() && request["pid"].is_u64(),
+        "{request}"
+    );
+    assert!(
+        !log.contains("1234.5"),
+        "request content must never be logged:\n{log}"
     );
 }

@@ -338,8 +338,7 @@ fn warm_up(info: &ModelInfo, session: &mut Session) -> Result<(), String> {
     run_session(session, inputs, &outputs)
         .map(drop)
         .map_err(|e| match e {
-            InferError::BadRequest(m) | InferError::Runtime(m) => m,
-            InferError::QueueFull(m) => m,
+            InferError::BadRequest(m) | InferError::Runtime(m) | InferError::QueueFull(m) => m,
         })
 }
 

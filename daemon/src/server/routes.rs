@@ -150,7 +150,7 @@ fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, Api
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "unknown model {name:?}; GET /v2/models/<name> for one of: {}",
+                "unknown model {name:?}; this daemon serves: {}",
                 state.model_names.join(", ")
             ),
         ))
