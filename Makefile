@@ -60,7 +60,7 @@ run: ort $(RUN_DIR)/deepseekd.toml
 	@echo
 	exec target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
 
-test: ort deps
+test: deps ort
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace

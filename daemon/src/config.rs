@@ -41,12 +41,15 @@ pub struct ServerConfig {
     /// Peers whose uid is listed here may use the API.
     /// `None` means "the daemon's own uid".
     pub allowed_uids: Option<Vec<u32>>,
-    /// Peers whose primary gid belongs to one of these groups may use the API.
+    /// Peers in one of these groups, as primary or supplementary group, may use the API.
     pub allowed_groups: Vec<String>,
     /// Largest request body accepted, in bytes (413 above it).
     pub max_body_bytes: NonZeroUsize,
     /// How long SIGTERM waits for in-flight requests before giving up.
     pub shutdown_grace_secs: u64,
+    /// Connections served at once; further clients wait in the kernel's
+    /// listen backlog until one closes.
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             allowed_groups: vec!["deepseek".to_owned()],
             max_body_bytes: NonZeroUsize::new(64 * 1024 * 1024).expect("non-zero constant"),
             shutdown_grace_secs: 30,
+            max_connections: NonZeroUsize::new(256).expect("non-zero constant"),
         }
     }
 }
@@ -288,8 +292,15 @@ impl Config {
         // serde_path_to_error tracks the key being read (`model[1].sessions`),
         // which toml's own message only shows as a source excerpt.
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
-            parse_error(if key == "." { String::new() } else { key }, e.into_inner())
+            // Wrappers such as `Spanned` add private segments (`$__...`).
+            let key = e
+                .path()
+                .to_string()
+                .split('.')
+                .filter(|segment| !segment.is_empty() && !segment.starts_with("$__"))
+                .collect::<Vec<_>>()
+                .join(".");
+            parse_error(key, e.into_inner())
         })?;
         config.validate(path, text)?;
         Ok(config)
@@ -394,6 +405,8 @@ path = "/models/demo.onnx"
         assert_eq!(config.server.allowed_groups, vec!["deepseek".to_owned()]);
         assert_eq!(config.server.allowed_uids, None);
         assert_eq!(config.server.max_body_bytes.get(), 64 * 1024 * 1024);
+        assert_eq!(config.server.max_connections.get(), 256);
+        assert_eq!(config.server.shutdown_grace_secs, 30);
         let model = &config.models[0];
         assert_eq!(model.device, Device::Cpu);
         assert_eq!(model.sessions.get(), 1);
@@ -474,6 +487,18 @@ path = "/models/demo.onnx"
         let text = MINIMAL.replace("\"demo\"", "\"../etc\"");
         let err = parse(&text).expect_err("bad name rejected").to_string();
         assert!(err.contains("invalid model name \"../etc\""), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_inside_a_spanned_key_names_the_plain_key() {
+        let text = MINIMAL.replace("\"demo\"", "\"\"");
+        let err = parse(&text).expect_err("empty name rejected").to_string();
+        assert!(
+            err.starts_with(
+                "/etc/deepseek/deepseekd.toml: model[0].name: TOML parse error at line 6"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,9 +27,10 @@ use cli::{Cli, Command};
 use config::{Config, ConfigError};
 use engine::Engine;
 use exit::Exit;
-use server::peer::AccessPolicy;
+use nix::unistd::Gid;
+use server::peer::{AccessPolicy, UnknownGroup, resolve_group};
 use server::routes::AppState;
-use server::socket::{self, Origin, SocketError};
+use server::socket::{self, Origin};
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
@@ -65,19 +66,35 @@ fn load_config(path: &std::path::Path) -> Result<Config, Exit> {
     })
 }
 
+/// Resolves the groups the configuration names: the allow-list and the
+/// socket's group. A missing group is a configuration error naming the file.
+fn resolve_groups(
+    path: &std::path::Path,
+    config: &Config,
+) -> Result<(AccessPolicy, Option<Gid>), ConfigError> {
+    let in_file = |e: UnknownGroup| ConfigError::Semantic {
+        path: path.to_owned(),
+        key: e.key.to_owned(),
+        message: e.to_string(),
+    };
+    let access = AccessPolicy::from_config(&config.server).map_err(in_file)?;
+    let socket_group = config
+        .server
+        .socket_group
+        .as_deref()
+        .map(|group| resolve_group("server.socket_group", group))
+        .transpose()
+        .map_err(in_file)?;
+    Ok((access, socket_group))
+}
+
 /// `deepseekd check-config`: everything that can be checked without loading.
 fn check_config(path: &std::path::Path) -> Exit {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(exit) => return exit,
     };
-    if let Err(e) = AccessPolicy::from_config(&config.server) {
-        report(&e);
-        return Exit::Config;
-    }
-    if let Some(group) = &config.server.socket_group
-        && let Err(e) = server::peer::resolve_group("socket_group", group)
-    {
+    if let Err(e) = resolve_groups(path, &config) {
         report(&e);
         return Exit::Config;
     }
@@ -114,22 +131,19 @@ fn serve(path: &std::path::Path) -> Exit {
         Err(exit) => return exit,
     };
     logging::init(&config.log);
-    let access = match AccessPolicy::from_config(&config.server) {
-        Ok(access) => access,
+    let (access, socket_group) = match resolve_groups(path, &config) {
+        Ok(resolved) => resolved,
         Err(e) => {
             tracing::error!("{e}");
             return Exit::Config;
         }
     };
     // Still single-threaded: `socket::open` reads LISTEN_FDS and sets the umask.
-    let (listener, origin) = match socket::open(&config.server) {
+    let (listener, origin) = match socket::open(&config.server, socket_group) {
         Ok(opened) => opened,
         Err(e) => {
             tracing::error!("{e}");
-            return match e {
-                SocketError::Group(_) => Exit::Config,
-                _ => Exit::Socket,
-            };
+            return Exit::Socket;
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -186,6 +200,7 @@ async fn run(
 
     // Loading failures end the daemon: it never serves a partial model set.
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let max_connections = config.server.max_connections.get();
     let (failed_tx, failed_rx) = oneshot::channel::<Exit>();
     let loader_state = Arc::clone(&state);
     tokio::task::spawn_blocking(move || {
@@ -219,6 +234,7 @@ async fn run(
             state.draining.store(true, Ordering::Relaxed);
         },
         grace,
+        max_connections,
     )
     .await;
     if drained == server::Drained::TimedOut {
@@ -251,16 +267,24 @@ fn load_engine(config: &Config) -> Result<Engine, Exit> {
 }
 
 /// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C), naming which.
+/// SIGHUP, whose default action would kill the daemon, is logged and ignored:
+/// there is no reload, a configuration change needs a restart.
 async fn shutdown_signal() -> &'static str {
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP ignored: deepseekd does not reload its configuration; restart it to apply changes"
+            ),
+        }
     }
 }

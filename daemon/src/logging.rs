@@ -8,9 +8,14 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. The filter was validated with the config.
 ///
 /// ONNX Runtime logs every graph transformation at `info`; unless the
-/// configured filter mentions `ort` itself, its messages start at `warn`.
+/// configured filter has a directive for the `ort` target itself, its
+/// messages start at `warn`.
 pub fn init(config: &LogConfig) {
-    let directives = if config.level.contains("ort") {
+    let names_ort = config.level.split(',').any(|directive| {
+        let target = directive.split(['=', '[']).next().unwrap_or("").trim();
+        target == "ort" || target.starts_with("ort::")
+    });
+    let directives = if names_ort {
         config.level.clone()
     } else {
         format!("{},ort=warn", config.level)

@@ -7,9 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use deepseek_tests::{
-    Daemon, binary, get, inet_inodes, is_root, model_table, ort_library, post_json, run_daemon,
-    socket_inodes, write_config,
+    Connection, Daemon, binary, get, inet_inodes, is_root, model_table, ort_library, post_json,
+    run_daemon, socket_inodes, write_config,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -472,4 +473,53 @@ async fn json_logs_are_one_object_per_line_without_request_content() {
         !log.contains("1234.5"),
         "request content must never be logged:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    let d = Daemon::start("max_connections = 1", &model_table("demo", "demo.onnx", ""));
+    let mut first = Connection::open(&d.socket).await.expect("first connection");
+    let live = first
+        .send("GET", "/v2/health/live", &[], Bytes::new())
+        .await
+        .expect("first request");
+    assert_eq!(live.status, 200);
+    // The kernel accepts the second connection into the backlog, but the
+    // daemon does not serve it while the first holds the only slot.
+    let socket = d.socket.clone();
+    let second = tokio::spawn(async move { get(&socket, "/v2/health/live").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "second connection served beyond max_connections = 1"
+    );
+    drop(first);
+    let response = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the first connection closed")
+        .expect("task")
+        .expect("request");
+    assert_eq!(response.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_is_logged_and_ignored() {
+    let mut d = Daemon::start("", &model_table("demo", "demo.onnx", ""));
+    d.signal(Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get(&d.socket, "/v2/health/ready")
+            .await
+            .expect("still serving")
+            .status,
+        200
+    );
+    assert!(
+        d.log()
+            .contains("SIGHUP ignored: deepseekd does not reload its configuration"),
+        "{}",
+        d.log()
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }

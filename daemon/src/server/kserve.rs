@@ -205,9 +205,15 @@ fn flatten<T: JsonScalar>(json: &str, count: usize) -> Result<Vec<T>, String> {
     // Cap the up-front allocation: `count` comes from the client's shape.
     let mut out = Vec::with_capacity(count.min(1 << 20));
     let mut de = serde_json::Deserializer::from_str(json);
-    Flatten(&mut out)
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
+    Flatten(&mut out).deserialize(&mut de).map_err(|e| {
+        // serde_json appends a position within `data`, not within the
+        // request, which would only mislead; the element index says where.
+        let text = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        text.strip_suffix(&suffix)
+            .map(str::to_owned)
+            .unwrap_or(text)
+    })?;
     Ok(out)
 }
 
@@ -450,8 +456,8 @@ mod tests {
         let err =
             decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"UINT8","data":[1,300]}]}"#)
                 .expect_err("300 is no u8");
-        assert!(
-            err.starts_with("input \"x\" (UINT8 data): element 1: 300 is not a valid value"),
+        assert_eq!(
+            err, "input \"x\" (UINT8 data): element 1: 300 is not a valid value of this datatype",
             "{err}"
         );
         let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#)

@@ -7,6 +7,7 @@ pub mod routes;
 pub mod socket;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use peer::Peer;
@@ -32,14 +34,17 @@ pub enum Drained {
     TimedOut,
 }
 
-/// Accepts connections until `shutdown` resolves, then stops accepting and
-/// waits up to `grace` for in-flight requests to finish.
+/// Accepts connections (at most `max_connections` at once) until `shutdown`
+/// resolves, then stops accepting and waits up to `grace` for in-flight
+/// requests to finish.
 pub async fn serve(
     listener: UnixListener,
     app: Router,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    max_connections: usize,
 ) -> Drained {
+    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -47,6 +52,12 @@ pub async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
+        // Wait for a free slot before accepting, so excess clients queue in
+        // the listen backlog instead of costing the daemon memory.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("semaphore never closed"),
+        };
         let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -76,11 +87,13 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
     tracing::info!("stopped accepting connections; finishing in-flight requests");
     tokio::select! {
+        biased;
         () = graceful.shutdown() => Drained::Clean,
         () = tokio::time::sleep(grace) => Drained::TimedOut,
     }

@@ -90,8 +90,9 @@ pub struct AccessPolicy {
 
 /// A group named in the configuration does not exist on this system.
 #[derive(Debug, thiserror::Error)]
-#[error("server.{key}: group {group:?} does not exist on this system{hint}")]
+#[error("group {group:?} does not exist on this system{hint}")]
 pub struct UnknownGroup {
+    /// The configuration key that named it, e.g. `server.allowed_groups`.
     pub key: &'static str,
     pub group: String,
     hint: &'static str,
@@ -131,7 +132,7 @@ impl AccessPolicy {
         let gids = config
             .allowed_groups
             .iter()
-            .map(|name| resolve_group("allowed_groups", name).map(Gid::as_raw))
+            .map(|name| resolve_group("server.allowed_groups", name).map(Gid::as_raw))
             .collect::<Result<_, _>>()?;
         Ok(Self { uids, gids })
     }
@@ -188,10 +189,16 @@ mod tests {
 
     #[test]
     fn unknown_group_is_named_with_a_hint() {
-        let err = resolve_group("allowed_groups", "no-such-group-xyz").expect_err("unknown");
+        let err = resolve_group("server.allowed_groups", "no-such-group-xyz").expect_err("unknown");
+        assert_eq!(err.key, "server.allowed_groups");
         assert_eq!(
             err.to_string(),
-            "server.allowed_groups: group \"no-such-group-xyz\" does not exist on this system"
+            "group \"no-such-group-xyz\" does not exist on this system"
+        );
+        let err = resolve_group("server.socket_group", "deepseek-absent").expect_err("unknown");
+        assert!(
+            err.to_string().ends_with("does not exist on this system"),
+            "{err}"
         );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -261,6 +261,10 @@ async fn infer(
     Ok(response)
 }
 
+/// How long a client may take to send its request body (408 after that), so
+/// a stalled client cannot hold a connection slot for ever.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Reads the whole body, refusing (413) anything over `limit` bytes, early
 /// when `Content-Length` already says so.
 async fn read_body(
@@ -281,7 +285,17 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect());
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::new(

@@ -9,8 +9,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, umask};
+use nix::unistd::Gid;
 
-use super::peer::{UnknownGroup, resolve_group};
 use crate::config::ServerConfig;
 
 /// Where the listening socket came from.
@@ -37,15 +37,17 @@ pub enum SocketError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error(transparent)]
-    Group(#[from] UnknownGroup),
 }
 
-/// Takes the socket from systemd if it passed one, otherwise creates it.
+/// Takes the socket from systemd if it passed one, otherwise creates it,
+/// owned by `group` (the resolved `server.socket_group`) when given.
 ///
 /// Must run before any thread exists: it reads and clears `LISTEN_FDS` and
 /// changes the process umask for the duration of `bind`.
-pub fn open(config: &ServerConfig) -> Result<(UnixListener, Origin), SocketError> {
+pub fn open(
+    config: &ServerConfig,
+    group: Option<Gid>,
+) -> Result<(UnixListener, Origin), SocketError> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0 {
         if fds.len() > 1 {
@@ -76,8 +78,7 @@ pub fn open(config: &ServerConfig) -> Result<(UnixListener, Origin), SocketError
     let bound = UnixListener::bind(path);
     umask(previous);
     let listener = bound.map_err(|e| io_error("bind", e))?;
-    if let Some(group) = &config.socket_group {
-        let gid = resolve_group("socket_group", group)?;
+    if let Some(gid) = group {
         std::os::unix::fs::chown(path, None, Some(gid.as_raw()))
             .map_err(|e| io_error("set the group of", e))?;
     }
@@ -145,7 +146,7 @@ mod tests {
     #[test]
     fn creates_socket_with_configured_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_listener, origin) = open(&config(dir.path())).expect("socket opens");
+        let (_listener, origin) = open(&config(dir.path()), None).expect("socket opens");
         let mode = std::fs::metadata(dir.path().join("d.sock"))
             .expect("socket exists")
             .permissions()
@@ -159,10 +160,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
         let live = UnixListener::bind(&config.socket).expect("bind");
-        let err = open(&config).expect_err("live socket kept");
+        let err = open(&config, None).expect_err("live socket kept");
         assert!(matches!(err, SocketError::InUse { .. }), "{err}");
         drop(live);
-        open(&config).expect("stale socket replaced");
+        open(&config, None).expect("stale socket replaced");
     }
 
     #[test]
@@ -170,7 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
         std::fs::write(&config.socket, b"precious").expect("write");
-        let err = open(&config).expect_err("file kept").to_string();
+        let err = open(&config, None).expect_err("file kept").to_string();
         assert!(
             err.ends_with("exists and is not a socket; refusing to remove it"),
             "{err}"
