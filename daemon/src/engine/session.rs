@@ -270,7 +270,7 @@ fn register_cuda(
     match builder.with_execution_providers([cuda]) {
         Ok(builder) => Ok((builder, Device::Cuda, None)),
         Err(e) if config.allow_cpu_fallback => {
-            let reason = e.to_string();
+            let reason = e.to_string().trim_end().to_owned();
             tracing::warn!(
                 model = name,
                 reason = %reason,
@@ -281,7 +281,8 @@ fn register_cuda(
         Err(e) => Err(LoadError::Cuda {
             model: name.to_owned(),
             device_id: config.device_id,
-            reason: e.to_string(),
+            // ONNX Runtime ends its messages with a newline.
+            reason: e.to_string().trim_end().to_owned(),
         }),
     }
 }
