@@ -17,6 +17,7 @@ Exit codes:
   69  ONNX Runtime, or the CUDA provider a model needs, is missing or the wrong version
   70  internal error
   71  the listening socket could not be set up
+  77  a lockdown step (user, capabilities, no_new_privs, Landlock, seccomp) failed
   78  invalid configuration";
 
 /// Serve ONNX models over a Unix socket (KServe v2 / Open Inference Protocol).
@@ -43,4 +44,6 @@ pub enum Command {
     /// 66 when unreadable. Checks syntax, keys, groups, and that the runtime
     /// library and model files exist and are readable; loads nothing.
     CheckConfig,
+    /// Print the Landlock rules and seccomp filters this configuration gets.
+    PrintPolicy,
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
     #[serde(rename = "model", default)]
     pub models: Vec<ModelConfig>,
 }
@@ -80,6 +82,43 @@ pub struct RuntimeConfig {
     /// Directory holding the cuDNN 9 libraries, preloaded by path.
     #[serde(default)]
     pub cudnn_library_dir: Option<PathBuf>,
+}
+
+/// `[sandbox]`: how the daemon locks itself down (docs/hardening.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Apply the lockdown. `false` is for debugging only and is logged
+    /// loudly at every start.
+    pub enforce: bool,
+    /// The user to switch to when started as root.
+    pub user: String,
+    /// What a syscall outside the seccomp allow-list does.
+    pub seccomp: SeccompMode,
+    /// A writable directory for CUDA's JIT cache (`CUDA_CACHE_PATH`), needed
+    /// by models on `device = "cuda"`.
+    pub cuda_cache_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            enforce: true,
+            user: "deepseek".to_owned(),
+            seccomp: SeccompMode::Enforce,
+            cuda_cache_dir: None,
+        }
+    }
+}
+
+/// The seccomp filter's answer to a syscall outside the allow-list.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// Kill the process (and refuse non-Unix sockets with EAFNOSUPPORT).
+    Enforce,
+    /// Allow and log to the kernel log: for porting to a new libc or driver.
+    Log,
 }
 
 /// `[log]`: the daemon's own logs on stderr (journald collects them).
@@ -321,6 +360,7 @@ impl Config {
             [
                 ("runtime.cuda_library_dir", &self.runtime.cuda_library_dir),
                 ("runtime.cudnn_library_dir", &self.runtime.cudnn_library_dir),
+                ("sandbox.cuda_cache_dir", &self.sandbox.cuda_cache_dir),
             ]
             .into_iter()
             .filter_map(|(key, dir)| Some((key.to_owned(), dir.as_ref()?))),
@@ -414,6 +454,9 @@ path = "/models/demo.onnx"
         assert!(!model.allow_cpu_fallback);
         assert!(model.warm_up);
         assert_eq!(config.log.format, LogFormat::Text);
+        assert!(config.sandbox.enforce);
+        assert_eq!(config.sandbox.user, "deepseek");
+        assert_eq!(config.sandbox.seccomp, SeccompMode::Enforce);
     }
 
     #[test]

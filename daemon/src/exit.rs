@@ -23,6 +23,9 @@ pub enum Exit {
     Software = 70,
     /// The listening socket could not be set up (EX_OSERR).
     Socket = 71,
+    /// A lockdown step (user switch, capabilities, no_new_privs, Landlock,
+    /// seccomp) could not be applied (EX_NOPERM).
+    Sandbox = 77,
     /// The configuration is invalid (EX_CONFIG).
     Config = 78,
 }

@@ -2,9 +2,9 @@
 //! clients over a Unix socket, speaking KServe v2 over HTTP/1.1.
 //!
 //! `main` reads the configuration and opens the socket while the process is
-//! still single-threaded, then starts the async runtime, answers health
-//! checks at once, and loads the models; `/v2/health/ready` turns true when
-//! every model is loaded and warmed up.
+//! still single-threaded and may be root, locks itself down (user,
+//! capabilities, no_new_privs, Landlock), starts the async runtime, loads
+//! the models, installs seccomp on every thread, and only then serves.
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod exit;
 pub mod logging;
+pub mod sandbox;
 pub mod server;
 
 use std::process::ExitCode;
@@ -21,13 +22,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::oneshot;
 
 use cli::{Cli, Command};
 use config::{Config, ConfigError};
 use engine::Engine;
 use exit::Exit;
-use nix::unistd::Gid;
+use nix::unistd::{Gid, Uid};
 use server::peer::{AccessPolicy, UnknownGroup, resolve_group};
 use server::routes::AppState;
 use server::socket::{self, Origin};
@@ -46,6 +46,13 @@ pub fn main() -> ExitCode {
     let exit = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
+        Command::PrintPolicy => match load_config(&cli.config) {
+            Ok(config) => {
+                print!("{}", sandbox::describe(&config));
+                Exit::Ok
+            }
+            Err(exit) => exit,
+        },
     };
     exit.into()
 }
@@ -71,13 +78,14 @@ fn load_config(path: &std::path::Path) -> Result<Config, Exit> {
 fn resolve_groups(
     path: &std::path::Path,
     config: &Config,
+    own_uid: Uid,
 ) -> Result<(AccessPolicy, Option<Gid>), ConfigError> {
     let in_file = |e: UnknownGroup| ConfigError::Semantic {
         path: path.to_owned(),
         key: e.key.to_owned(),
         message: e.to_string(),
     };
-    let access = AccessPolicy::from_config(&config.server).map_err(in_file)?;
+    let access = AccessPolicy::from_config(&config.server, own_uid).map_err(in_file)?;
     let socket_group = config
         .server
         .socket_group
@@ -88,13 +96,27 @@ fn resolve_groups(
     Ok((access, socket_group))
 }
 
+/// Prepares the lockdown; a missing `sandbox.user` is a configuration error.
+fn prepare_lockdown(
+    path: &std::path::Path,
+    config: &Config,
+) -> Result<sandbox::Lockdown, ConfigError> {
+    sandbox::Lockdown::prepare(config).map_err(|(key, message)| ConfigError::Semantic {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        message,
+    })
+}
+
 /// `deepseekd check-config`: everything that can be checked without loading.
 fn check_config(path: &std::path::Path) -> Exit {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(exit) => return exit,
     };
-    if let Err(e) = resolve_groups(path, &config) {
+    let checked = prepare_lockdown(path, &config)
+        .and_then(|lockdown| resolve_groups(path, &config, lockdown.service_uid()));
+    if let Err(e) = checked {
         report(&e);
         return Exit::Config;
     }
@@ -124,14 +146,25 @@ fn check_config(path: &std::path::Path) -> Exit {
     Exit::Ok
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT, in the order of
+/// docs/hardening.md: everything that needs privileges or a single thread
+/// first, then the lockdown, then the runtime and the models, then seccomp,
+/// and only then the first client.
 fn serve(path: &std::path::Path) -> Exit {
     let config = match load_config(path) {
         Ok(config) => config,
         Err(exit) => return exit,
     };
+    engine::runtime::prepare_environment(&config);
     logging::init(&config.log);
-    let (access, socket_group) = match resolve_groups(path, &config) {
+    let mut lockdown = match prepare_lockdown(path, &config) {
+        Ok(lockdown) => lockdown,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Config;
+        }
+    };
+    let (access, socket_group) = match resolve_groups(path, &config, lockdown.service_uid()) {
         Ok(resolved) => resolved,
         Err(e) => {
             tracing::error!("{e}");
@@ -139,13 +172,28 @@ fn serve(path: &std::path::Path) -> Exit {
         }
     };
     // Still single-threaded: `socket::open` reads LISTEN_FDS and sets the umask.
-    let (listener, origin) = match socket::open(&config.server, socket_group) {
+    let owner = lockdown.switches_user().then(|| lockdown.service_uid());
+    let (listener, origin) = match socket::open(&config.server, owner, socket_group) {
         Ok(opened) => opened,
         Err(e) => {
             tracing::error!("{e}");
             return Exit::Socket;
         }
     };
+    if let Err(exit) = preflight(&config) {
+        return exit;
+    }
+    let opened = match &origin {
+        Origin::Systemd => "configuration read; listening socket inherited from systemd".to_owned(),
+        Origin::Created(path) => format!(
+            "configuration read; listening socket created at {}",
+            path.display()
+        ),
+    };
+    if let Err(e) = lockdown.before_threads(opened) {
+        tracing::error!("{e}");
+        return Exit::Sandbox;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -156,14 +204,9 @@ fn serve(path: &std::path::Path) -> Exit {
             return Exit::Software;
         }
     };
-    let exit = runtime.block_on(run(config, access, listener, &origin));
+    let exit = runtime.block_on(run(config, access, listener, lockdown));
     // A model load still running in a blocking thread must not hold up exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if let Origin::Created(path) = origin
-        && let Err(e) = std::fs::remove_file(&path)
-    {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove the socket file");
-    }
     tracing::info!(code = exit as u8, "exiting");
     exit
 }
@@ -172,7 +215,7 @@ async fn run(
     config: Config,
     access: AccessPolicy,
     listener: std::os::unix::net::UnixListener,
-    origin: &Origin,
+    mut lockdown: sandbox::Lockdown,
 ) -> Exit {
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(listener) => listener,
@@ -181,56 +224,49 @@ async fn run(
             return Exit::Socket;
         }
     };
-    let state = Arc::new(AppState {
-        engine: std::sync::OnceLock::new(),
-        model_names: config
-            .models
-            .iter()
-            .map(|m| m.name.get_ref().as_str().to_owned())
-            .collect(),
-        access,
-        max_body_bytes: config.server.max_body_bytes.get(),
-        draining: AtomicBool::new(false),
-    });
-    let socket_text = match origin {
-        Origin::Systemd => "inherited from systemd".to_owned(),
-        Origin::Created(path) => path.display().to_string(),
-    };
-    tracing::info!(socket = %socket_text, models = state.model_names.len(), "listening; loading models");
-
-    // Loading failures end the daemon: it never serves a partial model set.
+    tracing::info!(models = config.models.len(), "loading models");
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let max_connections = config.server.max_connections.get();
-    let (failed_tx, failed_rx) = oneshot::channel::<Exit>();
-    let loader_state = Arc::clone(&state);
-    tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        match load_engine(&config) {
-            Ok(engine) => {
-                let _ = loader_state.engine.set(engine);
-                tracing::info!(
-                    elapsed_ms = started.elapsed().as_millis(),
-                    "all models loaded; ready"
-                );
+    let max_body_bytes = config.server.max_body_bytes.get();
+    let started = std::time::Instant::now();
+    // Clients that connect meanwhile wait in the listen backlog: nothing is
+    // read from a client before the whole lockdown is in place.
+    let loading = tokio::task::spawn_blocking(move || load_engine(&config));
+    let engine = tokio::select! {
+        loaded = loading => match loaded {
+            Ok(Ok(engine)) => engine,
+            Ok(Err(exit)) => return exit,
+            Err(e) => {
+                tracing::error!(error = %e, "the model loader failed");
+                return Exit::Software;
             }
-            Err(exit) => {
-                let _ = failed_tx.send(exit);
-            }
-        }
-    });
-
-    let mut exit = Exit::Ok;
-    let stop = async {
-        tokio::select! {
-            signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
-            Ok(code) = failed_rx => exit = code,
+        },
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down before the models finished loading");
+            return Exit::Ok;
         }
     };
+    if let Err(e) = lockdown.after_load() {
+        tracing::error!("{e}");
+        return Exit::Sandbox;
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis(),
+        "all models loaded, lockdown complete; ready"
+    );
+    let state = Arc::new(AppState {
+        engine,
+        access,
+        max_body_bytes,
+        draining: AtomicBool::new(false),
+        lockdown,
+    });
     let drained = server::serve(
         listener,
         server::routes::router(Arc::clone(&state)),
         async {
-            stop.await;
+            let signal = shutdown_signal().await;
+            tracing::info!(signal, "shutting down");
             state.draining.store(true, Ordering::Relaxed);
         },
         grace,
@@ -242,11 +278,40 @@ async fn run(
             grace_secs = grace.as_secs(),
             "requests still running when the grace period ended"
         );
-        if exit == Exit::Ok {
-            exit = Exit::ShutdownTimedOut;
+        return Exit::ShutdownTimedOut;
+    }
+    Exit::Ok
+}
+
+/// Checks, before the lockdown, that the files its Landlock rules name exist,
+/// so a wrong path gets its own message and exit code instead of a failed
+/// Landlock rule.
+fn preflight(config: &Config) -> Result<(), Exit> {
+    let library = &config.runtime.library;
+    if !library.exists() {
+        tracing::error!(
+            "{}",
+            engine::runtime::RuntimeError::Missing {
+                path: library.clone()
+            }
+        );
+        return Err(Exit::Runtime);
+    }
+    for (index, model) in config.models.iter().enumerate() {
+        if let Err(source) = std::fs::File::open(&model.path) {
+            tracing::error!(
+                "{}",
+                engine::LoadError::Unreadable {
+                    model: model.name.get_ref().as_str().to_owned(),
+                    index,
+                    path: model.path.clone(),
+                    source,
+                }
+            );
+            return Err(Exit::Config);
         }
     }
-    exit
+    Ok(())
 }
 
 /// Brings up ONNX Runtime and loads every model, logging why when it cannot.

@@ -78,19 +78,44 @@ pub fn model_table(name: &str, file: &str, extra: &str) -> String {
     )
 }
 
+/// A temporary directory other users can traverse and read: the daemon
+/// reads models and configurations in it after switching to `nobody`.
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// The `[sandbox]` table the tests use: the real lockdown, switching to
+/// `nobody`, when the tests run as root (as on CI). Without root the daemon
+/// cannot empty its capability bounding set, so it runs unconfined, and the
+/// tests that check the sandbox itself skip and say so.
+pub fn sandbox_table(extra: &str) -> String {
+    if is_root() {
+        format!("[sandbox]\nuser = \"nobody\"\n{extra}\n")
+    } else {
+        eprintln!("note: not root, so the daemon under test runs with sandbox.enforce = false");
+        format!("[sandbox]\nenforce = false\n{extra}\n")
+    }
+}
+
 /// Writes `deepseekd.toml` into `dir`: the socket at `socket`, `library` as
-/// ONNX Runtime, `server_extra` inside `[server]`, then `rest` (tables).
+/// ONNX Runtime, `server_extra` inside `[server]` (the test's own uid is
+/// allowed), `sandbox_extra` inside `[sandbox]`, then `rest` (tables).
 pub fn write_config(
     dir: &Path,
     socket: &Path,
     library: &Path,
     server_extra: &str,
+    sandbox_extra: &str,
     rest: &str,
 ) -> PathBuf {
     let config = dir.join("deepseekd.toml");
     let text = format!(
-        "[server]\nsocket = \"{}\"\nallowed_groups = []\n{server_extra}\n\n[runtime]\nlibrary = \"{}\"\n\n{rest}",
+        "[server]\nsocket = \"{}\"\nallowed_groups = []\nallowed_uids = [{}]\n{server_extra}\n\n{}\n[runtime]\nlibrary = \"{}\"\n\n{rest}",
         socket.display(),
+        nix::unistd::Uid::current(),
+        sandbox_table(sandbox_extra),
         library.display()
     );
     fs::write(&config, text).expect("write config");
@@ -119,12 +144,23 @@ impl Daemon {
 
     /// Like [`Daemon::start`] but returns at once, ready or not.
     pub fn spawn(server_extra: &str, models: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // Traversable by other uids, so the peer test reaches the socket
-        // and the allow-list, not the directory permissions, decides.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self::spawn_sandboxed(server_extra, "", models)
+    }
+
+    /// Like [`Daemon::spawn`], with `sandbox_extra` in `[sandbox]`.
+    pub fn spawn_sandboxed(server_extra: &str, sandbox_extra: &str, models: &str) -> Self {
+        // Traversable by other uids: the daemon runs as `nobody`, and in
+        // the peer test the allow-list, not the directory, must decide.
+        let dir = shared_tempdir();
         let socket = dir.path().join("deepseekd.sock");
-        let config = write_config(dir.path(), &socket, &ort_library(), server_extra, models);
+        let config = write_config(
+            dir.path(),
+            &socket,
+            &ort_library(),
+            server_extra,
+            sandbox_extra,
+            models,
+        );
         Self::spawn_with_config(dir, socket, config, &[])
     }
 

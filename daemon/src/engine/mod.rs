@@ -62,4 +62,9 @@ impl Engine {
     pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
         self.models.get(name)
     }
+
+    /// The model names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ort::environment::Environment;
 
-use crate::config::RuntimeConfig;
+use crate::config::{Config, RuntimeConfig};
 
 /// The ONNX Runtime release line this build of the daemon is written against
 /// (the `api-31` feature of `ort`). Other minor versions are refused: an older
@@ -34,6 +34,31 @@ pub enum RuntimeError {
     },
     #[error("cannot create the ONNX Runtime environment: {0}")]
     Environment(ort::Error),
+}
+
+/// Sets the environment ONNX Runtime and CUDA read when they start. Call at
+/// the very start of `main`, while the process has a single thread.
+///
+/// - `ORT_DISABLE_TELEMETRY=1`: the PyPI builds of ONNX Runtime 1.31 carry
+///   Microsoft's 1DS telemetry client. Even with `DisableTelemetryEvents` it
+///   creates `~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db`
+///   and retries DNS lookups of `mobile.events.data.microsoft.com` with
+///   backoff, starting about 9 s after the environment is created (seen
+///   with strace). This variable stops both; seccomp refuses its sockets too.
+/// - `CUDA_CACHE_PATH`: the writable JIT cache (`sandbox.cuda_cache_dir`).
+#[expect(
+    unsafe_code,
+    reason = "std::env::set_var is unsafe when other threads may read the environment"
+)]
+pub fn prepare_environment(config: &Config) {
+    // SAFETY: called first thing in `main`, before the daemon creates any
+    // thread, so no other thread can be reading the environment.
+    unsafe {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+        if let Some(dir) = &config.sandbox.cuda_cache_dir {
+            std::env::set_var("CUDA_CACHE_PATH", dir);
+        }
+    }
 }
 
 /// Loads the library, checks its version and builds the environment. Call once.

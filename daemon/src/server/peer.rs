@@ -122,12 +122,13 @@ pub fn resolve_group(key: &'static str, name: &str) -> Result<Gid, UnknownGroup>
 }
 
 impl AccessPolicy {
-    /// Builds the policy from `[server]`: `allowed_uids` (default: the
-    /// daemon's own uid) and the gids of `allowed_groups`.
-    pub fn from_config(config: &ServerConfig) -> Result<Self, UnknownGroup> {
+    /// Builds the policy from `[server]`: `allowed_uids` (default: `own_uid`,
+    /// the uid the daemon runs as once locked down) and the gids of
+    /// `allowed_groups`.
+    pub fn from_config(config: &ServerConfig, own_uid: Uid) -> Result<Self, UnknownGroup> {
         let uids = match &config.allowed_uids {
             Some(uids) => uids.iter().copied().collect(),
-            None => BTreeSet::from([Uid::current().as_raw()]),
+            None => BTreeSet::from([own_uid.as_raw()]),
         };
         let gids = config
             .allowed_groups

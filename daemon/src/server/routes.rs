@@ -1,8 +1,8 @@
 //! The HTTP API: KServe v2 health, metadata and inference endpoints, the
 //! peer allow-list in front of them, and JSON errors.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,18 +18,19 @@ use serde_json::json;
 use super::kserve::{self, HEADER_LENGTH};
 use super::peer::{AccessPolicy, Peer};
 use crate::engine::{Engine, InferError, Model};
+use crate::sandbox::Lockdown;
 
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// Set once every model is loaded; until then the daemon is live but not ready.
-    pub engine: OnceLock<Engine>,
-    /// The configured model names, known before loading finishes.
-    pub model_names: Vec<String>,
+    /// Every model, loaded: the daemon serves only once all are.
+    pub engine: Engine,
     pub access: AccessPolicy,
     pub max_body_bytes: usize,
     /// Set on SIGTERM: readiness turns false while in-flight requests finish.
     pub draining: AtomicBool,
+    /// What the lockdown did, and the kernel's view of the process.
+    pub lockdown: Lockdown,
 }
 
 /// An error answered as `{"error": "..."}`.
@@ -60,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
+        .route("/v2/health/hardening", get(hardening))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
@@ -116,7 +118,7 @@ async fn live() -> Response {
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let ready = state.engine.get().is_some() && !state.draining.load(Ordering::Relaxed);
+    let ready = !state.draining.load(Ordering::Relaxed);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -130,31 +132,39 @@ async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
         "name": "deepseekd",
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": ["binary_tensor_data"],
-        "onnxruntime_version": state.engine.get().map(Engine::runtime_version),
+        "onnxruntime_version": state.engine.runtime_version(),
     }))
     .into_response()
 }
 
-/// Finds a model: 404 when none is configured under `name`, 503 while the
-/// configured models are still loading.
+/// Finds a model, or answers 404 naming the ones there are.
 fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, ApiError> {
-    if let Some(model) = state.engine.get().and_then(|engine| engine.model(name)) {
-        return Ok(model);
-    }
-    if state.model_names.iter().any(|n| n == name) {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("model {name:?} is not ready: models are still loading"),
-        ))
-    } else {
-        Err(ApiError::new(
+    state.engine.model(name).ok_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
                 "unknown model {name:?}; this daemon serves: {}",
-                state.model_names.join(", ")
+                state.engine.names().collect::<Vec<_>>().join(", ")
             ),
-        ))
-    }
+        )
+    })
+}
+
+/// `GET /v2/health/hardening`: what the lockdown did, and what the kernel
+/// reports about the process right now.
+async fn hardening(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let kernel = state.lockdown.status().read().map_err(|e| {
+        tracing::error!(error = %e, "cannot read /proc/self/status");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the process status",
+        )
+    })?;
+    Ok(axum::Json(json!({
+        "lockdown": state.lockdown.report(),
+        "kernel": kernel,
+    }))
+    .into_response())
 }
 
 async fn model_metadata(

@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, umask};
-use nix::unistd::Gid;
+use nix::unistd::{Gid, Uid};
 
 use crate::config::ServerConfig;
 
@@ -40,12 +40,14 @@ pub enum SocketError {
 }
 
 /// Takes the socket from systemd if it passed one, otherwise creates it,
-/// owned by `group` (the resolved `server.socket_group`) when given.
+/// owned by `owner` (the service user, when the daemon is about to switch to
+/// it) and `group` (the resolved `server.socket_group`) when given.
 ///
 /// Must run before any thread exists: it reads and clears `LISTEN_FDS` and
 /// changes the process umask for the duration of `bind`.
 pub fn open(
     config: &ServerConfig,
+    owner: Option<Uid>,
     group: Option<Gid>,
 ) -> Result<(UnixListener, Origin), SocketError> {
     let mut fds = listenfd::ListenFd::from_env();
@@ -78,9 +80,9 @@ pub fn open(
     let bound = UnixListener::bind(path);
     umask(previous);
     let listener = bound.map_err(|e| io_error("bind", e))?;
-    if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid.as_raw()))
-            .map_err(|e| io_error("set the group of", e))?;
+    if owner.is_some() || group.is_some() {
+        std::os::unix::fs::chown(path, owner.map(Uid::as_raw), group.map(Gid::as_raw))
+            .map_err(|e| io_error("set the owner of", e))?;
     }
     std::fs::set_permissions(
         path,
@@ -146,7 +148,7 @@ mod tests {
     #[test]
     fn creates_socket_with_configured_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_listener, origin) = open(&config(dir.path()), None).expect("socket opens");
+        let (_listener, origin) = open(&config(dir.path()), None, None).expect("socket opens");
         let mode = std::fs::metadata(dir.path().join("d.sock"))
             .expect("socket exists")
             .permissions()
@@ -160,10 +162,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
         let live = UnixListener::bind(&config.socket).expect("bind");
-        let err = open(&config, None).expect_err("live socket kept");
+        let err = open(&config, None, None).expect_err("live socket kept");
         assert!(matches!(err, SocketError::InUse { .. }), "{err}");
         drop(live);
-        open(&config, None).expect("stale socket replaced");
+        open(&config, None, None).expect("stale socket replaced");
     }
 
     #[test]
@@ -171,7 +173,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
         std::fs::write(&config.socket, b"precious").expect("write");
-        let err = open(&config, None).expect_err("file kept").to_string();
+        let err = open(&config, None, None)
+            .expect_err("file kept")
+            .to_string();
         assert!(
             err.ends_with("exists and is not a socket; refusing to remove it"),
             "{err}"

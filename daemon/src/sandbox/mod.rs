@@ -1,0 +1,263 @@
+//! The lockdown: the daemon confines itself however it is started, in the
+//! order `docs/hardening.md` gives and explains. Every step is verified and
+//! a failed step is fatal, naming the step and the kernel's error.
+
+pub mod caps;
+pub mod landlock;
+pub mod privileges;
+pub mod seccomp;
+pub mod status;
+
+use std::fmt::Write as _;
+
+use nix::unistd::Uid;
+use serde::Serialize;
+
+use self::landlock::{LandlockReport, Plan};
+use self::privileges::Account;
+use self::seccomp::SeccompReport;
+use self::status::StatusFile;
+use crate::config::{Config, Device, SeccompMode};
+
+/// A lockdown step that could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("lockdown step {step} failed: {reason}")]
+pub struct SandboxError {
+    pub step: &'static str,
+    pub reason: String,
+}
+
+impl SandboxError {
+    pub fn new(step: &'static str, reason: String) -> Self {
+        Self { step, reason }
+    }
+}
+
+/// One step as done.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: &'static str,
+    pub result: String,
+}
+
+/// What the lockdown did, logged at startup and served at
+/// `GET /v2/health/hardening` with the kernel's current view beside it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub enforced: bool,
+    pub steps: Vec<StepReport>,
+    pub landlock: Option<LandlockReport>,
+    pub seccomp: Option<SeccompReport>,
+}
+
+/// The lockdown for one configuration, prepared while the daemon may still
+/// be root and has a single thread.
+#[derive(Debug)]
+pub struct Lockdown {
+    enforce: bool,
+    account: Option<Account>,
+    plan: Plan,
+    cuda: bool,
+    seccomp_mode: SeccompMode,
+    status: StatusFile,
+    report: Report,
+}
+
+impl Lockdown {
+    /// Looks up `sandbox.user` (when root) and opens `/proc/self/status`.
+    /// The error is a configuration problem: it names the key.
+    pub fn prepare(config: &Config) -> Result<Self, (&'static str, String)> {
+        let status = StatusFile::open()
+            .map_err(|e| ("sandbox", format!("cannot open /proc/self/status: {e}")))?;
+        let account = if config.sandbox.enforce && Uid::effective().is_root() {
+            Some(privileges::account(&config.sandbox.user).map_err(|e| ("sandbox.user", e))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            enforce: config.sandbox.enforce,
+            account,
+            plan: landlock::plan(config),
+            cuda: config.models.iter().any(|m| m.device == Device::Cuda),
+            seccomp_mode: config.sandbox.seccomp,
+            status,
+            report: Report {
+                enforced: config.sandbox.enforce,
+                steps: Vec::new(),
+                landlock: None,
+                seccomp: None,
+            },
+        })
+    }
+
+    fn record(&mut self, step: &'static str, result: String) {
+        tracing::info!(step, result = %result, "lockdown");
+        self.report.steps.push(StepReport { step, result });
+    }
+
+    /// Steps 2 to 6. Must run before any other thread exists (tokio, ONNX
+    /// Runtime and CUDA all start threads): capabilities and Landlock are
+    /// per thread, inherited only by threads created afterwards.
+    pub fn before_threads(&mut self, opened: String) -> Result<(), SandboxError> {
+        self.record("1 prepare", opened);
+        if !self.enforce {
+            tracing::error!(
+                "SANDBOX DISABLED (sandbox.enforce = false): no user switch, capabilities kept, no Landlock, no seccomp. \
+                 For debugging only; never run like this in production"
+            );
+            return Ok(());
+        }
+        if self.account.is_some() {
+            // Needs CAP_SETPCAP, which the user switch takes away.
+            caps::drop_bounding()?;
+        }
+        let switched = privileges::switch_user(self.account.as_ref())?;
+        self.record("2 switch user", switched);
+        let restricted = privileges::restrict_process()?;
+        self.record("3 no core dumps", restricted);
+        let dropped = caps::drop_all()?;
+        self.record("4 drop capabilities", dropped);
+        let nnp = privileges::no_new_privs()?;
+        self.record("5 no_new_privs", nnp);
+        let landlock = landlock::apply(&self.plan, &self.status)?;
+        self.record(
+            "6 landlock",
+            format!(
+                "ABI {} {}; {} path rules; TCP bind and connect denied; scoped: {}",
+                landlock.abi,
+                landlock.status,
+                landlock.rules.len(),
+                landlock.scopes.join(", ")
+            ),
+        );
+        self.report.landlock = Some(landlock);
+        Ok(())
+    }
+
+    /// Step 8, once the runtime is built and the models are loaded: seccomp
+    /// on every thread. Then checks the kernel's view of the whole result.
+    pub fn after_load(&mut self) -> Result<(), SandboxError> {
+        self.record(
+            "7 runtime",
+            "tokio, ONNX Runtime and every model loaded and warmed up".to_owned(),
+        );
+        if !self.enforce {
+            return Ok(());
+        }
+        let seccomp = seccomp::apply(self.cuda, self.seccomp_mode)?;
+        self.record(
+            "8 seccomp",
+            format!(
+                "{} mode, {} variant, {} syscalls allowed, {} filters on every thread",
+                seccomp.mode,
+                seccomp.variant,
+                seccomp.allowed_syscalls,
+                seccomp.filters.len()
+            ),
+        );
+        self.report.seccomp = Some(seccomp);
+        let kernel = self.status.read().map_err(|e| {
+            SandboxError::new("9 verify", format!("reading /proc/self/status: {e}"))
+        })?;
+        if !kernel.no_capabilities() || kernel.no_new_privs != "1" || kernel.seccomp != "2" {
+            return Err(SandboxError::new(
+                "9 verify",
+                format!(
+                    "the kernel reports {kernel:?}; expected no capabilities, NoNewPrivs 1, Seccomp 2"
+                ),
+            ));
+        }
+        self.record(
+            "9 verify",
+            format!(
+                "kernel reports CapEff {} CapBnd {} NoNewPrivs {} Seccomp {} ({} filters)",
+                kernel.cap_eff,
+                kernel.cap_bnd,
+                kernel.no_new_privs,
+                kernel.seccomp,
+                kernel.seccomp_filters
+            ),
+        );
+        Ok(())
+    }
+
+    /// True when the daemon was started as root and will switch to `sandbox.user`.
+    pub fn switches_user(&self) -> bool {
+        self.account.is_some()
+    }
+
+    /// The uid the daemon runs as once locked down.
+    pub fn service_uid(&self) -> Uid {
+        self.account.as_ref().map_or_else(Uid::current, |a| a.uid)
+    }
+
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    pub fn status(&self) -> &StatusFile {
+        &self.status
+    }
+}
+
+/// `deepseekd print-policy`: the Landlock rules and the seccomp filters the
+/// configuration would get.
+pub fn describe(config: &Config) -> String {
+    let plan = landlock::plan(config);
+    let cuda = config.models.iter().any(|m| m.device == Device::Cuda);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Landlock: ABI {} required in full; every filesystem right of that ABI is denied except:",
+        landlock::ABI_PINNED as u32
+    );
+    for grant in &plan.grants {
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<40} {}{}",
+            grant.path.display(),
+            landlock::access_names(grant.access).join(","),
+            grant.why,
+            if grant.required { "" } else { " (if present)" }
+        );
+    }
+    let _ = writeln!(out, "  TCP bind and connect: denied (no rule)");
+    let scopes: Vec<String> = plan.scopes.iter().map(|s| format!("{s:?}")).collect();
+    let _ = writeln!(out, "  scoped to this process: {}", scopes.join(", "));
+    if !config.sandbox.enforce {
+        let _ = writeln!(out, "  NOT APPLIED: sandbox.enforce = false");
+    }
+    let (mismatch, family) = match config.sandbox.seccomp {
+        SeccompMode::Enforce => ("kills the process", "fails with EAFNOSUPPORT"),
+        SeccompMode::Log => (
+            "is allowed and logged by the kernel (log mode)",
+            "is allowed and logged (log mode)",
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "\nseccomp ({} variant, policies/seccomp/deepseekd.x86_64.json), on every thread after the models load:",
+        if cuda { "cuda" } else { "cpu" }
+    );
+    let _ = writeln!(out, "  allowed (any other syscall {mismatch}):");
+    let mut lists = vec!["allow"];
+    if cuda {
+        lists.push("allow_cuda");
+    }
+    for list in lists {
+        for (syscall, args, comment) in seccomp::entries(list) {
+            let name = if args {
+                format!("{syscall} (restricted arguments)")
+            } else {
+                syscall
+            };
+            let _ = writeln!(out, "    {name:<38} {comment}");
+        }
+    }
+    let _ = writeln!(out, "  fail with ENOSYS:");
+    for (syscall, _, comment) in seccomp::entries("enosys") {
+        let _ = writeln!(out, "    {syscall:<38} {comment}");
+    }
+    let _ = writeln!(out, "  socket() for any family but AF_UNIX {family}");
+    out
+}

@@ -1,0 +1,97 @@
+//! Steps 2 and 3: leave root for the configured user, and make the process
+//! unable to dump core or be attached to.
+
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::{Gid, Uid, User, getresgid, getresuid, setgid, setgroups, setuid};
+
+use super::SandboxError;
+
+/// The account the daemon switches to, looked up while still root.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+}
+
+/// Looks up `sandbox.user`; root itself is refused.
+pub fn account(name: &str) -> Result<Account, String> {
+    let user = User::from_name(name)
+        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
+        .ok_or_else(|| {
+            format!("user {name:?} does not exist (create it with `useradd --system --no-create-home {name}`, or set sandbox.user)")
+        })?;
+    if user.uid.is_root() {
+        return Err(format!(
+            "user {name:?} is root; the daemon must not run as root"
+        ));
+    }
+    Ok(Account {
+        name: name.to_owned(),
+        uid: user.uid,
+        gid: user.gid,
+    })
+}
+
+/// Step 2: when root, drop supplementary groups and switch gid and uid (real,
+/// effective and saved) to `account`, then prove there is no way back.
+pub fn switch_user(account: Option<&Account>) -> Result<String, SandboxError> {
+    let step = "2 switch user";
+    let Some(account) = account else {
+        return Ok(format!(
+            "not started as root: running as uid {}",
+            Uid::current()
+        ));
+    };
+    let fail = |what: &str, e: nix::Error| SandboxError::new(step, format!("{what}: {e}"));
+    setgroups(&[]).map_err(|e| fail("setgroups([])", e))?;
+    setgid(account.gid).map_err(|e| fail("setgid", e))?;
+    setuid(account.uid).map_err(|e| fail("setuid", e))?;
+    let uids = getresuid().map_err(|e| fail("getresuid", e))?;
+    let gids = getresgid().map_err(|e| fail("getresgid", e))?;
+    if [uids.real, uids.effective, uids.saved] != [account.uid; 3]
+        || [gids.real, gids.effective, gids.saved] != [account.gid; 3]
+    {
+        return Err(SandboxError::new(
+            step,
+            "real, effective and saved ids did not all change".to_owned(),
+        ));
+    }
+    if setuid(Uid::from_raw(0)).is_ok() {
+        return Err(SandboxError::new(
+            step,
+            "setuid(0) still succeeds after the switch".to_owned(),
+        ));
+    }
+    Ok(format!(
+        "switched to {} (uid {}, gid {}), no supplementary groups",
+        account.name, account.uid, account.gid
+    ))
+}
+
+/// Step 3: not dumpable (no core files, no ptrace by the same uid, /proc
+/// entries owned by root), core size 0, umask 077.
+pub fn restrict_process() -> Result<String, SandboxError> {
+    let step = "3 no core dumps";
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| SandboxError::new(step, format!("prctl(PR_SET_DUMPABLE, 0): {e}")))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| SandboxError::new(step, format!("setrlimit(RLIMIT_CORE, 0): {e}")))?;
+    umask(Mode::from_bits_truncate(0o077));
+    Ok("PR_SET_DUMPABLE 0, RLIMIT_CORE 0, umask 077".to_owned())
+}
+
+/// Step 5: no execve can ever grant privileges again.
+pub fn no_new_privs() -> Result<String, SandboxError> {
+    let step = "5 no_new_privs";
+    nix::sys::prctl::set_no_new_privs()
+        .map_err(|e| SandboxError::new(step, format!("prctl(PR_SET_NO_NEW_PRIVS, 1): {e}")))?;
+    match nix::sys::prctl::get_no_new_privs() {
+        Ok(true) => Ok("PR_SET_NO_NEW_PRIVS 1".to_owned()),
+        other => Err(SandboxError::new(
+            step,
+            format!("the flag reads back as {other:?}"),
+        )),
+    }
+}
