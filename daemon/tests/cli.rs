@@ -28,7 +28,7 @@ fn check_config(text: &str) -> (Option<i32>, String, tempfile::TempDir) {
 fn valid_config() -> String {
     let file = std::env::current_exe().expect("current exe");
     format!(
-        "[server]\nallowed_groups = []\n\n[runtime]\nlibrary = \"{0}\"\n\n[[model]]\nname = \"demo\"\npath = \"{0}\"\n",
+        "[server]\nallowed_groups = []\n\n[sandbox]\nuser = \"nobody\"\n\n[runtime]\nlibrary = \"{0}\"\n\n[[model]]\nname = \"demo\"\npath = \"{0}\"\n",
         file.display()
     )
 }
@@ -84,7 +84,7 @@ fn check_config_names_file_line_and_key_and_exits_78() {
     let path = dir.path().join("deepseekd.toml");
     assert!(
         out.starts_with(&format!(
-            "deepseekd: error: {}: model[0].intra_threads: TOML parse error at line 10",
+            "deepseekd: error: {}: model[0].intra_threads: TOML parse error at line 13",
             path.display()
         )),
         "{out}"
@@ -146,4 +146,38 @@ fn shipped_example_config_parses() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deepseekd.toml");
     let text = std::fs::read_to_string(&example).expect("example config");
     deepseekd::config::Config::parse(&example, &text).expect("example config is valid");
+}
+
+#[test]
+fn print_policy_shows_landlock_rules_and_seccomp_filters() {
+    let (_, _, dir) = check_config(&valid_config());
+    let path = dir.path().join("deepseekd.toml");
+    let output = deepseekd(&["print-policy", "--config", path.to_str().expect("utf8")]);
+    assert_eq!(output.status.code(), Some(0));
+    let policy = text(&output);
+    let exe_dir = std::env::current_exe()
+        .expect("exe")
+        .parent()
+        .expect("dir")
+        .display()
+        .to_string();
+    for needle in [
+        "Landlock: ABI 6 required in full",
+        &exe_dir,
+        "TCP bind and connect: denied (no rule)",
+        "scoped to this process: AbstractUnixSocket, Signal",
+        "seccomp (cpu variant",
+        "any other syscall kills the process",
+        "clone (restricted arguments)",
+        "socket() for any family but AF_UNIX fails with EAFNOSUPPORT",
+    ] {
+        assert!(
+            policy.contains(needle),
+            "print-policy lacks {needle:?}:\n{policy}"
+        );
+    }
+    assert!(
+        !policy.contains("bind "),
+        "no bind in the CPU allow-list:\n{policy}"
+    );
 }

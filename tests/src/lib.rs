@@ -249,6 +249,19 @@ impl Daemon {
         kill(Pid::from_raw(self.pid()), signal).expect("kill");
     }
 
+    /// Sends `signal` to the daemon started under a wrapper that forks it
+    /// (such as strace): the wrapper's child.
+    pub fn signal_daemon_under_wrapper(&self, signal: Signal) {
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid()))
+            .expect("children");
+        let child: i32 = children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+            .expect("the wrapper has a child");
+        kill(Pid::from_raw(child), signal).expect("kill");
+    }
+
     /// Waits up to `timeout` for the daemon to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
