@@ -19,26 +19,40 @@ $(ORT_LIB):
 	packaging/fetch-onnxruntime.sh cpu $(ORT_DIR)
 
 # Debian packages the tests use: curl for the README example,
-# systemd-socket-activate for the socket-activation test. Installed only
-# when missing, so a developer's machine is not touched needlessly.
+# systemd-socket-activate for the socket-activation test, gcc for the
+# wrong-version library, strace to watch the daemon's syscalls. Installed
+# only when missing, so a developer's machine is not touched needlessly.
 deps:
 	@missing=""; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
 	command -v cc >/dev/null || missing="$$missing gcc"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# As root (as on our machines) the daemon locks itself down and switches to
+# `nobody`; the socket admits only the uid that ran `make run`. Without root
+# it cannot empty its capability bounding set, so the demo runs unconfined,
+# which the daemon logs loudly.
+SANDBOX_ENFORCE := $(if $(filter 0,$(shell id -u)),true,false)
+
 $(RUN_DIR)/deepseekd.toml: Makefile
 	mkdir -p $(RUN_DIR)
+	chmod 755 $(RUN_DIR)
 	printf '%s\n' \
 		'# Written by `make run`: the demo model on a socket in ./run.' \
 		'[server]' \
 		'socket = "$(SOCKET)"' \
 		'socket_mode = 0o600' \
+		'allowed_uids = [$(shell id -u)]' \
 		'allowed_groups = []' \
+		'' \
+		'[sandbox]' \
+		'enforce = $(SANDBOX_ENFORCE)' \
+		'user = "nobody"' \
 		'' \
 		'[runtime]' \
 		'library = "$(ORT_LIB)"' \

@@ -175,14 +175,15 @@ fn main() {
     // The daemon gets as many single-threaded sessions as the machine has
     // cores, so concurrent clients can use all of them.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let daemon = Daemon::start(
-        "",
-        &model_table(
-            "demo",
-            "demo.onnx",
-            &format!("sessions = {cores}\nintra_op_threads = 1\nqueue_depth = 256"),
-        ),
+    let models = model_table(
+        "demo",
+        "demo.onnx",
+        &format!("sessions = {cores}\nintra_op_threads = 1\nqueue_depth = 256"),
     );
+    let daemon = Daemon::start("", &models);
+    // The same daemon without the lockdown, to price seccomp and Landlock.
+    let unconfined = Daemon::spawn_sandboxed("", "enforce = false", &models);
+    unconfined.wait_ready();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -191,7 +192,10 @@ fn main() {
     println!(
         "socket overhead: demo model, ONNX Runtime {version}, {cores} cores, {seconds} s per row"
     );
-    println!("daemon: {cores} sessions x 1 intra-op thread; in-process: 1 session x 1 thread");
+    println!(
+        "daemon: {cores} sessions x 1 intra-op thread, lockdown {}; in-process: 1 session x 1 thread",
+        if deepseek_tests::is_root() { "enforced" } else { "off (not root)" }
+    );
     println!();
     println!(
         "{:<10} {:<12} {:>7} {:>10} {:>10} {:>10} {:>12} {:>12}",
@@ -235,6 +239,61 @@ fn main() {
                     sample.per_second() / base.per_second(),
                 );
             }
+        }
+    }
+    println!();
+    println!(
+        "lockdown cost: the [1,4] JSON request against the same daemon with sandbox.enforce = false"
+    );
+    println!(
+        "{:<12} {:>7} {:>10} {:>10} {:>12}",
+        "sandbox", "clients", "p50 us", "req/s", "req/s ratio"
+    );
+    let request = Arc::new(prepare(1, false));
+    for clients in [1, 8] {
+        // Alternate the two daemons so drift on a noisy machine hits both.
+        let mut rows = Vec::new();
+        for (label, socket) in [
+            ("enforced", &daemon.socket),
+            ("off", &unconfined.socket),
+            ("enforced", &daemon.socket),
+            ("off", &unconfined.socket),
+        ] {
+            let sample = runtime.block_on(through_socket(
+                socket.clone(),
+                Arc::clone(&request),
+                clients,
+                seconds / 2.0,
+            ));
+            rows.push((label, sample));
+        }
+        let rate = |label: &str| {
+            let samples: Vec<&Sample> = rows
+                .iter()
+                .filter(|(l, _)| *l == label)
+                .map(|(_, s)| s)
+                .collect();
+            samples.iter().map(|s| s.per_second()).sum::<f64>() / samples.len() as f64
+        };
+        let p50 = |label: &str| {
+            let samples: Vec<&Sample> = rows
+                .iter()
+                .filter(|(l, _)| *l == label)
+                .map(|(_, s)| s)
+                .collect();
+            samples
+                .iter()
+                .map(|s| s.percentile(0.5).as_secs_f64())
+                .sum::<f64>()
+                / samples.len() as f64
+        };
+        for label in ["off", "enforced"] {
+            println!(
+                "{label:<12} {clients:>7} {:>10.1} {:>10.0} {:>12.2}",
+                p50(label) * 1e6,
+                rate(label),
+                rate(label) / rate("off")
+            );
         }
     }
 }
