@@ -194,7 +194,11 @@ fn main() {
     );
     println!(
         "daemon: {cores} sessions x 1 intra-op thread, lockdown {}; in-process: 1 session x 1 thread",
-        if deepseek_tests::is_root() { "enforced" } else { "off (not root)" }
+        if deepseek_tests::is_root() {
+            "enforced"
+        } else {
+            "off (not root)"
+        }
     );
     println!();
     println!(
@@ -267,26 +271,17 @@ fn main() {
             ));
             rows.push((label, sample));
         }
-        let rate = |label: &str| {
-            let samples: Vec<&Sample> = rows
+        // The mean of `measure` over one daemon's rounds.
+        let mean = |label: &str, measure: fn(&Sample) -> f64| {
+            let values: Vec<f64> = rows
                 .iter()
                 .filter(|(l, _)| *l == label)
-                .map(|(_, s)| s)
+                .map(|(_, s)| measure(s))
                 .collect();
-            samples.iter().map(|s| s.per_second()).sum::<f64>() / samples.len() as f64
+            values.iter().sum::<f64>() / values.len() as f64
         };
-        let p50 = |label: &str| {
-            let samples: Vec<&Sample> = rows
-                .iter()
-                .filter(|(l, _)| *l == label)
-                .map(|(_, s)| s)
-                .collect();
-            samples
-                .iter()
-                .map(|s| s.percentile(0.5).as_secs_f64())
-                .sum::<f64>()
-                / samples.len() as f64
-        };
+        let rate = |label: &str| mean(label, Sample::per_second);
+        let p50 = |label: &str| mean(label, |s| s.percentile(0.5).as_secs_f64());
         for label in ["off", "enforced"] {
             println!(
                 "{label:<12} {clients:>7} {:>10.1} {:>10.0} {:>12.2}",

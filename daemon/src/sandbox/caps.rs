@@ -25,33 +25,29 @@ pub fn drop_bounding() -> Result<(), SandboxError> {
     })
 }
 
+fn held(set: CapSet) -> Result<caps::CapsHashSet, SandboxError> {
+    caps::read(None, set).map_err(|e| SandboxError::new(STEP, format!("reading {set:?}: {e}")))
+}
+
 /// Empties the ambient, inheritable, effective and permitted sets, skipping
 /// any already empty (systemd may have removed `capset` from the syscalls
-/// the daemon may make).
+/// the daemon may make), then checks that all five sets are empty.
 pub fn drop_all() -> Result<String, SandboxError> {
     drop_bounding()?;
-    for set in [
+    let sets = [
         CapSet::Ambient,
         CapSet::Inheritable,
         CapSet::Effective,
         CapSet::Permitted,
-    ] {
-        let held = caps::read(None, set)
-            .map_err(|e| SandboxError::new(STEP, format!("reading {set:?}: {e}")))?;
-        if !held.is_empty() {
+    ];
+    for set in sets {
+        if !held(set)?.is_empty() {
             caps::clear(None, set)
                 .map_err(|e| SandboxError::new(STEP, format!("clearing {set:?}: {e}")))?;
         }
     }
-    for set in [
-        CapSet::Ambient,
-        CapSet::Inheritable,
-        CapSet::Effective,
-        CapSet::Permitted,
-        CapSet::Bounding,
-    ] {
-        let held = caps::read(None, set)
-            .map_err(|e| SandboxError::new(STEP, format!("reading {set:?}: {e}")))?;
+    for set in sets.into_iter().chain([CapSet::Bounding]) {
+        let held = held(set)?;
         if !held.is_empty() {
             return Err(SandboxError::new(
                 STEP,
