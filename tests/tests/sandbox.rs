@@ -182,6 +182,8 @@ fn a_compromised_daemon_cannot_reach_files_network_or_privileges() {
         ("execve", Err(sigsys)),
         ("spawn", Err(sigsys)),
         ("ptrace", Err(sigsys)),
+        // seccomp: W^X, no memory becomes executable after being writable.
+        ("make-exec", Err(sigsys)),
         ("unlisted-syscall", Err(sigsys)),
     ];
     for (name, expected) in expectations {

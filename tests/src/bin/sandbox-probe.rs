@@ -125,6 +125,12 @@ fn main() -> ExitCode {
                 .map_err(errno),
         ),
         "ptrace" => outcome(nix::sys::ptrace::attach(nix::unistd::getppid()).map_err(errno)),
+        // Turning written memory into code: what an exploit does with a payload.
+        "make-exec" => outcome(
+            memmap2::MmapMut::map_anon(4096)
+                .map_err(errno)
+                .and_then(|map| map.make_exec().map_err(errno)),
+        ),
         "unlisted-syscall" => {
             nix::unistd::sync();
             "ok".to_owned()
