@@ -11,7 +11,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run test bench ort deps check-config clean
+.PHONY: run test bench ort deps clean FORCE
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -39,7 +39,8 @@ deps:
 # which the daemon logs loudly.
 SANDBOX_ENFORCE := $(if $(filter 0,$(shell id -u)),true,false)
 
-$(RUN_DIR)/deepseekd.toml: Makefile
+# Rewritten on every `make run`, so it follows who runs it (root or not).
+$(RUN_DIR)/deepseekd.toml: FORCE
 	mkdir -p $(RUN_DIR)
 	chmod 755 $(RUN_DIR)
 	printf '%s\n' \

@@ -87,7 +87,15 @@ fn main() {
                 seccompiler::TargetArch::x86_64,
             )
             .unwrap_or_else(|e| panic!("{POLICY}: {e}"));
-            writeln!(code, "    Program {{ cuda: {cuda}, log: {log}, filters: &[").expect("write");
+            let mut names: Vec<&str> = allow.iter().filter_map(|e| e["syscall"].as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            writeln!(
+                code,
+                "    Program {{ cuda: {cuda}, log: {log}, allowed: {}, filters: &[",
+                names.len()
+            )
+            .expect("write");
             for name in ["allow", "enosys", "eafnosupport"] {
                 let program = &compiled[name];
                 writeln!(code, "        (\"{name}\", &[").expect("write");

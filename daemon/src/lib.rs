@@ -172,15 +172,19 @@ fn serve(path: &std::path::Path) -> Exit {
         }
     };
     // Still single-threaded: `socket::open` reads LISTEN_FDS and sets the umask.
-    let owner = lockdown.switches_user().then(|| lockdown.service_uid());
-    let (listener, origin) = match socket::open(&config.server, owner, socket_group) {
+    // A socket created while root goes to the service user, and to its
+    // group unless server.socket_group names one.
+    let switching = lockdown.switching_to();
+    let owner = switching.map(|(uid, _)| uid);
+    let group = socket_group.or(switching.map(|(_, gid)| gid));
+    let (listener, origin) = match socket::open(&config.server, owner, group) {
         Ok(opened) => opened,
         Err(e) => {
             tracing::error!("{e}");
             return Exit::Socket;
         }
     };
-    if let Err(exit) = preflight(&config) {
+    if let Err(exit) = preflight(path, &config) {
         return exit;
     }
     let opened = match &origin {
@@ -286,7 +290,7 @@ async fn run(
 /// Checks, before the lockdown, that the files its Landlock rules name exist,
 /// so a wrong path gets its own message and exit code instead of a failed
 /// Landlock rule.
-fn preflight(config: &Config) -> Result<(), Exit> {
+fn preflight(path: &std::path::Path, config: &Config) -> Result<(), Exit> {
     let library = &config.runtime.library;
     if !library.exists() {
         tracing::error!(
@@ -296,6 +300,30 @@ fn preflight(config: &Config) -> Result<(), Exit> {
             }
         );
         return Err(Exit::Runtime);
+    }
+    let directories = [
+        ("runtime.cuda_library_dir", &config.runtime.cuda_library_dir),
+        (
+            "runtime.cudnn_library_dir",
+            &config.runtime.cudnn_library_dir,
+        ),
+        ("sandbox.cuda_cache_dir", &config.sandbox.cuda_cache_dir),
+    ];
+    for (key, dir) in directories {
+        if let Some(dir) = dir
+            && !dir.is_dir()
+        {
+            let message = format!("{} is not a directory", dir.display());
+            tracing::error!(
+                "{}",
+                ConfigError::Semantic {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                    message
+                }
+            );
+            return Err(Exit::Config);
+        }
     }
     for (index, model) in config.models.iter().enumerate() {
         if let Err(source) = std::fs::File::open(&model.path) {

@@ -504,3 +504,33 @@ async fn sighup_is_logged_and_ignored() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+#[test]
+fn a_missing_cuda_directory_is_a_configuration_error_naming_its_key() {
+    let models = format!(
+        "{}\n",
+        model_table(
+            "demo",
+            "demo.onnx",
+            "device = \"cuda\"\nallow_cpu_fallback = true"
+        )
+    );
+    let dir = shared_tempdir();
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("d.sock"),
+        &ort_library(),
+        "",
+        "cuda_cache_dir = \"/nonexistent/cuda-cache\"",
+        &models,
+    );
+    let (code, stderr) = run_daemon(
+        &["--config", config.to_str().expect("utf8")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("sandbox.cuda_cache_dir: /nonexistent/cuda-cache is not a directory"),
+        "{stderr}"
+    );
+}

@@ -182,6 +182,8 @@ fn a_compromised_daemon_cannot_reach_files_network_or_privileges() {
         ("execve", Err(sigsys)),
         ("spawn", Err(sigsys)),
         ("ptrace", Err(sigsys)),
+        // seccomp: no datagram socket to reach /dev/log or other world-writable sockets.
+        ("unix-datagram", Err(sigsys)),
         // seccomp: W^X, no memory becomes executable after being writable.
         ("make-exec", Err(sigsys)),
         ("unlisted-syscall", Err(sigsys)),
@@ -280,7 +282,7 @@ async fn onnx_runtime_never_reaches_for_the_network() {
             "-f",
             "-qq",
             "-e",
-            "trace=socket,connect,sendto",
+            "trace=socket,connect,sendto,openat",
             "-o",
             &trace_arg,
         ],
@@ -300,6 +302,10 @@ async fn onnx_runtime_never_reaches_for_the_network() {
         inet.is_empty(),
         "the daemon tried the network:\n{}",
         inet.join("\n")
+    );
+    assert!(
+        !calls.contains("onnxruntime.db"),
+        "ONNX Runtime opened its telemetry database"
     );
     // (Had it tried, seccomp would have killed it: the telemetry client's
     // other syscalls are not in the allow-list.)

@@ -10,7 +10,7 @@ pub mod status;
 
 use std::fmt::Write as _;
 
-use nix::unistd::Uid;
+use nix::unistd::{Gid, Uid};
 use serde::Serialize;
 
 use self::landlock::{LandlockReport, Plan};
@@ -181,9 +181,10 @@ impl Lockdown {
         Ok(())
     }
 
-    /// True when the daemon was started as root and will switch to `sandbox.user`.
-    pub fn switches_user(&self) -> bool {
-        self.account.is_some()
+    /// The service user's uid and gid, when the daemon was started as root
+    /// and will switch to `sandbox.user`.
+    pub fn switching_to(&self) -> Option<(Uid, Gid)> {
+        self.account.as_ref().map(|a| (a.uid, a.gid))
     }
 
     /// The uid the daemon runs as once locked down.

@@ -19,6 +19,8 @@ type Instruction = (u16, u8, u8, u32);
 pub(crate) struct Program {
     cuda: bool,
     log: bool,
+    /// Distinct syscalls in the allow-list (some of them then answered ENOSYS).
+    allowed: usize,
     filters: &'static [(&'static str, &'static [Instruction])],
 }
 
@@ -70,19 +72,6 @@ pub fn entries(list: &str) -> Vec<(String, bool, String)> {
         .unwrap_or_default()
 }
 
-fn allowed_syscalls(cuda: bool) -> usize {
-    let mut names: Vec<String> = entries("allow")
-        .into_iter()
-        .map(|(name, _, _)| name)
-        .collect();
-    if cuda {
-        names.extend(entries("allow_cuda").into_iter().map(|(name, _, _)| name));
-    }
-    names.sort();
-    names.dedup();
-    names.len()
-}
-
 /// Installs the filters on every thread. The allow-list goes last: once it
 /// is in, `seccomp` itself is no longer allowed.
 pub fn apply(cuda: bool, mode: SeccompMode) -> Result<SeccompReport, SandboxError> {
@@ -112,7 +101,7 @@ pub fn apply(cuda: bool, mode: SeccompMode) -> Result<SeccompReport, SandboxErro
             SeccompMode::Log => "log",
         },
         variant: if cuda { "cuda" } else { "cpu" },
-        allowed_syscalls: allowed_syscalls(cuda),
+        allowed_syscalls: program.allowed,
         filters,
     })
 }

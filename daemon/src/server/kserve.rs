@@ -526,4 +526,54 @@ mod tests {
             &[0, 0, 0xc0, 0x3f, 0, 0, 0, 0x40]
         );
     }
+
+    /// Fuzz smoke for the request decoder, which reads bytes from any
+    /// allowed client: arbitrary bodies and header lengths, and valid
+    /// requests with bytes flipped, must give an error or a request, never a
+    /// panic (or an allocation sized by the client's claimed shape).
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::decode_request;
+
+        const VALID: &str = r#"{"id":"a","inputs":[{"name":"x","shape":[2,2],"datatype":"FP16","data":[[1,2],[3,"NaN"]]},{"name":"s","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":7}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}],"parameters":{"binary_data_output":false}}"#;
+
+        fn valid_body() -> Vec<u8> {
+            let mut body = VALID.as_bytes().to_vec();
+            body.extend_from_slice(&[3, 0, 0, 0, b'a', b'b', b'c']);
+            body
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), len in proptest::option::of(0usize..600)) {
+                let _ = decode_request(&body, len);
+            }
+
+            #[test]
+            fn mutated_valid_requests_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), len_delta in -8i64..8) {
+                let mut body = valid_body();
+                for (index, byte) in flips {
+                    let i = index.index(body.len());
+                    body[i] = byte;
+                }
+                let len = usize::try_from(VALID.len() as i64 + len_delta).ok();
+                let _ = decode_request(&body, len);
+            }
+
+            #[test]
+            fn huge_claimed_shapes_are_refused_not_allocated(dim in 1u64 << 20..u64::MAX) {
+                let body = format!(r#"{{"inputs":[{{"name":"x","shape":[{dim},{dim}],"datatype":"FP32","data":[1]}}]}}"#);
+                prop_assert!(decode_request(body.as_bytes(), None).is_err());
+            }
+        }
+
+        #[test]
+        fn the_seed_request_is_valid() {
+            let body = valid_body();
+            decode_request(&body, Some(VALID.len())).expect("seed decodes");
+        }
+    }
 }

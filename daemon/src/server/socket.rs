@@ -18,7 +18,8 @@ use crate::config::ServerConfig;
 pub enum Origin {
     /// Passed by systemd (`LISTEN_FDS`); systemd owns the file.
     Systemd,
-    /// Created by the daemon at this path, which it removes on exit.
+    /// Created by the daemon at this path. It is left in place on exit (a
+    /// locked-down daemon may not unlink it); the next start replaces it.
     Created(PathBuf),
 }
 

@@ -93,6 +93,15 @@ fn main() -> ExitCode {
             )
             .map_err(errno),
         ),
+        "unix-datagram" => outcome(
+            socket(
+                AddressFamily::Unix,
+                SockType::Datagram,
+                SockFlag::empty(),
+                None,
+            )
+            .map_err(errno),
+        ),
         "tcp-connect" => {
             let port: u16 = rest
                 .first()
