@@ -4,6 +4,8 @@
 #               model on ./run/deepseekd.sock in the foreground
 #   make test   fetch what the tests need, then fmt, clippy and every test
 #   make bench  the socket-overhead benchmark (BENCHMARKS.md)
+#   make bench-integrity  deepseek-integrity against AIDE and sha256sum
+#               (BENCHMARKS.md; root, ~9 GiB free under BENCH_DIR)
 
 SHELL := /bin/bash
 ORT_DIR := $(CURDIR)/.ort/cpu
@@ -11,7 +13,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run test bench ort deps clean FORCE
+.PHONY: run run-config test bench bench-integrity ort deps clean FORCE
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -20,7 +22,8 @@ $(ORT_LIB):
 
 # Debian packages the tests use: curl for the README example,
 # systemd-socket-activate for the socket-activation test, gcc for the
-# wrong-version library, strace to watch the daemon's syscalls. Installed
+# wrong-version library, strace to watch the daemon's syscalls, fsverity to
+# check the fs-verity digests against fsverity-utils. Installed
 # only when missing, so a developer's machine is not touched needlessly.
 deps:
 	@missing=""; \
@@ -28,6 +31,7 @@ deps:
 	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
 	command -v cc >/dev/null || missing="$$missing gcc"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
+	command -v fsverity >/dev/null || missing="$$missing fsverity"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -39,10 +43,28 @@ deps:
 # which the daemon logs loudly.
 SANDBOX_ENFORCE := $(if $(filter 0,$(shell id -u)),true,false)
 
-# Rewritten on every `make run`, so it follows who runs it (root or not).
-$(RUN_DIR)/deepseekd.toml: FORCE
+INTEGRITY := target/release/deepseek-integrity
+
+# Rewritten on every `make run`, so it follows who runs it (root or not):
+# a fresh integrity key, a database signed over the fixture models (the
+# daemon refuses models that do not match it), and the daemon's config.
+run-config: FORCE
 	mkdir -p $(RUN_DIR)
 	chmod 755 $(RUN_DIR)
+	rm -f $(RUN_DIR)/integrity.key $(RUN_DIR)/integrity.db
+	$(INTEGRITY) keygen --out $(RUN_DIR)/integrity.key | sed -n 's/^verifier_key = //p' > $(RUN_DIR)/integrity.pub
+	printf '%s\n' \
+		'# Written by `make run`: what the demo integrity database covers.' \
+		'database = "$(RUN_DIR)/integrity.db"' \
+		'signing_key = "$(RUN_DIR)/integrity.key"' \
+		"verifier_key = $$(cat $(RUN_DIR)/integrity.pub)" \
+		'' \
+		'[[rule]]' \
+		'path = "$(CURDIR)/fixtures/models"' \
+		'recursive = false' \
+		'preset = "model"' \
+		'digest = "sha256"' > $(RUN_DIR)/integrity.toml
+	$(INTEGRITY) --config $(RUN_DIR)/integrity.toml init
 	printf '%s\n' \
 		'# Written by `make run`: the demo model on a socket in ./run.' \
 		'[server]' \
@@ -55,15 +77,20 @@ $(RUN_DIR)/deepseekd.toml: FORCE
 		'enforce = $(SANDBOX_ENFORCE)' \
 		'user = "nobody"' \
 		'' \
+		'[integrity]' \
+		'database = "$(RUN_DIR)/integrity.db"' \
+		"verifier_key = $$(cat $(RUN_DIR)/integrity.pub)" \
+		'' \
 		'[runtime]' \
 		'library = "$(ORT_LIB)"' \
 		'' \
 		'[[model]]' \
 		'name = "demo"' \
-		'path = "$(CURDIR)/fixtures/models/demo.onnx"' > $@
+		'path = "$(CURDIR)/fixtures/models/demo.onnx"' > $(RUN_DIR)/deepseekd.toml
 
-run: ort $(RUN_DIR)/deepseekd.toml
-	cargo build --release --bin deepseekd
+run: ort
+	cargo build --release --bin deepseekd --bin deepseek-integrity
+	$(MAKE) --no-print-directory run-config
 	@echo
 	@echo "deepseekd is starting on $(SOCKET) with the demo model (y = 2x + 1)."
 	@echo "In another terminal:"
@@ -84,6 +111,11 @@ test: deps ort
 bench: ort
 	cargo build --release --bin deepseekd
 	cargo bench -p deepseek-tests --bench socket_overhead -- $(BENCH_ARGS)
+
+# BENCH_DIR=/somewhere/else for the scratch trees (default /var/tmp/deepseek-bench);
+# REPS_WARM, REPS_COLD and the other knobs are listed in the script.
+bench-integrity:
+	packaging/bench-integrity.sh $(BENCH_DIR)
 
 clean:
 	rm -rf $(RUN_DIR)

@@ -12,7 +12,8 @@ Exit codes:
   0   stopped cleanly, or check-config found the configuration valid
   1   SIGTERM's grace period ended with requests still running
   64  bad command line
-  65  a model file cannot be loaded by ONNX Runtime or failed its warm-up run
+  65  a model does not match the signed integrity database (or the database is missing or
+      its signature invalid), cannot be loaded by ONNX Runtime, or failed its warm-up run
   66  the configuration file is missing or unreadable
   69  ONNX Runtime, or the CUDA provider a model needs, is missing or the wrong version
   70  internal error

@@ -26,6 +26,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    #[serde(default)]
+    pub integrity: IntegrityConfig,
     #[serde(rename = "model", default)]
     pub models: Vec<ModelConfig>,
 }
@@ -82,6 +84,31 @@ pub struct RuntimeConfig {
     /// Directory holding the cuDNN 9 libraries, preloaded by path.
     #[serde(default)]
     pub cudnn_library_dir: Option<PathBuf>,
+}
+
+/// `[integrity]`: the signed database every model is verified against
+/// before it is loaded (docs/integrity.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrityConfig {
+    /// Refuse models that do not match the database. `false` loads
+    /// unverified models, for debugging only, and is logged loudly.
+    pub enforce: bool,
+    /// The database `deepseek-integrity init` writes.
+    pub database: PathBuf,
+    /// The key the database must be signed with (`ed25519:BASE64`, as
+    /// `deepseek-integrity keygen` prints it).
+    pub verifier_key: Option<String>,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        Self {
+            enforce: true,
+            database: PathBuf::from("/var/lib/deepseek-integrity/integrity.db"),
+            verifier_key: None,
+        }
+    }
 }
 
 /// `[sandbox]`: how the daemon locks itself down (docs/hardening.md).
@@ -355,6 +382,7 @@ impl Config {
         let mut paths = vec![
             ("server.socket".to_owned(), &self.server.socket),
             ("runtime.library".to_owned(), &self.runtime.library),
+            ("integrity.database".to_owned(), &self.integrity.database),
         ];
         paths.extend(
             [
@@ -378,6 +406,18 @@ impl Config {
                 key,
                 format!("expected an absolute path, got {:?}", relative.display()),
             ));
+        }
+        if self.integrity.enforce {
+            let key = self.integrity.verifier_key.as_deref().ok_or_else(|| {
+                semantic(
+                    "integrity.verifier_key",
+                    "required while integrity.enforce is true (the default): set it to the key \
+                     `deepseek-integrity keygen` printed, or set integrity.enforce = false (debugging only)"
+                        .to_owned(),
+                )
+            })?;
+            deepseek_integrity::keys::VerifierKey::parse(key)
+                .map_err(|e| semantic("integrity.verifier_key", e))?;
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(semantic(
@@ -422,6 +462,8 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = r#"
+[integrity]
+verifier_key = "ed25519:GL0Uc1Liy+LFw6V2AxvuGjFBcQajKQTxz90KtLXo+ys="
 [runtime]
 library = "/opt/ort/libonnxruntime.so.1.31.1"
 
@@ -464,7 +506,7 @@ path = "/models/demo.onnx"
         let text = format!("{MINIMAL}threads = 4\n");
         let err = parse(&text).expect_err("unknown key rejected").to_string();
         assert!(err.starts_with("/etc/deepseek/deepseekd.toml: "), "{err}");
-        assert!(err.contains("line 8"), "{err}");
+        assert!(err.contains("line 10"), "{err}");
         assert!(err.contains("unknown field `threads`"), "{err}");
         assert!(err.contains("expected one of"), "{err}");
     }
@@ -475,7 +517,7 @@ path = "/models/demo.onnx"
         let err = parse(&text).expect_err("bad type rejected").to_string();
         assert!(
             err.starts_with(
-                "/etc/deepseek/deepseekd.toml: model[0].sessions: TOML parse error at line 7"
+                "/etc/deepseek/deepseekd.toml: model[0].sessions: TOML parse error at line 9"
             ),
             "{err}"
         );
@@ -490,7 +532,7 @@ path = "/models/demo.onnx"
             .to_string();
         assert!(err.contains("expected a nonzero usize"), "{err}");
         assert!(
-            err.contains("model[0].sessions: TOML parse error at line 7"),
+            err.contains("model[0].sessions: TOML parse error at line 9"),
             "{err}"
         );
     }
@@ -521,7 +563,7 @@ path = "/models/demo.onnx"
         let err = parse(&text).expect_err("duplicate rejected").to_string();
         assert_eq!(
             err,
-            "/etc/deepseek/deepseekd.toml:10: model[1].name: duplicate model name \"demo\": each [[model]] needs its own name"
+            "/etc/deepseek/deepseekd.toml:12: model[1].name: duplicate model name \"demo\": each [[model]] needs its own name"
         );
     }
 
@@ -538,9 +580,31 @@ path = "/models/demo.onnx"
         let err = parse(&text).expect_err("empty name rejected").to_string();
         assert!(
             err.starts_with(
-                "/etc/deepseek/deepseekd.toml: model[0].name: TOML parse error at line 6"
+                "/etc/deepseek/deepseekd.toml: model[0].name: TOML parse error at line 8"
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn integrity_needs_a_verifier_key_unless_switched_off() {
+        let text = MINIMAL.replace(
+            "verifier_key = \"ed25519:GL0Uc1Liy+LFw6V2AxvuGjFBcQajKQTxz90KtLXo+ys=\"",
+            "",
+        );
+        let err = parse(&text).expect_err("no key").to_string();
+        assert!(
+            err.contains("integrity.verifier_key: required while integrity.enforce is true"),
+            "{err}"
+        );
+        let off = text.replace("[integrity]", "[integrity]\nenforce = false");
+        parse(&off).expect("enforce = false needs no key");
+        let bad = MINIMAL.replace("ed25519:GL0U", "ed25519:XX0U");
+        assert!(
+            parse(&bad)
+                .expect_err("bad key")
+                .to_string()
+                .contains("integrity.verifier_key")
         );
     }
 
@@ -558,7 +622,7 @@ path = "/models/demo.onnx"
 
     #[test]
     fn no_models_rejected() {
-        let err = parse("[runtime]\nlibrary = \"/x.so\"\n")
+        let err = parse("[integrity]\nenforce = false\n[runtime]\nlibrary = \"/x.so\"\n")
             .expect_err("no models rejected")
             .to_string();
         assert!(err.contains("at least one [[model]]"), "{err}");

@@ -13,7 +13,9 @@ pub enum Exit {
     ShutdownTimedOut = 1,
     /// Bad command line (EX_USAGE).
     Usage = 64,
-    /// A model file is not a loadable ONNX model, or its warm-up run failed (EX_DATAERR).
+    /// A model does not match the signed integrity database (or the database
+    /// is missing or its signature invalid), is not a loadable ONNX model, or
+    /// failed its warm-up run (EX_DATAERR).
     Model = 65,
     /// The configuration file is missing or unreadable (EX_NOINPUT).
     NoConfig = 66,

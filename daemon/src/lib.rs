@@ -25,6 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use cli::{Cli, Command};
 use config::{Config, ConfigError};
+use deepseek_integrity::entry::Entry;
 use engine::Engine;
 use exit::Exit;
 use nix::unistd::{Gid, Uid};
@@ -120,6 +121,15 @@ fn check_config(path: &std::path::Path) -> Exit {
         report(&e);
         return Exit::Config;
     }
+    if !config.integrity.enforce {
+        eprintln!(
+            "deepseekd: warning: integrity.enforce = false: models would be loaded without verification"
+        );
+    }
+    if let Err(e) = load_database(&config) {
+        report(&e);
+        return Exit::Model;
+    }
     let mut files = vec![("runtime.library".to_owned(), config.runtime.library.clone())];
     files.extend(
         config
@@ -187,6 +197,15 @@ fn serve(path: &std::path::Path) -> Exit {
     if let Err(exit) = preflight(path, &config) {
         return exit;
     }
+    // Read and verified before the lockdown, so the daemon needs no access
+    // to the database afterwards.
+    let database = match load_database(&config) {
+        Ok(database) => database,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Model;
+        }
+    };
     let opened = match &origin {
         Origin::Systemd => "configuration read; listening socket inherited from systemd".to_owned(),
         Origin::Created(path) => format!(
@@ -208,7 +227,7 @@ fn serve(path: &std::path::Path) -> Exit {
             return Exit::Software;
         }
     };
-    let exit = runtime.block_on(run(config, access, listener, lockdown));
+    let exit = runtime.block_on(run(config, database, access, listener, lockdown));
     // A model load still running in a blocking thread must not hold up exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     tracing::info!(code = exit as u8, "exiting");
@@ -217,6 +236,7 @@ fn serve(path: &std::path::Path) -> Exit {
 
 async fn run(
     config: Config,
+    database: Option<Vec<Entry>>,
     access: AccessPolicy,
     listener: std::os::unix::net::UnixListener,
     mut lockdown: sandbox::Lockdown,
@@ -235,7 +255,7 @@ async fn run(
     let started = std::time::Instant::now();
     // Clients that connect meanwhile wait in the listen backlog: nothing is
     // read from a client before the whole lockdown is in place.
-    let loading = tokio::task::spawn_blocking(move || load_engine(&config));
+    let loading = tokio::task::spawn_blocking(move || load_engine(&config, database.as_deref()));
     let engine = tokio::select! {
         loaded = loading => match loaded {
             Ok(Ok(engine)) => engine,
@@ -342,14 +362,43 @@ fn preflight(path: &std::path::Path, config: &Config) -> Result<(), Exit> {
     Ok(())
 }
 
+/// Reads the integrity database and checks its signature against the pinned
+/// key; `None` when `integrity.enforce = false`, which is logged loudly.
+fn load_database(
+    config: &Config,
+) -> Result<Option<Vec<Entry>>, deepseek_integrity::database::DatabaseError> {
+    let integrity = &config.integrity;
+    let Some(key) = integrity
+        .verifier_key
+        .as_deref()
+        .filter(|_| integrity.enforce)
+    else {
+        tracing::error!(
+            "INTEGRITY NOT ENFORCED (integrity.enforce = false): models are loaded without checking them \
+             against the signed database. For debugging only"
+        );
+        return Ok(None);
+    };
+    let pinned = deepseek_integrity::keys::VerifierKey::parse(key)
+        .expect("validated with the configuration");
+    let entries = deepseek_integrity::database::load(&integrity.database, &pinned)?;
+    tracing::info!(
+        database = %integrity.database.display(),
+        entries = entries.len(),
+        signed_by = %pinned.id(),
+        "integrity database signature verified"
+    );
+    Ok(Some(entries))
+}
+
 /// Brings up ONNX Runtime and loads every model, logging why when it cannot.
-fn load_engine(config: &Config) -> Result<Engine, Exit> {
+fn load_engine(config: &Config, database: Option<&[Entry]>) -> Result<Engine, Exit> {
     let (environment, version) = engine::runtime::init(&config.runtime).map_err(|e| {
         tracing::error!("{e}");
         Exit::Runtime
     })?;
     tracing::info!(version = %version, library = %config.runtime.library.display(), "ONNX Runtime loaded");
-    Engine::load(environment, version, &config.models).map_err(|e| {
+    Engine::load(environment, version, &config.models, database).map_err(|e| {
         tracing::error!("{e}");
         match e {
             engine::LoadError::Cuda { .. } => Exit::Runtime,

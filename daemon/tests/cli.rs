@@ -28,7 +28,7 @@ fn check_config(text: &str) -> (Option<i32>, String, tempfile::TempDir) {
 fn valid_config() -> String {
     let file = std::env::current_exe().expect("current exe");
     format!(
-        "[server]\nallowed_groups = []\n\n[sandbox]\nuser = \"nobody\"\n\n[runtime]\nlibrary = \"{0}\"\n\n[[model]]\nname = \"demo\"\npath = \"{0}\"\n",
+        "[server]\nallowed_groups = []\n\n[sandbox]\nuser = \"nobody\"\n\n[integrity]\nenforce = false\n\n[runtime]\nlibrary = \"{0}\"\n\n[[model]]\nname = \"demo\"\npath = \"{0}\"\n",
         file.display()
     )
 }
@@ -71,9 +71,15 @@ fn check_config_accepts_a_valid_file() {
     let (code, out, dir) = check_config(&valid_config());
     assert_eq!(code, Some(0), "{out}");
     let path = dir.path().join("deepseekd.toml");
+    // stdout, then stderr: the verdict, and the warning for the switched-off
+    // model verification this test configuration uses.
     assert_eq!(
         out.trim(),
-        format!("{}: configuration is valid (1 models)", path.display())
+        format!(
+            "{}: configuration is valid (1 models)\n\
+             deepseekd: warning: integrity.enforce = false: models would be loaded without verification",
+            path.display()
+        )
     );
 }
 
@@ -84,7 +90,7 @@ fn check_config_names_file_line_and_key_and_exits_78() {
     let path = dir.path().join("deepseekd.toml");
     assert!(
         out.starts_with(&format!(
-            "deepseekd: error: {}: model[0].intra_threads: TOML parse error at line 13",
+            "deepseekd: error: {}: model[0].intra_threads: TOML parse error at line 16",
             path.display()
         )),
         "{out}"
@@ -140,12 +146,25 @@ fn missing_config_file_exits_66() {
 }
 
 #[test]
-fn shipped_example_config_parses() {
+fn shipped_example_config_parses_once_a_key_is_filled_in() {
     // packaging/deepseekd.toml references paths of an installed system; its
-    // keys and values must still parse.
+    // keys and values must still parse, with the verifier key filled in.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deepseekd.toml");
     let text = std::fs::read_to_string(&example).expect("example config");
-    deepseekd::config::Config::parse(&example, &text).expect("example config is valid");
+    let err = deepseekd::config::Config::parse(&example, &text).expect_err("placeholder key");
+    assert!(err.to_string().contains("integrity.verifier_key"), "{err}");
+    let filled: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("verifier_key") {
+                "verifier_key = \"ed25519:GL0Uc1Liy+LFw6V2AxvuGjFBcQajKQTxz90KtLXo+ys=\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    deepseekd::config::Config::parse(&example, &filled).expect("example config is valid");
 }
 
 #[test]

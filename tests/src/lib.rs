@@ -99,9 +99,66 @@ pub fn sandbox_table(extra: &str) -> String {
     }
 }
 
+/// Signs an integrity database covering the directories of the models in
+/// `tables` (the `[[model]]` tables of a configuration), with a fresh key in
+/// `dir`, using the integrity library the daemon itself verifies with.
+/// Returns the `[integrity]` table pointing at it.
+pub fn integrity_table(dir: &Path, tables: &str) -> String {
+    let parsed: toml::Table = toml::from_str(tables).unwrap_or_default();
+    let mut model_dirs: Vec<PathBuf> = parsed
+        .get("model")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some(Path::new(m.get("path")?.as_str()?).parent()?.to_owned()))
+        .collect();
+    model_dirs.sort();
+    model_dirs.dedup();
+    let key_path = dir.join("integrity.key");
+    let key = deepseek_integrity::keys::Signer25519::generate(&key_path).expect("integrity key");
+    let database = dir.join("integrity.db");
+    let rules: String = model_dirs
+        .iter()
+        .map(|d| format!("[[rule]]\npath = \"{}\"\nrecursive = false\npreset = \"model\"\ndigest = \"sha256\"\n", d.display()))
+        .collect();
+    let config_text = format!(
+        "database = \"{}\"\nsigning_key = \"{}\"\nverifier_key = \"{}\"\n{rules}",
+        database.display(),
+        key_path.display(),
+        key.verifier()
+    );
+    if !model_dirs.is_empty() {
+        let config =
+            deepseek_integrity::config::Config::parse(&dir.join("integrity.toml"), &config_text)
+                .expect("integrity config");
+        let options = deepseek_integrity::scan::Options {
+            jobs: 2,
+            progress: false,
+        };
+        let entries = deepseek_integrity::scan::scan(
+            &config,
+            &options,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .expect("scan models");
+        deepseek_integrity::database::store(
+            &database,
+            &deepseek_integrity::database::encode(&entries, &key),
+        )
+        .expect("store database");
+        fs::write(dir.join("integrity.toml"), &config_text).expect("integrity config");
+    }
+    format!(
+        "[integrity]\ndatabase = \"{}\"\nverifier_key = \"{}\"\n",
+        database.display(),
+        key.verifier()
+    )
+}
+
 /// Writes `deepseekd.toml` into `dir`: the socket at `socket`, `library` as
 /// ONNX Runtime, `server_extra` inside `[server]` (the test's own uid is
-/// allowed), `sandbox_extra` inside `[sandbox]`, then `rest` (tables).
+/// allowed), `sandbox_extra` inside `[sandbox]`, an `[integrity]` table with
+/// a database signed for the models, then `rest` (tables).
 pub fn write_config(
     dir: &Path,
     socket: &Path,
@@ -112,10 +169,11 @@ pub fn write_config(
 ) -> PathBuf {
     let config = dir.join("deepseekd.toml");
     let text = format!(
-        "[server]\nsocket = \"{}\"\nallowed_groups = []\nallowed_uids = [{}]\n{server_extra}\n\n{}\n[runtime]\nlibrary = \"{}\"\n\n{rest}",
+        "[server]\nsocket = \"{}\"\nallowed_groups = []\nallowed_uids = [{}]\n{server_extra}\n\n{}\n{}\n[runtime]\nlibrary = \"{}\"\n\n{rest}",
         socket.display(),
         nix::unistd::Uid::current(),
         sandbox_table(sandbox_extra),
+        integrity_table(dir, rest),
         library.display()
     );
     fs::write(&config, text).expect("write config");

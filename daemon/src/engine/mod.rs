@@ -5,7 +5,8 @@ pub mod runtime;
 pub mod session;
 pub mod tensor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ort::environment::Environment;
@@ -13,7 +14,48 @@ use ort::environment::Environment;
 pub use session::{InferError, LoadError, Model, ModelInfo, NamedTensor, TensorSpec};
 pub use tensor::{DataType, TensorData};
 
+use deepseek_integrity::entry::{Entry, Kind};
+use deepseek_integrity::verify::{Verified, verify_directory};
+
 use crate::config::ModelConfig;
+
+/// Verifies the model's directory against the database. A model alone in its
+/// directory is read once and loaded from the verified bytes; a model with
+/// other files beside it (external data) is loaded from its path after they
+/// are all verified (docs/integrity.md explains the remaining window).
+///
+/// A directory shared by several models is verified once, for the first.
+fn verify(
+    entries: &[Entry],
+    config: &ModelConfig,
+    done: &mut HashSet<PathBuf>,
+) -> Result<Option<Verified>, LoadError> {
+    let started = std::time::Instant::now();
+    let name = config.name.get_ref().as_str();
+    let dir = config.path.parent().unwrap_or(Path::new("/"));
+    let alone = entries
+        .iter()
+        .filter(|e| e.path.starts_with(dir) && e.path != dir && e.kind != Kind::Dir)
+        .count()
+        == 1;
+    if !done.insert(dir.to_owned()) && !alone {
+        return Ok(None);
+    }
+    let keep = alone.then_some(config.path.as_path());
+    let verified = verify_directory(entries, dir, keep).map_err(|source| LoadError::Integrity {
+        model: name.to_owned(),
+        source,
+    })?;
+    tracing::info!(
+        model = %name,
+        files = verified.files,
+        bytes = verified.bytes,
+        from_verified_bytes = verified.kept.is_some(),
+        elapsed_ms = started.elapsed().as_millis(),
+        "model files match the signed integrity database"
+    );
+    Ok(Some(verified))
+}
 
 /// Every configured model, loaded; built once at startup.
 #[derive(Debug)]
@@ -26,16 +68,24 @@ pub struct Engine {
 
 impl Engine {
     /// Loads every model in configuration order; the first failure stops the
-    /// daemon, which never serves a partial set of models.
+    /// daemon, which never serves a partial set of models. With `database`,
+    /// each model's directory is verified against it first.
     pub fn load(
         environment: Environment,
         runtime_version: String,
         configs: &[ModelConfig],
+        database: Option<&[Entry]>,
     ) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
+        let mut verified_dirs = HashSet::new();
         for (index, config) in configs.iter().enumerate() {
             let started = std::time::Instant::now();
-            let model = Model::load(&environment, index, config)?;
+            let verified = match database {
+                Some(entries) => verify(entries, config, &mut verified_dirs)?,
+                None => None,
+            };
+            let bytes = verified.as_ref().and_then(|v| v.kept.as_deref());
+            let model = Model::load(&environment, index, config, bytes)?;
             let info = model.info();
             tracing::info!(
                 model = %info.name,

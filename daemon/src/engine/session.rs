@@ -78,6 +78,11 @@ pub enum LoadError {
         device_id: u32,
         reason: String,
     },
+    #[error("model {model:?} failed integrity verification, not loaded: {source}")]
+    Integrity {
+        model: String,
+        source: deepseek_integrity::verify::VerifyError,
+    },
     #[error("model {model:?}: ONNX Runtime cannot load {path}: {reason}")]
     Session {
         model: String,
@@ -132,11 +137,14 @@ struct Pool {
 }
 
 impl Model {
-    /// Builds `sessions` ONNX Runtime sessions for the model and warms each up.
+    /// Builds `sessions` ONNX Runtime sessions for the model and warms each
+    /// up. With `verified_bytes`, the sessions are built from exactly those
+    /// bytes (the ones whose digest was checked), not by re-reading the file.
     pub fn load(
         environment: &Environment,
         index: usize,
         config: &ModelConfig,
+        verified_bytes: Option<&[u8]>,
     ) -> Result<Self, LoadError> {
         let name = config.name.get_ref().as_str().to_owned();
         // Open the file ourselves first: ONNX Runtime's message for a missing
@@ -163,7 +171,10 @@ impl Model {
             Device::Cuda => register_cuda(builder, &name, config)?,
         };
         let sessions = (0..config.sessions.get())
-            .map(|_| builder.commit_from_file(&config.path))
+            .map(|_| match verified_bytes {
+                Some(bytes) => builder.commit_from_memory(bytes),
+                None => builder.commit_from_file(&config.path),
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(session_error)?;
         let first = &sessions[0];

@@ -1,0 +1,207 @@
+//! The Ed25519 keys that sign the database: the signing key file (secret,
+//! mode 0600) and the verifier key pinned in the configuration.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+/// The public half, as `ed25519:BASE64` in `integrity.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifierKey(pub VerifyingKey);
+
+const PREFIX: &str = "ed25519:";
+const KEY_FILE_HEADER: &str = "deepseek-integrity signing key v1";
+
+impl VerifierKey {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let encoded = text
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| format!("expected \"{PREFIX}\" followed by base64, got {text:?}"))?;
+        let bytes = BASE64
+            .decode(encoded)
+            .map_err(|e| format!("invalid base64: {e}"))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| format!("expected 32 bytes of public key, got {}", b.len()))?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(Self)
+            .map_err(|e| format!("not an Ed25519 public key: {e}"))
+    }
+
+    /// A short identifier for reports: the first 8 bytes of the key, in hex.
+    pub fn id(&self) -> String {
+        self.0.as_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.0
+            .verify(message, &Signature::from_bytes(signature))
+            .is_ok()
+    }
+}
+
+impl std::fmt::Display for VerifierKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PREFIX}{}", BASE64.encode(self.0.as_bytes()))
+    }
+}
+
+/// Why a key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read signing key {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "signing key {path} has mode {mode:o}: group and others must have no access (chmod 600)"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("signing key {path} is owned by uid {owner}, not by uid {me} who runs this")]
+    Owner { path: PathBuf, owner: u32, me: u32 },
+    #[error("signing key {path} is malformed: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("{path} already exists; refusing to overwrite a signing key")]
+    Exists { path: PathBuf },
+    #[error("cannot write signing key {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the system has no randomness for a key: {0}")]
+    Random(String),
+}
+
+/// The secret key, loaded only by `init` and `update`.
+#[derive(Debug)]
+pub struct Signer25519(SigningKey);
+
+impl Signer25519 {
+    pub fn verifier(&self) -> VerifierKey {
+        VerifierKey(self.0.verifying_key())
+    }
+
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
+    }
+
+    /// Makes a new key and writes it to `path` (mode 0600, never over an
+    /// existing file).
+    pub fn generate(path: &Path) -> Result<Self, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        let key = Self(SigningKey::from_bytes(&seed));
+        let write_error = |source| KeyError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    KeyError::Exists {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    write_error(e)
+                }
+            })?;
+        writeln!(file, "{KEY_FILE_HEADER}\n{}", BASE64.encode(seed)).map_err(write_error)?;
+        file.sync_all().map_err(write_error)?;
+        Ok(key)
+    }
+
+    /// Loads the key, refusing one that group or others can access or that
+    /// another user owns.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let read_error = |source| KeyError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let metadata = std::fs::metadata(path).map_err(read_error)?;
+        let mode = metadata.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let me = nix::unistd::Uid::effective().as_raw();
+        if metadata.uid() != me {
+            return Err(KeyError::Owner {
+                path: path.to_owned(),
+                owner: metadata.uid(),
+                me,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let malformed = |reason: &str| KeyError::Malformed {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(KEY_FILE_HEADER) {
+            return Err(malformed("the first line is not the key file header"));
+        }
+        let seed = BASE64
+            .decode(lines.next().unwrap_or_default())
+            .map_err(|_| malformed("the second line is not base64"))?;
+        let seed: [u8; 32] = seed
+            .try_into()
+            .map_err(|_| malformed("the key is not 32 bytes"))?;
+        Ok(Self(SigningKey::from_bytes(&seed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_keys_load_back_and_verify() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k");
+        let key = Signer25519::generate(&path).expect("generate");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = Signer25519::load(&path).expect("load");
+        assert_eq!(loaded.verifier(), key.verifier());
+        let signature = loaded.sign(b"hello");
+        let verifier = VerifierKey::parse(&key.verifier().to_string()).expect("parse");
+        assert!(verifier.verify(b"hello", &signature));
+        assert!(!verifier.verify(b"hellO", &signature));
+        let err = Signer25519::generate(&path).expect_err("no overwrite");
+        assert!(matches!(err, KeyError::Exists { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_readable_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k");
+        Signer25519::generate(&path).expect("generate");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let err = Signer25519::load(&path).expect_err("refused").to_string();
+        assert!(
+            err.ends_with("has mode 640: group and others must have no access (chmod 600)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn verifier_keys_are_checked() {
+        assert!(VerifierKey::parse("ed25519:AAAA").is_err());
+        assert!(VerifierKey::parse("rsa:AAAA").is_err());
+    }
+}
