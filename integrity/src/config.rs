@@ -185,10 +185,23 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let parse_error = |key: String, source| ConfigError::Parse {
             path: path.to_owned(),
-            key: String::new(),
+            key,
             source: Box::new(source),
+        };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), e))?;
+        // The key being read (`rule[2].digest`), which toml's own message
+        // shows only as a source excerpt.
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                String::new()
+            } else {
+                format!("{key}: ")
+            };
+            parse_error(key, e.into_inner())
         })?;
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -197,6 +210,17 @@ impl Config {
         };
         crate::keys::VerifierKey::parse(&config.verifier_key)
             .map_err(|e| invalid("verifier_key".into(), e))?;
+        for (key, file) in [
+            ("database", &config.database),
+            ("signing_key", &config.signing_key),
+        ] {
+            if !file.is_absolute() {
+                return Err(invalid(
+                    key.into(),
+                    format!("expected an absolute path, got {:?}", file.display()),
+                ));
+            }
+        }
         if config.rules.is_empty() {
             return Err(invalid(
                 "rule".into(),

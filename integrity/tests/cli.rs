@@ -406,6 +406,10 @@ fn a_missing_database_and_a_bad_configuration_have_their_codes() {
     std::fs::write(f.config(), "database = 1\n").expect("config");
     let (code, out) = f.cmd("check");
     assert_eq!(code, 17, "{out}");
+    assert!(
+        out.contains("integrity.toml: database: TOML parse error at line 1"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -567,5 +571,25 @@ fn a_rule_that_stops_recording_the_digest_is_reported_not_silent() {
             .iter()
             .any(|(a, _, new)| a == "sha256" && new == "(not recorded)"),
         "{changes:?}"
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_key() {
+    let f = Fixture::new();
+    let config = std::fs::read_to_string(f.config()).expect("config");
+    std::fs::write(
+        f.config(),
+        config.replacen("digest = \"both\"", "digest = \"sha512\"", 1),
+    )
+    .expect("config");
+    let (code, out) = f.cmd("check");
+    assert_eq!(code, 17, "{out}");
+    assert!(out.contains("rule[1].digest: TOML parse error"), "{out}");
+    assert!(
+        out.contains(
+            "unknown variant `sha512`, expected one of `auto`, `sha256`, `chunked`, `both`, `none`"
+        ),
+        "{out}"
     );
 }
