@@ -13,7 +13,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test bench bench-integrity ort deps clean FORCE
+.PHONY: run run-config test bench bench-audit bench-integrity ort deps clean FORCE
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -44,6 +44,7 @@ deps:
 SANDBOX_ENFORCE := $(if $(filter 0,$(shell id -u)),true,false)
 
 INTEGRITY := target/release/deepseek-integrity
+AUDIT := target/release/deepseek-audit
 
 # Rewritten on every `make run`, so it follows who runs it (root or not):
 # a fresh integrity key, a database signed over the fixture models (the
@@ -51,7 +52,17 @@ INTEGRITY := target/release/deepseek-integrity
 run-config: FORCE
 	mkdir -p $(RUN_DIR)
 	chmod 755 $(RUN_DIR)
-	rm -f $(RUN_DIR)/integrity.key $(RUN_DIR)/integrity.db
+	rm -rf $(RUN_DIR)/integrity.key $(RUN_DIR)/integrity.db $(RUN_DIR)/audit
+	mkdir -p $(RUN_DIR)/audit
+	$(AUDIT) keygen --name deepseek-audit/demo --out $(RUN_DIR)/audit/audit.key > $(RUN_DIR)/audit/audit.pub
+	printf '%s\n' \
+		'# Written by `make run`: the demo audit service.' \
+		'socket = "$(RUN_DIR)/audit/audit.sock"' \
+		'log_dir = "$(RUN_DIR)/audit/log"' \
+		'signing_key = "$(RUN_DIR)/audit/audit.key"' \
+		"$$(cat $(RUN_DIR)/audit/audit.pub)" \
+		'allowed_uids = [65534, $(shell id -u)]' \
+		'syslog = false' > $(RUN_DIR)/audit/audit.toml
 	$(INTEGRITY) keygen --out $(RUN_DIR)/integrity.key | sed -n 's/^verifier_key = //p' > $(RUN_DIR)/integrity.pub
 	printf '%s\n' \
 		'# Written by `make run`: what the demo integrity database covers.' \
@@ -77,6 +88,9 @@ run-config: FORCE
 		'enforce = $(SANDBOX_ENFORCE)' \
 		'user = "nobody"' \
 		'' \
+		'[audit]' \
+		'socket = "$(RUN_DIR)/audit/audit.sock"' \
+		'' \
 		'[integrity]' \
 		'database = "$(RUN_DIR)/integrity.db"' \
 		"verifier_key = $$(cat $(RUN_DIR)/integrity.pub)" \
@@ -89,7 +103,7 @@ run-config: FORCE
 		'path = "$(CURDIR)/fixtures/models/demo.onnx"' > $(RUN_DIR)/deepseekd.toml
 
 run: ort
-	cargo build --release --bin deepseekd --bin deepseek-integrity
+	cargo build --release --bin deepseekd --bin deepseek-integrity --bin deepseek-audit
 	$(MAKE) --no-print-directory run-config
 	@echo
 	@echo "deepseekd is starting on $(SOCKET) with the demo model (y = 2x + 1)."
@@ -99,8 +113,12 @@ run: ort
 	@echo "    -d '{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}'"
 	@echo
 	@echo "Expected: y = [3,5,7,9] and row_sum = [24]. Stop with Ctrl-C."
+	@echo "Every request is recorded first: $(AUDIT) -c $(RUN_DIR)/audit/audit.toml log verify"
 	@echo
-	exec target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
+	$(AUDIT) --config $(RUN_DIR)/audit/audit.toml serve & auditor=$$!; \
+	trap 'kill $$auditor 2>/dev/null; wait $$auditor' EXIT INT TERM; \
+	while [ ! -S $(RUN_DIR)/audit/audit.sock ]; do sleep 0.1; done; \
+	target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
 
 test: deps ort
 	cargo fmt --all --check
@@ -114,6 +132,10 @@ bench: ort
 
 # BENCH_DIR=/somewhere/else for the scratch trees (default /var/tmp/deepseek-bench);
 # REPS_WARM, REPS_COLD and the other knobs are listed in the script.
+# Durable audit appends/s and `log verify` throughput (BENCHMARKS.md).
+bench-audit:
+	cargo bench -p deepseek-audit --bench audit -- $(BENCH_ARGS)
+
 bench-integrity:
 	packaging/bench-integrity.sh $(BENCH_DIR)
 

@@ -1,38 +1,388 @@
 //! `deepseek-audit`: the privilege-separated auditor of the deepseek
-//! appliance.
-//!
-//! Not implemented yet. The audit service (`serve`), key generation and the
-//! compliance check (`verify`) arrive with their own issues; until then the
-//! binary only answers `--help` and `--version`, so that nothing on an
-//! appliance can mistake it for a working auditor.
+//! appliance. It keeps the tamper-evident log of every inference request
+//! (an RFC 6962 Merkle tree over canonical entries, sealed by signed
+//! checkpoints) and verifies it.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
+pub mod entry;
+pub mod keys;
+pub mod merkle;
+pub mod note;
+pub mod proof;
+pub mod service;
+pub mod storage;
+pub mod verify;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// The deepseek appliance's auditor (not yet implemented: this build only
-/// prints --help and --version).
-///
-/// It will keep the signed, tamper-evident log of every inference request
-/// and run the compliance check `deepseek-audit verify`.
+/// The deepseek appliance's auditor: the signed, tamper-evident audit log.
 #[derive(Debug, Parser)]
 #[command(name = "deepseek-audit", version, about, long_about)]
-struct Cli {}
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "PATH",
+        default_value = "/etc/deepseek/audit.toml",
+        global = true
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
 
-/// The binary's entry point: parses the command line and exits 64 (EX_USAGE)
-/// on anything but `--help` or `--version`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the checkpoint signing key (mode 0600) and print its verifier key.
+    Keygen {
+        /// The key's name, also the checkpoints' origin line.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Run the audit service.
+    Serve,
+    /// Work with the log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Verify the entries, the tree and every checkpoint.
+    Verify {
+        /// The verifier key (default: verifier_key in the configuration).
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// A checkpoint kept elsewhere (e.g. from syslog) that the log must extend.
+        #[arg(long, value_name = "FILE")]
+        trusted_checkpoint: Option<PathBuf>,
+    },
+    /// Print the entries, one line each (time, event, peer, model, status).
+    Show,
+    /// Print the entries as a JSON array, for other tools.
+    Export {
+        #[arg(long, default_value = "json", value_parser = ["json"])]
+        format: String,
+    },
+    /// Print an inclusion proof of entry SEQ against the latest checkpoint:
+    /// the entry, the signed checkpoint and the proof hashes, as JSON that
+    /// `log check-proof` verifies without access to the log.
+    Prove { seq: u64 },
+    /// Verify a proof printed by `log prove` with only the verifier key.
+    CheckProof {
+        /// The proof file (`-` for standard input).
+        file: PathBuf,
+        /// The verifier key (default: verifier_key in the configuration).
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+    },
+}
+
+fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("deepseek-audit: error: {error}");
+    ExitCode::from(code)
+}
+
+fn load_config(path: &std::path::Path) -> Result<service::ServiceConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The binary's entry point.
 pub fn main() -> ExitCode {
-    match Cli::try_parse() {
-        Ok(Cli {}) => {
-            eprintln!(
-                "deepseek-audit: no command given; this build implements only --help and --version"
-            );
-            ExitCode::from(64)
-        }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            ExitCode::from(if e.use_stderr() { 64 } else { 0 })
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Keygen { name, out } => {
+            let mut seed = [0u8; 32];
+            if let Err(e) = getrandom::getrandom(&mut seed) {
+                return fail(71, &e);
+            }
+            match keys::generate(&name, &out, seed) {
+                Ok(signer) => {
+                    println!("verifier_key = \"{}\"", signer.verifier());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(74, &e),
+            }
+        }
+        Command::Serve => {
+            let config = match load_config(&cli.config) {
+                Ok(config) => config,
+                Err(e) => return fail(78, &e),
+            };
+            let signer = match keys::load(&config.signing_key) {
+                Ok(signer) => signer,
+                Err(e) => return fail(78, &e),
+            };
+            if let Some(dir) = config.socket.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if std::os::unix::net::UnixStream::connect(&config.socket).is_err() {
+                let _ = std::fs::remove_file(&config.socket);
+            }
+            let listener = match std::os::unix::net::UnixListener::bind(&config.socket) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    return fail(
+                        71,
+                        &format!("cannot listen on {}: {e}", config.socket.display()),
+                    );
+                }
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+                    return fail(71, &e);
+                }
+            }
+            match service::serve(&config, signer, listener, stop) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(74, &e),
+            }
+        }
+        Command::Log {
+            command:
+                LogCommand::Verify {
+                    key,
+                    trusted_checkpoint,
+                },
+        } => {
+            let config = match load_config(&cli.config) {
+                Ok(config) => config,
+                Err(e) => return fail(78, &e),
+            };
+            let verifier = match verifier_of(key, &config) {
+                Ok(verifier) => verifier,
+                Err(e) => return fail(78, &e),
+            };
+            let (log, checkpoints) = read_log(&config);
+            let trusted = match trusted_checkpoint.map(|path| {
+                let note = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let text = verifier
+                    .open(&note)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                checkpoint::Checkpoint::parse(text).map_err(|e| format!("{}: {e}", path.display()))
+            }) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => return fail(2, &e),
+                None => None,
+            };
+            match verify::verify(&log, &checkpoints, &verifier, trusted.as_ref()) {
+                Ok(v) => {
+                    println!(
+                        "log verified: {} entries, {} checkpoints, sealed up to {}, unsealed tail {}",
+                        v.entries, v.checkpoints, v.sealed, v.unsealed
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &e),
+            }
+        }
+        Command::Log {
+            command: LogCommand::Show,
+        }
+        | Command::Log {
+            command: LogCommand::Export { .. },
+        } => {
+            let export = matches!(
+                cli.command,
+                Command::Log {
+                    command: LogCommand::Export { .. }
+                }
+            );
+            let config = match load_config(&cli.config) {
+                Ok(config) => config,
+                Err(e) => return fail(78, &e),
+            };
+            let (log, _) = read_log(&config);
+            let mut entries = Vec::new();
+            for (index, line) in log
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
+                match entry::Entry::decode(line) {
+                    Ok(entry) => entries.push(entry),
+                    Err(e) => return fail(2, &format!("line {}: {e}", index + 1)),
+                }
+            }
+            if export {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&entries).expect("entries serialize")
+                );
+            } else {
+                for e in &entries {
+                    let peer = e
+                        .peer
+                        .as_ref()
+                        .map_or_else(String::new, |p| format!("uid={} pid={}", p.uid, p.pid));
+                    let status = e.status.map_or_else(String::new, |s| s.to_string());
+                    let line = format!(
+                        "{:>8} {}.{:09} {:<18} {:<18} {:<12} {}",
+                        e.seq,
+                        e.time_ns / 1_000_000_000,
+                        e.time_ns % 1_000_000_000,
+                        serde_json::to_value(e.event)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        peer,
+                        e.model.clone().unwrap_or_default(),
+                        status
+                    );
+                    println!("{}", line.trim_end());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Log {
+            command: LogCommand::Prove { seq },
+        } => match load_config(&cli.config).and_then(|c| prove(&c, seq)) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &e),
+        },
+        Command::Log {
+            command: LogCommand::CheckProof { file, key },
+        } => {
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
+                text
+            } else {
+                std::fs::read_to_string(&file).unwrap_or_default()
+            };
+            let verifier = match key
+                .map(|k| note::NoteVerifier::parse(&k).map_err(|e| e.to_string()))
+                .unwrap_or_else(|| load_config(&cli.config).and_then(|c| verifier_of(None, &c)))
+            {
+                Ok(verifier) => verifier,
+                Err(e) => return fail(78, &e),
+            };
+            match serde_json::from_str::<proof::InclusionProof>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    p.check(&verifier)
+                        .map(|c| (p.seq, c))
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok((seq, checkpoint)) => {
+                    println!(
+                        "entry {seq} is included in the {} entries of {} signed by {}",
+                        checkpoint.size,
+                        checkpoint.origin,
+                        verifier.name()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &e),
+            }
         }
     }
+}
+
+/// The entries file and every stored checkpoint of the log directory.
+fn read_log(config: &service::ServiceConfig) -> (Vec<u8>, Vec<verify::StoredCheckpoint>) {
+    let log = std::fs::read(config.log_dir.join(storage::ENTRIES)).unwrap_or_default();
+    let mut checkpoints = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(config.log_dir.join("checkpoints")) {
+        for item in dir.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".note") && !name.starts_with('.') {
+                let note = std::fs::read_to_string(item.path()).unwrap_or_default();
+                checkpoints.push(verify::StoredCheckpoint { name, note });
+            }
+        }
+    }
+    (log, checkpoints)
+}
+
+fn verifier_of(
+    key: Option<String>,
+    config: &service::ServiceConfig,
+) -> Result<note::NoteVerifier, String> {
+    let key = key
+        .or(config.verifier_key.clone())
+        .ok_or("no verifier key: pass --key or set verifier_key")?;
+    note::NoteVerifier::parse(&key).map_err(|e| e.to_string())
+}
+
+fn prove(config: &service::ServiceConfig, seq: u64) -> Result<String, String> {
+    let verifier = verifier_of(None, config)?;
+    let (log, checkpoints) = read_log(config);
+    verify::verify(&log, &checkpoints, &verifier, None).map_err(|e| e.to_string())?;
+    let lines: Vec<&[u8]> = log
+        .strip_suffix(b"\n")
+        .unwrap_or(&log)
+        .split(|&b| b == b'\n')
+        .collect();
+    let entry = lines
+        .get(usize::try_from(seq).unwrap_or(usize::MAX))
+        .ok_or(format!("the log has no entry {seq}"))?;
+    let leaves: Vec<merkle::Hash> = lines.iter().map(|l| merkle::leaf_hash(l)).collect();
+    let sealing = checkpoints
+        .iter()
+        .filter_map(|c| {
+            Some((
+                checkpoint::Checkpoint::parse(verifier.open(&c.note).ok()?).ok()?,
+                c,
+            ))
+        })
+        .filter(|(c, _)| c.size > seq)
+        .max_by_key(|(c, _)| c.size)
+        .ok_or(format!("entry {seq} is not sealed by a checkpoint yet"))?;
+    let proof = proof::InclusionProof::build(entry, seq, &leaves, sealing.0.size, &sealing.1.note);
+    serde_json::to_string_pretty(&proof).map_err(|e| e.to_string())
+}
+
+/// Lower-case hex of a hash (on every append and every verified entry, so
+/// without a formatter call per byte).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Parses 64 lower-case hex digits.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = digit(bytes[2 * i])? << 4 | digit(bytes[2 * i + 1])?;
+    }
+    Some(out)
 }

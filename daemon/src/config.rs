@@ -28,8 +28,13 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub integrity: IntegrityConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     #[serde(rename = "model", default)]
     pub models: Vec<ModelConfig>,
+    /// SHA-256 of the file as read: the audit log's start event carries it.
+    #[serde(skip)]
+    pub source_sha256: String,
 }
 
 /// `[server]`: the Unix socket and who may use it.
@@ -107,6 +112,34 @@ impl Default for IntegrityConfig {
             enforce: true,
             database: PathBuf::from("/var/lib/deepseek-integrity/integrity.db"),
             verifier_key: None,
+        }
+    }
+}
+
+/// `[audit]`: the audit service every request is recorded with before its
+/// answer leaves the daemon (docs/audit.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Refuse (503) every inference whose record the auditor did not
+    /// acknowledge. `false` serves unaudited, is for debugging only, and is
+    /// logged loudly at every start.
+    pub required: bool,
+    /// The auditor's socket, connected once before the lockdown.
+    pub socket: PathBuf,
+    /// How long to wait for an acknowledgement before answering 503.
+    pub timeout_ms: u64,
+    /// Also record request and response bodies (default: digests only).
+    pub record_content: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            required: true,
+            socket: PathBuf::from("/run/deepseek-audit/audit.sock"),
+            timeout_ms: 2000,
+            record_content: false,
         }
     }
 }
@@ -369,6 +402,10 @@ impl Config {
             parse_error(key, e.into_inner())
         })?;
         config.validate(path, text)?;
+        let mut config = config;
+        config.source_sha256 = deepseek_integrity::digest::hex(
+            &<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()),
+        );
         Ok(config)
     }
 
@@ -383,6 +420,7 @@ impl Config {
             ("server.socket".to_owned(), &self.server.socket),
             ("runtime.library".to_owned(), &self.runtime.library),
             ("integrity.database".to_owned(), &self.integrity.database),
+            ("audit.socket".to_owned(), &self.audit.socket),
         ];
         paths.extend(
             [

@@ -7,6 +7,7 @@
 //! the models, installs seccomp on every thread, and only then serves.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -197,6 +198,11 @@ fn serve(path: &std::path::Path) -> Exit {
     if let Err(exit) = preflight(path, &config) {
         return exit;
     }
+    // Connected now: once locked down, the daemon may not `connect`.
+    let auditor = match connect_auditor(&config) {
+        Ok(auditor) => auditor,
+        Err(exit) => return exit,
+    };
     // Read and verified before the lockdown, so the daemon needs no access
     // to the database afterwards.
     let database = match load_database(&config) {
@@ -227,7 +233,7 @@ fn serve(path: &std::path::Path) -> Exit {
             return Exit::Software;
         }
     };
-    let exit = runtime.block_on(run(config, database, access, listener, lockdown));
+    let exit = runtime.block_on(run(config, database, access, listener, lockdown, auditor));
     // A model load still running in a blocking thread must not hold up exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     tracing::info!(code = exit as u8, "exiting");
@@ -240,7 +246,22 @@ async fn run(
     access: AccessPolicy,
     listener: std::os::unix::net::UnixListener,
     mut lockdown: sandbox::Lockdown,
+    auditor: Option<std::os::unix::net::UnixStream>,
 ) -> Exit {
+    let audit = match auditor
+        .map(|s| audit::AuditClient::start(s, Duration::from_millis(config.audit.timeout_ms)))
+    {
+        Some(Ok(client)) => client,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot use the connection to the auditor");
+            return Exit::Runtime;
+        }
+        None => audit::AuditClient::disabled(),
+    };
+    let model_digests = model_digests(&config, database.as_deref());
+    let audit_required = config.audit.required;
+    let record_content = config.audit.record_content;
+    let config_sha256 = config.source_sha256.clone();
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -274,8 +295,31 @@ async fn run(
         tracing::error!("{e}");
         return Exit::Sandbox;
     }
+    let mut start = deepseek_audit::entry::Entry::event(deepseek_audit::entry::Event::Start);
+    start
+        .details
+        .insert("config_sha256".to_owned(), config_sha256);
+    start
+        .details
+        .insert("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    let mut events = vec![start];
+    for (model, digest) in &model_digests {
+        let mut load = deepseek_audit::entry::Entry::event(deepseek_audit::entry::Event::ModelLoad);
+        load.model = Some(model.clone());
+        load.model_sha256 = digest.clone();
+        events.push(load);
+    }
+    for event in events {
+        if let Err(e) = audit.record(event).await
+            && audit_required
+        {
+            tracing::error!(error = %e, "the auditor did not record the start; refusing to serve (audit.required = true)");
+            return Exit::Runtime;
+        }
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis(),
+        audited = audit.is_enabled(),
         "all models loaded, lockdown complete; ready"
     );
     let state = Arc::new(AppState {
@@ -284,6 +328,10 @@ async fn run(
         max_body_bytes,
         draining: AtomicBool::new(false),
         lockdown,
+        audit: audit.clone(),
+        audit_required,
+        record_content,
+        model_digests,
     });
     let drained = server::serve(
         listener,
@@ -297,6 +345,15 @@ async fn run(
         max_connections,
     )
     .await;
+    if let Err(e) = state
+        .audit
+        .record(deepseek_audit::entry::Entry::event(
+            deepseek_audit::entry::Event::Shutdown,
+        ))
+        .await
+    {
+        tracing::error!(error = %e, "the shutdown could not be recorded");
+    }
     if drained == server::Drained::TimedOut {
         tracing::error!(
             grace_secs = grace.as_secs(),
@@ -389,6 +446,61 @@ fn load_database(
         "integrity database signature verified"
     );
     Ok(Some(entries))
+}
+
+/// Opens the connection to the auditor. With `audit.required` (the default)
+/// an unreachable auditor stops the daemon; without it, the daemon says
+/// loudly that it serves unaudited and records what it can.
+fn connect_auditor(config: &Config) -> Result<Option<std::os::unix::net::UnixStream>, Exit> {
+    let audit = &config.audit;
+    let connected = std::os::unix::net::UnixStream::connect(&audit.socket);
+    if !audit.required {
+        tracing::error!(
+            "AUDIT NOT REQUIRED (audit.required = false): requests are answered even when the auditor cannot record them. \
+             For debugging only"
+        );
+    }
+    match connected {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if audit.required => {
+            tracing::error!(
+                socket = %audit.socket.display(),
+                error = %e,
+                "cannot reach the auditor (audit.socket); refusing to start while audit.required = true"
+            );
+            Err(Exit::Runtime)
+        }
+        Err(e) => {
+            tracing::error!(socket = %audit.socket.display(), error = %e, "no auditor: nothing is recorded");
+            Ok(None)
+        }
+    }
+}
+
+/// Each model's file digest as the integrity database records it.
+fn model_digests(
+    config: &Config,
+    database: Option<&[Entry]>,
+) -> std::collections::BTreeMap<String, Option<String>> {
+    config
+        .models
+        .iter()
+        .map(|m| {
+            let digest = database
+                .and_then(|entries| entries.iter().find(|e| e.path == m.path))
+                .and_then(|e| {
+                    e.attrs
+                        .sha256
+                        .map(|d| deepseek_integrity::digest::hex(&d))
+                        .or_else(|| {
+                            e.attrs
+                                .chunked
+                                .map(|d| format!("chunked:{}", deepseek_integrity::digest::hex(&d)))
+                        })
+                });
+            (m.name.get_ref().as_str().to_owned(), digest)
+        })
+        .collect()
 }
 
 /// Brings up ONNX Runtime and loads every model, logging why when it cannot.

@@ -159,6 +159,9 @@ pub fn integrity_table(dir: &Path, tables: &str) -> String {
 /// ONNX Runtime, `server_extra` inside `[server]` (the test's own uid is
 /// allowed), `sandbox_extra` inside `[sandbox]`, an `[integrity]` table with
 /// a database signed for the models, then `rest` (tables).
+///
+/// The daemon is not required to reach an auditor here (these configurations
+/// serve startup and lockdown tests); [`Daemon::spawn`] runs a real one.
 pub fn write_config(
     dir: &Path,
     socket: &Path,
@@ -167,9 +170,34 @@ pub fn write_config(
     sandbox_extra: &str,
     rest: &str,
 ) -> PathBuf {
+    let unaudited = format!(
+        "[audit]\nrequired = false\nsocket = \"{}\"\n",
+        dir.join("no-auditor.sock").display()
+    );
+    write_config_audited(
+        dir,
+        socket,
+        library,
+        server_extra,
+        sandbox_extra,
+        rest,
+        &unaudited,
+    )
+}
+
+/// Like [`write_config`], with `audit` as the `[audit]` table.
+pub fn write_config_audited(
+    dir: &Path,
+    socket: &Path,
+    library: &Path,
+    server_extra: &str,
+    sandbox_extra: &str,
+    rest: &str,
+    audit: &str,
+) -> PathBuf {
     let config = dir.join("deepseekd.toml");
     let text = format!(
-        "[server]\nsocket = \"{}\"\nallowed_groups = []\nallowed_uids = [{}]\n{server_extra}\n\n{}\n{}\n[runtime]\nlibrary = \"{}\"\n\n{rest}",
+        "[server]\nsocket = \"{}\"\nallowed_groups = []\nallowed_uids = [{}]\n{server_extra}\n\n{}\n{}\n{audit}\n[runtime]\nlibrary = \"{}\"\n\n{rest}",
         socket.display(),
         nix::unistd::Uid::current(),
         sandbox_table(sandbox_extra),
@@ -180,6 +208,153 @@ pub fn write_config(
     config
 }
 
+/// A running `deepseek-audit serve` with its own key and log; killed when
+/// dropped.
+#[derive(Debug)]
+pub struct Auditor {
+    pub dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Auditor {
+    /// Creates a key and a configuration in `dir` and starts the service,
+    /// accepting records from `nobody` (the locked-down daemon) and from
+    /// this process's uid.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &dir.join("log"), 1)
+    }
+
+    /// Like [`Auditor::start`], with the log in `log_dir` and the service
+    /// stopping when its filesystem has less than `min_free_bytes` free.
+    pub fn start_with(dir: &Path, log_dir: &Path, min_free_bytes: u64) -> Self {
+        fs::create_dir_all(dir).expect("auditor dir");
+        let key = dir.join("audit.key");
+        let keygen = Command::new(binary("deepseek-audit"))
+            .args(["keygen", "--name", "deepseek-audit/test", "--out"])
+            .arg(&key)
+            .output()
+            .expect("deepseek-audit keygen");
+        let verifier = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
+        assert!(
+            verifier.starts_with("verifier_key = "),
+            "keygen: {verifier}"
+        );
+        let socket = dir.join("audit.sock");
+        let config = dir.join("audit.toml");
+        fs::write(
+            &config,
+            format!(
+                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [65534, {}]\ncheckpoint_every = 10\nmin_free_bytes = {min_free_bytes}\nsyslog = false\n",
+                socket.display(),
+                log_dir.display(),
+                key.display(),
+                nix::unistd::Uid::current()
+            ),
+        )
+        .expect("audit config");
+        let mut auditor = Self {
+            dir: dir.to_owned(),
+            log_dir: log_dir.to_owned(),
+            socket,
+            config,
+            child: None,
+        };
+        auditor.spawn();
+        auditor
+    }
+
+    /// Starts (or restarts) the service on the same log.
+    pub fn spawn(&mut self) {
+        let log = fs::File::create(self.dir.join("audit.stderr")).expect("log");
+        let child = Command::new(binary("deepseek-audit"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn deepseek-audit");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the auditor did not listen within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `[audit]` for a daemon that must record with this auditor.
+    pub fn table(&self) -> String {
+        format!("[audit]\nsocket = \"{}\"\n", self.socket.display())
+    }
+
+    /// Waits up to `timeout` for the service to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().ok()? {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the service with `signal` and waits for it.
+    pub fn stop(&mut self, signal: Signal) -> Option<i32> {
+        let mut child = self.child.take()?;
+        kill(
+            Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+            signal,
+        )
+        .expect("kill auditor");
+        child.wait().ok()?.code()
+    }
+
+    /// `deepseek-audit log verify` on this auditor's log: exit code and output.
+    pub fn verify(&self) -> (i32, String) {
+        let output = Command::new(binary("deepseek-audit"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["log", "verify"])
+            .output()
+            .expect("deepseek-audit log verify");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    }
+
+    /// The entries recorded so far, parsed.
+    pub fn entries(&self) -> Vec<Value> {
+        fs::read_to_string(self.log_dir.join("entries.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("entry"))
+            .collect()
+    }
+}
+
+impl Drop for Auditor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A running daemon; killed when dropped.
 #[derive(Debug)]
 pub struct Daemon {
@@ -188,6 +363,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub stderr: PathBuf,
     child: Option<Child>,
+    /// The auditor this daemon records with, when the harness started one.
+    pub auditor: Option<Auditor>,
 }
 
 impl Daemon {
@@ -207,19 +384,33 @@ impl Daemon {
 
     /// Like [`Daemon::spawn`], with `sandbox_extra` in `[sandbox]`.
     pub fn spawn_sandboxed(server_extra: &str, sandbox_extra: &str, models: &str) -> Self {
+        Self::spawn_full(server_extra, sandbox_extra, "", models)
+    }
+
+    /// Like [`Daemon::spawn_sandboxed`], with `audit_extra` in `[audit]`.
+    pub fn spawn_full(
+        server_extra: &str,
+        sandbox_extra: &str,
+        audit_extra: &str,
+        models: &str,
+    ) -> Self {
         // Traversable by other uids: the daemon runs as `nobody`, and in
         // the peer test the allow-list, not the directory, must decide.
         let dir = shared_tempdir();
         let socket = dir.path().join("deepseekd.sock");
-        let config = write_config(
+        let auditor = Auditor::start(&dir.path().join("audit"));
+        let config = write_config_audited(
             dir.path(),
             &socket,
             &ort_library(),
             server_extra,
             sandbox_extra,
             models,
+            &format!("{}{audit_extra}\n", auditor.table()),
         );
-        Self::spawn_with_config(dir, socket, config, &[])
+        let mut daemon = Self::spawn_with_config(dir, socket, config, &[]);
+        daemon.auditor = Some(auditor);
+        daemon
     }
 
     /// Starts the daemon on an existing configuration, with extra arguments
@@ -255,6 +446,7 @@ impl Daemon {
             config,
             stderr,
             child: Some(child),
+            auditor: None,
         }
     }
 

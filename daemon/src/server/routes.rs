@@ -17,8 +17,10 @@ use serde_json::json;
 
 use super::kserve::{self, HEADER_LENGTH};
 use super::peer::{AccessPolicy, Peer};
+use crate::audit::AuditClient;
 use crate::engine::{Engine, InferError, Model};
 use crate::sandbox::Lockdown;
+use deepseek_audit::entry::{Entry, Event, Peer as AuditPeer};
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -31,6 +33,14 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// What the lockdown did, and the kernel's view of the process.
     pub lockdown: Lockdown,
+    /// Where every inference is recorded before it is answered.
+    pub audit: AuditClient,
+    /// Refuse (503) what the auditor did not acknowledge.
+    pub audit_required: bool,
+    /// Record response bodies too (`audit.record_content`).
+    pub record_content: bool,
+    /// Each model's file digest, for its records.
+    pub model_digests: std::collections::BTreeMap<String, Option<String>>,
 }
 
 /// An error answered as `{"error": "..."}`.
@@ -91,6 +101,17 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             %path,
             "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused"
         );
+        let mut denied = Entry::event(Event::DeniedPeer);
+        denied.peer = Some(AuditPeer {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+            exe: None,
+        });
+        denied.details.insert("path".to_owned(), path.clone());
+        if let Err(e) = state.audit.record(denied).await {
+            tracing::error!(error = %e, "the refusal of a peer could not be recorded");
+        }
         return ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -202,11 +223,120 @@ async fn model_ready(
 async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    axum::Extension(peer): axum::Extension<Peer>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let model = find_model(&state, &name)?;
-    let bytes = read_body(body, &headers, state.max_body_bytes).await?;
+) -> Response {
+    let started = Instant::now();
+    let mut captured = Captured::default();
+    let outcome = run_inference(&state, &name, &headers, body, &mut captured).await;
+    let (status, answer, response) = match outcome {
+        Ok(encoded) => {
+            let answer = encoded.body.clone();
+            (StatusCode::OK, answer, encoded_response(encoded))
+        }
+        Err(error) => {
+            let response = error.into_response();
+            (response.status(), Vec::new(), response)
+        }
+    };
+    if state.engine.model(&name).is_none() {
+        // Unknown models are answered without a record: nothing ran.
+        return response;
+    }
+    let mut entry = Entry::event(Event::Request);
+    entry.peer = Some(AuditPeer {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        exe: None,
+    });
+    entry.model = Some(name.clone());
+    entry.model_sha256 = state.model_digests.get(&name).cloned().flatten();
+    entry.request_id = captured.id;
+    entry.request_sha256 = captured.sha256;
+    entry.response_sha256 = (status == StatusCode::OK).then(|| hex_sha256(&answer));
+    entry.status = Some(status.as_u16());
+    entry.latency_us = Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    if state.record_content {
+        let mut content = std::collections::BTreeMap::new();
+        if let Some(request) = captured.content {
+            content.insert("request".to_owned(), request);
+        }
+        if status == StatusCode::OK {
+            content.insert(
+                "response".to_owned(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            );
+        }
+        entry.content = Some(content);
+    }
+    match state.audit.record(entry).await {
+        Ok(_) => response,
+        Err(e) if state.audit_required => {
+            tracing::error!(model = %name, error = %e, "request refused: the audit log did not record it");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the audit log did not record this request ({e}); no result is returned"),
+            )
+            .into_response()
+        }
+        Err(e) => {
+            tracing::error!(model = %name, error = %e, "request answered unaudited (audit.required = false)");
+            response
+        }
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    deepseek_integrity::digest::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+fn encoded_response(encoded: kserve::EncodedResponse) -> Response {
+    let mut response = Response::new(Body::from(encoded.body));
+    let response_headers = response.headers_mut();
+    match encoded.json_length {
+        Some(length) => {
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response_headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    response
+}
+
+/// What an inference request's audit record needs from its body.
+#[derive(Debug, Default)]
+struct Captured {
+    sha256: Option<String>,
+    id: Option<String>,
+    /// The body, with `audit.record_content` only.
+    content: Option<String>,
+}
+
+/// Decodes, runs and encodes one inference, noting the request's digest
+/// and id for its audit record.
+async fn run_inference(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+    captured: &mut Captured,
+) -> Result<kserve::EncodedResponse, ApiError> {
+    let model = find_model(state, name)?;
+    let bytes = read_body(body, headers, state.max_body_bytes).await?;
+    captured.sha256 = Some(hex_sha256(&bytes));
+    if state.record_content {
+        captured.content = Some(String::from_utf8_lossy(&bytes).into_owned());
+    }
     let json_length = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(value) => Some(
@@ -225,6 +355,7 @@ async fn infer(
     let request = kserve::decode_request(&bytes, json_length)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     drop(bytes);
+    captured.id.clone_from(&request.id);
     let (names, binary): (Vec<String>, Vec<bool>) = if request.outputs.is_empty() {
         let info = model.info();
         (
@@ -250,25 +381,12 @@ async fn infer(
                 )
             }
         })?;
-    let encoded = kserve::encode_response(&name, request.id.as_deref(), &outputs, &binary);
-    let mut response = Response::new(Body::from(encoded.body));
-    let response_headers = response.headers_mut();
-    match encoded.json_length {
-        Some(length) => {
-            response_headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            response_headers.insert(HEADER_LENGTH, HeaderValue::from(length));
-        }
-        None => {
-            response_headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-    }
-    Ok(response)
+    Ok(kserve::encode_response(
+        name,
+        request.id.as_deref(),
+        &outputs,
+        &binary,
+    ))
 }
 
 /// How long a client may take to send its request body (408 after that), so

@@ -1,0 +1,470 @@
+//! `deepseek-audit serve`: the audit service. Accepts records from allowed
+//! peers (SO_PEERCRED) on a Unix socket as length-prefixed frames, appends
+//! them with group commit (one `fdatasync` per batch, each writer waiting
+//! for its own batch), acknowledges each only once it is on disk, writes a
+//! signed checkpoint every N entries, every T seconds and at shutdown (to
+//! `checkpoints/` and to syslog), and stops on any write or sync failure
+//! or when free space falls under the floor.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{getsockopt, sockopt};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::entry::Entry;
+use crate::note::NoteSigner;
+use crate::storage::{LogFile, StorageError};
+
+/// `audit.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    #[serde(default = "default_log_dir")]
+    pub log_dir: PathBuf,
+    #[serde(default = "default_key")]
+    pub signing_key: PathBuf,
+    /// The checkpoint verifier key (`name+hash+base64`), for `log verify`.
+    #[serde(default)]
+    pub verifier_key: Option<String>,
+    /// Peers allowed to append (the daemon's uid).
+    pub allowed_uids: Vec<u32>,
+    #[serde(default = "default_frame")]
+    pub max_frame_bytes: usize,
+    #[serde(default = "default_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "default_interval")]
+    pub checkpoint_interval_secs: u64,
+    /// Stop (and refuse records) when the log's filesystem has less free.
+    #[serde(default = "default_floor")]
+    pub min_free_bytes: u64,
+    /// Also send every checkpoint to syslog, so a copy lives elsewhere.
+    #[serde(default = "yes")]
+    pub syslog: bool,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/deepseek-audit/audit.sock")
+}
+fn default_log_dir() -> PathBuf {
+    PathBuf::from("/var/lib/deepseek-audit")
+}
+fn default_key() -> PathBuf {
+    PathBuf::from("/etc/deepseek/audit.key")
+}
+fn default_frame() -> usize {
+    1 << 20
+}
+fn default_every() -> u64 {
+    1000
+}
+fn default_interval() -> u64 {
+    60
+}
+fn default_floor() -> u64 {
+    64 << 20
+}
+fn yes() -> bool {
+    true
+}
+
+/// One record sent by a client.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub tag: u64,
+    pub entry: Entry,
+}
+
+/// The auditor's answer: the record's sequence number once durable.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub tag: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+/// Reads one frame: a 4-byte big-endian length, then that many bytes.
+pub fn read_frame(stream: &mut impl Read, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut length = [0u8; 4];
+    match stream.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if length > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {length} bytes over the limit of {max}"),
+        ));
+    }
+    let mut frame = vec![0u8; length];
+    stream.read_exact(&mut frame)?;
+    Ok(Some(frame))
+}
+
+/// Writes one frame.
+pub fn write_frame(stream: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
+    let length =
+        u32::try_from(payload.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    stream.write_all(&length.to_be_bytes())?;
+    stream.write_all(payload)
+}
+
+/// Why the service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(
+        "free space on {path} is {free} bytes, under min_free_bytes = {floor}: stopped accepting records"
+    )]
+    DiskFull {
+        path: PathBuf,
+        free: u64,
+        floor: u64,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct Pending {
+    entry: Entry,
+    tag: u64,
+    reply: Sender<Reply>,
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+/// Writes a checkpoint note for the current log, atomically, and to syslog.
+fn write_checkpoint(
+    config: &ServiceConfig,
+    signer: &NoteSigner,
+    log: &LogFile,
+) -> Result<(), ServiceError> {
+    let checkpoint = Checkpoint {
+        origin: signer.verifier().name().to_owned(),
+        size: log.size(),
+        root: log.root(),
+        extensions: vec![],
+    };
+    let note = signer
+        .sign(&checkpoint.text())
+        .expect("checkpoint text ends in a newline");
+    let dir = config.log_dir.join("checkpoints");
+    let io = |action, source| ServiceError::Io {
+        action,
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
+    let name = format!("{:020}.note", log.size());
+    let temporary = dir.join(format!(".{name}.new"));
+    let mut file = std::fs::File::create(&temporary).map_err(|e| io("write a checkpoint in", e))?;
+    file.write_all(note.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write a checkpoint in", e))?;
+    std::fs::rename(&temporary, dir.join(&name)).map_err(|e| io("rename a checkpoint in", e))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", e))?;
+    if config.syslog {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_AUTHPRIV,
+            hostname: None,
+            process: "deepseek-audit".into(),
+            pid: std::process::id(),
+        };
+        match syslog::unix(formatter) {
+            Ok(mut logger) => {
+                let _ = logger.notice(format!("checkpoint {}", note.replace('\n', "\\n")));
+            }
+            Err(e) => {
+                eprintln!("deepseek-audit: warning: cannot send the checkpoint to syslog: {e}")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The single writer: takes what is pending, appends it as one batch with
+/// one sync, answers every writer in it, and seals checkpoints.
+fn writer(
+    config: &ServiceConfig,
+    signer: &NoteSigner,
+    mut log: LogFile,
+    queue: Receiver<Pending>,
+    stop: &AtomicBool,
+) -> Result<(), ServiceError> {
+    let interval = Duration::from_secs(config.checkpoint_interval_secs.max(1));
+    let mut sealed = log.size();
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let first = match queue.recv_timeout(Duration::from_millis(200)) {
+            Ok(first) => Some(first),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(first) = first {
+            let mut batch = vec![first];
+            while let Ok(more) = queue.try_recv() {
+                batch.push(more);
+                if batch.len() >= 4096 {
+                    break;
+                }
+            }
+            let free = free_bytes(&config.log_dir).map_err(|source| ServiceError::Io {
+                action: "check free space on",
+                path: config.log_dir.clone(),
+                source,
+            })?;
+            if free < config.min_free_bytes {
+                for pending in &batch {
+                    let _ = pending.reply.send(Reply {
+                        tag: pending.tag,
+                        seq: None,
+                        error: Some("the audit log is out of space".into()),
+                    });
+                }
+                return Err(ServiceError::DiskFull {
+                    path: config.log_dir.clone(),
+                    free,
+                    floor: config.min_free_bytes,
+                });
+            }
+            let time = now_ns();
+            let entries = batch
+                .iter()
+                .map(|p| Entry {
+                    time_ns: time,
+                    ..p.entry.clone()
+                })
+                .collect();
+            match log.append(entries) {
+                Ok(seqs) => {
+                    for (pending, seq) in batch.iter().zip(seqs) {
+                        let _ = pending.reply.send(Reply {
+                            tag: pending.tag,
+                            seq: Some(seq),
+                            error: None,
+                        });
+                    }
+                }
+                Err(e) => {
+                    for pending in &batch {
+                        let _ = pending.reply.send(Reply {
+                            tag: pending.tag,
+                            seq: None,
+                            error: Some("the audit log cannot be written".into()),
+                        });
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let due = log.size() - sealed >= config.checkpoint_every
+            || (log.size() > sealed && last_checkpoint.elapsed() >= interval);
+        if due {
+            write_checkpoint(config, signer, &log)?;
+            sealed = log.size();
+            last_checkpoint = Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) && queue.try_recv().is_err() {
+            break;
+        }
+    }
+    if log.size() > sealed || sealed == 0 {
+        write_checkpoint(config, signer, &log)?;
+    }
+    Ok(())
+}
+
+/// One client connection: reads records, queues them, and writes the
+/// replies as they come back (in order).
+fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
+    let Ok(mut replies) = stream.try_clone() else {
+        return;
+    };
+    let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
+    let responder = std::thread::spawn(move || {
+        for reply in reply_rx {
+            let bytes = serde_json::to_vec(&reply).expect("replies serialize");
+            if write_frame(&mut replies, &bytes).is_err() {
+                return;
+            }
+        }
+    });
+    while let Ok(Some(frame)) = read_frame(&mut stream, max) {
+        match serde_json::from_slice::<Request>(&frame) {
+            Ok(request) => {
+                if queue
+                    .send(Pending {
+                        entry: request.entry,
+                        tag: request.tag,
+                        reply: reply_tx.clone(),
+                    })
+                    .is_err()
+                {
+                    let _ = reply_tx.send(Reply {
+                        tag: request.tag,
+                        seq: None,
+                        error: Some("the audit service is stopping".into()),
+                    });
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = reply_tx.send(Reply {
+                    tag: 0,
+                    seq: None,
+                    error: Some(format!("malformed record: {e}")),
+                });
+                break;
+            }
+        }
+    }
+    drop(reply_tx);
+    let _ = responder.join();
+}
+
+/// Runs the service until `stop` is set (SIGTERM/SIGINT) or a write fails.
+pub fn serve(
+    config: &ServiceConfig,
+    signer: NoteSigner,
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ServiceError> {
+    std::fs::create_dir_all(&config.log_dir).map_err(|source| ServiceError::Io {
+        action: "create",
+        path: config.log_dir.clone(),
+        source,
+    })?;
+    // Only the auditor's user may enter its log directory.
+    std::fs::set_permissions(
+        &config.log_dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+    )
+    .map_err(|source| ServiceError::Io {
+        action: "restrict the mode of",
+        path: config.log_dir.clone(),
+        source,
+    })?;
+    let (log, torn) = LogFile::open(&config.log_dir)?;
+    let (queue_tx, queue_rx) = mpsc::channel::<Pending>();
+    if let Some(torn) = torn {
+        // Recorded like any event: the removal is part of the history.
+        let mut details = std::collections::BTreeMap::new();
+        details.insert("offset".to_owned(), torn.offset.to_string());
+        details.insert("bytes_dropped".to_owned(), torn.bytes.to_string());
+        let entry = Entry {
+            details,
+            ..Entry::event(crate::entry::Event::TornTailRemoved)
+        };
+        let (tx, _rx) = mpsc::channel();
+        queue_tx
+            .send(Pending {
+                entry,
+                tag: 0,
+                reply: tx,
+            })
+            .expect("queue open");
+        eprintln!(
+            "deepseek-audit: removed a torn last entry at offset {} ({} bytes, never acknowledged)",
+            torn.offset, torn.bytes
+        );
+    }
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServiceError::Io {
+            action: "configure",
+            path: config.socket.clone(),
+            source,
+        })?;
+    let max = config.max_frame_bytes;
+    let allowed = config.allowed_uids.clone();
+    std::thread::scope(|scope| {
+        let accept_stop = Arc::clone(&stop);
+        let accept_queue = queue_tx.clone();
+        scope.spawn(move || {
+            while !accept_stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        match getsockopt(&stream, sockopt::PeerCredentials) {
+                            Ok(cred) if allowed.contains(&cred.uid()) => {
+                                let queue = accept_queue.clone();
+                                std::thread::spawn(move || connection(stream, max, queue));
+                            }
+                            Ok(cred) => eprintln!(
+                                "deepseek-audit: refused peer uid={} gid={} pid={}: not in allowed_uids",
+                                cred.uid(),
+                                cred.gid(),
+                                cred.pid()
+                            ),
+                            Err(e) => eprintln!("deepseek-audit: refused a peer without credentials: {e}"),
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => eprintln!("deepseek-audit: accept failed: {e}"),
+                }
+            }
+        });
+        drop(queue_tx);
+        let result = writer(config, &signer, log, queue_rx, &stop);
+        stop.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::read_frame;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        /// The frame decoder reads whatever a client sends: it never panics,
+        /// never returns more than the limit, and refuses larger claims
+        /// before allocating.
+        #[test]
+        fn frames_never_panic_or_exceed_the_limit(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut reader = bytes.as_slice();
+            if let Ok(Some(frame)) = read_frame(&mut reader, 16) {
+                prop_assert!(frame.len() <= 16);
+            }
+        }
+    }
+
+    #[test]
+    fn a_claimed_length_over_the_limit_is_refused() {
+        let mut reader: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let err = read_frame(&mut reader, 1024).expect_err("too large");
+        assert!(err.to_string().contains("over the limit of 1024"), "{err}");
+    }
+}
