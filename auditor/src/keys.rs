@@ -1,33 +1,21 @@
 //! The auditor's checkpoint signing key: a note signer key in a file of its
-//! own (mode 0600, owned by the auditor's user), refused otherwise.
+//! own, written and read with the same checks as the integrity key (mode
+//! 0600 from creation, refused when group or others can read it or another
+//! user owns it).
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use deepseek_integrity::keys::{KeyError as FileError, read_secret, write_secret};
 
 use crate::note::{NoteError, NoteSigner};
 
 /// Why the key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} has mode {mode:o}: group and others must have no access (chmod 600)")]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error("{path} is owned by uid {owner}, not by uid {me} who runs this")]
-    Owner { path: PathBuf, owner: u32, me: u32 },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path}: {source}")]
     Malformed { path: PathBuf, source: NoteError },
-    #[error("{path} already exists; refusing to overwrite a signing key")]
-    Exists { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// Makes a key named `name` and writes it to `path` (0600, never over an
@@ -37,53 +25,13 @@ pub fn generate(name: &str, path: &Path, seed: [u8; 32]) -> Result<NoteSigner, K
         path: path.to_owned(),
         source,
     })?;
-    let write = |source| KeyError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists {
-                    path: path.to_owned(),
-                }
-            } else {
-                write(e)
-            }
-        })?;
-    writeln!(file, "{signer}").map_err(write)?;
-    file.sync_all().map_err(write)?;
+    write_secret(path, &format!("{signer}\n"))?;
     Ok(signer)
 }
 
-/// Loads the key, refusing one readable by group or others or owned by
-/// another user.
+/// Loads the key.
 pub fn load(path: &Path) -> Result<NoteSigner, KeyError> {
-    let read = |source| KeyError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let metadata = std::fs::metadata(path).map_err(read)?;
-    let mode = metadata.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let me = nix::unistd::Uid::effective().as_raw();
-    if metadata.uid() != me {
-        return Err(KeyError::Owner {
-            path: path.to_owned(),
-            owner: metadata.uid(),
-            me,
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(read)?;
+    let text = read_secret(path)?;
     NoteSigner::parse(&text).map_err(|source| KeyError::Malformed {
         path: path.to_owned(),
         source,

@@ -163,22 +163,9 @@ mod tests {
 
     fn event(name: &str) -> Entry {
         Entry {
-            seq: 0,
-            prev: None,
-            time_ns: 1,
-            event: Event::Request,
-            peer: None,
             model: Some(name.to_owned()),
-            model_sha256: None,
-            request_id: None,
-            request_sha256: None,
-            response_sha256: None,
-            tokens_in: None,
-            tokens_out: None,
             status: Some(200),
-            latency_us: None,
-            content: None,
-            details: Default::default(),
+            ..Entry::event(Event::Request)
         }
     }
 

@@ -80,6 +80,57 @@ pub enum KeyError {
     Random(String),
 }
 
+/// Creates a secret key file holding `text`: mode 0600 from the start,
+/// never over an existing file, synced. Shared with the auditor's key.
+pub fn write_secret(path: &Path, text: &str) -> Result<(), KeyError> {
+    let write_error = |source| KeyError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists {
+                    path: path.to_owned(),
+                }
+            } else {
+                write_error(e)
+            }
+        })?;
+    file.write_all(text.as_bytes()).map_err(write_error)?;
+    file.sync_all().map_err(write_error)
+}
+
+/// Reads a secret key file, refusing one that group or others can access
+/// or that another user owns. Shared with the auditor's key.
+pub fn read_secret(path: &Path) -> Result<String, KeyError> {
+    let read_error = |source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let metadata = std::fs::metadata(path).map_err(read_error)?;
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let me = nix::unistd::Uid::effective().as_raw();
+    if metadata.uid() != me {
+        return Err(KeyError::Owner {
+            path: path.to_owned(),
+            owner: metadata.uid(),
+            me,
+        });
+    }
+    std::fs::read_to_string(path).map_err(read_error)
+}
+
 /// The secret key, loaded only by `init` and `update`.
 #[derive(Debug)]
 pub struct Signer25519(SigningKey);
@@ -99,53 +150,17 @@ impl Signer25519 {
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
         let key = Self(SigningKey::from_bytes(&seed));
-        let write_error = |source| KeyError::Write {
-            path: path.to_owned(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyError::Exists {
-                        path: path.to_owned(),
-                    }
-                } else {
-                    write_error(e)
-                }
-            })?;
-        writeln!(file, "{KEY_FILE_HEADER}\n{}", BASE64.encode(seed)).map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
+        write_secret(
+            path,
+            &format!("{KEY_FILE_HEADER}\n{}\n", BASE64.encode(seed)),
+        )?;
         Ok(key)
     }
 
     /// Loads the key, refusing one that group or others can access or that
     /// another user owns.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let read_error = |source| KeyError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let metadata = std::fs::metadata(path).map_err(read_error)?;
-        let mode = metadata.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let me = nix::unistd::Uid::effective().as_raw();
-        if metadata.uid() != me {
-            return Err(KeyError::Owner {
-                path: path.to_owned(),
-                owner: metadata.uid(),
-                me,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let text = read_secret(path)?;
         let malformed = |reason: &str| KeyError::Malformed {
             path: path.to_owned(),
             reason: reason.to_owned(),
