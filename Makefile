@@ -61,7 +61,7 @@ run-config: FORCE
 		'log_dir = "$(RUN_DIR)/audit/log"' \
 		'signing_key = "$(RUN_DIR)/audit/audit.key"' \
 		"$$(cat $(RUN_DIR)/audit/audit.pub)" \
-		'allowed_uids = [65534, $(shell id -u)]' \
+		'allowed_uids = [$(shell id -u)]' \
 		'syslog = false' > $(RUN_DIR)/audit/audit.toml
 	$(INTEGRITY) keygen --out $(RUN_DIR)/integrity.key | sed -n 's/^verifier_key = //p' > $(RUN_DIR)/integrity.pub
 	printf '%s\n' \
@@ -117,7 +117,7 @@ run: ort
 	@echo
 	$(AUDIT) --config $(RUN_DIR)/audit/audit.toml serve & auditor=$$!; \
 	trap 'kill $$auditor 2>/dev/null; wait $$auditor' EXIT INT TERM; \
-	while [ ! -S $(RUN_DIR)/audit/audit.sock ]; do sleep 0.1; done; \
+	while [ ! -S $(RUN_DIR)/audit/audit.sock ]; do kill -0 $$auditor 2>/dev/null || exit 1; sleep 0.1; done; \
 	target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
 
 test: deps ort

@@ -16,7 +16,8 @@ pub enum Event {
     Request,
     /// The daemon started (`details.config_sha256`).
     Start,
-    /// A model was loaded (`details` maps each file to its digest).
+    /// A model was loaded (`model_sha256`: its file's digest in the
+    /// integrity database).
     ModelLoad,
     /// A peer outside the allow-list was refused.
     DeniedPeer,

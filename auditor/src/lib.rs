@@ -135,7 +135,11 @@ pub fn main() -> ExitCode {
             if let Some(dir) = config.socket.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            if std::os::unix::net::UnixStream::connect(&config.socket).is_err() {
+            // Replace a stale socket, never anything else (and never a live one).
+            let stale = std::fs::symlink_metadata(&config.socket)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                && std::os::unix::net::UnixStream::connect(&config.socket).is_err();
+            if stale {
                 let _ = std::fs::remove_file(&config.socket);
             }
             let listener = match std::os::unix::net::UnixListener::bind(&config.socket) {
@@ -173,7 +177,10 @@ pub fn main() -> ExitCode {
                 Ok(verifier) => verifier,
                 Err(e) => return fail(78, &e),
             };
-            let (log, checkpoints) = read_log(&config);
+            let (log, checkpoints) = match storage::read_log(&config.log_dir) {
+                Ok(read) => read,
+                Err(e) => return fail(74, &e),
+            };
             let trusted = match trusted_checkpoint.map(|path| {
                 let note = std::fs::read_to_string(&path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -213,7 +220,10 @@ pub fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(e) => return fail(78, &e),
             };
-            let (log, _) = read_log(&config);
+            let (log, _) = match storage::read_log(&config.log_dir) {
+                Ok(read) => read,
+                Err(e) => return fail(74, &e),
+            };
             let mut entries = Vec::new();
             for (index, line) in log
                 .split(|&b| b == b'\n')
@@ -257,22 +267,31 @@ pub fn main() -> ExitCode {
         }
         Command::Log {
             command: LogCommand::Prove { seq },
-        } => match load_config(&cli.config).and_then(|c| prove(&c, seq)) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
+        } => {
+            let config = match load_config(&cli.config) {
+                Ok(config) => config,
+                Err(e) => return fail(78, &e),
+            };
+            match prove(&config, seq) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, &e),
             }
-            Err(e) => fail(2, &e),
-        },
+        }
         Command::Log {
             command: LogCommand::CheckProof { file, key },
         } => {
-            let text = if file.as_os_str() == "-" {
+            let read = if file.as_os_str() == "-" {
                 let mut text = String::new();
-                let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
-                text
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
             } else {
-                std::fs::read_to_string(&file).unwrap_or_default()
+                std::fs::read_to_string(&file)
+            };
+            let text = match read {
+                Ok(text) => text,
+                Err(e) => return fail(2, &format!("cannot read {}: {e}", file.display())),
             };
             let verifier = match key
                 .map(|k| note::NoteVerifier::parse(&k).map_err(|e| e.to_string()))
@@ -303,22 +322,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The entries file and every stored checkpoint of the log directory.
-fn read_log(config: &service::ServiceConfig) -> (Vec<u8>, Vec<verify::StoredCheckpoint>) {
-    let log = std::fs::read(config.log_dir.join(storage::ENTRIES)).unwrap_or_default();
-    let mut checkpoints = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(config.log_dir.join("checkpoints")) {
-        for item in dir.flatten() {
-            let name = item.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".note") && !name.starts_with('.') {
-                let note = std::fs::read_to_string(item.path()).unwrap_or_default();
-                checkpoints.push(verify::StoredCheckpoint { name, note });
-            }
-        }
-    }
-    (log, checkpoints)
-}
-
 fn verifier_of(
     key: Option<String>,
     config: &service::ServiceConfig,
@@ -331,7 +334,7 @@ fn verifier_of(
 
 fn prove(config: &service::ServiceConfig, seq: u64) -> Result<String, String> {
     let verifier = verifier_of(None, config)?;
-    let (log, checkpoints) = read_log(config);
+    let (log, checkpoints) = storage::read_log(&config.log_dir).map_err(|e| e.to_string())?;
     verify::verify(&log, &checkpoints, &verifier, None).map_err(|e| e.to_string())?;
     let lines: Vec<&[u8]> = log
         .strip_suffix(b"\n")

@@ -40,7 +40,7 @@ pub struct ServiceConfig {
     #[serde(default = "default_frame")]
     pub max_frame_bytes: usize,
     #[serde(default = "default_every")]
-    pub checkpoint_every: u64,
+    pub checkpoint_every: std::num::NonZeroU64,
     #[serde(default = "default_interval")]
     pub checkpoint_interval_secs: u64,
     /// Stop (and refuse records) when the log's filesystem has less free.
@@ -63,8 +63,8 @@ fn default_key() -> PathBuf {
 fn default_frame() -> usize {
     1 << 20
 }
-fn default_every() -> u64 {
-    1000
+fn default_every() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(1000).expect("non-zero")
 }
 fn default_interval() -> u64 {
     60
@@ -141,6 +141,8 @@ pub enum ServiceError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("refusing to append: {reason} (investigate with `deepseek-audit log verify`)")]
+    Tampered { reason: String },
 }
 
 struct Pending {
@@ -219,9 +221,10 @@ fn writer(
     mut log: LogFile,
     queue: Receiver<Pending>,
     stop: &AtomicBool,
+    sealed: u64,
 ) -> Result<(), ServiceError> {
     let interval = Duration::from_secs(config.checkpoint_interval_secs.max(1));
-    let mut sealed = log.size();
+    let mut sealed = sealed;
     let mut last_checkpoint = Instant::now();
     loop {
         let first = match queue.recv_timeout(Duration::from_millis(200)) {
@@ -286,7 +289,7 @@ fn writer(
                 }
             }
         }
-        let due = log.size() - sealed >= config.checkpoint_every
+        let due = log.size() - sealed >= config.checkpoint_every.get()
             || (log.size() > sealed && last_checkpoint.elapsed() >= interval);
         if due {
             write_checkpoint(config, signer, &log)?;
@@ -374,6 +377,22 @@ pub fn serve(
         source,
     })?;
     let (log, torn) = LogFile::open(&config.log_dir)?;
+    // Never sign on top of a log that does not verify against its own
+    // checkpoints: new checkpoints would otherwise bless a rewrite.
+    let verifier = signer.verifier();
+    if let Some(configured) = &config.verifier_key
+        && configured.trim() != verifier.to_string()
+    {
+        return Err(ServiceError::Tampered {
+            reason: format!("verifier_key {configured} is not the key of signing_key ({verifier})"),
+        });
+    }
+    let (bytes, checkpoints) = crate::storage::read_log(&config.log_dir)?;
+    let sealed = crate::verify::verify(&bytes, &checkpoints, &verifier, None)
+        .map_err(|e| ServiceError::Tampered {
+            reason: e.to_string(),
+        })?
+        .sealed;
     let (queue_tx, queue_rx) = mpsc::channel::<Pending>();
     if let Some(torn) = torn {
         // Recorded like any event: the removal is part of the history.
@@ -434,7 +453,7 @@ pub fn serve(
             }
         });
         drop(queue_tx);
-        let result = writer(config, &signer, log, queue_rx, &stop);
+        let result = writer(config, &signer, log, queue_rx, &stop, sealed);
         stop.store(true, Ordering::Relaxed);
         result
     })

@@ -34,6 +34,41 @@ pub enum StorageError {
     },
 }
 
+/// Reads the entries file and every stored checkpoint of a log directory.
+/// Anything unreadable is an error naming the file: a wrong `log_dir` must
+/// not look like an empty, clean log.
+pub fn read_log(
+    dir: &Path,
+) -> Result<(Vec<u8>, Vec<crate::verify::StoredCheckpoint>), StorageError> {
+    let io = |action, path: &Path, source| StorageError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let entries = dir.join(ENTRIES);
+    let log = std::fs::read(&entries).map_err(|e| io("read", &entries, e))?;
+    let mut checkpoints = Vec::new();
+    let checkpoint_dir = dir.join("checkpoints");
+    match std::fs::read_dir(&checkpoint_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read", &checkpoint_dir, e)),
+        Ok(items) => {
+            for item in items {
+                let path = item.map_err(|e| io("read", &checkpoint_dir, e))?.path();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if name.ends_with(".note") && !name.starts_with('.') {
+                    let note = std::fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
+                    checkpoints.push(crate::verify::StoredCheckpoint { name, note });
+                }
+            }
+        }
+    }
+    Ok((log, checkpoints))
+}
+
 /// A torn last entry that was removed at open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {

@@ -190,6 +190,19 @@ fn every_acknowledged_record_survives_a_crash_and_the_log_verifies() {
         .0,
         2
     );
+    let missing = dir.path().join("missing.json");
+    let (code, out) = audit(&[
+        "--config",
+        config,
+        "log",
+        "check-proof",
+        missing.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("cannot read {}", missing.display())),
+        "{out}"
+    );
 }
 
 #[test]
@@ -281,4 +294,63 @@ fn show_and_export_list_the_entries() {
     let entries: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(entries.as_array().map(Vec::len), Some(3));
     assert_eq!(entries[2]["seq"], 2);
+}
+
+#[test]
+fn a_wrong_log_directory_is_an_error_not_an_empty_clean_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    setup(dir.path());
+    let config = dir.path().join("audit.toml");
+    let (code, out) = audit(&["--config", config.to_str().expect("utf8"), "log", "verify"]);
+    assert_eq!(code, 74, "{out}");
+    assert!(
+        out.contains("entries.log: No such file or directory"),
+        "{out}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_append_to_a_tampered_log_or_replace_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    setup(dir.path());
+    let config = dir.path().join("audit.toml");
+    let config = config.to_str().expect("utf8");
+    let mut service = serve(dir.path());
+    assert_eq!(append(dir.path(), 30).len(), 30);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(service.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = service.wait();
+    // Rewrite the tail consistently, as an attacker with write access would.
+    let path = dir.path().join("log/entries.log");
+    let lines: Vec<String> = std::fs::read_to_string(&path)
+        .expect("log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    std::fs::write(
+        &path,
+        lines[..10]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .expect("truncate");
+    let (code, out) = audit(&["--config", config, "serve"]);
+    assert_eq!(code, 74, "{out}");
+    assert!(out.contains("refusing to append"), "{out}");
+    assert!(out.contains("the log was truncated"), "{out}");
+    // A regular file where the socket goes is never removed.
+    std::fs::write(
+        &path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .expect("restore");
+    let socket = dir.path().join("audit.sock");
+    let _ = std::fs::remove_file(&socket);
+    std::fs::write(&socket, b"precious").expect("file");
+    let (code, out) = audit(&["--config", config, "serve"]);
+    assert_eq!(code, 71, "{out}");
+    assert_eq!(std::fs::read(&socket).expect("kept"), b"precious");
 }

@@ -15,7 +15,8 @@ Exit codes:
   65  a model does not match the signed integrity database (or the database is missing or
       its signature invalid), cannot be loaded by ONNX Runtime, or failed its warm-up run
   66  the configuration file is missing or unreadable
-  69  ONNX Runtime, or the CUDA provider a model needs, is missing or the wrong version
+  69  ONNX Runtime, or the CUDA provider a model needs, is missing or the wrong version; or
+      the auditor is unreachable or did not record the start (audit.required = true)
   70  internal error
   71  the listening socket could not be set up
   77  a lockdown step (user, capabilities, no_new_privs, Landlock, seccomp) failed

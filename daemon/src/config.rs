@@ -128,7 +128,7 @@ pub struct AuditConfig {
     /// The auditor's socket, connected once before the lockdown.
     pub socket: PathBuf,
     /// How long to wait for an acknowledgement before answering 503.
-    pub timeout_ms: u64,
+    pub timeout_ms: std::num::NonZeroU64,
     /// Also record request and response bodies (default: digests only).
     pub record_content: bool,
 }
@@ -138,7 +138,7 @@ impl Default for AuditConfig {
         Self {
             required: true,
             socket: PathBuf::from("/run/deepseek-audit/audit.sock"),
-            timeout_ms: 2000,
+            timeout_ms: std::num::NonZeroU64::new(2000).expect("non-zero"),
             record_content: false,
         }
     }

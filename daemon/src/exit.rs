@@ -19,7 +19,9 @@ pub enum Exit {
     Model = 65,
     /// The configuration file is missing or unreadable (EX_NOINPUT).
     NoConfig = 66,
-    /// ONNX Runtime (or the CUDA provider a model requires) is missing, unloadable or the wrong version (EX_UNAVAILABLE).
+    /// ONNX Runtime (or the CUDA provider a model requires) is missing,
+    /// unloadable or the wrong version, or the auditor is unreachable or did
+    /// not record the start with `audit.required` (EX_UNAVAILABLE).
     Runtime = 69,
     /// An internal error, such as failing to start the async runtime (EX_SOFTWARE).
     Software = 70,

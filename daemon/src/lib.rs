@@ -249,7 +249,7 @@ async fn run(
     auditor: Option<std::os::unix::net::UnixStream>,
 ) -> Exit {
     let audit = match auditor
-        .map(|s| audit::AuditClient::start(s, Duration::from_millis(config.audit.timeout_ms)))
+        .map(|s| audit::AuditClient::start(s, Duration::from_millis(config.audit.timeout_ms.get())))
     {
         Some(Ok(client)) => client,
         Some(Err(e)) => {

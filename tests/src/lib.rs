@@ -221,8 +221,8 @@ pub struct Auditor {
 
 impl Auditor {
     /// Creates a key and a configuration in `dir` and starts the service,
-    /// accepting records from `nobody` (the locked-down daemon) and from
-    /// this process's uid.
+    /// accepting records from this process's uid: the daemon connects
+    /// before it switches users, so the auditor sees the uid it started as.
     pub fn start(dir: &Path) -> Self {
         Self::start_with(dir, &dir.join("log"), 1)
     }
@@ -247,7 +247,7 @@ impl Auditor {
         fs::write(
             &config,
             format!(
-                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [65534, {}]\ncheckpoint_every = 10\nmin_free_bytes = {min_free_bytes}\nsyslog = false\n",
+                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [{}]\ncheckpoint_every = 10\nmin_free_bytes = {min_free_bytes}\nsyslog = false\n",
                 socket.display(),
                 log_dir.display(),
                 key.display(),

@@ -160,6 +160,14 @@ async fn a_peer_outside_the_allow_list_gets_403_and_is_logged() {
                 && l.contains("uid=65534 gid=65534 pid=")),
         "refusal logged with uid, gid and pid:\n{log}"
     );
+    // The refusal is in the audit log too.
+    let entries = d.auditor.as_ref().expect("auditor").entries();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["event"] == "denied_peer" && e["peer"]["uid"] == 65534),
+        "{entries:?}"
+    );
     // The daemon's own uid is still served.
     assert_eq!(
         get(&d.socket, "/v2/health/live")
@@ -531,6 +539,35 @@ fn a_missing_cuda_directory_is_a_configuration_error_naming_its_key() {
     assert_eq!(code, 78, "{stderr}");
     assert!(
         stderr.contains("sandbox.cuda_cache_dir: /nonexistent/cuda-cache is not a directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_a_reachable_auditor_the_daemon_refuses_to_start() {
+    let dir = shared_tempdir();
+    let audit = format!(
+        "[audit]\nsocket = \"{}\"\n",
+        dir.path().join("nobody-listens.sock").display()
+    );
+    let config = deepseek_tests::write_config_audited(
+        dir.path(),
+        &dir.path().join("d.sock"),
+        &ort_library(),
+        "",
+        "",
+        &model_table("demo", "demo.onnx", ""),
+        &audit,
+    );
+    let (code, stderr) = run_daemon(
+        &["--config", config.to_str().expect("utf8")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 69, "{stderr}");
+    assert!(
+        stderr.contains(
+            "cannot reach the auditor (audit.socket); refusing to start while audit.required = true"
+        ),
         "{stderr}"
     );
 }

@@ -37,7 +37,7 @@ pub struct AppState {
     pub audit: AuditClient,
     /// Refuse (503) what the auditor did not acknowledge.
     pub audit_required: bool,
-    /// Record response bodies too (`audit.record_content`).
+    /// Record request and response bodies too (`audit.record_content`).
     pub record_content: bool,
     /// Each model's file digest, for its records.
     pub model_digests: std::collections::BTreeMap<String, Option<String>>,
@@ -288,6 +288,24 @@ async fn infer(
     }
 }
 
+/// Recorded content is cut at this many body bytes (the digests always cover
+/// the whole body). JSON escaping makes a byte at most 6 bytes (`\u0001`), so
+/// a request and a response stay under the auditor's 1 MiB default frame.
+const CONTENT_LIMIT: usize = 64 * 1024;
+
+/// A body as recorded content: text, cut at [`CONTENT_LIMIT`] with a note.
+fn content_of(bytes: &[u8]) -> String {
+    if bytes.len() <= CONTENT_LIMIT {
+        String::from_utf8_lossy(bytes).into_owned()
+    } else {
+        format!(
+            "{}[truncated at {CONTENT_LIMIT} of {} bytes]",
+            String::from_utf8_lossy(&bytes[..CONTENT_LIMIT]),
+            bytes.len()
+        )
+    }
+}
+
 fn hex_sha256(bytes: &[u8]) -> String {
     deepseek_integrity::digest::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
@@ -335,7 +353,7 @@ async fn run_inference(
     let bytes = read_body(body, headers, state.max_body_bytes).await?;
     captured.sha256 = Some(hex_sha256(&bytes));
     if state.record_content {
-        captured.content = Some(String::from_utf8_lossy(&bytes).into_owned());
+        captured.content = Some(content_of(&bytes));
     }
     let json_length = match headers.get(HEADER_LENGTH) {
         None => None,
