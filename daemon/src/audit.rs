@@ -4,7 +4,7 @@
 //! a request's answer leaves only once its record is acknowledged.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,8 +65,16 @@ impl AuditClient {
         let pending: Pending = Pending::default();
         let (sender, mut outgoing) = mpsc::unbounded_channel::<(u64, Vec<u8>)>();
         let writer_pending = Arc::clone(&pending);
+        // Set when the client is dropped (shutdown): the auditor then closes
+        // its side, which is no loss.
+        let closed = Arc::new(AtomicBool::new(false));
+        let writer_closed = Arc::clone(&closed);
         tokio::spawn(async move {
-            while let Some((_, frame)) = outgoing.recv().await {
+            loop {
+                let Some((_, frame)) = outgoing.recv().await else {
+                    writer_closed.store(true, Ordering::Release);
+                    break;
+                };
                 let length = u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes();
                 if write.write_all(&length).await.is_err() || write.write_all(&frame).await.is_err()
                 {
@@ -104,9 +112,13 @@ impl AuditClient {
                     });
                 }
             }
-            tracing::error!(
-                "the connection to the auditor is lost: every audited request is refused (503) until deepseekd restarts"
-            );
+            if closed.load(Ordering::Acquire) {
+                tracing::debug!("the connection to the auditor is closed");
+            } else {
+                tracing::error!(
+                    "the connection to the auditor is lost: every audited request is refused (503) until deepseekd restarts"
+                );
+            }
             fail_all(&reader_pending);
         });
         Ok(Self {

@@ -26,6 +26,11 @@ async fn every_request_is_recorded_with_its_digests_and_the_log_verifies() {
     assert_eq!(bad.status, 400);
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let log = d.log();
+    assert!(
+        !log.contains("the connection to the auditor is lost"),
+        "a clean shutdown closes the connection without an error: {log}"
+    );
     let auditor = d.auditor.as_mut().expect("auditor");
     let entries = auditor.entries();
     let events: Vec<&str> = entries
