@@ -102,12 +102,7 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused"
         );
         let mut denied = Entry::event(Event::DeniedPeer);
-        denied.peer = Some(AuditPeer {
-            uid: peer.uid,
-            gid: peer.gid,
-            pid: peer.pid,
-            exe: None,
-        });
+        denied.peer = Some(audit_peer(&peer));
         denied.details.insert("path".to_owned(), path.clone());
         if let Err(e) = state.audit.record(denied).await {
             tracing::error!(error = %e, "the refusal of a peer could not be recorded");
@@ -245,12 +240,7 @@ async fn infer(
         return response;
     }
     let mut entry = Entry::event(Event::Request);
-    entry.peer = Some(AuditPeer {
-        uid: peer.uid,
-        gid: peer.gid,
-        pid: peer.pid,
-        exe: None,
-    });
+    entry.peer = Some(audit_peer(&peer));
     entry.model = Some(name.clone());
     entry.model_sha256 = state.model_digests.get(&name).cloned().flatten();
     entry.request_id = captured.id;
@@ -303,6 +293,17 @@ fn content_of(bytes: &[u8]) -> String {
             String::from_utf8_lossy(&bytes[..CONTENT_LIMIT]),
             bytes.len()
         )
+    }
+}
+
+/// The peer as the audit log records it (the executable is unknown: the
+/// locked-down daemon cannot read /proc).
+fn audit_peer(peer: &Peer) -> AuditPeer {
+    AuditPeer {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        exe: None,
     }
 }
 
