@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod compliance;
 pub mod entry;
 pub mod keys;
 pub mod merkle;
@@ -50,6 +51,28 @@ enum Command {
     },
     /// Run the audit service.
     Serve,
+    /// The compliance check: air gap, integrity, audit log and the daemon's
+    /// hardening, each with the evidence read (docs/compliance.md).
+    ///
+    /// Changes nothing and needs no network. Run it as root, or as the
+    /// audit user (then the checks that need root are reported `notchecked`).
+    #[command(after_help = VERIFY_EXIT_CODES)]
+    Verify {
+        /// The profile: which checks run, the other components'
+        /// configurations, thresholds.
+        #[arg(long, value_name = "PATH", default_value = compliance::profile::DEFAULT_PROFILE_PATH)]
+        profile: PathBuf,
+        /// Report format; text uses colour only on a terminal.
+        #[arg(long, value_enum, default_value_t = compliance::format::Format::Text)]
+        format: compliance::format::Format,
+        /// Print the check catalog (ID, title, NIST SP 800-53 controls) and exit.
+        #[arg(long)]
+        list: bool,
+        /// The daemon's pid, instead of finding it (pidfile, systemd unit,
+        /// the process holding its socket).
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+    },
     /// Work with the log.
     Log {
         #[command(subcommand)]
@@ -89,12 +112,20 @@ enum LogCommand {
     },
 }
 
+/// Shown after `verify --help`; the same table is in docs/exit-codes.md.
+const VERIFY_EXIT_CODES: &str = "\
+Exit codes (the OpenSCAP convention):
+  0   every selected check passed (or does not apply here)
+  1   verify itself failed: unreadable or invalid profile, output not written
+  2   a check failed, or could not be decided (error, notchecked)
+  64  bad command line";
+
 fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("deepseek-audit: error: {error}");
     ExitCode::from(code)
 }
 
-fn load_config(path: &std::path::Path) -> Result<service::ServiceConfig, String> {
+pub(crate) fn load_config(path: &std::path::Path) -> Result<service::ServiceConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -123,6 +154,12 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(74, &e),
             }
         }
+        Command::Verify {
+            profile,
+            format,
+            list,
+            pid,
+        } => verify(&cli.config, &profile, format, list, pid),
         Command::Serve => {
             let config = match load_config(&cli.config) {
                 Ok(config) => config,
@@ -322,7 +359,57 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn verifier_of(
+/// `deepseek-audit verify`: exit 0, 1 or 2 as documented in VERIFY_EXIT_CODES.
+fn verify(
+    audit_config: &std::path::Path,
+    profile_path: &std::path::Path,
+    format: compliance::format::Format,
+    list: bool,
+    pid: Option<i32>,
+) -> ExitCode {
+    use compliance::format::{self, Format};
+    use std::io::{IsTerminal, Write};
+    let output = if list {
+        let catalog = compliance::catalog();
+        match format {
+            Format::Json => format::catalog_json(&catalog),
+            _ => format::catalog_text(&catalog),
+        }
+    } else {
+        let profile = match compliance::Profile::load(profile_path) {
+            Ok(profile) => profile,
+            Err(e) => return fail(1, &e),
+        };
+        let context = compliance::Context::new(
+            profile,
+            profile_path.to_owned(),
+            audit_config.to_owned(),
+            pid,
+        );
+        let report = compliance::run(&context);
+        let text = match format {
+            Format::Text => format::text(&report, std::io::stdout().is_terminal()),
+            Format::Json => format::json(&report),
+            Format::Sarif => format::sarif(&report),
+            Format::Junit => match format::junit(&report) {
+                Ok(xml) => xml,
+                Err(e) => return fail(1, &format!("cannot write the JUnit report: {e}")),
+            },
+        };
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            return fail(1, &format!("cannot write the report: {e}"));
+        }
+        return ExitCode::from(report.exit_code());
+    };
+    print!("{output}");
+    ExitCode::SUCCESS
+}
+
+pub(crate) fn verifier_of(
     key: Option<String>,
     config: &service::ServiceConfig,
 ) -> Result<note::NoteVerifier, String> {

@@ -259,6 +259,7 @@ async fn run(
         None => audit::AuditClient::disabled(),
     };
     let model_digests = model_digests(&config, database.as_deref());
+    let model_loads = model_load_events(&config, &model_digests);
     let audit_required = config.audit.required;
     let record_content = config.audit.record_content;
     let config_sha256 = config.source_sha256.clone();
@@ -302,13 +303,15 @@ async fn run(
     start
         .details
         .insert("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    // What the lockdown achieved, signed into the log: `deepseek-audit
+    // verify` reads Landlock's state here (the kernel does not show it in
+    // /proc) for the daemon with this pid.
+    start
+        .details
+        .insert("pid".to_owned(), std::process::id().to_string());
+    start.details.extend(lockdown.audit_details());
     let mut events = vec![start];
-    for (model, digest) in &model_digests {
-        let mut load = deepseek_audit::entry::Entry::event(deepseek_audit::entry::Event::ModelLoad);
-        load.model = Some(model.clone());
-        load.model_sha256 = digest.clone();
-        events.push(load);
-    }
+    events.extend(model_loads);
     for event in events {
         if let Err(e) = audit.record(event).await
             && audit_required
@@ -488,17 +491,30 @@ fn model_digests(
         .map(|m| {
             let digest = database
                 .and_then(|entries| entries.iter().find(|e| e.path == m.path))
-                .and_then(|e| {
-                    e.attrs
-                        .sha256
-                        .map(|d| deepseek_integrity::digest::hex(&d))
-                        .or_else(|| {
-                            e.attrs
-                                .chunked
-                                .map(|d| format!("chunked:{}", deepseek_integrity::digest::hex(&d)))
-                        })
-                });
+                .and_then(|e| e.attrs.digest_text());
             (m.name.get_ref().as_str().to_owned(), digest)
+        })
+        .collect()
+}
+
+/// The `model_load` records: name, file and the database's digest of it,
+/// which `deepseek-audit verify` compares with the database (INTEG-MODELS).
+fn model_load_events(
+    config: &Config,
+    digests: &std::collections::BTreeMap<String, Option<String>>,
+) -> Vec<deepseek_audit::entry::Entry> {
+    config
+        .models
+        .iter()
+        .map(|m| {
+            let name = m.name.get_ref().as_str();
+            let mut load =
+                deepseek_audit::entry::Entry::event(deepseek_audit::entry::Event::ModelLoad);
+            load.model = Some(name.to_owned());
+            load.model_sha256 = digests.get(name).cloned().flatten();
+            load.details
+                .insert("path".to_owned(), m.path.display().to_string());
+            load
         })
         .collect()
 }

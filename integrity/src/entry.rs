@@ -96,6 +96,17 @@ pub struct Attributes {
     pub growing: bool,
 }
 
+impl Attributes {
+    /// The content digest as the audit log records it at model load: the
+    /// plain SHA-256 in hex, or `chunked:` and the chunked digest when only
+    /// that was recorded. `None` when no content digest was recorded.
+    pub fn digest_text(&self) -> Option<String> {
+        self.sha256
+            .map(|d| hex(&d))
+            .or_else(|| self.chunked.map(|d| format!("chunked:{}", hex(&d))))
+    }
+}
+
 /// One recorded path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

@@ -196,6 +196,29 @@ impl Lockdown {
         &self.report
     }
 
+    /// The lockdown's outcome as `details` of the audit log's start event:
+    /// `lockdown` (`enforced` or `off`), `landlock_abi`, `landlock_status`,
+    /// `seccomp_mode` and `seccomp_filters`.
+    pub fn audit_details(&self) -> Vec<(String, String)> {
+        let r = &self.report;
+        let mut details = vec![(
+            "lockdown".to_owned(),
+            if r.enforced { "enforced" } else { "off" }.to_owned(),
+        )];
+        if let Some(landlock) = &r.landlock {
+            details.push(("landlock_abi".to_owned(), landlock.abi.to_string()));
+            details.push(("landlock_status".to_owned(), landlock.status.to_owned()));
+        }
+        if let Some(seccomp) = &r.seccomp {
+            details.push(("seccomp_mode".to_owned(), seccomp.mode.to_owned()));
+            details.push((
+                "seccomp_filters".to_owned(),
+                seccomp.filters.len().to_string(),
+            ));
+        }
+        details
+    }
+
     pub fn status(&self) -> &StatusFile {
         &self.status
     }

@@ -1,0 +1,233 @@
+//! The compliance profile (`policies/compliance.toml`, installed as
+//! `/etc/deepseek/compliance.toml`): which checks run, where the other
+//! components' configurations are, and the thresholds. Every key is in
+//! docs/compliance.md.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where `verify` looks for the profile when `--profile` is not given.
+pub const DEFAULT_PROFILE_PATH: &str = "/etc/deepseek/compliance.toml";
+
+/// The profile file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    #[serde(default)]
+    pub files: Files,
+    #[serde(default)]
+    pub daemon: DaemonSection,
+    #[serde(default)]
+    pub checks: Selection,
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    #[serde(default)]
+    pub users: Users,
+}
+
+/// `[files]`: the configurations the checks read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Files {
+    pub daemon_config: PathBuf,
+    pub integrity_config: PathBuf,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Self {
+            daemon_config: PathBuf::from("/etc/deepseek/deepseekd.toml"),
+            integrity_config: PathBuf::from("/etc/deepseek/integrity.toml"),
+        }
+    }
+}
+
+/// `[daemon]`: how to find the running daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// Its systemd unit: its `MainPID` when systemd is PID 1, and the unit
+    /// `systemd-analyze security` scores.
+    pub unit: String,
+    /// A file holding its pid, tried before the unit and the socket.
+    pub pidfile: Option<PathBuf>,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        Self {
+            unit: "deepseekd.service".to_owned(),
+            pidfile: None,
+        }
+    }
+}
+
+/// `[checks]`: check IDs or group names (`AIRGAP`, `INTEG`, `AUDIT`,
+/// `HARDEN`) to run, and to leave out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Selection {
+    pub select: Vec<String>,
+    pub skip: Vec<String>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            select: super::GROUPS.iter().map(|g| (*g).to_owned()).collect(),
+            skip: Vec::new(),
+        }
+    }
+}
+
+/// `[thresholds]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Most entries allowed after the last checkpoint (default: the
+    /// auditor's `checkpoint_every`).
+    pub max_unsealed_entries: Option<u64>,
+    /// Lowest Landlock ABI the daemon must report as fully enforced.
+    pub min_landlock_abi: u32,
+    /// Highest `systemd-analyze security` exposure score (0.0-10.0).
+    pub max_exposure: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            max_unsealed_entries: None,
+            min_landlock_abi: 6,
+            max_exposure: 0.4,
+        }
+    }
+}
+
+/// `[users]`: who must own each signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Users {
+    /// Owner of the audit log's signing key (the auditor's user).
+    pub audit: String,
+    /// Owner of the integrity database's signing key.
+    pub integrity: String,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Self {
+            audit: "deepseek-audit".to_owned(),
+            integrity: "root".to_owned(),
+        }
+    }
+}
+
+/// A profile that cannot be used; names the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read the profile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks that every name in `[checks]` is a known check
+    /// or group, so that a typo does not silently leave a check out.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ProfileError> {
+        let invalid = |message: String| ProfileError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let profile: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let catalog = super::catalog();
+        for (key, names) in [
+            ("checks.select", &profile.checks.select),
+            ("checks.skip", &profile.checks.skip),
+        ] {
+            for name in names {
+                if !super::GROUPS.contains(&name.as_str()) && !catalog.iter().any(|c| c.id == name)
+                {
+                    return Err(invalid(format!(
+                        "{key}: unknown check {name:?} (expected a group {} or a check ID; `deepseek-audit verify --list` prints them)",
+                        super::GROUPS.join(", ")
+                    )));
+                }
+            }
+        }
+        let t = &profile.thresholds;
+        if !(0.0..=10.0).contains(&t.max_exposure) {
+            return Err(invalid(format!(
+                "thresholds.max_exposure: {} is outside 0.0-10.0, the range of systemd-analyze security",
+                t.max_exposure
+            )));
+        }
+        Ok(profile)
+    }
+
+    /// Whether the check with this ID runs.
+    pub fn selects(&self, id: &str) -> bool {
+        let matches = |name: &String| id == name || id.starts_with(&format!("{name}-"));
+        self.checks.select.iter().any(matches) && !self.checks.skip.iter().any(matches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_by_group_and_id() {
+        let p = Profile::parse(
+            Path::new("p.toml"),
+            "[checks]\nselect = [\"AIRGAP\", \"AUDIT-LOG\"]\nskip = [\"AIRGAP-RADIOS\"]\n",
+        )
+        .expect("valid");
+        assert!(p.selects("AIRGAP-INTERFACES"));
+        assert!(!p.selects("AIRGAP-RADIOS"));
+        assert!(p.selects("AUDIT-LOG"));
+        assert!(!p.selects("AUDIT-UNSEALED"));
+        assert!(!p.selects("HARDEN-CAPS"));
+    }
+
+    #[test]
+    fn defaults_select_everything() {
+        let p = Profile::parse(Path::new("p.toml"), "").expect("valid");
+        assert!(super::super::catalog().iter().all(|c| p.selects(c.id)));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = Profile::parse(
+            Path::new("/etc/p.toml"),
+            "[checks]\nselect = [\"AIRGAP-IFACES\"]\n",
+        )
+        .expect_err("unknown check");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/etc/p.toml: checks.select: unknown check \"AIRGAP-IFACES\""),
+            "{text}"
+        );
+        let e = Profile::parse(Path::new("/etc/p.toml"), "[thresholds]\nmax_unseald = 3\n")
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("max_unseald"), "{e}");
+        let e = Profile::parse(
+            Path::new("/etc/p.toml"),
+            "[thresholds]\nmax_exposure = 11.0\n",
+        )
+        .expect_err("out of range");
+        assert!(e.to_string().contains("thresholds.max_exposure"), "{e}");
+    }
+}
