@@ -23,7 +23,9 @@ $(ORT_LIB):
 # Debian packages the tests use: curl for the README example,
 # systemd-socket-activate for the socket-activation test, gcc for the
 # wrong-version library, strace to watch the daemon's syscalls, fsverity to
-# check the fs-verity digests against fsverity-utils. Installed
+# check the fs-verity digests against fsverity-utils, iproute2 for the
+# network-namespace tests of `deepseek-audit verify`, xmllint to validate its
+# JUnit report, python3-venv for .venv (jsonschema for its SARIF). Installed
 # only when missing, so a developer's machine is not touched needlessly.
 deps:
 	@missing=""; \
@@ -32,6 +34,9 @@ deps:
 	command -v cc >/dev/null || missing="$$missing gcc"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	command -v fsverity >/dev/null || missing="$$missing fsverity"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v xmllint >/dev/null || missing="$$missing libxml2-utils"; \
+	python3 -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -120,7 +125,13 @@ run: ort
 	while [ ! -S $(RUN_DIR)/audit/audit.sock ]; do kill -0 $$auditor 2>/dev/null || exit 1; sleep 0.1; done; \
 	target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
 
-test: deps ort
+# Python tools the tests use, pinned, in a virtual environment.
+VENV := $(CURDIR)/.venv
+$(VENV)/bin/python: | deps
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0
+
+test: deps ort $(VENV)/bin/python
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace

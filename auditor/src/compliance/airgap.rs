@@ -87,7 +87,7 @@ fn interfaces(_: &Context) -> Result<Finding, Undecided> {
     ))
 }
 
-/// RTF_REJECT: an unreachable route, which leads nowhere.
+/// RTF_REJECT: an unreachable route.
 const RTF_REJECT: u32 = 0x0200;
 
 fn routes(_: &Context) -> Result<Finding, Undecided> {
@@ -133,7 +133,10 @@ fn routes(_: &Context) -> Result<Finding, Undecided> {
                 let flags = u32::from_str_radix(flags, 16).unwrap_or(0);
                 let loopback =
                     *iface == "lo" && *dest == "00000000000000000000000000000001" && *plen == "80";
-                if flags & RTF_REJECT != 0 || loopback {
+                // The kernel's own unreachable default of each table.
+                let null_entry =
+                    flags & RTF_REJECT != 0 && *plen == "00" && f.get(5) == Some(&"ffffffff");
+                if loopback || null_entry {
                     continue;
                 }
                 let mut bytes = [0u8; 16];
@@ -154,7 +157,7 @@ fn routes(_: &Context) -> Result<Finding, Undecided> {
     let evidence = if offending.is_empty() {
         vec![Evidence::new(
             "/proc/net/route, /proc/net/ipv6_route",
-            "no route but ::1/128 and unreachable routes",
+            "no route but ::1/128 and the kernel's unreachable defaults",
             "loopback routes only",
         )]
     } else {

@@ -206,13 +206,20 @@ impl Context {
         }
     }
 
-    /// The daemon's last start record with this pid, and the records after it.
+    /// The daemon's last start record with this pid, and the records after
+    /// it. A record written before the process started (an earlier daemon
+    /// that had the same pid) does not count.
     pub fn start_record(&self, pid: i32) -> Result<Option<(&Entry, &[Entry])>, Undecided> {
         let entries = self.verified_entries()?;
+        let started = procfs::start_time_ns(pid)?;
         let pid = pid.to_string();
         Ok(entries
             .iter()
-            .rposition(|e| e.event == Event::Start && e.details.get("pid") == Some(&pid))
+            .rposition(|e| {
+                e.event == Event::Start
+                    && e.details.get("pid") == Some(&pid)
+                    && e.time_ns >= started
+            })
             .map(|i| (&entries[i], &entries[i + 1..])))
     }
 

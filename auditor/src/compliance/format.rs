@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anstyle::{AnsiColor, Style};
 use quick_xml::Writer;
-use quick_xml::events::{BytesCData, BytesDecl, BytesEnd, BytesStart, Event};
+use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use serde_json::{Value, json};
 
 use super::{Check, Outcome, Report};
@@ -51,7 +51,7 @@ fn style(outcome: Outcome) -> Style {
         Outcome::Pass => AnsiColor::Green,
         Outcome::Fail => AnsiColor::Red,
         Outcome::Error => AnsiColor::Magenta,
-        Outcome::NotApplicable | Outcome::NotChecked => AnsiColor::Yellow,
+        Outcome::NotApplicable | Outcome::NotChecked | Outcome::NotSelected => AnsiColor::Yellow,
     };
     Style::new().fg_color(Some(colour.into())).bold()
 }
@@ -261,7 +261,15 @@ pub fn junit(report: &Report) -> Result<String, quick_xml::Error> {
         suite.push_attribute(("errors", count(&results, &[Outcome::Error]).as_str()));
         suite.push_attribute((
             "skipped",
-            count(&results, &[Outcome::NotApplicable, Outcome::NotChecked]).as_str(),
+            count(
+                &results,
+                &[
+                    Outcome::NotApplicable,
+                    Outcome::NotChecked,
+                    Outcome::NotSelected,
+                ],
+            )
+            .as_str(),
         ));
         suite.push_attribute(("timestamp", rfc3339(report.started).as_str()));
         suite.push_attribute(("hostname", report.host.as_str()));
@@ -291,18 +299,20 @@ pub fn junit(report: &Report) -> Result<String, quick_xml::Error> {
                 Outcome::Pass => None,
                 Outcome::Fail => Some("failure"),
                 Outcome::Error => Some("error"),
-                Outcome::NotApplicable | Outcome::NotChecked => Some("skipped"),
+                Outcome::NotApplicable | Outcome::NotChecked | Outcome::NotSelected => {
+                    Some("skipped")
+                }
             };
             if let Some(tag) = tag {
                 let mut element = BytesStart::new(tag);
                 element.push_attribute(("message", r.finding.summary.as_str()));
                 element.push_attribute(("type", r.finding.result.as_str()));
                 writer.write_event(Event::Start(element))?;
-                writer.write_event(Event::CData(BytesCData::new(&evidence)))?;
+                writer.write_event(Event::Text(BytesText::new(&evidence)))?;
                 writer.write_event(Event::End(BytesEnd::new(tag)))?;
             }
             writer.write_event(Event::Start(BytesStart::new("system-out")))?;
-            writer.write_event(Event::CData(BytesCData::new(&evidence)))?;
+            writer.write_event(Event::Text(BytesText::new(&evidence)))?;
             writer.write_event(Event::End(BytesEnd::new("system-out")))?;
             writer.write_event(Event::End(BytesEnd::new("testcase")))?;
         }
@@ -344,6 +354,7 @@ pub fn sarif(report: &Report) -> String {
                 Outcome::Fail => ("fail", "error"),
                 Outcome::NotApplicable => ("notApplicable", "none"),
                 Outcome::Error | Outcome::NotChecked => ("open", "none"),
+                Outcome::NotSelected => ("informational", "none"),
             };
             json!({
                 "ruleId": r.check.id,

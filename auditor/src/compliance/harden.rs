@@ -135,8 +135,39 @@ fn no_new_privs(context: &Context) -> Result<Finding, Undecided> {
     every_thread(context, &["NoNewPrivs"], "1")
 }
 
+/// Seccomp 2 in every thread, and the filter in enforce mode: the kernel
+/// shows mode 2 for a filter that only logs too, so the mode comes from the
+/// daemon's start record when the log can be read.
 fn seccomp(context: &Context) -> Result<Finding, Undecided> {
-    every_thread(context, &["Seccomp"], "2")
+    let mut finding = every_thread(context, &["Seccomp"], "2")?;
+    let pid = context.daemon()?.pid;
+    let (observed, source) = match context.start_record(pid) {
+        Ok(Some((start, _))) => (
+            start
+                .details
+                .get("seccomp_mode")
+                .cloned()
+                .unwrap_or_else(|| "absent".to_owned()),
+            format!(
+                "audit log entry {} (start of pid {pid}) details.seccomp_mode",
+                start.seq
+            ),
+        ),
+        Ok(None) => ("no start record".to_owned(), "audit log".to_owned()),
+        Err(Undecided::Error(e) | Undecided::NeedsRoot(e)) => {
+            (format!("unknown: {e}"), "audit log".to_owned())
+        }
+    };
+    if observed == "log" && finding.result == super::Outcome::Pass {
+        finding = Finding::fail(
+            format!("pid {pid}: the seccomp filter only logs (sandbox.seccomp = \"log\")"),
+            finding.evidence,
+        );
+    }
+    finding
+        .evidence
+        .push(Evidence::new(source, observed, "enforce"));
+    Ok(finding)
 }
 
 fn landlock(context: &Context) -> Result<Finding, Undecided> {
@@ -198,9 +229,10 @@ fn inet(context: &Context) -> Result<Finding, Undecided> {
         .filter(|s| held.contains(&s.inode))
         .collect();
     let source = format!(
-        "/proc/{0}/fd against /proc/{0}/net/{{{1}}}",
+        "/proc/{0}/fd against /proc/{0}/net/{{{1}}} ({2})",
         daemon.pid,
-        procfs::INET_TABLES.join(",")
+        procfs::INET_TABLES.join(","),
+        daemon.found_by
     );
     let evidence = if inet.is_empty() {
         vec![Evidence::new(

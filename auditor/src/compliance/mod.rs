@@ -35,9 +35,12 @@ pub enum Outcome {
     /// The check does not apply here (no radios, systemd not PID 1).
     #[serde(rename = "notapplicable")]
     NotApplicable,
-    /// The check was not run: not selected, or it needs root.
+    /// The check was not run although selected: it needs root.
     #[serde(rename = "notchecked")]
     NotChecked,
+    /// The profile does not select the check.
+    #[serde(rename = "notselected")]
+    NotSelected,
 }
 
 impl Outcome {
@@ -48,12 +51,16 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::NotApplicable => "notapplicable",
             Outcome::NotChecked => "notchecked",
+            Outcome::NotSelected => "notselected",
         }
     }
 
     /// Whether this result lets `verify` exit 0.
     pub fn is_acceptable(self) -> bool {
-        matches!(self, Outcome::Pass | Outcome::NotApplicable)
+        matches!(
+            self,
+            Outcome::Pass | Outcome::NotApplicable | Outcome::NotSelected
+        )
     }
 }
 
@@ -207,13 +214,14 @@ pub struct Report {
 
 impl Report {
     /// How many results of each kind, in `Outcome` order.
-    pub fn counts(&self) -> [(Outcome, usize); 5] {
+    pub fn counts(&self) -> [(Outcome, usize); 6] {
         [
             Outcome::Pass,
             Outcome::Fail,
             Outcome::Error,
             Outcome::NotApplicable,
             Outcome::NotChecked,
+            Outcome::NotSelected,
         ]
         .map(|o| {
             (
@@ -252,7 +260,7 @@ impl Report {
 }
 
 /// Runs the checks the profile selects; the others are reported as
-/// `notchecked` so that a report always lists the whole catalog.
+/// `notselected` so that a report always lists the whole catalog.
 pub fn run(context: &Context) -> Report {
     let started = SystemTime::now();
     let results = catalog()
@@ -261,7 +269,11 @@ pub fn run(context: &Context) -> Report {
             let finding = if context.profile.selects(check.id) {
                 (check.run)(context).unwrap_or_else(Finding::from)
             } else {
-                Finding::not_checked("not selected by the profile")
+                Finding::new(
+                    Outcome::NotSelected,
+                    "not selected by the profile",
+                    Vec::new(),
+                )
             };
             Outcomes { check, finding }
         })

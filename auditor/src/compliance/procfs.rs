@@ -27,13 +27,9 @@ pub fn denied_or_error(path: &Path, e: &std::io::Error) -> Undecided {
 }
 
 /// `/proc/PID/status` as key-value pairs.
-pub fn status(pid: i32) -> Result<BTreeMap<String, String>, Undecided> {
-    Ok(parse_status(&read(&PathBuf::from(format!(
-        "/proc/{pid}/status"
-    )))?))
-}
+pub type Status = BTreeMap<String, String>;
 
-fn parse_status(text: &str) -> BTreeMap<String, String> {
+fn parse_status(text: &str) -> Status {
     text.lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -41,7 +37,7 @@ fn parse_status(text: &str) -> BTreeMap<String, String> {
 }
 
 /// `/proc/PID/task/TID/status` of every thread, by thread id.
-pub fn thread_statuses(pid: i32) -> Result<Vec<(i32, BTreeMap<String, String>)>, Undecided> {
+pub fn thread_statuses(pid: i32) -> Result<Vec<(i32, Status)>, Undecided> {
     let dir = PathBuf::from(format!("/proc/{pid}/task"));
     let items = std::fs::read_dir(&dir).map_err(|e| denied_or_error(&dir, &e))?;
     let mut threads = Vec::new();
@@ -112,6 +108,29 @@ pub fn command_name(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_owned())
         .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// When process `pid` started, in nanoseconds since the epoch, rounded
+/// down to the second (the boot time in `/proc/stat` has whole seconds).
+pub fn start_time_ns(pid: i32) -> Result<u128, Undecided> {
+    let stat_path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let stat = read(&stat_path)?;
+    // Field 22, counted after the command name, which may hold spaces.
+    let ticks: u128 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+        .ok_or_else(|| Undecided::Error(format!("{}: no start time", stat_path.display())))?;
+    let boot: u128 = read(Path::new("/proc/stat"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+        .ok_or_else(|| Undecided::Error("/proc/stat: no btime line".to_owned()))?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|hz| u128::try_from(hz).ok())
+        .filter(|hz| *hz > 0)
+        .unwrap_or(100);
+    Ok((boot + ticks / hz) * 1_000_000_000)
 }
 
 /// One line of a socket table.
