@@ -11,9 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use deepseek_tests::{
-    Auditor, Daemon, binary, is_root, ort_library, shared_tempdir, workspace, write_config_audited,
-};
+use deepseek_tests::{Auditor, Daemon, binary, is_root, shared_tempdir, workspace};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -58,6 +56,13 @@ impl Verified {
 
     fn result(&self, id: &str) -> &str {
         self.check(id)["result"].as_str().expect("result")
+    }
+
+    /// [`Verified::expect`] for each (check, result, needle).
+    fn expect_all(&self, expectations: &[(&str, &str, &str)]) {
+        for (id, result, needle) in expectations {
+            self.expect(id, result, needle);
+        }
     }
 
     /// Asserts the result, and that the summary and evidence mention `needle`.
@@ -213,11 +218,12 @@ fn a_listening_inet_socket_fails_airgap_sockets_with_its_process() {
 }
 
 /// A locked-down daemon with a copy of the demo model, a real auditor, and
-/// an integrity database covering the model directory and the daemon's
-/// binary; plus a profile pointing verify at all of it.
+/// an integrity database covering the model directory (and, when asked, the
+/// daemon's binary); plus a profile pointing verify at all of it.
 struct Appliance {
     daemon: Daemon,
-    models: PathBuf,
+    /// The model's directory, which a test may change.
+    models: tempfile::TempDir,
     integrity_config: PathBuf,
     profile: PathBuf,
     audit_config: PathBuf,
@@ -225,32 +231,20 @@ struct Appliance {
 
 impl Appliance {
     fn start(sandbox_extra: &str, cover_binary: bool) -> Self {
-        let dir = shared_tempdir();
-        let models = dir.path().join("models");
-        fs::create_dir(&models).expect("models dir");
-        fs::set_permissions(&models, fs::Permissions::from_mode(0o755)).expect("chmod");
-        fs::copy(
-            workspace().join("fixtures/models/demo.onnx"),
-            models.join("demo.onnx"),
-        )
-        .expect("copy model");
-        let socket = dir.path().join("deepseekd.sock");
-        let auditor = Auditor::start(&dir.path().join("audit"));
-        let config = write_config_audited(
-            dir.path(),
-            &socket,
-            &ort_library(),
-            "",
-            sandbox_extra,
-            &format!(
-                "[[model]]\nname = \"demo\"\npath = \"{}\"\n",
-                models.join("demo.onnx").display()
-            ),
-            &auditor.table(),
+        let models = shared_tempdir();
+        let model = models.path().join("demo.onnx");
+        fs::copy(workspace().join("fixtures/models/demo.onnx"), &model).expect("copy model");
+        let table = format!(
+            "[[model]]\nname = \"demo\"\npath = \"{}\"\n",
+            model.display()
         );
-        let integrity_config = dir.path().join("integrity.toml");
+        let daemon = Daemon::spawn_full("", sandbox_extra, "", &table);
+        daemon.wait_ready();
+        let dir = daemon.dir.path();
+        let integrity_config = dir.join("integrity.toml");
         if cover_binary {
-            // Add the daemon's binary and re-sign, with the same key.
+            // Add the daemon's binary and re-sign with the same key; the
+            // model's digest, which the daemon recorded at load, is unchanged.
             let mut text = fs::read_to_string(&integrity_config).expect("integrity.toml");
             text.push_str(&format!(
                 "[[rule]]\npath = \"{}\"\n",
@@ -259,20 +253,17 @@ impl Appliance {
             fs::write(&integrity_config, text).expect("integrity.toml");
             integrity(&integrity_config, "update");
         }
-        let profile = dir.path().join("compliance.toml");
+        let profile = dir.join("compliance.toml");
         fs::write(
             &profile,
             format!(
                 "[files]\ndaemon_config = \"{}\"\nintegrity_config = \"{}\"\n\n[checks]\nselect = [\"INTEG\", \"AUDIT\", \"HARDEN\"]\n\n[users]\naudit = \"root\"\nintegrity = \"root\"\n",
-                config.display(),
+                daemon.config.display(),
                 integrity_config.display()
             ),
         )
         .expect("profile");
-        let audit_config = auditor.config.clone();
-        let mut daemon = Daemon::spawn_with_config(dir, socket, config, &[]);
-        daemon.auditor = Some(auditor);
-        daemon.wait_ready();
+        let audit_config = daemon.auditor.as_ref().expect("auditor").config.clone();
         Self {
             daemon,
             models,
@@ -280,6 +271,14 @@ impl Appliance {
             profile,
             audit_config,
         }
+    }
+
+    /// Starts an appliance (unless the test cannot run here) and verifies it.
+    fn verified(sandbox_extra: &str) -> Option<Verified> {
+        if skip_unless_root() {
+            return None;
+        }
+        Some(Self::start(sandbox_extra, false).verify())
     }
 
     fn verify(&self) -> Verified {
@@ -387,7 +386,7 @@ fn a_sound_appliance_passes_and_each_planted_fault_fails_its_check() {
     fs::write(&a.profile, &profile).expect("profile");
 
     // A file added next to the model.
-    let planted = a.models.join("extra.onnx");
+    let planted = a.models.path().join("extra.onnx");
     fs::write(&planted, b"not reviewed").expect("plant");
     let v = a.verify();
     v.expect("INTEG-FILES", "fail", "extra.onnx");
@@ -396,7 +395,7 @@ fn a_sound_appliance_passes_and_each_planted_fault_fails_its_check() {
 
     // The model changed and the change accepted into the database: the
     // daemon still serves the one it loaded.
-    let model = a.models.join("demo.onnx");
+    let model = a.models.path().join("demo.onnx");
     let mut bytes = fs::read(&model).expect("model");
     bytes.extend_from_slice(b"\0");
     fs::write(&model, bytes).expect("model");
@@ -439,38 +438,38 @@ fn a_sound_appliance_passes_and_each_planted_fault_fails_its_check() {
 
 #[test]
 fn a_daemon_without_its_lockdown_fails_the_hardening_checks() {
-    if skip_unless_root() {
-        return;
-    }
     // The binary is not in this database, which INTEG-DAEMON-EXE names.
-    let a = Appliance::start("enforce = false", false);
-    let v = a.verify();
-    v.expect("HARDEN-CAPS", "fail", "CapEff");
-    v.expect("HARDEN-CAPS", "fail", "000001ff");
-    v.expect("HARDEN-NNP", "fail", "NoNewPrivs");
-    v.expect("HARDEN-SECCOMP", "fail", "Seccomp");
-    v.expect("HARDEN-LANDLOCK", "fail", "\"observed\":\"off\"");
-    v.expect(
-        "INTEG-DAEMON-EXE",
-        "fail",
-        "is not in the integrity database",
-    );
+    let Some(v) = Appliance::verified("enforce = false") else {
+        return;
+    };
+    v.expect_all(&[
+        ("HARDEN-CAPS", "fail", "CapEff"),
+        ("HARDEN-CAPS", "fail", "000001ff"),
+        ("HARDEN-NNP", "fail", "NoNewPrivs"),
+        ("HARDEN-SECCOMP", "fail", "Seccomp"),
+        ("HARDEN-LANDLOCK", "fail", "\"observed\":\"off\""),
+        (
+            "INTEG-DAEMON-EXE",
+            "fail",
+            "is not in the integrity database",
+        ),
+    ]);
     v.expect("INTEG-MODELS", "pass", "demo");
     assert_eq!(v.code, 2);
 }
 
 #[test]
 fn a_seccomp_filter_that_only_logs_fails_harden_seccomp() {
-    if skip_unless_root() {
-        return;
-    }
     // The kernel shows Seccomp 2 either way; the start record tells.
-    let a = Appliance::start("seccomp = \"log\"", false);
-    let v = a.verify();
-    v.expect("HARDEN-SECCOMP", "fail", "the seccomp filter only logs");
-    v.expect("HARDEN-SECCOMP", "fail", "details.seccomp_mode");
-    v.expect("HARDEN-CAPS", "pass", "CapEff");
-    v.expect("HARDEN-LANDLOCK", "pass", "fully enforced");
+    let Some(v) = Appliance::verified("seccomp = \"log\"") else {
+        return;
+    };
+    v.expect_all(&[
+        ("HARDEN-SECCOMP", "fail", "the seccomp filter only logs"),
+        ("HARDEN-SECCOMP", "fail", "details.seccomp_mode"),
+        ("HARDEN-CAPS", "pass", "CapEff"),
+        ("HARDEN-LANDLOCK", "pass", "fully enforced"),
+    ]);
 }
 
 #[test]

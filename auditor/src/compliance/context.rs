@@ -21,8 +21,6 @@ pub struct DaemonView {
     pub server: ServerView,
     #[serde(default)]
     pub sandbox: SandboxView,
-    #[serde(default, rename = "model")]
-    pub models: Vec<ModelView>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,12 +53,6 @@ impl Default for SandboxView {
             user: "deepseek".to_owned(),
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelView {
-    pub name: String,
-    pub path: PathBuf,
 }
 
 /// The integrity configuration and what loading its database gave.

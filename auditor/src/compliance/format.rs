@@ -106,23 +106,14 @@ pub fn text(report: &Report, colour: bool) -> String {
         .collect();
     for r in attention {
         out.push_str(&format!(
-            "\n{} {}: {}\n  {}\n",
+            "\n{} {}: {}\n",
             paint(r.finding.result, r.finding.result.as_str()),
             r.check.id,
             r.check.title,
-            r.finding.summary
         ));
-        for e in &r.finding.evidence {
-            out.push_str(&format!(
-                "  - {}\n      observed: {}\n      expected: {}\n",
-                e.source, e.observed, e.expected
-            ));
+        for line in evidence_text(r).lines() {
+            out.push_str(&format!("  {line}\n"));
         }
-        out.push_str(&format!(
-            "  remediation: {}\n  references: {}\n",
-            r.check.remediation,
-            references(r.check)
-        ));
     }
     let needing_root = report.needing_root();
     if !needing_root.is_empty() {

@@ -174,14 +174,7 @@ fn landlock(context: &Context) -> Result<Finding, Undecided> {
     let daemon = context.daemon()?;
     let min = context.profile.thresholds.min_landlock_abi;
     let Some((start, _)) = context.start_record(daemon.pid)? else {
-        return Ok(Finding::fail(
-            format!("the audit log has no start record of pid {}", daemon.pid),
-            vec![Evidence::new(
-                "audit log",
-                "no start event with details.pid",
-                format!("a start event of pid {}", daemon.pid),
-            )],
-        ));
+        return Ok(Finding::no_start_record(daemon.pid));
     };
     let detail = |key: &str| {
         start

@@ -211,14 +211,7 @@ fn models(context: &Context) -> Result<Finding, Undecided> {
     let daemon = context.daemon()?;
     let (integrity, recorded) = database_of(context)?;
     let Some((start, after)) = context.start_record(daemon.pid)? else {
-        return Ok(Finding::fail(
-            format!("the audit log has no start record of pid {}", daemon.pid),
-            vec![Evidence::new(
-                "audit log",
-                "no start event with details.pid",
-                format!("a start event of pid {}", daemon.pid),
-            )],
-        ));
+        return Ok(Finding::no_start_record(daemon.pid));
     };
     let loads = after
         .iter()

@@ -137,6 +137,18 @@ impl Finding {
     pub fn not_checked(summary: impl Into<String>) -> Self {
         Self::new(Outcome::NotChecked, summary, Vec::new())
     }
+
+    /// The daemon with this pid wrote no start record to the audit log.
+    pub fn no_start_record(pid: i32) -> Self {
+        Self::fail(
+            format!("the audit log has no start record of pid {pid}"),
+            vec![Evidence::new(
+                "audit log",
+                "no start event with this details.pid written after the process started",
+                format!("a start event of pid {pid}"),
+            )],
+        )
+    }
 }
 
 /// A check that could not be decided, and why: the `?` of the checks.

@@ -203,6 +203,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_profile_is_valid_and_selects_everything() {
+        let p = Profile::parse(
+            Path::new("policies/compliance.toml"),
+            include_str!("../../../policies/compliance.toml"),
+        )
+        .expect("policies/compliance.toml parses");
+        assert!(super::super::catalog().iter().all(|c| p.selects(c.id)));
+        assert_eq!(p.thresholds.min_landlock_abi, 6);
+    }
+
+    #[test]
     fn defaults_select_everything() {
         let p = Profile::parse(Path::new("p.toml"), "").expect("valid");
         assert!(super::super::catalog().iter().all(|c| p.selects(c.id)));
