@@ -79,7 +79,10 @@ run-config: FORCE
 		'path = "$(CURDIR)/fixtures/models"' \
 		'recursive = false' \
 		'preset = "model"' \
-		'digest = "sha256"' > $(RUN_DIR)/integrity.toml
+		'digest = "sha256"' \
+		'' \
+		'[[rule]]' \
+		'path = "$(CURDIR)/target/release/deepseekd"' > $(RUN_DIR)/integrity.toml
 	$(INTEGRITY) --config $(RUN_DIR)/integrity.toml init
 	printf '%s\n' \
 		'# Written by `make run`: the demo model on a socket in ./run.' \
@@ -106,6 +109,15 @@ run-config: FORCE
 		'[[model]]' \
 		'name = "demo"' \
 		'path = "$(CURDIR)/fixtures/models/demo.onnx"' > $(RUN_DIR)/deepseekd.toml
+	printf '%s\n' \
+		'# Written by `make run`: deepseek-audit verify on the demo (docs/compliance.md).' \
+		'[files]' \
+		'daemon_config = "$(RUN_DIR)/deepseekd.toml"' \
+		'integrity_config = "$(RUN_DIR)/integrity.toml"' \
+		'' \
+		'[users]' \
+		'audit = "$(shell id -un)"' \
+		'integrity = "$(shell id -un)"' > $(RUN_DIR)/compliance.toml
 
 run: ort
 	cargo build --release --bin deepseekd --bin deepseek-integrity --bin deepseek-audit
@@ -119,6 +131,8 @@ run: ort
 	@echo
 	@echo "Expected: y = [3,5,7,9] and row_sum = [24]. Stop with Ctrl-C."
 	@echo "Every request is recorded first: $(AUDIT) -c $(RUN_DIR)/audit/audit.toml log verify"
+	@echo "The compliance check (as root; AIRGAP fails on a networked machine):"
+	@echo "  $(AUDIT) -c $(RUN_DIR)/audit/audit.toml verify --profile $(RUN_DIR)/compliance.toml"
 	@echo
 	$(AUDIT) --config $(RUN_DIR)/audit/audit.toml serve & auditor=$$!; \
 	trap 'kill $$auditor 2>/dev/null; wait $$auditor' EXIT INT TERM; \
