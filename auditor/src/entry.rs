@@ -19,6 +19,9 @@ pub enum Event {
     /// A model was loaded (`model_sha256`: its file's digest in the
     /// integrity database).
     ModelLoad,
+    /// A model failed integrity verification and was not loaded
+    /// (`details.path`, `details.reason`); the daemon then exits.
+    ModelRefused,
     /// A peer outside the allow-list was refused.
     DeniedPeer,
     /// The daemon stopped.

@@ -281,7 +281,14 @@ async fn run(
     let engine = tokio::select! {
         loaded = loading => match loaded {
             Ok(Ok(engine)) => engine,
-            Ok(Err(exit)) => return exit,
+            Ok(Err((exit, refused))) => {
+                if let Some(refused) = refused
+                    && let Err(e) = audit.record(refused).await
+                {
+                    tracing::error!(error = %e, "the refused model could not be recorded");
+                }
+                return exit;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the model loader failed");
                 return Exit::Software;
@@ -520,18 +527,41 @@ fn model_load_events(
 }
 
 /// Brings up ONNX Runtime and loads every model, logging why when it cannot.
-fn load_engine(config: &Config, database: Option<&[Entry]>) -> Result<Engine, Exit> {
+/// A model refused by the integrity check also comes back as a
+/// `model_refused` record for the audit log.
+fn load_engine(
+    config: &Config,
+    database: Option<&[Entry]>,
+) -> Result<Engine, (Exit, Option<deepseek_audit::entry::Entry>)> {
     let (environment, version) = engine::runtime::init(&config.runtime).map_err(|e| {
         tracing::error!("{e}");
-        Exit::Runtime
+        (Exit::Runtime, None)
     })?;
     tracing::info!(version = %version, library = %config.runtime.library.display(), "ONNX Runtime loaded");
     Engine::load(environment, version, &config.models, database).map_err(|e| {
         tracing::error!("{e}");
-        match e {
-            engine::LoadError::Cuda { .. } => Exit::Runtime,
-            engine::LoadError::Unreadable { .. } => Exit::Config,
-            _ => Exit::Model,
+        match &e {
+            engine::LoadError::Cuda { .. } => (Exit::Runtime, None),
+            engine::LoadError::Unreadable { .. } => (Exit::Config, None),
+            engine::LoadError::Integrity { model, source } => {
+                let mut refused =
+                    deepseek_audit::entry::Entry::event(deepseek_audit::entry::Event::ModelRefused);
+                refused.model = Some(model.clone());
+                if let Some(m) = config
+                    .models
+                    .iter()
+                    .find(|m| m.name.get_ref().as_str() == model)
+                {
+                    refused
+                        .details
+                        .insert("path".to_owned(), m.path.display().to_string());
+                }
+                refused
+                    .details
+                    .insert("reason".to_owned(), source.to_string());
+                (Exit::Model, Some(refused))
+            }
+            _ => (Exit::Model, None),
         }
     })
 }

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Daemon, binary, model, ort_library, post_json, run_daemon, shared_tempdir, write_config,
+    Auditor, Daemon, binary, model, ort_library, post_json, run_daemon, shared_tempdir,
+    write_config, write_config_audited,
 };
 use serde_json::json;
 
@@ -96,6 +97,47 @@ fn a_model_with_one_flipped_byte_is_refused_and_served_after_update() {
     assert_eq!(response.json()["outputs"][1]["data"], json!([24.0]));
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn a_refused_model_is_recorded_in_the_audit_log() {
+    let dir = shared_tempdir();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).expect("models dir");
+    let onnx = models.join("demo.onnx");
+    std::fs::copy(model("demo.onnx"), &onnx).expect("copy");
+    let table = format!(
+        "[[model]]\nname = \"demo\"\npath = \"{}\"\n",
+        onnx.display()
+    );
+    let mut auditor = Auditor::start(&dir.path().join("audit"));
+    let config = write_config_audited(
+        dir.path(),
+        &dir.path().join("d.sock"),
+        &ort_library(),
+        "",
+        "",
+        &table,
+        &auditor.table(),
+    );
+    flip_a_byte(&onnx);
+    let (code, stderr) = start(&config);
+    assert_eq!(code, 65, "{stderr}");
+    auditor.stop(nix::sys::signal::Signal::SIGTERM);
+    let entries = auditor.entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let refused = &entries[0];
+    assert_eq!(refused["event"], "model_refused", "{refused}");
+    assert_eq!(refused["model"], "demo");
+    assert_eq!(refused["details"]["path"], onnx.display().to_string());
+    assert!(
+        refused["details"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the integrity database expects")),
+        "{refused}"
+    );
+    let (verified, out) = auditor.verify();
+    assert_eq!(verified, 0, "{out}");
 }
 
 #[test]
