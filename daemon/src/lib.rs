@@ -283,7 +283,7 @@ async fn run(
             Ok(Ok(engine)) => engine,
             Ok(Err((exit, refused))) => {
                 if let Some(refused) = refused
-                    && let Err(e) = audit.record(refused).await
+                    && let Err(e) = audit.record(*refused).await
                 {
                     tracing::error!(error = %e, "the refused model could not be recorded");
                 }
@@ -532,7 +532,7 @@ fn model_load_events(
 fn load_engine(
     config: &Config,
     database: Option<&[Entry]>,
-) -> Result<Engine, (Exit, Option<deepseek_audit::entry::Entry>)> {
+) -> Result<Engine, (Exit, Option<Box<deepseek_audit::entry::Entry>>)> {
     let (environment, version) = engine::runtime::init(&config.runtime).map_err(|e| {
         tracing::error!("{e}");
         (Exit::Runtime, None)
@@ -559,7 +559,7 @@ fn load_engine(
                 refused
                     .details
                     .insert("reason".to_owned(), source.to_string());
-                (Exit::Model, Some(refused))
+                (Exit::Model, Some(Box::new(refused)))
             }
             _ => (Exit::Model, None),
         }
