@@ -134,21 +134,28 @@ fn every_acknowledged_record_survives_a_crash_and_the_log_verifies() {
     file.write_all(br#"{"seq":99999,"pr"#).expect("torn");
     drop(file);
     let mut service = serve(dir.path());
+    // The service listens before its writer has appended the removal
+    // record: wait for that record (a complete line) before reading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let entries = std::fs::read_to_string(dir.path().join("log/entries.log")).expect("log");
+        if entries.ends_with('\n')
+            && entries
+                .lines()
+                .last()
+                .is_some_and(|l| l.contains("torn_tail_removed"))
+        {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "the removal is not recorded");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let (code, out) = audit(&["--config", config, "log", "verify"]);
     assert_eq!(code, 0, "{out}");
-    let entries = std::fs::read_to_string(dir.path().join("log/entries.log")).expect("log");
     let recorded = entries.lines().count() as u64;
     assert!(
         acked.iter().all(|&seq| seq < recorded),
         "an acknowledged record is missing: {recorded} entries"
-    );
-    assert!(
-        entries
-            .lines()
-            .last()
-            .expect("last")
-            .contains("torn_tail_removed"),
-        "the removal is recorded"
     );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(service.id() as i32),
