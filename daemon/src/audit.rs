@@ -36,6 +36,8 @@ pub struct AuditClient {
     pending: Pending,
     next_tag: Arc<AtomicU64>,
     timeout: Duration,
+    /// Set when the connection ends other than by this side's shutdown.
+    lost: Arc<AtomicBool>,
 }
 
 impl AuditClient {
@@ -47,11 +49,19 @@ impl AuditClient {
             pending: Pending::default(),
             next_tag: Arc::default(),
             timeout: Duration::ZERO,
+            lost: Arc::default(),
         }
     }
 
     pub fn is_enabled(&self) -> bool {
         self.sender.is_some()
+    }
+
+    /// Whether records can still reach the auditor: the daemon never
+    /// reconnects, so once this is false it stops pinging systemd's
+    /// watchdog and is restarted.
+    pub fn is_connected(&self) -> bool {
+        self.is_enabled() && !self.lost.load(Ordering::Acquire)
     }
 
     /// Starts the writer and reader tasks on a connection opened earlier.
@@ -84,6 +94,8 @@ impl AuditClient {
             fail_all(&writer_pending);
         });
         let reader_pending = Arc::clone(&pending);
+        let lost = Arc::new(AtomicBool::new(false));
+        let reader_lost = Arc::clone(&lost);
         tokio::spawn(async move {
             loop {
                 let mut length = [0u8; 4];
@@ -115,6 +127,7 @@ impl AuditClient {
             if closed.load(Ordering::Acquire) {
                 tracing::debug!("the connection to the auditor is closed");
             } else {
+                reader_lost.store(true, Ordering::Release);
                 tracing::error!(
                     "the connection to the auditor is lost: every audited request is refused (503) until deepseekd restarts"
                 );
@@ -126,6 +139,7 @@ impl AuditClient {
             pending,
             next_tag: Arc::new(AtomicU64::new(1)),
             timeout,
+            lost,
         })
     }
 

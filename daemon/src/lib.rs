@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod exit;
 pub mod logging;
+pub mod notify;
 pub mod sandbox;
 pub mod server;
 
@@ -198,6 +199,15 @@ fn serve(path: &std::path::Path) -> Exit {
     if let Err(exit) = preflight(path, &config) {
         return exit;
     }
+    // Connected now, like the auditor: the locked-down daemon cannot open
+    // a datagram socket.
+    let notifier = match notify::Notifier::from_env() {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Socket;
+        }
+    };
     // Connected now: once locked down, the daemon may not `connect`.
     let auditor = match connect_auditor(&config) {
         Ok(auditor) => auditor,
@@ -233,7 +243,9 @@ fn serve(path: &std::path::Path) -> Exit {
             return Exit::Software;
         }
     };
-    let exit = runtime.block_on(run(config, database, access, listener, lockdown, auditor));
+    let exit = runtime.block_on(run(
+        config, database, access, listener, lockdown, auditor, notifier,
+    ));
     // A model load still running in a blocking thread must not hold up exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     tracing::info!(code = exit as u8, "exiting");
@@ -247,6 +259,7 @@ async fn run(
     listener: std::os::unix::net::UnixListener,
     mut lockdown: sandbox::Lockdown,
     auditor: Option<std::os::unix::net::UnixStream>,
+    notifier: notify::Notifier,
 ) -> Exit {
     let audit = match auditor
         .map(|s| audit::AuditClient::start(s, Duration::from_millis(config.audit.timeout_ms.get())))
@@ -271,6 +284,20 @@ async fn run(
         }
     };
     tracing::info!(models = config.models.len(), "loading models");
+    notifier.status(&format!(
+        "locked down (user, capabilities, no_new_privs, Landlock); loading {} models",
+        config.models.len()
+    ));
+    let serving = format!(
+        "serving {} models on {}; locked down; {}",
+        config.models.len(),
+        config.server.socket.display(),
+        if config.audit.required {
+            "every request audited"
+        } else {
+            "AUDIT NOT REQUIRED"
+        }
+    );
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let max_connections = config.server.max_connections.get();
     let max_body_bytes = config.server.max_body_bytes.get();
@@ -343,6 +370,9 @@ async fn run(
         record_content,
         model_digests,
     });
+    notifier.send(&format!("READY=1\nSTATUS={serving}"));
+    let notifier = Arc::new(notifier);
+    let watchdog = tokio::spawn(watchdog(Arc::clone(&notifier), Arc::clone(&state), serving));
     let drained = server::serve(
         listener,
         server::routes::router(Arc::clone(&state)),
@@ -350,11 +380,16 @@ async fn run(
             let signal = shutdown_signal().await;
             tracing::info!(signal, "shutting down");
             state.draining.store(true, Ordering::Relaxed);
+            notifier.send(&format!(
+                "STOPPING=1\nSTATUS={signal}: finishing in-flight requests (up to {} s)",
+                grace.as_secs()
+            ));
         },
         grace,
         max_connections,
     )
     .await;
+    watchdog.abort();
     if let Err(e) = state
         .audit
         .record(deepseek_audit::entry::Entry::event(
@@ -564,6 +599,35 @@ fn load_engine(
             _ => (Exit::Model, None),
         }
     })
+}
+
+/// Pings systemd's watchdog (`WatchdogSec=`) at half its period while the
+/// daemon can serve, and says why in `STATUS=` when it cannot: once the
+/// auditor's connection is lost, systemd restarts the daemon, which then
+/// reconnects. Without a watchdog it only keeps `STATUS=` current.
+async fn watchdog(notifier: Arc<notify::Notifier>, state: Arc<AppState>, serving: String) {
+    if !notifier.is_enabled() {
+        return;
+    }
+    let period = notifier
+        .watchdog_interval()
+        .unwrap_or(Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    let mut reported: Option<&'static str> = None;
+    loop {
+        ticks.tick().await;
+        let unhealthy = state.broken();
+        if unhealthy != reported {
+            notifier.status(unhealthy.unwrap_or(&serving));
+            if let Some(reason) = unhealthy {
+                tracing::error!(reason, "unhealthy: no more watchdog pings");
+            }
+            reported = unhealthy;
+        }
+        if unhealthy.is_none() && notifier.watchdog_interval().is_some() {
+            notifier.send("WATCHDOG=1");
+        }
+    }
 }
 
 /// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C), naming which.

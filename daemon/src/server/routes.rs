@@ -133,8 +133,28 @@ async fn live() -> Response {
     axum::Json(json!({ "live": true })).into_response()
 }
 
+impl AppState {
+    /// Why the daemon cannot serve until it restarts, if so: systemd's
+    /// watchdog pings stop on this (a drain is slow, not broken).
+    pub fn broken(&self) -> Option<&'static str> {
+        (self.audit_required && !self.audit.is_connected()).then_some(
+            "the connection to the auditor is lost: every request is refused (503) until deepseekd restarts",
+        )
+    }
+
+    /// Why the daemon cannot serve right now, if it cannot: readiness
+    /// follows this.
+    pub fn unhealthy(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            Some("draining: finishing in-flight requests before exiting")
+        } else {
+            self.broken()
+        }
+    }
+}
+
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let ready = !state.draining.load(Ordering::Relaxed);
+    let ready = state.unhealthy().is_none();
     let status = if ready {
         StatusCode::OK
     } else {
