@@ -18,7 +18,7 @@ Exit codes:
   69  ONNX Runtime, or the CUDA provider a model needs, is missing or the wrong version; or
       the auditor is unreachable or did not record the start (audit.required = true)
   70  internal error
-  71  the listening socket could not be set up
+  71  the listening socket, or systemd's NOTIFY_SOCKET, could not be set up
   77  a lockdown step (user, capabilities, no_new_privs, Landlock, seccomp) failed
   78  invalid configuration";
 

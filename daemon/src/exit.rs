@@ -25,7 +25,8 @@ pub enum Exit {
     Runtime = 69,
     /// An internal error, such as failing to start the async runtime (EX_SOFTWARE).
     Software = 70,
-    /// The listening socket could not be set up (EX_OSERR).
+    /// The listening socket, or systemd's notification socket, could not be
+    /// set up (EX_OSERR).
     Socket = 71,
     /// A lockdown step (user switch, capabilities, no_new_privs, Landlock,
     /// seccomp) could not be applied (EX_NOPERM).
