@@ -394,6 +394,18 @@ impl Daemon {
         audit_extra: &str,
         models: &str,
     ) -> Self {
+        Self::spawn_wrapped(server_extra, sandbox_extra, audit_extra, models, &[])
+    }
+
+    /// Like [`Daemon::spawn_full`], started under `wrapper` (such as `env
+    /// VAR=value`; see [`Daemon::spawn_with_config`]).
+    pub fn spawn_wrapped(
+        server_extra: &str,
+        sandbox_extra: &str,
+        audit_extra: &str,
+        models: &str,
+        wrapper: &[&str],
+    ) -> Self {
         // Traversable by other uids: the daemon runs as `nobody`, and in
         // the peer test the allow-list, not the directory, must decide.
         let dir = shared_tempdir();
@@ -408,7 +420,7 @@ impl Daemon {
             models,
             &format!("{}{audit_extra}\n", auditor.table()),
         );
-        let mut daemon = Self::spawn_with_config(dir, socket, config, &[]);
+        let mut daemon = Self::spawn_with_config(dir, socket, config, wrapper);
         daemon.auditor = Some(auditor);
         daemon
     }

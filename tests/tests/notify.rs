@@ -9,34 +9,20 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use deepseek_tests::{
-    Auditor, Daemon, get, model_table, ort_library, shared_tempdir, write_config_audited,
-};
+use deepseek_tests::{Daemon, get, model_table};
 use nix::sys::signal::Signal;
 
 /// Starts the audited demo daemon with `NOTIFY_SOCKET` set to `address`
 /// and `WatchdogSec=` of 200 ms.
-fn start(dir: tempfile::TempDir, address: &str) -> Daemon {
-    let socket = dir.path().join("deepseekd.sock");
-    let auditor = Auditor::start(&dir.path().join("audit"));
-    let config = write_config_audited(
-        dir.path(),
-        &socket,
-        &ort_library(),
+fn start(address: &str) -> Daemon {
+    let notify = format!("NOTIFY_SOCKET={address}");
+    Daemon::spawn_wrapped(
+        "",
         "",
         "",
         &model_table("demo", "demo.onnx", ""),
-        &auditor.table(),
-    );
-    let notify = format!("NOTIFY_SOCKET={address}");
-    let mut daemon = Daemon::spawn_with_config(
-        dir,
-        socket,
-        config,
         &["env", &notify, "WATCHDOG_USEC=200000"],
-    );
-    daemon.auditor = Some(auditor);
-    daemon
+    )
 }
 
 /// Receives messages until one satisfies `until`, or fails after `within`.
@@ -75,10 +61,10 @@ fn bind(path: &Path) -> UnixDatagram {
 
 #[test]
 fn ready_status_watchdog_and_stopping_reach_systemd() {
-    let dir = shared_tempdir();
+    let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("notify.sock");
     let notify = bind(&path);
-    let mut daemon = start(dir, path.to_str().expect("utf-8"));
+    let mut daemon = start(path.to_str().expect("utf-8"));
 
     let startup = receive_until(
         &notify,
@@ -166,7 +152,6 @@ fn ready_status_watchdog_and_stopping_reach_systemd() {
 #[test]
 fn an_abstract_notification_socket_works_too() {
     use std::os::linux::net::SocketAddrExt;
-    let dir = shared_tempdir();
     let name = format!("deepseekd-test-{}", std::process::id());
     let address =
         std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("address");
@@ -174,7 +159,7 @@ fn an_abstract_notification_socket_works_too() {
     notify
         .set_read_timeout(Some(Duration::from_millis(50)))
         .expect("timeout");
-    let daemon = start(dir, &format!("@{name}"));
+    let daemon = start(&format!("@{name}"));
     receive_until(
         &notify,
         Duration::from_secs(30),
@@ -193,9 +178,9 @@ fn an_abstract_notification_socket_works_too() {
 
 #[test]
 fn an_unusable_notification_socket_is_refused_at_start() {
-    let dir = shared_tempdir();
+    let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("no-such.sock");
-    let mut daemon = start(dir, missing.to_str().expect("utf-8"));
+    let mut daemon = start(missing.to_str().expect("utf-8"));
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(71));
     assert!(
         daemon
