@@ -169,24 +169,9 @@ pub fn main() -> ExitCode {
                 Ok(signer) => signer,
                 Err(e) => return fail(78, &e),
             };
-            if let Some(dir) = config.socket.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            // Replace a stale socket, never anything else (and never a live one).
-            let stale = std::fs::symlink_metadata(&config.socket)
-                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                && std::os::unix::net::UnixStream::connect(&config.socket).is_err();
-            if stale {
-                let _ = std::fs::remove_file(&config.socket);
-            }
-            let listener = match std::os::unix::net::UnixListener::bind(&config.socket) {
+            let listener = match listen(&config) {
                 Ok(listener) => listener,
-                Err(e) => {
-                    return fail(
-                        71,
-                        &format!("cannot listen on {}: {e}", config.socket.display()),
-                    );
-                }
+                Err(e) => return fail(71, &e),
             };
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -357,6 +342,30 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The socket systemd passed (`deepseek-audit.socket`, `LISTEN_FDS`), or
+/// one bound at `socket`, replacing a stale socket but never anything else
+/// (and never a live one).
+fn listen(config: &service::ServiceConfig) -> Result<std::os::unix::net::UnixListener, String> {
+    let mut passed = listenfd::ListenFd::from_env();
+    if passed.len() > 0 {
+        return passed
+            .take_unix_listener(0)
+            .map_err(|e| format!("the socket systemd passed (LISTEN_FDS) is unusable: {e}"))?
+            .ok_or_else(|| "the socket systemd passed (LISTEN_FDS) was already taken".to_owned());
+    }
+    if let Some(dir) = config.socket.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let stale = std::fs::symlink_metadata(&config.socket)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        && std::os::unix::net::UnixStream::connect(&config.socket).is_err();
+    if stale {
+        let _ = std::fs::remove_file(&config.socket);
+    }
+    std::os::unix::net::UnixListener::bind(&config.socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.socket.display()))
 }
 
 /// `deepseek-audit verify`: exit 0, 1 or 2 as documented in VERIFY_EXIT_CODES.

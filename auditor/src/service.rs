@@ -425,6 +425,13 @@ pub fn serve(
         })?;
     let max = config.max_frame_bytes;
     let allowed = config.allowed_uids.clone();
+    // Under systemd (Type=notify): ready once the log is open and verified.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "recording; the log verified, sealed up to entry {sealed}"
+        )),
+    ]);
     std::thread::scope(|scope| {
         let accept_stop = Arc::clone(&stop);
         let accept_queue = queue_tx.clone();
@@ -455,8 +462,16 @@ pub fn serve(
         drop(queue_tx);
         let result = writer(config, &signer, log, queue_rx, &stop, sealed);
         stop.store(true, Ordering::Relaxed);
+        notify(&[sd_notify::NotifyState::Stopping]);
         result
     })
+}
+
+/// Tells systemd, when it is listening; a failure is only reported.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        eprintln!("deepseek-audit: warning: cannot notify systemd: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -361,3 +361,69 @@ fn serve_refuses_to_append_to_a_tampered_log_or_replace_a_file() {
     assert_eq!(code, 71, "{out}");
     assert_eq!(std::fs::read(&socket).expect("kept"), b"precious");
 }
+
+/// Receives datagrams until one starts with `prefix`.
+fn notified(notify: &std::os::unix::net::UnixDatagram, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buffer = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = notify.recv(&mut buffer) {
+            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if message.starts_with(prefix) {
+                return message;
+            }
+        }
+    }
+    panic!("no {prefix} notification within 10 s");
+}
+
+#[test]
+fn serve_takes_the_socket_systemd_passes_and_tells_systemd_when_ready() {
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-socket-activate is not installed (apt-get install systemd)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    setup(dir.path());
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    // As deepseek-audit.socket does: systemd binds, the service inherits.
+    let mut service = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(dir.path().join("audit.sock"))
+        .arg(env!("CARGO_BIN_EXE_deepseek-audit"))
+        .arg("--config")
+        .arg(dir.path().join("audit.toml"))
+        .arg("serve")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(std::fs::File::create(dir.path().join("serve.err")).expect("log"))
+        .spawn()
+        .expect("systemd-socket-activate");
+    let ready = notified(&notify, "READY=1");
+    assert!(
+        ready.contains("STATUS=recording; the log verified"),
+        "{ready}"
+    );
+    assert_eq!(append(dir.path(), 3).len(), 3);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(service.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    notified(&notify, "STOPPING=1");
+    assert_eq!(service.wait().expect("wait").code(), Some(0));
+    let (code, out) = audit(&[
+        "--config",
+        dir.path().join("audit.toml").to_str().expect("utf8"),
+        "log",
+        "verify",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("log verified: 3 entries"), "{out}");
+}

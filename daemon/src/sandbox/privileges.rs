@@ -76,10 +76,31 @@ pub fn restrict_process() -> Result<String, SandboxError> {
     let step = "3 no core dumps";
     nix::sys::prctl::set_dumpable(false)
         .map_err(|e| SandboxError::new(step, format!("prctl(PR_SET_DUMPABLE, 0): {e}")))?;
-    setrlimit(Resource::RLIMIT_CORE, 0, 0)
-        .map_err(|e| SandboxError::new(step, format!("setrlimit(RLIMIT_CORE, 0): {e}")))?;
+    // Under systemd's LimitCORE=0 the limit is already 0, and the unit's
+    // system call filter may deny setrlimit (@resources): skip it then.
+    let core = if core_limit_is_zero() {
+        "RLIMIT_CORE already 0"
+    } else {
+        setrlimit(Resource::RLIMIT_CORE, 0, 0)
+            .map_err(|e| SandboxError::new(step, format!("setrlimit(RLIMIT_CORE, 0): {e}")))?;
+        "RLIMIT_CORE 0"
+    };
     umask(Mode::from_bits_truncate(0o077));
-    Ok("PR_SET_DUMPABLE 0, RLIMIT_CORE 0, umask 077".to_owned())
+    Ok(format!("PR_SET_DUMPABLE 0, {core}, umask 077"))
+}
+
+/// Whether both core-size limits are 0, read from `/proc/self/limits`
+/// (getrlimit is prlimit64, in @resources too).
+fn core_limit_is_zero() -> bool {
+    std::fs::read_to_string("/proc/self/limits").is_ok_and(|limits| {
+        limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max core file size"))
+            .is_some_and(|rest| {
+                let mut fields = rest.split_whitespace();
+                fields.next() == Some("0") && fields.next() == Some("0")
+            })
+    })
 }
 
 /// Step 5: no execve can ever grant privileges again.
