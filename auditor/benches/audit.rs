@@ -70,7 +70,8 @@ fn main() {
     let service_config = config;
     let socket = service_config.socket.clone();
     let service = std::thread::spawn(move || {
-        service::serve(&service_config, signer, listener, service_stop).expect("service")
+        let allowed = service_config.allowed_uids.clone();
+        service::serve(&service_config, allowed, signer, listener, service_stop).expect("service")
     });
     println!(
         "durable appends through the socket (one fdatasync per batch), {seconds} s per row, in {}",

@@ -29,6 +29,9 @@ pub enum Event {
     /// The auditor removed a torn, never acknowledged last entry at start
     /// (`details.offset`, `details.bytes_dropped`).
     TornTailRemoved,
+    /// `deepseek-audit integrity-check` ran the integrity check (the daily
+    /// timer): its exit code, counts and paths, or why it could not run.
+    IntegrityCheck,
 }
 
 /// The kernel-reported identity of the client.

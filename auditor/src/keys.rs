@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use deepseek_integrity::keys::{KeyError as FileError, read_secret, write_secret};
+use deepseek_integrity::keys::{
+    KeyError as FileError, read_secret, write_secret, write_verifier_file,
+};
 
 use crate::note::{NoteError, NoteSigner};
 
@@ -18,14 +20,23 @@ pub enum KeyError {
     Malformed { path: PathBuf, source: NoteError },
 }
 
-/// Makes a key named `name` and writes it to `path` (0600, never over an
-/// existing file).
-pub fn generate(name: &str, path: &Path, seed: [u8; 32]) -> Result<NoteSigner, KeyError> {
+/// Makes a key named `name` and writes it to `path` (0600), and its
+/// verifier key to `verifier_out` (0644) when given; neither file is ever
+/// written over an existing one.
+pub fn generate(
+    name: &str,
+    path: &Path,
+    verifier_out: Option<&Path>,
+    seed: [u8; 32],
+) -> Result<NoteSigner, KeyError> {
     let signer = NoteSigner::from_seed(name, seed).map_err(|source| KeyError::Malformed {
         path: path.to_owned(),
         source,
     })?;
     write_secret(path, &format!("{signer}\n"))?;
+    if let Some(verifier_out) = verifier_out {
+        write_verifier_file(verifier_out, &signer.verifier().to_string(), path)?;
+    }
     Ok(signer)
 }
 

@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod client;
 pub mod compliance;
 pub mod entry;
+pub mod integrity_check;
 pub mod keys;
 pub mod merkle;
 pub mod note;
@@ -48,6 +50,10 @@ enum Command {
         name: String,
         #[arg(long, value_name = "PATH")]
         out: PathBuf,
+        /// Also write the verifier key to this file (mode 0644, never
+        /// overwritten), for `verifier_key_file` in the configuration.
+        #[arg(long, value_name = "PATH")]
+        verifier_out: Option<PathBuf>,
     },
     /// Run the audit service.
     Serve,
@@ -73,6 +79,31 @@ enum Command {
         #[arg(long, value_name = "PID")]
         pid: Option<i32>,
     },
+    /// Run the integrity check (`deepseek-integrity check`: the signed
+    /// database, verified with the pinned key, against the system), print
+    /// its report, and record the result in the audit log.
+    ///
+    /// For the daily timer, run as root. The `integrity_check` entry holds
+    /// the exit code, the counts and the changed, removed and added paths,
+    /// or, when the check could not run, its error (docs/audit.md). The
+    /// record goes through the service at `socket` in audit.toml, which
+    /// must allow this user (uid 0 in allowed_uids for root).
+    #[command(after_help = integrity_check::EXIT_CODES)]
+    IntegrityCheck {
+        /// deepseek-integrity's configuration (docs/integrity.md).
+        #[arg(long, value_name = "PATH", default_value = deepseek_integrity::config::DEFAULT_CONFIG_PATH)]
+        integrity_config: PathBuf,
+        /// Report format, as deepseek-integrity's; the entry records the
+        /// SHA-256 of the JSON report whichever is printed.
+        #[arg(long, value_enum, default_value_t = deepseek_integrity::Format::Human)]
+        format: deepseek_integrity::Format,
+        /// Hashing threads (default: one per CPU).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// How long the auditor may take to acknowledge the record.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u64,
+    },
     /// Work with the log.
     Log {
         #[command(subcommand)]
@@ -84,14 +115,15 @@ enum Command {
 enum LogCommand {
     /// Verify the entries, the tree and every checkpoint.
     Verify {
-        /// The verifier key (default: verifier_key in the configuration).
+        /// The verifier key (default: the configuration's verifier_key or verifier_key_file).
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
         /// A checkpoint kept elsewhere (e.g. from syslog) that the log must extend.
         #[arg(long, value_name = "FILE")]
         trusted_checkpoint: Option<PathBuf>,
     },
-    /// Print the entries, one line each (time, event, peer, model, status).
+    /// Print the entries, one line each (time, event, peer, model, status;
+    /// `exit=N` for an integrity check).
     Show,
     /// Print the entries as a JSON array, for other tools.
     Export {
@@ -106,7 +138,7 @@ enum LogCommand {
     CheckProof {
         /// The proof file (`-` for standard input).
         file: PathBuf,
-        /// The verifier key (default: verifier_key in the configuration).
+        /// The verifier key (default: the configuration's verifier_key or verifier_key_file).
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
     },
@@ -125,10 +157,10 @@ fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-pub(crate) fn load_config(path: &std::path::Path) -> Result<service::ServiceConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// The command-line definition, from which the man pages are generated
+/// (`cargo run -p xtask -- man`), so they never drift from `--help`.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// The binary's entry point.
@@ -141,12 +173,16 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen { name, out } => {
+        Command::Keygen {
+            name,
+            out,
+            verifier_out,
+        } => {
             let mut seed = [0u8; 32];
             if let Err(e) = getrandom::getrandom(&mut seed) {
                 return fail(71, &e);
             }
-            match keys::generate(&name, &out, seed) {
+            match keys::generate(&name, &out, verifier_out.as_deref(), seed) {
                 Ok(signer) => {
                     println!("verifier_key = \"{}\"", signer.verifier());
                     ExitCode::SUCCESS
@@ -160,9 +196,27 @@ pub fn main() -> ExitCode {
             list,
             pid,
         } => verify(&cli.config, &profile, format, list, pid),
+        Command::IntegrityCheck {
+            integrity_config,
+            format,
+            jobs,
+            timeout,
+        } => integrity_check::run(
+            &cli.config,
+            &integrity_check::Options {
+                integrity_config: &integrity_config,
+                format,
+                jobs,
+                timeout: std::time::Duration::from_secs(timeout),
+            },
+        ),
         Command::Serve => {
-            let config = match load_config(&cli.config) {
+            let config = match service::ServiceConfig::load(&cli.config) {
                 Ok(config) => config,
+                Err(e) => return fail(78, &e),
+            };
+            let allowed = match config.allowed_peers(&cli.config) {
+                Ok(allowed) => allowed,
                 Err(e) => return fail(78, &e),
             };
             let signer = match keys::load(&config.signing_key) {
@@ -179,7 +233,7 @@ pub fn main() -> ExitCode {
                     return fail(71, &e);
                 }
             }
-            match service::serve(&config, signer, listener, stop) {
+            match service::serve(&config, allowed, signer, listener, stop) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(74, &e),
             }
@@ -191,7 +245,7 @@ pub fn main() -> ExitCode {
                     trusted_checkpoint,
                 },
         } => {
-            let config = match load_config(&cli.config) {
+            let config = match service::ServiceConfig::load(&cli.config) {
                 Ok(config) => config,
                 Err(e) => return fail(78, &e),
             };
@@ -238,7 +292,7 @@ pub fn main() -> ExitCode {
                     command: LogCommand::Export { .. }
                 }
             );
-            let config = match load_config(&cli.config) {
+            let config = match service::ServiceConfig::load(&cli.config) {
                 Ok(config) => config,
                 Err(e) => return fail(78, &e),
             };
@@ -268,7 +322,16 @@ pub fn main() -> ExitCode {
                         .peer
                         .as_ref()
                         .map_or_else(String::new, |p| format!("uid={} pid={}", p.uid, p.pid));
-                    let status = e.status.map_or_else(String::new, |s| s.to_string());
+                    // An integrity check has no status: its exit code instead.
+                    let status = e.status.map_or_else(
+                        || {
+                            e.details
+                                .get("exit_code")
+                                .filter(|_| e.event == entry::Event::IntegrityCheck)
+                                .map_or_else(String::new, |c| format!("exit={c}"))
+                        },
+                        |s| s.to_string(),
+                    );
                     let line = format!(
                         "{:>8} {}.{:09} {:<18} {:<18} {:<12} {}",
                         e.seq,
@@ -290,7 +353,7 @@ pub fn main() -> ExitCode {
         Command::Log {
             command: LogCommand::Prove { seq },
         } => {
-            let config = match load_config(&cli.config) {
+            let config = match service::ServiceConfig::load(&cli.config) {
                 Ok(config) => config,
                 Err(e) => return fail(78, &e),
             };
@@ -317,8 +380,11 @@ pub fn main() -> ExitCode {
             };
             let verifier = match key
                 .map(|k| note::NoteVerifier::parse(&k).map_err(|e| e.to_string()))
-                .unwrap_or_else(|| load_config(&cli.config).and_then(|c| verifier_of(None, &c)))
-            {
+                .unwrap_or_else(|| {
+                    service::ServiceConfig::load(&cli.config)
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| verifier_of(None, &c))
+                }) {
                 Ok(verifier) => verifier,
                 Err(e) => return fail(78, &e),
             };
@@ -422,10 +488,12 @@ pub(crate) fn verifier_of(
     key: Option<String>,
     config: &service::ServiceConfig,
 ) -> Result<note::NoteVerifier, String> {
-    let key = key
-        .or(config.verifier_key.clone())
-        .ok_or("no verifier key: pass --key or set verifier_key")?;
-    note::NoteVerifier::parse(&key).map_err(|e| e.to_string())
+    match key {
+        Some(key) => note::NoteVerifier::parse(&key).map_err(|e| e.to_string()),
+        None => config.verifier.clone().ok_or_else(|| {
+            "no verifier key: pass --key or set verifier_key or verifier_key_file".to_owned()
+        }),
+    }
 }
 
 fn prove(config: &service::ServiceConfig, seq: u64) -> Result<String, String> {

@@ -17,9 +17,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::socket::{getsockopt, sockopt};
 use serde::{Deserialize, Serialize};
 
+use deepseek_integrity::config::{TomlError, from_toml};
+use deepseek_integrity::keys::configured_verifier;
+
 use crate::checkpoint::Checkpoint;
 use crate::entry::Entry;
-use crate::note::NoteSigner;
+use crate::note::{NoteSigner, NoteVerifier};
 use crate::storage::{LogFile, StorageError};
 
 /// `audit.toml`.
@@ -35,8 +38,21 @@ pub struct ServiceConfig {
     /// The checkpoint verifier key (`name+hash+base64`), for `log verify`.
     #[serde(default)]
     pub verifier_key: Option<String>,
-    /// Peers allowed to append (the daemon's uid).
+    /// Or the file holding it (`keygen --verifier-out`), for a
+    /// configuration that cannot hold a key made at install.
+    #[serde(default)]
+    pub verifier_key_file: Option<PathBuf>,
+    /// The key of either, read and checked at load.
+    #[serde(skip)]
+    pub verifier: Option<NoteVerifier>,
+    /// Peers allowed to append, by uid.
+    #[serde(default)]
     pub allowed_uids: Vec<u32>,
+    /// And by user name, looked up when `serve` starts: system users get
+    /// their uids at install (systemd-sysusers), so a static file cannot
+    /// list them by number.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
     #[serde(default = "default_frame")]
     pub max_frame_bytes: usize,
     #[serde(default = "default_every")]
@@ -49,6 +65,84 @@ pub struct ServiceConfig {
     /// Also send every checkpoint to syslog, so a copy lives elsewhere.
     #[serde(default = "yes")]
     pub syslog: bool,
+}
+
+/// Why `audit.toml` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<TomlError>,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl ServiceConfig {
+    /// Reads and parses the file, and the verifier key it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Self = from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.verifier = configured_verifier(
+            "",
+            config.verifier_key.as_deref(),
+            config.verifier_key_file.as_deref(),
+            NoteVerifier::parse,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: e.key().to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// The uids allowed to append: `allowed_uids` and the users of
+    /// `allowed_users`. `path` (the file this was loaded from) is for
+    /// messages only.
+    pub fn allowed_peers(&self, path: &Path) -> Result<Vec<u32>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "allowed_users".to_owned(),
+            message,
+        };
+        let mut uids = self.allowed_uids.clone();
+        for name in &self.allowed_users {
+            match nix::unistd::User::from_name(name) {
+                Ok(Some(user)) => uids.push(user.uid.as_raw()),
+                Ok(None) => {
+                    return Err(invalid(format!(
+                        "user {name:?} does not exist on this system"
+                    )));
+                }
+                Err(e) => return Err(invalid(format!("cannot look up user {name:?}: {e}"))),
+            }
+        }
+        if uids.is_empty() {
+            return Err(invalid(
+                "empty, and so is allowed_uids: no peer could append a record (list the daemon's \
+                 user, e.g. allowed_users = [\"deepseek\"])"
+                    .to_owned(),
+            ));
+        }
+        Ok(uids)
+    }
 }
 
 fn default_socket() -> PathBuf {
@@ -355,8 +449,10 @@ fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
 }
 
 /// Runs the service until `stop` is set (SIGTERM/SIGINT) or a write fails.
+/// `allowed` are the uids that may append ([`ServiceConfig::allowed_peers`]).
 pub fn serve(
     config: &ServiceConfig,
+    allowed: Vec<u32>,
     signer: NoteSigner,
     listener: UnixListener,
     stop: Arc<AtomicBool>,
@@ -380,11 +476,13 @@ pub fn serve(
     // Never sign on top of a log that does not verify against its own
     // checkpoints: new checkpoints would otherwise bless a rewrite.
     let verifier = signer.verifier();
-    if let Some(configured) = &config.verifier_key
-        && configured.trim() != verifier.to_string()
+    if let Some(configured) = &config.verifier
+        && *configured != verifier
     {
         return Err(ServiceError::Tampered {
-            reason: format!("verifier_key {configured} is not the key of signing_key ({verifier})"),
+            reason: format!(
+                "the configured verifier key {configured} is not the key of signing_key ({verifier})"
+            ),
         });
     }
     let (bytes, checkpoints) = crate::storage::read_log(&config.log_dir)?;
@@ -424,7 +522,6 @@ pub fn serve(
             source,
         })?;
     let max = config.max_frame_bytes;
-    let allowed = config.allowed_uids.clone();
     // Under systemd (Type=notify): ready once the log is open and verified.
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -446,7 +543,7 @@ pub fn serve(
                                 std::thread::spawn(move || connection(stream, max, queue));
                             }
                             Ok(cred) => eprintln!(
-                                "deepseek-audit: refused peer uid={} gid={} pid={}: not in allowed_uids",
+                                "deepseek-audit: refused peer uid={} gid={} pid={}: not in allowed_uids or allowed_users",
                                 cred.uid(),
                                 cred.gid(),
                                 cred.pid()
@@ -478,7 +575,7 @@ fn notify(state: &[sd_notify::NotifyState]) {
 mod tests {
     use proptest::prelude::*;
 
-    use super::read_frame;
+    use super::*;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
@@ -493,6 +590,144 @@ mod tests {
                 prop_assert!(frame.len() <= 16);
             }
         }
+    }
+
+    /// `audit.toml` holding `text`, and a verifier key file (mode 0644)
+    /// holding `key`, both in `dir`.
+    fn files(dir: &tempfile::TempDir, text: &str, key: &str) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let config = dir.path().join("audit.toml");
+        let public = dir.path().join("audit.pub");
+        std::fs::write(&public, key).expect("key file");
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::write(&config, text.replace("PUB", &public.display().to_string()))
+            .expect("config");
+        (config, public)
+    }
+
+    fn load(dir: &tempfile::TempDir, text: &str, key: &str) -> Result<ServiceConfig, String> {
+        let (config, _) = files(dir, text, key);
+        ServiceConfig::load(&config).map_err(|e| e.to_string())
+    }
+
+    fn verifier() -> String {
+        NoteSigner::from_seed("deepseek-audit/test", [7; 32])
+            .expect("signer")
+            .verifier()
+            .to_string()
+    }
+
+    #[test]
+    fn the_verifier_key_may_be_inline_or_in_a_file_or_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = verifier();
+        let inline = load(&dir, &format!("verifier_key = \"{key}\"\n"), "").expect("inline");
+        let file = load(&dir, "verifier_key_file = \"PUB\"\n", &format!("{key}\n")).expect("file");
+        assert_eq!(inline.verifier, file.verifier);
+        assert_eq!(file.verifier.expect("set").to_string(), key);
+        assert!(load(&dir, "", "").expect("neither").verifier.is_none());
+    }
+
+    #[test]
+    fn verifier_key_errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.toml");
+        let key = verifier();
+        let err = load(
+            &dir,
+            &format!("verifier_key = \"{key}\"\nverifier_key_file = \"PUB\"\n"),
+            &key,
+        )
+        .expect_err("both");
+        assert_eq!(
+            err,
+            format!(
+                "{}: verifier_key_file: conflicts with verifier_key: set only one of the two",
+                path.display()
+            )
+        );
+        let err = load(&dir, "verifier_key_file = \"audit.pub\"\n", &key).expect_err("relative");
+        assert_eq!(
+            err,
+            format!(
+                "{}: verifier_key_file: expected an absolute path, got \"audit.pub\"",
+                path.display()
+            )
+        );
+        let (config, public) = files(
+            &dir,
+            "verifier_key_file = \"PUB\"\n",
+            "deepseek+0000000g+AA\n",
+        );
+        let err = ServiceConfig::load(&config)
+            .expect_err("bad key")
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: verifier_key_file: {}: malformed key: the hash is not hex",
+                path.display(),
+                public.display()
+            )
+        );
+        std::fs::remove_file(&public).expect("remove");
+        let err = ServiceConfig::load(&config)
+            .expect_err("missing")
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: verifier_key_file: cannot read {}: No such file or directory (os error 2)",
+                path.display(),
+                public.display()
+            )
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = load(&dir, "allowed_users = [1]\n", "").expect_err("bad type");
+        assert!(
+            err.starts_with(&format!(
+                "{}: allowed_users[0]: TOML parse error at line 1",
+                dir.path().join("audit.toml").display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn allowed_users_are_resolved_and_someone_must_be_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.toml");
+        let config = load(
+            &dir,
+            "allowed_uids = [4242]\nallowed_users = [\"root\"]\n",
+            "",
+        )
+        .expect("config");
+        assert_eq!(config.allowed_peers(&path).expect("resolved"), [4242, 0]);
+        let config = load(&dir, "allowed_users = [\"no-such-user-42\"]\n", "").expect("config");
+        assert_eq!(
+            config
+                .allowed_peers(&path)
+                .expect_err("unknown")
+                .to_string(),
+            format!(
+                "{}: allowed_users: user \"no-such-user-42\" does not exist on this system",
+                path.display()
+            )
+        );
+        let config = load(&dir, "", "").expect("config");
+        let err = config.allowed_peers(&path).expect_err("nobody").to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}: allowed_users: empty, and so is allowed_uids: no peer could append",
+                path.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

@@ -69,6 +69,10 @@ fn serve(dir: &Path) -> Child {
 /// sequence numbers (stops at the first missing answer).
 fn append(dir: &Path, count: u64) -> Vec<u64> {
     let mut stream = UnixStream::connect(dir.join("audit.sock")).expect("connect");
+    // A service that never answers fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     let mut acked = Vec::new();
     for tag in 0..count {
         let body = format!(
@@ -362,6 +366,16 @@ fn serve_refuses_to_append_to_a_tampered_log_or_replace_a_file() {
     assert_eq!(std::fs::read(&socket).expect("kept"), b"precious");
 }
 
+/// A child that a failing test must not leave behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Receives datagrams until one starts with `prefix`.
 fn notified(notify: &std::os::unix::net::UnixDatagram, prefix: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -395,9 +409,11 @@ fn serve_takes_the_socket_systemd_passes_and_tells_systemd_when_ready() {
         .set_read_timeout(Some(Duration::from_millis(50)))
         .expect("timeout");
     // As deepseek-audit.socket does: systemd binds, the service inherits.
-    let mut service = Command::new("systemd-socket-activate")
+    let service = Command::new("systemd-socket-activate")
         .arg("--listen")
         .arg(dir.path().join("audit.sock"))
+        // It passes on only the variables named here.
+        .arg("--setenv=NOTIFY_SOCKET")
         .arg(env!("CARGO_BIN_EXE_deepseek-audit"))
         .arg("--config")
         .arg(dir.path().join("audit.toml"))
@@ -406,18 +422,26 @@ fn serve_takes_the_socket_systemd_passes_and_tells_systemd_when_ready() {
         .stderr(std::fs::File::create(dir.path().join("serve.err")).expect("log"))
         .spawn()
         .expect("systemd-socket-activate");
+    let service = KillOnDrop(service);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.path().join("audit.sock").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Like systemd without an explicit start, systemd-socket-activate starts
+    // the service only when the first client connects.
+    assert_eq!(append(dir.path(), 3).len(), 3);
     let ready = notified(&notify, "READY=1");
     assert!(
         ready.contains("STATUS=recording; the log verified"),
         "{ready}"
     );
-    assert_eq!(append(dir.path(), 3).len(), 3);
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(service.id() as i32),
+        nix::unistd::Pid::from_raw(service.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
     notified(&notify, "STOPPING=1");
-    assert_eq!(service.wait().expect("wait").code(), Some(0));
+    let mut service = service;
+    assert_eq!(service.0.wait().expect("wait").code(), Some(0));
     let (code, out) = audit(&[
         "--config",
         dir.path().join("audit.toml").to_str().expect("utf8"),
@@ -426,4 +450,119 @@ fn serve_takes_the_socket_systemd_passes_and_tells_systemd_when_ready() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("log verified: 3 entries"), "{out}");
+}
+
+/// The name of the user running the tests.
+fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::current())
+        .expect("user database")
+        .expect("the current user has a name")
+        .name
+}
+
+/// Like [`setup`], with the names a packaged, static `audit.toml` uses:
+/// `allowed_users` and the `verifier_key_file` that keygen wrote.
+fn setup_by_name(dir: &Path, users: &str) {
+    let public = dir.join("audit.pub");
+    let (code, out) = audit(&[
+        "keygen",
+        "--name",
+        "deepseek-audit/test",
+        "--out",
+        dir.join("audit.key").to_str().expect("utf8"),
+        "--verifier-out",
+        public.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::metadata(&public)
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+    assert_eq!(
+        format!(
+            "verifier_key = \"{}\"",
+            std::fs::read_to_string(&public).expect("read").trim()
+        ),
+        out.trim()
+    );
+    std::fs::write(
+        dir.join("audit.toml"),
+        format!(
+            "socket = \"{0}/audit.sock\"\nlog_dir = \"{0}/log\"\nsigning_key = \"{0}/audit.key\"\nverifier_key_file = \"{1}\"\nallowed_users = {users}\nmin_free_bytes = 1\nsyslog = false\n",
+            dir.display(),
+            public.display()
+        ),
+    )
+    .expect("config");
+}
+
+#[test]
+fn serve_allows_users_by_name_and_log_verify_reads_the_verifier_key_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    setup_by_name(dir.path(), &format!("[\"{}\"]", current_user()));
+    let mut service = serve(dir.path());
+    assert_eq!(append(dir.path(), 5).len(), 5);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(service.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = service.wait();
+    let config = dir.path().join("audit.toml");
+    let (code, out) = audit(&["--config", config.to_str().expect("utf8"), "log", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("log verified: 5 entries"), "{out}");
+    // keygen never writes over an existing verifier key file, and leaves
+    // no signing key behind when it refuses.
+    let fresh = dir.path().join("fresh.key");
+    let (code, out) = audit(&[
+        "keygen",
+        "--name",
+        "deepseek-audit/test",
+        "--out",
+        fresh.to_str().expect("utf8"),
+        "--verifier-out",
+        dir.path().join("audit.pub").to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 74, "{out}");
+    assert!(
+        out.contains("already exists; refusing to overwrite a verifier key"),
+        "{out}"
+    );
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn serve_refuses_an_unknown_user_or_an_empty_allow_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    setup_by_name(dir.path(), "[\"no-such-user-42\"]");
+    let config = dir.path().join("audit.toml");
+    let (code, out) = audit(&["--config", config.to_str().expect("utf8"), "serve"]);
+    assert_eq!(code, 78, "{out}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "deepseek-audit: error: {}: allowed_users: user \"no-such-user-42\" does not exist on this system",
+            config.display()
+        )
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "allowed_users = [\"no-such-user-42\"]",
+            "allowed_users = []",
+        ),
+    )
+    .expect("config");
+    let (code, out) = audit(&["--config", config.to_str().expect("utf8"), "serve"]);
+    assert_eq!(code, 78, "{out}");
+    assert!(
+        out.contains("allowed_users: empty, and so is allowed_uids: no peer could append a record"),
+        "{out}"
+    );
+    assert!(!dir.path().join("audit.sock").exists(), "never listened");
 }

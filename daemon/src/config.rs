@@ -9,6 +9,8 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
+use deepseek_integrity::config::{TomlError, from_toml};
+use deepseek_integrity::keys::{VerifierKey, configured_verifier};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -104,6 +106,13 @@ pub struct IntegrityConfig {
     /// The key the database must be signed with (`ed25519:BASE64`, as
     /// `deepseek-integrity keygen` prints it).
     pub verifier_key: Option<String>,
+    /// Or the file holding it (`keygen --verifier-out`), for a
+    /// configuration that cannot hold a key made at install.
+    pub verifier_key_file: Option<PathBuf>,
+    /// The key of either, read and checked at load; `None` while
+    /// `enforce = false`.
+    #[serde(skip)]
+    pub pinned: Option<VerifierKey>,
 }
 
 impl Default for IntegrityConfig {
@@ -112,6 +121,8 @@ impl Default for IntegrityConfig {
             enforce: true,
             database: PathBuf::from("/var/lib/deepseek-integrity/integrity.db"),
             verifier_key: None,
+            verifier_key_file: None,
+            pinned: None,
         }
     }
 }
@@ -340,12 +351,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {}{source}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    #[error("{path}: {source}")]
     Parse {
         path: PathBuf,
-        /// The dotted key being read, empty for syntax errors.
-        key: String,
-        source: Box<toml::de::Error>,
+        source: Box<TomlError>,
     },
     #[error("{path}:{line}: {key}: {message}")]
     Invalid {
@@ -381,36 +390,20 @@ impl Config {
 
     /// Parses and validates `text`; `path` is used in error messages only.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let parse_error = |key: String, source| ConfigError::Parse {
+        let mut config: Config = from_toml(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            key,
             source: Box::new(source),
-        };
-        let deserializer =
-            toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), e))?;
-        // serde_path_to_error tracks the key being read (`model[1].sessions`),
-        // which toml's own message only shows as a source excerpt.
-        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            // Wrappers such as `Spanned` add private segments (`$__...`).
-            let key = e
-                .path()
-                .to_string()
-                .split('.')
-                .filter(|segment| !segment.is_empty() && !segment.starts_with("$__"))
-                .collect::<Vec<_>>()
-                .join(".");
-            parse_error(key, e.into_inner())
         })?;
         config.validate(path, text)?;
-        let mut config = config;
         config.source_sha256 = deepseek_integrity::digest::hex(
             &<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()),
         );
         Ok(config)
     }
 
-    /// Checks what serde cannot: relations between keys.
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    /// Checks what serde cannot: relations between keys. Also reads the
+    /// integrity verifier key, so that `check-config` checks it.
+    fn validate(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let semantic = |key: &str, message: String| ConfigError::Semantic {
             path: path.to_owned(),
             key: key.to_owned(),
@@ -427,6 +420,10 @@ impl Config {
                 ("runtime.cuda_library_dir", &self.runtime.cuda_library_dir),
                 ("runtime.cudnn_library_dir", &self.runtime.cudnn_library_dir),
                 ("sandbox.cuda_cache_dir", &self.sandbox.cuda_cache_dir),
+                (
+                    "integrity.verifier_key_file",
+                    &self.integrity.verifier_key_file,
+                ),
             ]
             .into_iter()
             .filter_map(|(key, dir)| Some((key.to_owned(), dir.as_ref()?))),
@@ -446,16 +443,23 @@ impl Config {
             ));
         }
         if self.integrity.enforce {
-            let key = self.integrity.verifier_key.as_deref().ok_or_else(|| {
+            let pinned = configured_verifier(
+                "integrity.",
+                self.integrity.verifier_key.as_deref(),
+                self.integrity.verifier_key_file.as_deref(),
+                VerifierKey::parse,
+            )
+            .map_err(|e| semantic(&format!("integrity.{}", e.key()), e.to_string()))?
+            .ok_or_else(|| {
                 semantic(
                     "integrity.verifier_key",
                     "required while integrity.enforce is true (the default): set it to the key \
-                     `deepseek-integrity keygen` printed, or set integrity.enforce = false (debugging only)"
+                     `deepseek-integrity keygen` printed, or set integrity.verifier_key_file to the \
+                     file `keygen --verifier-out` wrote, or set integrity.enforce = false (debugging only)"
                         .to_owned(),
                 )
             })?;
-            deepseek_integrity::keys::VerifierKey::parse(key)
-                .map_err(|e| semantic("integrity.verifier_key", e))?;
+            self.integrity.pinned = Some(pinned);
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(semantic(
@@ -632,7 +636,8 @@ path = "/models/demo.onnx"
         );
         let err = parse(&text).expect_err("no key").to_string();
         assert!(
-            err.contains("integrity.verifier_key: required while integrity.enforce is true"),
+            err.contains("integrity.verifier_key: required while integrity.enforce is true")
+                && err.contains("integrity.verifier_key_file"),
             "{err}"
         );
         let off = text.replace("[integrity]", "[integrity]\nenforce = false");
@@ -644,6 +649,83 @@ path = "/models/demo.onnx"
                 .to_string()
                 .contains("integrity.verifier_key")
         );
+    }
+
+    /// MINIMAL with `integrity.verifier_key_file` naming a file holding
+    /// `contents` (mode 0644) instead of the inline key.
+    fn with_key_file(dir: &tempfile::TempDir, contents: &str) -> (PathBuf, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.path().join("integrity.pub");
+        std::fs::write(&file, contents).expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let text = MINIMAL.replace(
+            "verifier_key = \"ed25519:GL0Uc1Liy+LFw6V2AxvuGjFBcQajKQTxz90KtLXo+ys=\"",
+            &format!("verifier_key_file = \"{}\"", file.display()),
+        );
+        (file, text)
+    }
+
+    #[test]
+    fn the_verifier_key_may_be_in_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, text) = with_key_file(
+            &dir,
+            "ed25519:GL0Uc1Liy+LFw6V2AxvuGjFBcQajKQTxz90KtLXo+ys=\n",
+        );
+        let config = parse(&text).expect("key from the file");
+        assert_eq!(
+            config.integrity.pinned,
+            parse(MINIMAL).expect("inline").integrity.pinned
+        );
+        assert!(config.integrity.pinned.is_some());
+    }
+
+    #[test]
+    fn verifier_key_file_errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (file, text) = with_key_file(&dir, "ed25519:XX0U\n");
+        let err = parse(&text).expect_err("bad key").to_string();
+        assert!(
+            err.starts_with(&format!(
+                "/etc/deepseek/deepseekd.toml: integrity.verifier_key_file: {}: ",
+                file.display()
+            )),
+            "{err}"
+        );
+        std::fs::remove_file(&file).expect("remove");
+        let err = parse(&text).expect_err("missing file").to_string();
+        assert_eq!(
+            err,
+            format!(
+                "/etc/deepseek/deepseekd.toml: integrity.verifier_key_file: cannot read {}: \
+                 No such file or directory (os error 2)",
+                file.display()
+            )
+        );
+        let relative = MINIMAL.replace(
+            "verifier_key = \"ed25519:GL0Uc1Liy+LFw6V2AxvuGjFBcQajKQTxz90KtLXo+ys=\"",
+            "verifier_key_file = \"integrity.pub\"",
+        );
+        let err = parse(&relative).expect_err("relative").to_string();
+        assert!(
+            err.ends_with(
+                "integrity.verifier_key_file: expected an absolute path, got \"integrity.pub\""
+            ),
+            "{err}"
+        );
+        let both = MINIMAL.replace(
+            "[integrity]",
+            &format!("[integrity]\nverifier_key_file = \"{}\"", file.display()),
+        );
+        let err = parse(&both).expect_err("both").to_string();
+        assert_eq!(
+            err,
+            "/etc/deepseek/deepseekd.toml: integrity.verifier_key_file: conflicts with \
+             integrity.verifier_key: set only one of the two"
+        );
+        // With enforce = false both are ignored, as the inline key is.
+        let off = text.replace("[integrity]", "[integrity]\nenforce = false");
+        assert!(parse(&off).expect("not read").integrity.pinned.is_none());
     }
 
     #[test]

@@ -35,6 +35,12 @@ use server::peer::{AccessPolicy, UnknownGroup, resolve_group};
 use server::routes::AppState;
 use server::socket::{self, Origin};
 
+/// The command-line definition, from which the man pages are generated
+/// (`cargo run -p xtask -- man`), so they never drift from `--help`.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -470,20 +476,14 @@ fn load_database(
     config: &Config,
 ) -> Result<Option<Vec<Entry>>, deepseek_integrity::database::DatabaseError> {
     let integrity = &config.integrity;
-    let Some(key) = integrity
-        .verifier_key
-        .as_deref()
-        .filter(|_| integrity.enforce)
-    else {
+    let Some(pinned) = &integrity.pinned else {
         tracing::error!(
             "INTEGRITY NOT ENFORCED (integrity.enforce = false): models are loaded without checking them \
              against the signed database. For debugging only"
         );
         return Ok(None);
     };
-    let pinned = deepseek_integrity::keys::VerifierKey::parse(key)
-        .expect("validated with the configuration");
-    let entries = deepseek_integrity::database::load(&integrity.database, &pinned)?;
+    let entries = deepseek_integrity::database::load(&integrity.database, pinned)?;
     tracing::info!(
         database = %integrity.database.display(),
         entries = entries.len(),

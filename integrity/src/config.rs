@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::keys::{VerifierKey, configured_verifier};
 
 /// Where the configuration is read from without `--config`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/deepseek/integrity.toml";
@@ -22,7 +25,15 @@ pub struct Config {
     pub signing_key: PathBuf,
     /// The verifier key every database must be signed with, as
     /// `deepseek-integrity keygen` prints it (`ed25519:BASE64`).
-    pub verifier_key: String,
+    #[serde(default)]
+    pub verifier_key: Option<String>,
+    /// Or the file holding it (`keygen --verifier-out`), for a
+    /// configuration that cannot hold a key made at install.
+    #[serde(default)]
+    pub verifier_key_file: Option<PathBuf>,
+    /// The key of either, read and checked at load.
+    #[serde(skip)]
+    verifier: Option<VerifierKey>,
     /// Files at least this large get the chunked digest under `digest = "auto"`.
     #[serde(default = "default_threshold")]
     pub chunked_threshold: u64,
@@ -161,11 +172,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {key}{source}")]
+    #[error("{path}: {source}")]
     Parse {
         path: PathBuf,
-        key: String,
-        source: Box<toml::de::Error>,
+        source: Box<TomlError>,
     },
     #[error("{path}: {key}: {message}")]
     Invalid {
@@ -185,31 +195,32 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let parse_error = |key: String, source| ConfigError::Parse {
+        let mut config: Config = from_toml(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            key,
             source: Box::new(source),
-        };
-        let deserializer =
-            toml::Deserializer::parse(text).map_err(|e| parse_error(String::new(), e))?;
-        // The key being read (`rule[2].digest`), which toml's own message
-        // shows only as a source excerpt.
-        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." {
-                String::new()
-            } else {
-                format!("{key}: ")
-            };
-            parse_error(key, e.into_inner())
         })?;
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key,
             message,
         };
-        crate::keys::VerifierKey::parse(&config.verifier_key)
-            .map_err(|e| invalid("verifier_key".into(), e))?;
+        config.verifier = Some(
+            configured_verifier(
+                "",
+                config.verifier_key.as_deref(),
+                config.verifier_key_file.as_deref(),
+                VerifierKey::parse,
+            )
+            .map_err(|e| invalid(e.key().into(), e.to_string()))?
+            .ok_or_else(|| {
+                invalid(
+                    "verifier_key".into(),
+                    "required: set it to the key `deepseek-integrity keygen` printed, or set \
+                     verifier_key_file to the file `keygen --verifier-out` wrote"
+                        .into(),
+                )
+            })?,
+        );
         for (key, file) in [
             ("database", &config.database),
             ("signing_key", &config.signing_key),
@@ -239,6 +250,11 @@ impl Config {
         Ok(config)
     }
 
+    /// The pinned verifier key, from `verifier_key` or `verifier_key_file`.
+    pub fn verifier(&self) -> &VerifierKey {
+        self.verifier.as_ref().expect("set by Config::parse")
+    }
+
     /// The rules with their globs compiled, most specific path first, so a
     /// path covered by several rules follows the deepest one.
     pub fn compiled_rules(&self) -> Vec<CompiledRule<'_>> {
@@ -255,10 +271,159 @@ impl Config {
     }
 }
 
+/// A TOML file that does not fit its configuration type, with the dotted
+/// key being read (`rule[2].digest`; empty for syntax errors), which toml's
+/// own message shows only as a source excerpt.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{source}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+pub struct TomlError {
+    pub key: String,
+    pub source: toml::de::Error,
+}
+
+/// Deserializes a configuration file, naming the key at fault. Shared by
+/// the appliance's three configuration files, so their errors read alike.
+pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|source| TomlError {
+        key: String::new(),
+        source,
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        // Wrappers such as `toml::Spanned` add private segments (`$__...`).
+        let key = e
+            .path()
+            .to_string()
+            .split('.')
+            .filter(|segment| !segment.is_empty() && !segment.starts_with("$__"))
+            .collect::<Vec<_>>()
+            .join(".");
+        TomlError {
+            key,
+            source: e.into_inner(),
+        }
+    })
+}
+
 fn compile_globs(patterns: &[String]) -> Result<GlobSet, String> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         builder.add(Glob::new(pattern).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?);
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const KEY: &str = "ed25519:GL0Uc1Liy+LFw6V2AxvuGjFBcQajKQTxz90KtLXo+ys=";
+
+    fn parse(verifier: &str) -> Result<Config, String> {
+        Config::parse(
+            Path::new("/etc/deepseek/integrity.toml"),
+            &format!("{verifier}\n[[rule]]\npath = \"/etc/deepseek\"\n"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// A verifier key file holding `text`, with mode 0644.
+    fn key_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("integrity.pub");
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn the_verifier_key_may_be_inline_or_in_a_file() {
+        let inline = parse(&format!("verifier_key = \"{KEY}\"")).expect("inline");
+        assert_eq!(inline.verifier().to_string(), KEY);
+        let dir = tempfile::tempdir().expect("tempdir");
+        // As `keygen --verifier-out` writes it, and as an editor may leave it.
+        for text in [format!("{KEY}\n"), format!("  {KEY}\n\n")] {
+            let path = key_file(&dir, &text);
+            let config = parse(&format!("verifier_key_file = \"{}\"", path.display()))
+                .expect("from the file");
+            assert_eq!(config.verifier(), inline.verifier());
+        }
+    }
+
+    #[test]
+    fn one_verifier_key_is_required_and_only_one() {
+        let err = parse("").expect_err("neither");
+        assert!(
+            err.starts_with("/etc/deepseek/integrity.toml: verifier_key: required: ")
+                && err.contains("verifier_key_file"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = key_file(&dir, KEY);
+        let err = parse(&format!(
+            "verifier_key = \"{KEY}\"\nverifier_key_file = \"{}\"",
+            path.display()
+        ))
+        .expect_err("both");
+        assert_eq!(
+            err,
+            "/etc/deepseek/integrity.toml: verifier_key_file: conflicts with verifier_key: set only one of the two"
+        );
+    }
+
+    #[test]
+    fn a_verifier_key_file_must_be_absolute_readable_and_valid() {
+        let err = parse("verifier_key_file = \"integrity.pub\"").expect_err("relative");
+        assert_eq!(
+            err,
+            "/etc/deepseek/integrity.toml: verifier_key_file: expected an absolute path, got \"integrity.pub\""
+        );
+        let err = parse("verifier_key_file = \"/nonexistent/integrity.pub\"").expect_err("missing");
+        assert_eq!(
+            err,
+            "/etc/deepseek/integrity.toml: verifier_key_file: cannot read /nonexistent/integrity.pub: \
+             No such file or directory (os error 2)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = key_file(&dir, &format!("verifier_key = \"{KEY}\"\n"));
+        let err = parse(&format!("verifier_key_file = \"{}\"", path.display()))
+            .expect_err("the config line, not the key");
+        assert!(
+            err.starts_with(&format!(
+                "/etc/deepseek/integrity.toml: verifier_key_file: {}: expected \"ed25519:\"",
+                path.display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_verifier_key_file_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = key_file(&dir, KEY);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+        let err = parse(&format!("verifier_key_file = \"{}\"", path.display()))
+            .expect_err("group-writable");
+        assert!(
+            err.contains(&format!(
+                "verifier_key_file: {} has mode 664",
+                path.display()
+            )) && err.ends_with("(chmod 644)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let err = parse(&format!(
+            "verifier_key = \"{KEY}\"\nchunked_threshold = \"big\""
+        ))
+        .expect_err("bad type");
+        assert!(
+            err.starts_with(
+                "/etc/deepseek/integrity.toml: chunked_threshold: TOML parse error at line 2"
+            ),
+            "{err}"
+        );
+    }
 }

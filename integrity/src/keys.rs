@@ -1,8 +1,10 @@
 //! The Ed25519 keys that sign the database: the signing key file (secret,
-//! mode 0600) and the verifier key pinned in the configuration.
+//! mode 0600) and the verifier key pinned in the configuration, inline or
+//! in a file of its own (mode 0644). The file handling is shared with the
+//! auditor's checkpoint keys.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -69,10 +71,11 @@ pub enum KeyError {
     Owner { path: PathBuf, owner: u32, me: u32 },
     #[error("signing key {path} is malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("{path} already exists; refusing to overwrite a signing key")]
-    Exists { path: PathBuf },
-    #[error("cannot write signing key {path}: {source}")]
+    #[error("{path} already exists; refusing to overwrite a {what}")]
+    Exists { what: &'static str, path: PathBuf },
+    #[error("cannot write {what} {path}: {source}")]
     Write {
+        what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -83,26 +86,48 @@ pub enum KeyError {
 /// Creates a secret key file holding `text`: mode 0600 from the start,
 /// never over an existing file, synced. Shared with the auditor's key.
 pub fn write_secret(path: &Path, text: &str) -> Result<(), KeyError> {
+    create_key_file("signing key", path, text, 0o600)
+}
+
+/// Writes the verifier key file `keygen --verifier-out` asks for, for
+/// configurations that cannot hold the key inline (static files such as
+/// dpkg conffiles, while the key is made at install): mode 0644 whatever
+/// the umask, never over an existing file. `secret` is the signing key the
+/// same keygen just created: it is removed when this fails, so that keygen
+/// leaves both files or neither and can simply be run again.
+pub fn write_verifier_file(path: &Path, text: &str, secret: &Path) -> Result<(), KeyError> {
+    create_key_file("verifier key", path, &format!("{text}\n"), 0o644).inspect_err(|_| {
+        let _ = std::fs::remove_file(secret);
+    })
+}
+
+fn create_key_file(what: &'static str, path: &Path, text: &str, mode: u32) -> Result<(), KeyError> {
     let write_error = |source| KeyError::Write {
+        what,
         path: path.to_owned(),
         source,
     };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 KeyError::Exists {
+                    what,
                     path: path.to_owned(),
                 }
             } else {
                 write_error(e)
             }
         })?;
-    file.write_all(text.as_bytes()).map_err(write_error)?;
-    file.sync_all().map_err(write_error)
+    // The umask may have taken bits away; a verifier key others cannot
+    // read is as useless as a secret others can.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(text.as_bytes()))
+        .and_then(|()| file.sync_all())
+        .map_err(write_error)
 }
 
 /// Reads a secret key file, refusing one that group or others can access
@@ -129,6 +154,87 @@ pub fn read_secret(path: &Path) -> Result<String, KeyError> {
         });
     }
     std::fs::read_to_string(path).map_err(read_error)
+}
+
+/// Why the verifier key a configuration gives cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierSettingError {
+    #[error("conflicts with {table}verifier_key: set only one of the two")]
+    Both { table: &'static str },
+    #[error("expected an absolute path, got {0:?}")]
+    Relative(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} has mode {mode:o}: group and others must not be able to write it, as its key decides \
+         which signatures are trusted (chmod 644)"
+    )]
+    Writable { path: PathBuf, mode: u32 },
+    #[error("{path}: {reason}")]
+    InFile { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Inline(String),
+}
+
+impl VerifierSettingError {
+    /// The configuration key at fault, without its table.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Inline(_) => "verifier_key",
+            _ => "verifier_key_file",
+        }
+    }
+}
+
+/// The verifier key a configuration gives inline (`verifier_key`) or in a
+/// file of its own (`verifier_key_file`, as `keygen --verifier-out` writes
+/// it; surrounding whitespace is ignored): a configuration shipped as a
+/// static file cannot hold a key made at install. At most one of the two
+/// may be set; `None` when neither is. `parse` reads the key (this crate's
+/// or the auditor's), and `table` prefixes the key names in messages.
+/// Shared by integrity.toml, deepseekd.toml and audit.toml.
+pub fn configured_verifier<T, E: std::fmt::Display>(
+    table: &'static str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, VerifierSettingError> {
+    let path = match (inline, file) {
+        (Some(_), Some(_)) => return Err(VerifierSettingError::Both { table }),
+        (None, None) => return Ok(None),
+        (Some(text), None) => {
+            return parse(text)
+                .map(Some)
+                .map_err(|e| VerifierSettingError::Inline(e.to_string()));
+        }
+        (None, Some(path)) => path,
+    };
+    if !path.is_absolute() {
+        return Err(VerifierSettingError::Relative(path.to_owned()));
+    }
+    let read_error = |source| VerifierSettingError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let mode = file.metadata().map_err(read_error)?.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(VerifierSettingError::Writable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(read_error)?;
+    parse(text.trim())
+        .map(Some)
+        .map_err(|e| VerifierSettingError::InFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// The secret key, loaded only by `init` and `update`.
@@ -199,6 +305,49 @@ mod tests {
         assert!(!verifier.verify(b"hellO", &signature));
         let err = Signer25519::generate(&path).expect_err("no overwrite");
         assert!(matches!(err, KeyError::Exists { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_verifier_key_file_is_world_readable_and_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("k");
+        let public = dir.path().join("k.pub");
+        let key = Signer25519::generate(&secret).expect("generate");
+        write_verifier_file(&public, &key.verifier().to_string(), &secret).expect("write");
+        let mode = std::fs::metadata(&public)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(
+            std::fs::read_to_string(&public).expect("read"),
+            format!("{}\n", key.verifier())
+        );
+        // A second keygen onto the same files: the secret is refused first.
+        assert!(matches!(
+            Signer25519::generate(&secret),
+            Err(KeyError::Exists { .. })
+        ));
+        // A new secret with an existing verifier file: refused, and the new
+        // secret is removed so that keygen can be run again.
+        let other = dir.path().join("k2");
+        let key2 = Signer25519::generate(&other).expect("generate");
+        let err = write_verifier_file(&public, &key2.verifier().to_string(), &other)
+            .expect_err("no overwrite");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} already exists; refusing to overwrite a verifier key",
+                public.display()
+            )
+        );
+        assert!(!other.exists(), "the new secret key is removed");
+        assert_eq!(
+            std::fs::read_to_string(&public).expect("read"),
+            format!("{}\n", key.verifier()),
+            "the existing file is untouched"
+        );
     }
 
     #[test]

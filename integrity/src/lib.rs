@@ -6,6 +6,7 @@
 //! database; the binary is a thin CLI over it.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod compare;
 pub mod config;
 pub mod database;
@@ -16,16 +17,11 @@ pub mod keys;
 pub mod scan;
 pub mod verify;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::json;
 
-use compare::Differences;
 use config::{Config, DEFAULT_CONFIG_PATH};
 use entry::Entry;
 use exit::Exit;
@@ -82,6 +78,10 @@ pub enum Command {
             default_value = "/etc/deepseek/integrity.key"
         )]
         out: PathBuf,
+        /// Also write the verifier key to this file (mode 0644, never
+        /// overwritten), for `verifier_key_file` in the configurations.
+        #[arg(long, value_name = "PATH")]
+        verifier_out: Option<PathBuf>,
     },
     /// Scan the system and write the first signed database.
     Init,
@@ -92,6 +92,12 @@ pub enum Command {
     Update,
     /// Print the database's entries after verifying its signature.
     Show,
+}
+
+/// The command-line definition, from which the man pages are generated
+/// (`cargo run -p xtask -- man`), so they never drift from `--help`.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// The binary's entry point.
@@ -113,13 +119,9 @@ fn fail(exit: Exit, error: &dyn std::fmt::Display) -> u8 {
 
 /// Runs one command and returns its exit code.
 pub fn run(cli: &Cli) -> u8 {
-    if let Command::Keygen { out } = &cli.command {
-        return match keys::Signer25519::generate(out) {
-            Ok(key) => {
-                println!("wrote signing key {} (mode 0600)", out.display());
-                println!("verifier_key = \"{}\"", key.verifier());
-                0
-            }
+    if let Command::Keygen { out, verifier_out } = &cli.command {
+        return match keygen(out, verifier_out.as_deref()) {
+            Ok(()) => 0,
             Err(e) => fail(Exit::Io, &e),
         };
     }
@@ -127,40 +129,20 @@ pub fn run(cli: &Cli) -> u8 {
         Ok(config) => config,
         Err(e) => return fail(Exit::Config, &e),
     };
-    let pinned = keys::VerifierKey::parse(&config.verifier_key).expect("validated at load");
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&interrupted)) {
-            return fail(Exit::Io, &format!("cannot install a signal handler: {e}"));
-        }
-    }
-    let options = scan::Options {
-        jobs: cli
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        progress: std::io::stderr().is_terminal() && cli.format == Format::Human,
+    let pinned = config.verifier();
+    let interrupted = match check::interrupt_on_signals() {
+        Ok(interrupted) => interrupted,
+        Err(e) => return fail(e.exit(), &e),
     };
-    let scan = || {
-        scan::scan(&config, &options, &interrupted).map_err(|e| match e {
-            scan::ScanError::Interrupted => fail(Exit::Interrupted, &e),
-            _ => fail(Exit::Io, &e),
-        })
-    };
-    let load = || {
-        database::load(&config.database, &pinned).map_err(|e| {
-            fail(
-                if e.is_signature() {
-                    Exit::Signature
-                } else {
-                    Exit::Database
-                },
-                &e,
-            )
-        })
-    };
+    let options = check::scan_options(cli.jobs, cli.format == Format::Human);
+    // Each error with its exit code (check::CheckError::exit).
+    let failed = |e: check::CheckError| fail(e.exit(), &e);
+    let scan = || scan::scan(&config, &options, &interrupted).map_err(|e| failed(e.into()));
+    let load = || database::load(&config.database, pinned).map_err(|e| failed(e.into()));
+    let check = || check::check(&config, &options, &interrupted).map_err(failed);
     let sign_and_store = |entries: &[Entry]| -> Result<(), u8> {
         let key = keys::Signer25519::load(&config.signing_key).map_err(|e| fail(Exit::Io, &e))?;
-        if key.verifier() != pinned {
+        if &key.verifier() != pinned {
             return Err(fail(
                 Exit::Signature,
                 &format!(
@@ -191,33 +173,15 @@ pub fn run(cli: &Cli) -> u8 {
             Ok(0)
         })(),
         Command::Check => (|| {
-            let recorded = load()?;
-            let current = scan()?;
-            let differences = compare::compare(&recorded, &current);
-            report(
-                cli.format,
-                "check",
-                &config,
-                &pinned,
-                recorded.len(),
-                &differences,
-            );
-            Ok(differences.code())
+            let checked = check()?;
+            report(cli.format, "check", &config, &checked);
+            Ok(checked.differences.code())
         })(),
         Command::Update => (|| {
-            let recorded = load()?;
-            let current = scan()?;
-            let differences = compare::compare(&recorded, &current);
-            report(
-                cli.format,
-                "update",
-                &config,
-                &pinned,
-                recorded.len(),
-                &differences,
-            );
-            sign_and_store(&current)?;
-            report_written(cli.format, "update", &config, &current);
+            let checked = check()?;
+            report(cli.format, "update", &config, &checked);
+            sign_and_store(&checked.current)?;
+            report_written(cli.format, "update", &config, &checked.current);
             Ok(0)
         })(),
         Command::Show => (|| {
@@ -227,6 +191,23 @@ pub fn run(cli: &Cli) -> u8 {
         })(),
     };
     result.unwrap_or_else(|code| code)
+}
+
+/// `keygen`: the signing key, and the verifier key file when asked for.
+fn keygen(
+    out: &std::path::Path,
+    verifier_out: Option<&std::path::Path>,
+) -> Result<(), keys::KeyError> {
+    let key = keys::Signer25519::generate(out)?;
+    if let Some(path) = verifier_out {
+        keys::write_verifier_file(path, &key.verifier().to_string(), out)?;
+    }
+    println!("wrote signing key {} (mode 0600)", out.display());
+    if let Some(path) = verifier_out {
+        println!("wrote verifier key {} (mode 0644)", path.display());
+    }
+    println!("verifier_key = \"{}\"", key.verifier());
+    Ok(())
 }
 
 fn report_written(format: Format, command: &str, config: &Config, entries: &[Entry]) {
@@ -240,72 +221,15 @@ fn report_written(format: Format, command: &str, config: &Config, entries: &[Ent
 }
 
 /// The report, human (AIDE-like) or JSON.
-fn report(
-    format: Format,
-    command: &str,
-    config: &Config,
-    pinned: &keys::VerifierKey,
-    recorded: usize,
-    d: &Differences,
-) {
-    // `update` accepts the differences, so it exits 0 whatever they are.
-    let code = if command == "update" { 0 } else { d.code() };
-    let verdict = if d.is_empty() {
-        "no differences"
-    } else {
-        "differences found"
+fn report(format: Format, command: &str, config: &Config, checked: &check::Checked) {
+    let render = match format {
+        Format::Json => check::json,
+        Format::Human => check::human,
     };
-    match format {
-        Format::Json => {
-            let value = json!({
-                "command": command,
-                "verdict": verdict,
-                "exit_code": code,
-                "database": config.database,
-                "signed_by": pinned.id(),
-                "verifier_key": pinned.to_string(),
-                "entries": recorded,
-                "summary": {"added": d.added.len(), "removed": d.removed.len(), "changed": d.changed.len()},
-                "added": d.added,
-                "removed": d.removed,
-                "changed": d.changed,
-            });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).expect("serializable")
-            );
-        }
-        Format::Human => {
-            println!(
-                "{command}: {verdict}: {} added, {} removed, {} changed ({recorded} entries in {}, signed by {})",
-                d.added.len(),
-                d.removed.len(),
-                d.changed.len(),
-                config.database.display(),
-                pinned.id()
-            );
-            for (title, entries) in [("Added", &d.added), ("Removed", &d.removed)] {
-                if !entries.is_empty() {
-                    println!("\n{title}:");
-                    for entry in entries.iter() {
-                        println!("  {:<7} {}", entry.kind.name(), entry.path.display());
-                    }
-                }
-            }
-            if !d.changed.is_empty() {
-                println!("\nChanged:");
-                for changed in &d.changed {
-                    println!("  {}", changed.path);
-                    for change in &changed.changes {
-                        println!(
-                            "      {:<9} {} -> {}",
-                            change.attribute, change.old, change.new
-                        );
-                    }
-                }
-            }
-        }
-    }
+    print!(
+        "{}",
+        render(command, config, checked.recorded, &checked.differences)
+    );
 }
 
 fn show(format: Format, entries: &[Entry]) {

@@ -445,30 +445,25 @@ fn help_documents_commands_and_exit_codes() {
 
 #[test]
 fn the_shipped_policy_parses_once_a_key_is_filled_in() {
+    // The policy names its verifier key (inline or as a file of an
+    // installed system); here it gets the file of a fresh keygen.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/integrity.toml");
     let text = std::fs::read_to_string(&shipped).expect("policies/integrity.toml");
-    let err =
-        deepseek_integrity::config::Config::parse(&shipped, &text).expect_err("placeholder key");
-    assert!(
-        err.to_string()
-            .contains("verifier_key: expected \"ed25519:\""),
-        "{err}"
-    );
     let f = Fixture::new();
-    let (_, out) = f.run(&[
+    let public = f.dir.path().join("k2.pub");
+    let (code, out) = f.run(&[
         "keygen",
         "--out",
         f.dir.path().join("k2").to_str().expect("utf8"),
+        "--verifier-out",
+        public.to_str().expect("utf8"),
     ]);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("verifier_key"))
-        .expect("verifier line");
+    assert_eq!(code, 0, "{out}");
     let filled: String = text
         .lines()
         .map(|l| {
             if l.starts_with("verifier_key") {
-                line.to_owned()
+                format!("verifier_key_file = \"{}\"", public.display())
             } else {
                 l.to_owned()
             }
@@ -477,7 +472,10 @@ fn the_shipped_policy_parses_once_a_key_is_filled_in() {
         .join("\n");
     let config = deepseek_integrity::config::Config::parse(&shipped, &filled)
         .expect("shipped policy parses");
-    assert_eq!(config.rules.len(), 10);
+    assert_eq!(
+        config.rules.len(),
+        text.lines().filter(|l| l.trim() == "[[rule]]").count()
+    );
 }
 
 #[test]
@@ -591,5 +589,117 @@ fn configuration_errors_name_the_key() {
             "unknown variant `sha512`, expected one of `auto`, `sha256`, `chunked`, `both`, `none`"
         ),
         "{out}"
+    );
+}
+
+#[test]
+fn keygen_writes_a_verifier_key_file_that_the_configuration_can_name() {
+    let f = Fixture::new();
+    let key = f.dir.path().join("k2");
+    let public = f.dir.path().join("k2.pub");
+    let keygen = |f: &Fixture| {
+        f.run(&[
+            "keygen",
+            "--out",
+            key.to_str().expect("utf8"),
+            "--verifier-out",
+            public.to_str().expect("utf8"),
+        ])
+    };
+    let (code, out) = keygen(&f);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "wrote verifier key {} (mode 0644)",
+            public.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::metadata(&public)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+    let printed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("verifier_key = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("verifier line");
+    assert_eq!(
+        std::fs::read_to_string(&public).expect("read"),
+        format!("{printed}\n")
+    );
+    // The configuration names the file instead of holding the key.
+    let config = std::fs::read_to_string(f.config()).expect("config");
+    let config: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("verifier_key") {
+                format!("verifier_key_file = \"{}\"", public.display())
+            } else if l.starts_with("signing_key") {
+                format!("signing_key = \"{}\"", key.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(f.config(), config).expect("config");
+    f.init();
+    let (code, report) = f.check_json();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["verifier_key"], printed);
+    // keygen never overwrites either file.
+    let (code, out) = keygen(&f);
+    assert_eq!(code, 18, "{out}");
+    assert!(out.contains("refusing to overwrite a signing key"), "{out}");
+    let fresh = f.dir.path().join("k3");
+    let (code, out) = f.run(&[
+        "keygen",
+        "--out",
+        fresh.to_str().expect("utf8"),
+        "--verifier-out",
+        public.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 18, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{} already exists; refusing to overwrite a verifier key",
+            public.display()
+        )),
+        "{out}"
+    );
+    assert!(!fresh.exists(), "keygen leaves both files or neither");
+}
+
+#[test]
+fn a_missing_verifier_key_file_is_a_configuration_error_naming_it() {
+    let f = Fixture::new();
+    let config = std::fs::read_to_string(f.config()).expect("config");
+    let missing = f.dir.path().join("missing.pub");
+    let config: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("verifier_key") {
+                format!("verifier_key_file = \"{}\"", missing.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(f.config(), config).expect("config");
+    let (code, out) = f.cmd("check");
+    assert_eq!(code, 17, "{out}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "deepseek-integrity: error: {}: verifier_key_file: cannot read {}: No such file or directory (os error 2)",
+            f.config().display(),
+            missing.display()
+        )
     );
 }

@@ -226,3 +226,78 @@ fn a_symlinked_model_is_refused_even_when_recorded() {
         "{stderr}"
     );
 }
+
+/// `path` with every line starting with `prefix` replaced by `line`.
+fn replace_lines(path: &Path, prefix: &str, line: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    let text: Vec<&str> = text
+        .lines()
+        .map(|l| if l.starts_with(prefix) { line } else { l })
+        .collect();
+    std::fs::write(path, text.join("\n") + "\n").expect("write");
+}
+
+#[test]
+fn configurations_that_name_the_verifier_key_file_keygen_wrote_work_together() {
+    // The packaged setup: the configurations are static files naming
+    // /etc/deepseek/integrity.pub, which keygen writes at install.
+    let dir = shared_tempdir();
+    let (_onnx, config) = setup(dir.path());
+    let key = dir.path().join("installed.key");
+    let public = dir.path().join("installed.pub");
+    let integrity = |args: &[&str]| {
+        let output = Command::new(binary("deepseek-integrity"))
+            .args(args)
+            .output()
+            .expect("deepseek-integrity");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (code, out) = integrity(&[
+        "keygen",
+        "--out",
+        key.to_str().expect("utf8"),
+        "--verifier-out",
+        public.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let integrity_toml = dir.path().join("integrity.toml");
+    let database = dir.path().join("integrity.db");
+    std::fs::remove_file(&database).expect("the harness's database");
+    replace_lines(
+        &integrity_toml,
+        "signing_key",
+        &format!("signing_key = \"{}\"", key.display()),
+    );
+    let file_line = format!("verifier_key_file = \"{}\"", public.display());
+    replace_lines(&integrity_toml, "verifier_key", &file_line);
+    let (code, out) = integrity(&["--config", integrity_toml.to_str().expect("utf8"), "init"]);
+    assert_eq!(code, Some(0), "{out}");
+    replace_lines(&config, "verifier_key", &file_line);
+    let check_config = || {
+        run_daemon(
+            &["check-config", "--config", config.to_str().expect("utf8")],
+            Duration::from_secs(30),
+        )
+    };
+    let (code, out) = check_config();
+    assert_eq!(code, 0, "{out}");
+    // The daemon trusts the file's key, not another: with the key file of
+    // another keygen, the database is refused.
+    let other = dir.path().join("other.pub");
+    let (code, out) = integrity(&[
+        "keygen",
+        "--out",
+        dir.path().join("other.key").to_str().expect("utf8"),
+        "--verifier-out",
+        other.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::rename(&other, &public).expect("swap the key file");
+    let (code, out) = check_config();
+    assert_eq!(code, 65, "{out}");
+    assert!(out.contains("not by the pinned verifier key"), "{out}");
+}

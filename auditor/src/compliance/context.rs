@@ -59,7 +59,6 @@ impl Default for SandboxView {
 #[derive(Debug)]
 pub struct Integrity {
     pub config: deepseek_integrity::config::Config,
-    pub pinned: deepseek_integrity::keys::VerifierKey,
     pub database:
         Result<Vec<deepseek_integrity::entry::Entry>, deepseek_integrity::database::DatabaseError>,
 }
@@ -125,7 +124,7 @@ impl Context {
     /// `audit.toml`.
     pub fn audit_config(&self) -> Result<&ServiceConfig, Undecided> {
         shared(&self.audit_config, || {
-            crate::load_config(&self.audit_config_path)
+            ServiceConfig::load(&self.audit_config_path)
                 .map_err(|e| Undecided::Error(format!("{e} (the audit configuration, --config)")))
         })
     }
@@ -153,14 +152,8 @@ impl Context {
                     .map_err(|e| {
                         Undecided::Error(format!("{e} (files.integrity_config of the profile)"))
                     })?;
-            let pinned = deepseek_integrity::keys::VerifierKey::parse(&config.verifier_key)
-                .map_err(Undecided::Error)?;
-            let database = deepseek_integrity::database::load(&config.database, &pinned);
-            Ok(Integrity {
-                config,
-                pinned,
-                database,
-            })
+            let database = deepseek_integrity::database::load(&config.database, config.verifier());
+            Ok(Integrity { config, database })
         })
     }
 

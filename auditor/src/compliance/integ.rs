@@ -63,19 +63,19 @@ fn database_of(
 fn signature(context: &Context) -> Result<Finding, Undecided> {
     let integrity = context.integrity()?;
     let source = integrity.config.database.display().to_string();
-    let expected = format!("a database signed by {}", integrity.pinned.id());
+    let expected = format!("a database signed by {}", integrity.config.verifier().id());
     Ok(match &integrity.database {
         Ok(entries) => Finding::pass(
             format!(
                 "{} entries signed by {}",
                 entries.len(),
-                integrity.pinned.id()
+                integrity.config.verifier().id()
             ),
             vec![Evidence::new(
                 source,
                 format!(
                     "valid signature by {}, {} entries",
-                    integrity.pinned.id(),
+                    integrity.config.verifier().id(),
                     entries.len()
                 ),
                 expected,

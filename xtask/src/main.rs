@@ -1,0 +1,49 @@
+//! Workspace tasks that are no part of any shipped binary, run as
+//! `cargo run -p xtask -- TASK`. The one task, `man OUT_DIR`, writes the
+//! Debian package's man pages from the binaries' own clap definitions, so
+//! they cannot drift from `--help`.
+#![forbid(unsafe_code)]
+
+mod man;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo run -p xtask -- man OUT_DIR
+
+Tasks:
+  man OUT_DIR  write the section-8 man pages of deepseekd, deepseek-audit and
+               deepseek-integrity, one per command and subcommand, as plain
+               roff files in OUT_DIR (created if missing). The date in the
+               pages is SOURCE_DATE_EPOCH's when it is set, else today's.";
+
+/// sysexits' EX_USAGE, as the shipped binaries use it.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match args.as_slice() {
+        [task, out_dir] if task == "man" => match man::generate(Path::new(out_dir)) {
+            Ok(pages) => {
+                for page in pages {
+                    println!("{}", page.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xtask: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        [flag] if flag == "-h" || flag == "--help" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
