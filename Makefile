@@ -6,6 +6,12 @@
 #   make bench  the socket-overhead benchmark (BENCHMARKS.md)
 #   make bench-integrity  deepseek-integrity against AIDE and sha256sum
 #               (BENCHMARKS.md; root, ~9 GiB free under BENCH_DIR)
+#   make deb    the Debian package (CPU ONNX Runtime) in target/debian/;
+#               make deb-cuda for the CUDA one (fetches the ~300 MB GPU wheel)
+#   make man    the man pages, from the binaries' clap definitions, in target/release/man
+#   make check-units   systemd-analyze verify and security of the units
+#   make system-test   the package installed and driven under systemd in a
+#               throwaway Debian root (root, debootstrap, systemd-nspawn)
 
 SHELL := /bin/bash
 ORT_DIR := $(CURDIR)/.ort/cpu
@@ -13,7 +19,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test bench bench-audit bench-integrity ort deps clean FORCE
+.PHONY: run run-config test bench bench-audit bench-integrity ort deps clean FORCE man deb deb-cuda check-units system-test release
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -25,7 +31,9 @@ $(ORT_LIB):
 # wrong-version library, strace to watch the daemon's syscalls, fsverity to
 # check the fs-verity digests against fsverity-utils, iproute2 for the
 # network-namespace tests of `deepseek-audit verify`, xmllint to validate its
-# JUnit report, python3-venv for .venv (jsonschema for its SARIF). Installed
+# JUnit report, python3-venv for .venv (jsonschema for its SARIF), groff to
+# check the man pages, debootstrap and systemd-nspawn (systemd-container)
+# for the package's system test. Installed
 # only when missing, so a developer's machine is not touched needlessly.
 deps:
 	@missing=""; \
@@ -36,6 +44,10 @@ deps:
 	command -v fsverity >/dev/null || missing="$$missing fsverity"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v xmllint >/dev/null || missing="$$missing libxml2-utils"; \
+	command -v groff >/dev/null || missing="$$missing groff-base"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v systemd-nspawn >/dev/null || missing="$$missing systemd-container"; \
+	command -v dpkg-deb >/dev/null || missing="$$missing dpkg"; \
 	python3 -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
@@ -149,6 +161,40 @@ test: deps ort $(VENV)/bin/python
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
+	$(MAKE) --no-print-directory check-units system-test
+
+# cargo-deb, pinned, installed from crates.io into .tools.
+CARGO_DEB_VERSION := 3.8.0
+CARGO_DEB := $(CURDIR)/.tools/bin/cargo-deb
+$(CARGO_DEB):
+	cargo install cargo-deb --version $(CARGO_DEB_VERSION) --locked --root $(CURDIR)/.tools
+
+release:
+	cargo build --release --bin deepseekd --bin deepseek-integrity --bin deepseek-audit
+
+# The pages carry the last commit's date, so a rebuild gives the same files.
+man:
+	rm -rf target/release/man
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) \
+		cargo run --quiet -p xtask -- man target/release/man >/dev/null
+
+deb: ort release man $(CARGO_DEB)
+	rm -rf target/release/deb-runtime && mkdir -p target/release/deb-runtime && cp $(ORT_DIR)/*.so* target/release/deb-runtime/
+	$(CARGO_DEB) -p deepseekd --no-build --output target/debian/
+	@ls -l target/debian/deepseek_*.deb
+
+deb-cuda: release man $(CARGO_DEB)
+	packaging/fetch-onnxruntime.sh gpu $(CURDIR)/.ort/gpu
+	rm -rf target/release/deb-runtime && mkdir -p target/release/deb-runtime && cp $(CURDIR)/.ort/gpu/*.so* target/release/deb-runtime/
+	$(CARGO_DEB) -p deepseekd --variant cuda --no-build --output target/debian/
+
+# The units as systemd reads them (the binaries only have to exist).
+check-units: release
+	packaging/tests/check-units.sh target/release
+
+# Skips (and says why) without root, debootstrap or systemd-nspawn.
+system-test: deb
+	packaging/tests/system-test.sh target/debian/deepseek_*.deb
 
 # BENCH_ARGS="--seconds 5" for longer measurements.
 bench: ort
