@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# The package as an operator meets it, under a real systemd:
+#
+#   packaging/tests/system-test.sh target/debian/deepseek_VERSION_amd64.deb
+#
+# 1. debootstrap a throwaway Debian 12 root (minbase, systemd, curl) into
+#    target/system-test/root (the downloaded packages are kept in
+#    target/system-test/cache, so later runs are quicker);
+# 2. in a chroot: dpkg -i the package, then deepseekd check-config,
+#    deepseek-integrity check and init, deepseek-audit verify --list;
+# 3. boot systemd in that root with systemd-nspawn (PID 1, private network;
+#    nspawn's own seccomp filter refuses the Landlock calls unless allowed)
+#    and drive it as an operator would: start deepseekd.socket, infer as a
+#    member of group deepseek, be refused as a user outside it, read the
+#    notify status, SIGKILL the daemon and see systemd restart it, run the
+#    integrity check unit and deepseek-audit verify, verify the audit log,
+#    purge the package; and measure what PrivateUsers=yes would do to the
+#    uids the audit log records;
+# 4. print the evidence and the result. Exit 0 when every check passed,
+#    1 otherwise. Skips (exit 0, saying why) without root, debootstrap or
+#    systemd-nspawn. MIRROR=URL picks the Debian mirror (default:
+#    debootstrap's own); SYSTEM_TEST_DIR another work directory.
+set -euo pipefail
+
+deb=${1:?usage: $0 PACKAGE.deb}
+skip() { echo "system-test: skipped: $*"; exit 0; }
+[ "$(id -u)" -eq 0 ] || skip "needs root (debootstrap, chroot and systemd-nspawn)"
+command -v debootstrap >/dev/null || skip "debootstrap is not installed (apt-get install debootstrap)"
+command -v systemd-nspawn >/dev/null || skip "systemd-nspawn is not installed (apt-get install systemd-container)"
+[ -f "$deb" ] || { echo "system-test: no package at $deb (make deb)" >&2; exit 1; }
+
+work=$(realpath -m "${SYSTEM_TEST_DIR:-target/system-test}")
+root=$work/root
+mkdir -p "$work/cache"
+rm -rf "$root"
+echo "== debootstrap into $root"
+start=$(date +%s)
+# shellcheck disable=SC2086
+debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,procps \
+    --cache-dir="$work/cache" bookworm "$root" ${MIRROR:-} >"$work/debootstrap.log" 2>&1 \
+    || { tail -20 "$work/debootstrap.log"; echo "system-test: debootstrap failed" >&2; exit 1; }
+echo "debootstrap: $(( $(date +%s) - start )) s"
+
+passed=0 failed=0
+check() { # NAME COMMAND...: run in the chroot, pass on exit 0
+    local name=$1; shift
+    local out rc=0
+    out=$("$@" 2>&1) || rc=$?
+    if [ $rc -eq 0 ]; then
+        passed=$((passed + 1)); echo "PASS $name"
+    else
+        failed=$((failed + 1)); echo "FAIL $name (exit $rc)"; echo "$out" | sed 's/^/    /'
+    fi
+}
+
+echo "== install in a chroot (no systemd running)"
+cp "$deb" "$root/tmp/deepseek.deb"
+# As in any installer's chroot: systemd-tmpfiles needs /proc.
+mount -t proc proc "$root/proc"
+trap 'umount "$root/proc" 2>/dev/null || true' EXIT
+check "dpkg -i" chroot "$root" dpkg -i /tmp/deepseek.deb
+check "deepseekd check-config" chroot "$root" deepseekd check-config --config /etc/deepseek/deepseekd.toml
+check "deepseek-integrity check (the postinst's database)" chroot "$root" deepseek-integrity check
+check "deepseek-integrity init (a second database)" chroot "$root" sh -ec '
+    sed "s|^database = .*|database = \"/tmp/second.db\"|" /etc/deepseek/integrity.toml >/tmp/integrity.toml
+    deepseek-integrity --config /tmp/integrity.toml init
+    deepseek-integrity --config /tmp/integrity.toml check'
+check "deepseek-integrity init refuses to replace a database" chroot "$root" sh -c '! deepseek-integrity init'
+check "deepseek-audit verify --list" chroot "$root" deepseek-audit verify --list
+check "keys: 0600, owned by their users" chroot "$root" sh -ec '
+    test "$(stat -c "%a %U" /etc/deepseek/audit.key)" = "600 deepseek-audit"
+    test "$(stat -c "%a %U" /etc/deepseek/integrity.key)" = "600 root"
+    test "$(stat -c "%a %U" /var/lib/deepseek-audit)" = "700 deepseek-audit"
+    cmp /etc/deepseek/audit.pub /var/lib/deepseek-audit/audit.pub'
+check "configuration files are conffiles" chroot "$root" sh -ec '
+    for f in deepseekd.toml audit.toml integrity.toml compliance.toml; do
+        grep -q "^/etc/deepseek/$f$" /var/lib/dpkg/info/deepseek.conffiles
+    done'
+check "units enabled at boot" chroot "$root" sh -ec '
+    test -L /etc/systemd/system/sockets.target.wants/deepseekd.socket
+    test -L /etc/systemd/system/sockets.target.wants/deepseek-audit.socket
+    test -L /etc/systemd/system/timers.target.wants/deepseek-integrity-check.timer'
+
+umount "$root/proc"
+
+echo "== boot systemd in the root (systemd-nspawn, private network)"
+install -m 0755 /dev/stdin "$root/usr/local/sbin/system-test-inner" <<'INNER'
+#!/bin/bash
+# Runs inside the booted container as a oneshot unit; writes its findings
+# to /system-test.log and powers the container off.
+exec >/system-test.log 2>&1
+passed=0 failed=0
+check() {
+    local name=$1; shift
+    local out rc=0
+    out=$("$@" 2>&1) || rc=$?
+    if [ $rc -eq 0 ]; then
+        passed=$((passed + 1)); echo "PASS $name"
+    else
+        failed=$((failed + 1)); echo "FAIL $name (exit $rc)"; echo "$out" | sed 's/^/    /'
+    fi
+}
+evidence() { echo "---- $1"; shift; "$@" 2>&1 | sed 's/^/    /'; }
+request='{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+infer() { # USER
+    runuser -u "$1" -- curl -sS --max-time 60 --unix-socket /run/deepseek/deepseekd.sock \
+        http://localhost/v2/models/demo/infer -d "$request"
+}
+main_pid() { systemctl show -P MainPID deepseekd.service; }
+
+useradd --create-home --groups deepseek alice
+useradd --create-home mallory
+
+check "systemctl start deepseekd.socket" systemctl start deepseekd.socket
+check "the socket is 0660 deepseek:deepseek" sh -c \
+    'test "$(stat -c "%a %U %G" /run/deepseek/deepseekd.sock)" = "660 deepseek deepseek"'
+check "alice (group deepseek) gets an answer" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '\"data\":[3.0,5.0,7.0,9.0]'"
+check "mallory (not in group deepseek) cannot connect" sh -c "$(declare -f infer); request='$request'; ! infer mallory"
+evidence "mallory's attempt" infer mallory
+check "the service is active and ready (Type=notify)" sh -c \
+    'test "$(systemctl show -P ActiveState deepseekd.service)" = active'
+check "systemctl status shows the daemon's STATUS=" sh -c \
+    'systemctl status deepseekd.service --no-pager | grep -E "Status: \".+\""'
+evidence "systemctl status deepseekd" systemctl status deepseekd.service --no-pager -n 0
+check "the daemon runs as deepseek with no capabilities, no_new_privs, seccomp" sh -c '
+    s=/proc/$(systemctl show -P MainPID deepseekd.service)/status
+    grep -q "^Uid:.*\b$(id -u deepseek)\b" $s && grep -q "^CapEff:.*0000000000000000" $s &&
+    grep -q "^CapBnd:.*0000000000000000" $s && grep -q "^NoNewPrivs:.*1" $s && grep -q "^Seccomp:.*2" $s'
+
+# The unit's sandbox, seen from inside the daemon's namespaces.
+pid=$(main_pid)
+check "PrivateNetwork: the daemon sees only lo" sh -c \
+    "test \"\$(nsenter -t $pid -n ls /sys/class/net)\" = lo"
+check "ProtectHome: /home is empty for the daemon" sh -c "test -z \"\$(nsenter -t $pid -m ls -A /home)\""
+check "ProtectSystem=strict: /usr and /etc are read-only" sh -c \
+    "! nsenter -t $pid -m -S \$(id -u deepseek) -G \$(id -g deepseek) touch /etc/x 2>/dev/null && ! nsenter -t $pid -m touch /usr/x 2>/dev/null"
+check "PrivateDevices: only pseudo-devices" sh -c \
+    "test -z \"\$(nsenter -t $pid -m ls /dev | grep -vxE 'char|core|fd|full|hugepages|log|mqueue|null|ptmx|pts|random|shm|stderr|stdin|stdout|tty|urandom|zero')\""
+check "PrivateTmp: the daemon's /tmp is its own" sh -c \
+    "touch /tmp/host-file && ! nsenter -t $pid -m test -e /tmp/host-file"
+evidence "the daemon's devices cgroup (DevicePolicy=closed; cgroup v1 here)" sh -c \
+    "cat /sys/fs/cgroup/devices/system.slice/deepseekd.service/devices.list 2>&1 || echo 'no devices controller for the unit'"
+evidence "IP firewall (IPAddressDeny=any)" sh -c \
+    "systemctl show -P IPAddressDeny deepseekd.service; ls /sys/fs/cgroup/unified/system.slice/deepseekd.service 2>&1 | head -3"
+
+old=$(main_pid)
+check "SIGKILL the daemon" systemctl kill --signal=SIGKILL deepseekd.service
+for _ in $(seq 100); do
+    pid=$(main_pid)
+    if [ "$pid" != 0 ] && [ "$pid" != "$old" ] && [ "$(systemctl show -P ActiveState deepseekd.service)" = active ]; then break; fi
+    sleep 0.2
+done
+check "systemd restarted it (new MainPID, NRestarts 1)" sh -c \
+    "test \"\$(systemctl show -P MainPID deepseekd.service)\" != $old && test \"\$(systemctl show -P NRestarts deepseekd.service)\" = 1"
+check "the restarted daemon answers" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '[3.0,5.0,7.0,9.0]'"
+
+check "the daily integrity check unit passes and is recorded" systemctl start deepseek-integrity-check.service
+evidence "journalctl -u deepseek-integrity-check" journalctl -u deepseek-integrity-check.service --no-pager -o cat
+check "deepseek-audit verify (exit 0)" deepseek-audit verify
+evidence "deepseek-audit verify" deepseek-audit verify
+check "deepseek-audit log verify" deepseek-audit log verify
+last_request_uid() { deepseek-audit log show | grep -o 'request *uid=[0-9]*' | tail -1 | grep -o '[0-9]*$'; }
+check "the log records alice's uid" test "$(last_request_uid)" = "$(id -u alice)"
+check "the log records the integrity check" sh -c 'deepseek-audit log show | grep -q integrity_check'
+evidence "deepseek-audit log show" deepseek-audit log show
+
+# PrivateUsers=yes, measured: what uid does the audit log then record?
+mkdir -p /run/systemd/system/deepseekd.service.d
+printf '[Service]\nPrivateUsers=yes\n' >/run/systemd/system/deepseekd.service.d/private-users.conf
+systemctl daemon-reload
+systemctl restart deepseekd.service
+check "PrivateUsers=yes: alice is still admitted (by group deepseek)" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '[3.0,5.0,7.0,9.0]'"
+uid=$(last_request_uid)
+echo "MEASURED PrivateUsers=yes: alice (uid $(id -u alice)) is recorded as uid ${uid:-none}"
+check "with PrivateUsers=yes the log loses alice's uid (why the unit leaves it off)" test "${uid:-none}" = 65534
+rm /run/systemd/system/deepseekd.service.d/private-users.conf
+systemctl daemon-reload
+
+evidence "directives systemd could not apply here (journal)" sh -c \
+    'journalctl --no-pager -o cat -u deepseekd.service -u deepseek-audit.service -u deepseek-integrity-check.service | grep -iE "not supported|unsupported|ignoring|failed to" || echo none'
+evidence "systemd-analyze security deepseekd.service" sh -c \
+    'systemd-analyze security --no-pager deepseekd.service | grep -E "✗|Overall"'
+
+check "systemctl stop leaves nothing running" sh -c \
+    'systemctl stop deepseekd.socket deepseekd.service deepseek-audit.socket deepseek-audit.service && ! pgrep -x deepseekd && ! pgrep -x deepseek-audit'
+check "apt-get purge keeps the audit log and its verifier key" sh -ec '
+    DEBIAN_FRONTEND=noninteractive dpkg --purge deepseek >/dev/null
+    test ! -e /etc/deepseek/audit.key && test ! -e /var/lib/deepseek-integrity/integrity.db
+    test -s /var/lib/deepseek-audit/entries.log || ls /var/lib/deepseek-audit | grep -q .
+    test -s /var/lib/deepseek-audit/audit.pub'
+echo "INNER: $passed passed, $failed failed"
+INNER
+cat >"$root/etc/systemd/system/system-test.service" <<'UNIT'
+[Unit]
+Description=deepseek package system test
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/system-test-inner
+ExecStopPost=/bin/systemctl poweroff --no-block
+UNIT
+ln -sf /etc/systemd/system/system-test.service "$root/etc/systemd/system/multi-user.target.wants/system-test.service"
+rm -f "$root/system-test.log"
+
+start=$(date +%s)
+timeout 600 systemd-nspawn --boot --directory="$root" --register=no --keep-unit \
+    --console=pipe --private-network --machine=deepseek-test \
+    --system-call-filter='landlock_create_ruleset landlock_add_rule landlock_restrict_self'  >"$work/boot.log" 2>&1 || true
+echo "boot, test and poweroff: $(( $(date +%s) - start )) s (console: $work/boot.log)"
+if [ ! -s "$root/system-test.log" ]; then
+    tail -30 "$work/boot.log"
+    echo "system-test: the container wrote no results" >&2
+    exit 1
+fi
+cat "$root/system-test.log"
+inner=$(grep -o 'INNER: [0-9]* passed, [0-9]* failed' "$root/system-test.log" || echo "INNER: 0 passed, 1 failed")
+passed=$((passed + $(awk '{print $2}' <<<"$inner")))
+failed=$((failed + $(awk '{print $4}' <<<"$inner")))
+echo "system-test: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
