@@ -154,30 +154,33 @@ check "systemd restarted it (new MainPID, NRestarts 1)" sh -c \
     "test \"\$(systemctl show -P MainPID deepseekd.service)\" != $old && test \"\$(systemctl show -P NRestarts deepseekd.service)\" = 1"
 check "the restarted daemon answers" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '[3.0,5.0,7.0,9.0]'"
 
-# Fail closed, then heal: the auditor is killed; systemd restarts it, the
-# daemon (which never reconnects) refuses to answer unaudited and stops
-# its watchdog pings, and systemd restarts it too.
+# Fail closed, then heal: the auditor is killed. The daemon never
+# reconnects: it refuses to answer unaudited (503) and stops its watchdog
+# pings. systemd restarts the auditor after its RestartSec=, and the daemon
+# with it (Requires=), which then has a new connection.
 daemon_pid=$(main_pid)
 auditor_pid=$(systemctl show -P MainPID deepseek-audit.service)
 check "SIGKILL the auditor" systemctl kill --signal=SIGKILL deepseek-audit.service
+# Within the auditor's RestartSec=: the daemon's connection is gone.
+status=$(runuser -u alice -- curl -s -o /dev/null -w '%{http_code}' --max-time 30 \
+    --unix-socket /run/deepseek/deepseekd.sock http://localhost/v2/models/demo/infer -d "$request")
+echo "MEASURED a request right after the auditor's loss: HTTP $status"
+check "without its auditor the daemon answers 503, no result" test "$status" = 503
 for _ in $(seq 100); do
     p=$(systemctl show -P MainPID deepseek-audit.service)
     if [ "$p" != 0 ] && [ "$p" != "$auditor_pid" ]; then break; fi
     sleep 0.2
 done
 check "systemd restarted the auditor" sh -c "test \"\$(systemctl show -P MainPID deepseek-audit.service)\" != $auditor_pid"
-status=$(runuser -u alice -- curl -s -o /dev/null -w '%{http_code}' --max-time 30 \
-    --unix-socket /run/deepseek/deepseekd.sock http://localhost/v2/models/demo/infer -d "$request")
-check "without its auditor connection the daemon answers 503, no result" test "$status" = 503
 for _ in $(seq 300); do
     p=$(main_pid)
     if [ "$p" != 0 ] && [ "$p" != "$daemon_pid" ] && [ "$(systemctl show -P ActiveState deepseekd.service)" = active ]; then break; fi
     sleep 0.2
 done
-check "the watchdog had the daemon restarted, and it answers again" sh -c \
+check "systemd restarted the daemon, and it answers again" sh -c \
     "test \"\$(systemctl show -P MainPID deepseekd.service)\" != $daemon_pid && $(declare -f infer); request='$request'; infer alice | grep -F '[3.0,5.0,7.0,9.0]'"
 evidence "the daemon's journal around the auditor's loss" sh -c \
-    "journalctl -u deepseekd.service --no-pager -o cat | grep -iE 'auditor|unhealthy|watchdog|503' | tail -6"
+    "journalctl -u deepseekd.service -u deepseek-audit.service --no-pager -o short-precise | grep -iE 'auditor|unhealthy|watchdog|Stopping|Starting|Started|Main process' | tail -12"
 
 check "the daily integrity check unit passes and is recorded" systemctl start deepseek-integrity-check.service
 evidence "journalctl -u deepseek-integrity-check" journalctl -u deepseek-integrity-check.service --no-pager -o cat
