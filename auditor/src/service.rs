@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::socket::{getsockopt, sockopt};
 use serde::{Deserialize, Serialize};
 
-use deepseek_integrity::config::{TomlError, from_toml};
+use deepseek_integrity::config::from_toml;
 use deepseek_integrity::keys::configured_verifier;
 
 use crate::checkpoint::Checkpoint;
@@ -67,26 +67,9 @@ pub struct ServiceConfig {
     pub syslog: bool,
 }
 
-/// Why `audit.toml` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<TomlError>,
-    },
-    #[error("{path}: {key}: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
-}
+/// Why `audit.toml` cannot be used: the same errors, and the same
+/// messages, as deepseek-integrity's configuration.
+pub use deepseek_integrity::config::ConfigError;
 
 impl ServiceConfig {
     /// Reads and parses the file, and the verifier key it names.

@@ -346,8 +346,10 @@ fn without_a_usable_audit_toml_nothing_is_checked() {
     assert_eq!(code, 78, "{out}{err}");
     assert!(out.is_empty(), "{out}");
     assert!(
-        err.contains(&format!("cannot read {}", missing.display()))
-            && err.contains("the integrity check was not run"),
+        err.contains(&format!(
+            "cannot read configuration file {}",
+            missing.display()
+        )) && err.contains("the integrity check was not run"),
         "{err}"
     );
 }
