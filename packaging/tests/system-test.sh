@@ -7,7 +7,8 @@
 #    target/system-test/root (the downloaded packages are kept in
 #    target/system-test/cache, so later runs are quicker);
 # 2. in a chroot: dpkg -i the package, then deepseekd check-config,
-#    deepseek-integrity check and init, deepseek-audit verify --list;
+#    deepseek-integrity check and init, deepseek-audit verify --list; a
+#    reinstall keeps an edited conffile, the keys and the database;
 # 3. boot systemd in that root with systemd-nspawn (PID 1, private network;
 #    nspawn's own seccomp filter refuses the Landlock calls unless allowed)
 #    and drive it as an operator would: start deepseekd.socket, infer as a
@@ -81,6 +82,19 @@ check "units enabled at boot" chroot "$root" sh -ec '
     test -L /etc/systemd/system/sockets.target.wants/deepseek-audit.socket
     test -L /etc/systemd/system/timers.target.wants/deepseek-integrity-check.timer'
 
+check "reinstall (an upgrade's path) keeps the operator's edits, keys and database; check flags it until update" chroot "$root" sh -ec '
+    echo "# edited by the operator" >>/etc/deepseek/deepseekd.toml
+    before=$(sha256sum /etc/deepseek/*.key /etc/deepseek/*.pub /var/lib/deepseek-integrity/integrity.db)
+    DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold /tmp/deepseek.deb >/tmp/reinstall.log 2>&1
+    grep -q "upgraded from 0" /tmp/reinstall.log
+    tail -1 /etc/deepseek/deepseekd.toml | grep -q "edited by the operator"
+    test "$(sha256sum /etc/deepseek/*.key /etc/deepseek/*.pub /var/lib/deepseek-integrity/integrity.db)" = "$before"
+    sed -i "/# edited by the operator/d" /etc/deepseek/deepseekd.toml
+    # dpkg replaced the files (new inodes and times): the check says so
+    # until the operator has reviewed and accepted, as after any upgrade.
+    ! deepseek-integrity check >/dev/null
+    deepseek-integrity update >/dev/null
+    deepseek-integrity check >/dev/null'
 umount "$root/proc"
 
 echo "== boot systemd in the root (systemd-nspawn, private network)"
