@@ -178,14 +178,24 @@ man:
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) \
 		cargo run --quiet -p xtask -- man target/release/man >/dev/null
 
+# The runtime and compliance profile of the flavour being packaged.
+# $(1): ONNX Runtime directory, $(2): max_exposure of its deepseekd.service.
+define stage_flavour
+	rm -rf target/release/deb-runtime target/release/deb-etc
+	mkdir -p target/release/deb-runtime target/release/deb-etc
+	cp $(1)/*.so* target/release/deb-runtime/
+	sed 's/^max_exposure = .*/max_exposure = $(2)/' policies/compliance.toml > target/release/deb-etc/compliance.toml
+	grep -qx 'max_exposure = $(2)' target/release/deb-etc/compliance.toml
+endef
+
 deb: ort release man $(CARGO_DEB)
-	rm -rf target/release/deb-runtime && mkdir -p target/release/deb-runtime && cp $(ORT_DIR)/*.so* target/release/deb-runtime/
+	$(call stage_flavour,$(ORT_DIR),0.4)
 	$(CARGO_DEB) -p deepseekd --no-build --output target/debian/
 	@ls -l target/debian/deepseek_*.deb
 
 deb-cuda: release man $(CARGO_DEB)
 	packaging/fetch-onnxruntime.sh gpu $(CURDIR)/.ort/gpu
-	rm -rf target/release/deb-runtime && mkdir -p target/release/deb-runtime && cp $(CURDIR)/.ort/gpu/*.so* target/release/deb-runtime/
+	$(call stage_flavour,$(CURDIR)/.ort/gpu,0.5)
 	$(CARGO_DEB) -p deepseekd --variant cuda --no-build --output target/debian/
 
 # The units as systemd reads them (the binaries only have to exist).
