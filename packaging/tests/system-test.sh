@@ -15,7 +15,8 @@
 #    member of group deepseek, be refused as a user outside it, read the
 #    notify status, SIGKILL the daemon and see systemd restart it, run the
 #    integrity check unit and deepseek-audit verify, verify the audit log,
-#    purge the package; and measure what PrivateUsers=yes would do to the
+#    change a model byte and see the daemon refuse to start (65), purge the
+#    package; and measure what PrivateUsers=yes would do to the
 #    uids the audit log records;
 # 4. print the evidence and the result. Exit 0 when every check passed,
 #    1 otherwise. Skips (exit 0, saying why) without root, debootstrap or
@@ -222,6 +223,19 @@ evidence "directives systemd could not apply here (journal)" sh -c \
     'journalctl --no-pager -o cat -u deepseekd.service -u deepseek-audit.service -u deepseek-integrity-check.service | grep -iE "not supported|unsupported|ignoring|failed to" || echo none'
 evidence "systemd-analyze security deepseekd.service" sh -c \
     'systemd-analyze security --no-pager deepseekd.service | grep -E "✗|Overall"'
+
+# Refuse to run unsafely, and say why: a model that no longer matches the
+# signed database stops the daemon (65), is not restarted, and is recorded.
+printf 'x' >>/usr/share/deepseek/models/demo/demo.onnx
+systemctl restart deepseekd.service
+sleep 4
+check "a changed model: deepseekd exits 65 and is not restarted" sh -c \
+    'test "$(systemctl show -P ExecMainStatus deepseekd.service)" = 65 && test "$(systemctl show -P ActiveState deepseekd.service)" = failed'
+check "the journal names the file" sh -c \
+    'journalctl -u deepseekd.service --no-pager -o cat | grep ERROR | grep -q "demo.onnx"'
+check "the refusal is in the audit log" sh -c 'deepseek-audit log show | grep -q model_refused'
+evidence "journalctl -u deepseekd (the refusal)" sh -c \
+    'journalctl -u deepseekd.service --no-pager -o cat | grep -E "ERROR|Main process|Failed" | tail -4'
 
 check "systemctl stop leaves nothing running" sh -c \
     'systemctl stop deepseekd.socket deepseekd.service deepseek-audit.socket deepseek-audit.service && ! pgrep -x deepseekd && ! pgrep -x deepseek-audit'
