@@ -189,7 +189,7 @@ define stage_flavour
 endef
 
 deb: ort release man $(CARGO_DEB)
-	$(call stage_flavour,$(ORT_DIR),0.4)
+	$(call stage_flavour,$(ORT_DIR),0.3)
 	$(CARGO_DEB) -p deepseekd --no-build --output target/debian/
 	@ls -l target/debian/deepseek_*.deb
 

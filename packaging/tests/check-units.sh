@@ -23,8 +23,8 @@ declare -A LIMIT=(
     # Without PrivateUsers= (it would hide every client's uid from the
     # audit log: docs/operations.md), 0.2 above systemd's ideal.
     [deepseekd.service]=5          # the GPU unit: NVIDIA devices allowed
-    [deepseekd.service+cpu]=4      # with cpu-only.conf
-    [deepseek-audit.service]=4
+    [deepseekd.service+cpu]=3      # with cpu-only.conf
+    [deepseek-audit.service]=3
     [deepseek-integrity-check.service]=9  # root with CAP_DAC_READ_SEARCH only
 )
 
@@ -121,6 +121,8 @@ while read -r path mode owner; do
     got=$(stat -c '%a %u' "$root$path" 2>/dev/null || echo missing)
     [ "$got" = "$want" ] || fail "tmpfiles: $path is '$got', expected mode $mode owner $owner ('$want')"
 done <<'LIST'
+/usr/lib/deepseek/root/deepseekd 755 root
+/usr/lib/deepseek/root/deepseek-audit 755 root
 /etc/deepseek 755 root
 /var/lib/deepseek/models 755 root
 /var/lib/deepseek-integrity 755 root

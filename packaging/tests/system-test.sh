@@ -146,6 +146,10 @@ check "the daemon runs as deepseek with no capabilities, no_new_privs, seccomp" 
 pid=$(main_pid)
 check "PrivateNetwork: the daemon sees only lo" sh -c \
     "test \"\$(nsenter -t $pid -n ls /sys/class/net)\" = lo"
+evidence "the daemon's own root (RootDirectory=): /etc and /var/lib" sh -c \
+    "nsenter -t $pid -m -r ls /etc | tr '\\n' ' '; echo; nsenter -t $pid -m -r ls /var/lib | tr '\\n' ' '; echo"
+check "RootDirectory: no /etc/shadow, no /var/log, no other /var/lib for the daemon" sh -c \
+    "! nsenter -t $pid -m -r test -e /etc/shadow && ! nsenter -t $pid -m -r test -e /var/log && test \"\$(nsenter -t $pid -m -r ls /var/lib | tr '\\n' ' ')\" = 'deepseek deepseek-integrity '"
 check "ProtectHome: /home is empty for the daemon" sh -c "test -z \"\$(nsenter -t $pid -m ls -A /home)\""
 check "ProtectSystem=strict: /usr and /etc are read-only" sh -c \
     "! nsenter -t $pid -m -S \$(id -u deepseek) -G \$(id -g deepseek) touch /etc/x 2>/dev/null && ! nsenter -t $pid -m touch /usr/x 2>/dev/null"
@@ -239,11 +243,14 @@ evidence "journalctl -u deepseekd (the refusal)" sh -c \
 
 check "systemctl stop leaves nothing running" sh -c \
     'systemctl stop deepseekd.socket deepseekd.service deepseek-audit.socket deepseek-audit.service && ! pgrep -x deepseekd && ! pgrep -x deepseek-audit'
+check "every checkpoint also reached syslog (LOG_AUTHPRIV), from the auditor's own root" sh -c \
+    'journalctl --no-pager -o cat -t deepseek-audit | grep -q "^checkpoint deepseek-audit/"'
 check "apt-get purge keeps the audit log and its verifier key" sh -ec '
     DEBIAN_FRONTEND=noninteractive dpkg --purge deepseek >/dev/null
     test ! -e /etc/deepseek/audit.key && test ! -e /var/lib/deepseek-integrity/integrity.db
     test -s /var/lib/deepseek-audit/entries.log || ls /var/lib/deepseek-audit | grep -q .
-    test -s /var/lib/deepseek-audit/audit.pub'
+    test -s /var/lib/deepseek-audit/audit.pub
+    test ! -e /usr/lib/deepseek'
 echo "INNER: $passed passed, $failed failed"
 INNER
 cat >"$root/etc/systemd/system/system-test.service" <<'UNIT'
