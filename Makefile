@@ -190,13 +190,13 @@ endef
 
 deb: ort release man $(CARGO_DEB)
 	$(call stage_flavour,$(ORT_DIR),0.3)
-	$(CARGO_DEB) -p deepseekd --no-build --output target/debian/
+	$(CARGO_DEB) -p deepseekd --no-build --no-strip --output target/debian/
 	@ls -l target/debian/deepseek_*.deb
 
 deb-cuda: release man $(CARGO_DEB)
 	packaging/fetch-onnxruntime.sh gpu $(CURDIR)/.ort/gpu
 	$(call stage_flavour,$(CURDIR)/.ort/gpu,0.5)
-	$(CARGO_DEB) -p deepseekd --variant cuda --no-build --output target/debian/
+	$(CARGO_DEB) -p deepseekd --variant cuda --no-build --no-strip --output target/debian/
 
 # The units as systemd reads them (the binaries only have to exist).
 check-units: release

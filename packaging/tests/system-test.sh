@@ -61,6 +61,11 @@ cp "$deb" "$root/tmp/deepseek.deb"
 mount -t proc proc "$root/proc"
 trap 'umount "$root/proc" 2>/dev/null || true' EXIT
 check "dpkg -i" chroot "$root" dpkg -i /tmp/deepseek.deb
+ort=$(dirname "$0")/../../.ort/cpu/libonnxruntime.so.1.31.1
+if [ -f "$ort" ]; then
+    check "the installed ONNX Runtime is the pinned wheel's, byte for byte" \
+        cmp "$ort" "$root/usr/lib/deepseek/onnxruntime/libonnxruntime.so.1.31.1"
+fi
 check "deepseekd check-config" chroot "$root" deepseekd check-config --config /etc/deepseek/deepseekd.toml
 check "deepseek-integrity check (the postinst's database)" chroot "$root" deepseek-integrity check
 check "deepseek-integrity init (a second database)" chroot "$root" sh -ec '
