@@ -281,6 +281,13 @@ if [ ! -s "$root/system-test.log" ]; then
     exit 1
 fi
 cat "$root/system-test.log"
+# The log the purge kept, checked off the appliance with the kept verifier
+# key and the package's own deepseek-audit.
+rm -rf "$work/pkg" && dpkg-deb -x "$deb" "$work/pkg"
+printf 'log_dir = "%s"\nverifier_key_file = "%s"\n' "$root/var/lib/deepseek-audit" \
+    "$root/var/lib/deepseek-audit/audit.pub" >"$work/audit-kept.toml"
+check "after the purge, the kept log verifies with the kept verifier key" \
+    "$work/pkg/usr/bin/deepseek-audit" -c "$work/audit-kept.toml" log verify
 inner=$(grep -o 'INNER: [0-9]* passed, [0-9]* failed' "$root/system-test.log" || echo "INNER: 0 passed, 1 failed")
 passed=$((passed + $(awk '{print $2}' <<<"$inner")))
 failed=$((failed + $(awk '{print $4}' <<<"$inner")))
