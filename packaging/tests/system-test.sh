@@ -44,7 +44,7 @@ debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,procps \
 echo "debootstrap: $(( $(date +%s) - start )) s"
 
 passed=0 failed=0
-check() { # NAME COMMAND...: run in the chroot, pass on exit 0
+check() { # NAME COMMAND...: pass on exit 0 (also the container's check)
     local name=$1; shift
     local out rc=0
     out=$("$@" 2>&1) || rc=$?
@@ -104,22 +104,15 @@ check "reinstall (an upgrade's path) keeps the operator's edits, keys and databa
 umount "$root/proc"
 
 echo "== boot systemd in the root (systemd-nspawn, private network)"
-install -m 0755 /dev/stdin "$root/usr/local/sbin/system-test-inner" <<'INNER'
-#!/bin/bash
+# The script the container runs: this script's check(), then the steps.
+{
+    echo '#!/bin/bash'
+    declare -f check
+    cat <<'INNER'
 # Runs inside the booted container as a oneshot unit; writes its findings
 # to /system-test.log and powers the container off.
 exec >/system-test.log 2>&1
 passed=0 failed=0
-check() {
-    local name=$1; shift
-    local out rc=0
-    out=$("$@" 2>&1) || rc=$?
-    if [ $rc -eq 0 ]; then
-        passed=$((passed + 1)); echo "PASS $name"
-    else
-        failed=$((failed + 1)); echo "FAIL $name (exit $rc)"; echo "$out" | sed 's/^/    /'
-    fi
-}
 evidence() { echo "---- $1"; shift; "$@" 2>&1 | sed 's/^/    /'; }
 request='{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
 infer() { # USER
@@ -258,6 +251,8 @@ check "apt-get purge keeps the audit log and its verifier key" sh -ec '
     test ! -e /usr/lib/deepseek'
 echo "INNER: $passed passed, $failed failed"
 INNER
+} >"$root/usr/local/sbin/system-test-inner"
+chmod 0755 "$root/usr/local/sbin/system-test-inner"
 cat >"$root/etc/systemd/system/system-test.service" <<'UNIT'
 [Unit]
 Description=deepseek package system test
