@@ -12,8 +12,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    /// One inference request and its answer.
+    /// One inference request and its answer. For a streamed completion
+    /// (`/v1`, `"stream": true`) it is written before the first byte, and a
+    /// `completion` entry follows.
     Request,
+    /// The end of a streamed completion: `tokens_out`, `response_sha256`
+    /// (every byte streamed before `[DONE]`) and `details.finish_reason`
+    /// (`stop`, `length` or `cancelled`), under the `request_id` of its
+    /// `request` entry.
+    Completion,
     /// The daemon started (`details.config_sha256`).
     Start,
     /// A model was loaded (`model_sha256`: its file's digest in the

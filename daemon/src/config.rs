@@ -224,10 +224,24 @@ pub enum LogFormat {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The name clients use in `/v2/models/{name}`.
+    /// The name clients use in `/v2/models/{name}` (tensor models) or in
+    /// the `model` field of `/v1` requests (causal LMs).
     pub name: Spanned<ModelName>,
-    /// The `.onnx` file.
+    /// What the model is and which API serves it.
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// The `.onnx` file of a tensor model; the directory of a causal LM
+    /// (Hugging Face Optimum's layout, docs/config.md).
     pub path: PathBuf,
+    /// Causal LMs: the graph's file name inside `path`, such as
+    /// onnx-community's `model_fp16.onnx`.
+    #[serde(default)]
+    pub model_file: Option<String>,
+    /// Causal LMs: the longest prompt plus completion, in tokens; default
+    /// `max_position_embeddings` from `config.json` (or a smaller
+    /// `model_max_length` from `tokenizer_config.json`).
+    #[serde(default)]
+    pub context_length: Option<NonZeroUsize>,
     #[serde(default)]
     pub device: Device,
     /// CUDA device ordinal when `device = "cuda"`.
@@ -251,6 +265,47 @@ pub struct ModelConfig {
     /// (shape or index tensors).
     #[serde(default = "yes")]
     pub warm_up: bool,
+}
+
+/// What a `[[model]]` table serves.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Any ONNX graph, over KServe v2 (`/v2/models/{name}/infer`).
+    #[default]
+    Tensor,
+    /// A decoder-only language model with a KV cache, over the OpenAI API
+    /// (`/v1/chat/completions`, `/v1/completions`).
+    CausalLm,
+}
+
+/// The graph file of a causal LM when `model_file` is not set.
+pub const DEFAULT_MODEL_FILE: &str = "model.onnx";
+
+impl ModelConfig {
+    pub fn is_causal_lm(&self) -> bool {
+        self.kind == ModelKind::CausalLm
+    }
+
+    /// The directory holding the model's files: verified as a whole against
+    /// the integrity database and granted (read-only) by Landlock.
+    pub fn dir(&self) -> &Path {
+        if self.is_causal_lm() {
+            &self.path
+        } else {
+            self.path.parent().unwrap_or(Path::new("/"))
+        }
+    }
+
+    /// The ONNX graph file.
+    pub fn onnx(&self) -> PathBuf {
+        if self.is_causal_lm() {
+            self.path
+                .join(self.model_file.as_deref().unwrap_or(DEFAULT_MODEL_FILE))
+        } else {
+            self.path.clone()
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -475,6 +530,30 @@ impl Config {
                 "model",
                 "expected at least one [[model]] table".to_owned(),
             ));
+        }
+        for (index, model) in self.models.iter().enumerate() {
+            let key = |name: &str| format!("model[{index}].{name}");
+            if !model.is_causal_lm() {
+                for (name, set) in [
+                    ("model_file", model.model_file.is_some()),
+                    ("context_length", model.context_length.is_some()),
+                ] {
+                    if set {
+                        return Err(semantic(
+                            &key(name),
+                            "only for kind = \"causal-lm\" models".to_owned(),
+                        ));
+                    }
+                }
+            }
+            if let Some(file) = &model.model_file
+                && (file.is_empty() || file.contains('/') || file == "." || file == "..")
+            {
+                return Err(semantic(
+                    &key("model_file"),
+                    format!("expected a file name inside model[{index}].path, got {file:?}"),
+                ));
+            }
         }
         let mut seen = BTreeSet::new();
         for (index, model) in self.models.iter().enumerate() {
@@ -726,6 +805,54 @@ path = "/models/demo.onnx"
         // With enforce = false both are ignored, as the inline key is.
         let off = text.replace("[integrity]", "[integrity]\nenforce = false");
         assert!(parse(&off).expect("not read").integrity.pinned.is_none());
+    }
+
+    #[test]
+    fn causal_lm_models_are_directories() {
+        let text = MINIMAL.replace(
+            "path = \"/models/demo.onnx\"",
+            "kind = \"causal-lm\"\npath = \"/models/r1\"\ncontext_length = 128",
+        );
+        let config = parse(&text).expect("causal-lm parses");
+        let model = &config.models[0];
+        assert!(model.is_causal_lm());
+        assert_eq!(model.dir(), Path::new("/models/r1"));
+        assert_eq!(model.onnx(), PathBuf::from("/models/r1/model.onnx"));
+        assert_eq!(model.context_length.map(NonZeroUsize::get), Some(128));
+        let fp16 = text.replace("context_length = 128", "model_file = \"model_fp16.onnx\"");
+        assert_eq!(
+            parse(&fp16).expect("model_file").models[0].onnx(),
+            PathBuf::from("/models/r1/model_fp16.onnx")
+        );
+        let tensor = &parse(MINIMAL).expect("tensor").models[0];
+        assert_eq!(tensor.dir(), Path::new("/models"));
+        assert_eq!(tensor.onnx(), PathBuf::from("/models/demo.onnx"));
+    }
+
+    #[test]
+    fn causal_lm_keys_are_checked() {
+        let tensor = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\ncontext_length = 64");
+        assert_eq!(
+            parse(&tensor).expect_err("tensor").to_string(),
+            "/etc/deepseek/deepseekd.toml: model[0].context_length: only for kind = \"causal-lm\" models"
+        );
+        let escape = MINIMAL.replace(
+            "name = \"demo\"",
+            "name = \"demo\"\nkind = \"causal-lm\"\nmodel_file = \"../x.onnx\"",
+        );
+        assert!(
+            parse(&escape)
+                .expect_err("escape")
+                .to_string()
+                .contains("model[0].model_file: expected a file name inside model[0].path")
+        );
+        let kind = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nkind = \"llm\"");
+        assert!(
+            parse(&kind)
+                .expect_err("kind")
+                .to_string()
+                .contains("unknown variant `llm`, expected `tensor` or `causal-lm`")
+        );
     }
 
     #[test]

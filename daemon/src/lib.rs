@@ -144,7 +144,7 @@ fn check_config(path: &std::path::Path) -> Exit {
             .models
             .iter()
             .enumerate()
-            .map(|(i, m)| (format!("model[{i}].path"), m.path.clone())),
+            .map(|(i, m)| (format!("model[{i}].path"), m.onnx())),
     );
     for (key, file) in files {
         if let Err(e) = std::fs::File::open(&file) {
@@ -375,6 +375,9 @@ async fn run(
         audit_required,
         record_content,
         model_digests,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     });
     notifier.send(&format!("READY=1\nSTATUS={serving}"));
     let notifier = Arc::new(notifier);
@@ -454,13 +457,13 @@ fn preflight(path: &std::path::Path, config: &Config) -> Result<(), Exit> {
         }
     }
     for (index, model) in config.models.iter().enumerate() {
-        if let Err(source) = std::fs::File::open(&model.path) {
+        if let Err(source) = std::fs::File::open(model.onnx()) {
             tracing::error!(
                 "{}",
                 engine::LoadError::Unreadable {
                     model: model.name.get_ref().as_str().to_owned(),
                     index,
-                    path: model.path.clone(),
+                    path: model.onnx(),
                     source,
                 }
             );
@@ -532,7 +535,7 @@ fn model_digests(
         .iter()
         .map(|m| {
             let digest = database
-                .and_then(|entries| entries.iter().find(|e| e.path == m.path))
+                .and_then(|entries| entries.iter().find(|e| e.path == m.onnx()))
                 .and_then(|e| e.attrs.digest_text());
             (m.name.get_ref().as_str().to_owned(), digest)
         })
@@ -555,7 +558,7 @@ fn model_load_events(
             load.model = Some(name.to_owned());
             load.model_sha256 = digests.get(name).cloned().flatten();
             load.details
-                .insert("path".to_owned(), m.path.display().to_string());
+                .insert("path".to_owned(), m.onnx().display().to_string());
             load
         })
         .collect()
@@ -589,7 +592,7 @@ fn load_engine(
                 {
                     refused
                         .details
-                        .insert("path".to_owned(), m.path.display().to_string());
+                        .insert("path".to_owned(), m.onnx().display().to_string());
                 }
                 refused
                     .details

@@ -50,9 +50,9 @@ pub enum VerifyError {
 pub struct Verified {
     pub files: usize,
     pub bytes: u64,
-    /// The content of the file asked for with `keep`, exactly the bytes
+    /// The content of each file asked for with `keep`, exactly the bytes
     /// that were hashed.
-    pub kept: Option<Vec<u8>>,
+    pub kept: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 /// SHA-256 and chunked digests of bytes in memory: the plain digest on one
@@ -149,13 +149,13 @@ fn compare(
     }
 }
 
-/// Verifies every file directly in `dir` against `entries`. The file `keep`
-/// (when given) is read once into memory, and those very bytes are hashed
-/// and returned, so what is used is what was verified.
+/// Verifies every file in `dir` against `entries`. The files in `keep` are
+/// read once into memory, and those very bytes are hashed and returned, so
+/// what is used is what was verified.
 pub fn verify_directory(
     entries: &[Entry],
     dir: &Path,
-    keep: Option<&Path>,
+    keep: &[&Path],
 ) -> Result<Verified, VerifyError> {
     let recorded: BTreeMap<&Path, &Entry> = entries
         .iter()
@@ -239,7 +239,7 @@ pub fn verify_directory(
         if entry.attrs.sha256.is_none() && entry.attrs.chunked.is_none() {
             return Err(VerifyError::NoDigest { path });
         }
-        if keep == Some(path.as_path()) {
+        if keep.contains(&path.as_path()) {
             let mut file = File::open(&path).map_err(io(&path))?;
             let mut bytes = Vec::with_capacity(usize::try_from(metadata.size()).unwrap_or(0));
             file.read_to_end(&mut bytes).map_err(io(&path))?;
@@ -251,7 +251,7 @@ pub fn verify_directory(
                 compare(&path, "chunked", expected, &chunked)?;
             }
             verified.bytes += bytes.len() as u64;
-            verified.kept = Some(bytes);
+            verified.kept.insert(path.clone(), bytes);
         } else if let Some(expected) = &entry.attrs.sha256 {
             compare(&path, "sha256", expected, &digest::sha256_file(&path)?)?;
             verified.bytes += metadata.size();

@@ -1,6 +1,8 @@
 //! Model execution on ONNX Runtime: the runtime itself, model sessions and
 //! their pools, and the tensor types requests and responses carry.
 
+pub mod llm;
+pub mod pool;
 pub mod runtime;
 pub mod session;
 pub mod tensor;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 
 use ort::environment::Environment;
 
+pub use llm::CausalLm;
 pub use session::{InferError, LoadError, Model, ModelInfo, NamedTensor, TensorSpec};
 pub use tensor::{DataType, TensorData};
 
@@ -22,9 +25,11 @@ use crate::config::ModelConfig;
 /// Verifies the model's directory against the database. A model alone in its
 /// directory is read once and loaded from the verified bytes; a model with
 /// other files beside it (external data) is loaded from its path after they
-/// are all verified (docs/integrity.md explains the remaining window).
+/// are all verified (docs/integrity.md explains the remaining window). A
+/// causal LM's tokenizer and configuration are always kept, and parsed from
+/// the bytes that were hashed.
 ///
-/// A directory shared by several models is verified once, for the first.
+/// A directory shared by several tensor models is verified once, for the first.
 fn verify(
     entries: &[Entry],
     config: &ModelConfig,
@@ -32,25 +37,41 @@ fn verify(
 ) -> Result<Option<Verified>, LoadError> {
     let started = std::time::Instant::now();
     let name = config.name.get_ref().as_str();
-    let dir = config.path.parent().unwrap_or(Path::new("/"));
-    let alone = entries
+    let dir = config.dir();
+    let files: Vec<&Path> = entries
         .iter()
         .filter(|e| e.path.starts_with(dir) && e.path != dir && e.kind != Kind::Dir)
-        .count()
-        == 1;
-    if !done.insert(dir.to_owned()) && !alone {
+        .map(|e| e.path.as_path())
+        .collect();
+    let onnx = config.onnx();
+    let metadata: Vec<PathBuf> = if config.is_causal_lm() {
+        llm::files::METADATA_FILES
+            .iter()
+            .map(|f| dir.join(f))
+            .filter(|p| files.contains(&p.as_path()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // The graph has no external data beside it: load it from memory.
+    let alone = files.len() == metadata.len() + 1 && files.contains(&onnx.as_path());
+    if !config.is_causal_lm() && !done.insert(dir.to_owned()) && !alone {
         return Ok(None);
     }
-    let keep = alone.then_some(config.path.as_path());
-    let verified = verify_directory(entries, dir, keep).map_err(|source| LoadError::Integrity {
-        model: name.to_owned(),
-        source,
-    })?;
+    let mut keep: Vec<&Path> = metadata.iter().map(PathBuf::as_path).collect();
+    if alone {
+        keep.push(&onnx);
+    }
+    let verified =
+        verify_directory(entries, dir, &keep).map_err(|source| LoadError::Integrity {
+            model: name.to_owned(),
+            source,
+        })?;
     tracing::info!(
         model = %name,
         files = verified.files,
         bytes = verified.bytes,
-        from_verified_bytes = verified.kept.is_some(),
+        from_verified_bytes = alone,
         elapsed_ms = started.elapsed().as_millis(),
         "model files match the signed integrity database"
     );
@@ -61,6 +82,7 @@ fn verify(
 #[derive(Debug)]
 pub struct Engine {
     models: BTreeMap<String, Arc<Model>>,
+    causal_lms: BTreeMap<String, Arc<CausalLm>>,
     runtime_version: String,
     /// Kept for the life of the sessions created in it.
     _environment: Environment,
@@ -77,6 +99,7 @@ impl Engine {
         database: Option<&[Entry]>,
     ) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
+        let mut causal_lms = BTreeMap::new();
         let mut verified_dirs = HashSet::new();
         for (index, config) in configs.iter().enumerate() {
             let started = std::time::Instant::now();
@@ -84,8 +107,28 @@ impl Engine {
                 Some(entries) => verify(entries, config, &mut verified_dirs)?,
                 None => None,
             };
-            let bytes = verified.as_ref().and_then(|v| v.kept.as_deref());
-            let model = Model::load(&environment, index, config, bytes)?;
+            let mut kept = verified.map(|v| v.kept).unwrap_or_default();
+            if config.is_causal_lm() {
+                let lm = CausalLm::load(&environment, index, config, kept)?;
+                let info = lm.info();
+                tracing::info!(
+                    model = %info.name,
+                    dir = %info.dir.display(),
+                    device = %info.device,
+                    slots = info.slots,
+                    context_length = info.context_length,
+                    layers = info.layers,
+                    kv_heads = info.kv_heads,
+                    head_dim = info.head_dim,
+                    kv_on_device = info.kv_on_device,
+                    elapsed_ms = started.elapsed().as_millis(),
+                    "causal LM loaded and warmed up"
+                );
+                causal_lms.insert(info.name.clone(), Arc::new(lm));
+                continue;
+            }
+            let bytes = kept.remove(&config.onnx());
+            let model = Model::load(&environment, index, config, bytes.as_deref())?;
             let info = model.info();
             tracing::info!(
                 model = %info.name,
@@ -99,6 +142,7 @@ impl Engine {
         }
         Ok(Self {
             models,
+            causal_lms,
             runtime_version,
             _environment: environment,
         })
@@ -113,8 +157,17 @@ impl Engine {
         self.models.get(name)
     }
 
-    /// The model names, sorted.
+    pub fn causal_lm(&self, name: &str) -> Option<&Arc<CausalLm>> {
+        self.causal_lms.get(name)
+    }
+
+    /// The tensor models' names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.models.keys().map(String::as_str)
+    }
+
+    /// The causal LMs, sorted by name.
+    pub fn causal_lms(&self) -> impl Iterator<Item = &Arc<CausalLm>> {
+        self.causal_lms.values()
     }
 }

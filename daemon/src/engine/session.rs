@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use ort::environment::Environment;
 use ort::ep;
@@ -13,6 +13,7 @@ use ort::value::{DynValue, Outlet};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::pool::Pool;
 use super::tensor::{DataType, TensorData};
 use crate::config::{Device, ModelConfig};
 
@@ -83,6 +84,8 @@ pub enum LoadError {
         model: String,
         source: deepseek_integrity::verify::VerifyError,
     },
+    #[error("model {model:?} (causal-lm): {reason}")]
+    CausalLm { model: String, reason: String },
     #[error("model {model:?}: ONNX Runtime cannot load {path}: {reason}")]
     Session {
         model: String,
@@ -121,19 +124,9 @@ pub enum InferError {
 #[derive(Debug)]
 pub struct Model {
     info: ModelInfo,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<Session>>,
     /// Admits running plus queued requests; when none is left the model answers 503.
     admission: Arc<Semaphore>,
-}
-
-/// Sessions not currently running, and one permit per idle session.
-///
-/// `Session::run` takes `&mut self`, so each session serves one request at a
-/// time; a permit from `free` guarantees `idle` holds a session.
-#[derive(Debug)]
-struct Pool {
-    idle: Mutex<Vec<Session>>,
-    free: Arc<Semaphore>,
 }
 
 impl Model {
@@ -147,36 +140,11 @@ impl Model {
         verified_bytes: Option<&[u8]>,
     ) -> Result<Self, LoadError> {
         let name = config.name.get_ref().as_str().to_owned();
-        // Open the file ourselves first: ONNX Runtime's message for a missing
-        // or unreadable file does not say which key named it.
-        std::fs::File::open(&config.path).map_err(|source| LoadError::Unreadable {
-            model: name.clone(),
-            index,
-            path: config.path.clone(),
-            source,
-        })?;
-        let session_error = |e: ort::Error| LoadError::Session {
-            model: name.clone(),
-            path: config.path.clone(),
-            reason: e.to_string(),
-        };
-        let mut builder = Session::builder(environment).map_err(session_error)?;
-        if let Some(threads) = config.intra_op_threads {
-            builder = builder
-                .with_intra_threads(threads.get())
-                .map_err(|e| session_error(e.into()))?;
-        }
-        let (mut builder, device, cpu_fallback_reason) = match config.device {
-            Device::Cpu => (builder, Device::Cpu, None),
-            Device::Cuda => register_cuda(builder, &name, config)?,
-        };
-        let sessions = (0..config.sessions.get())
-            .map(|_| match verified_bytes {
-                Some(bytes) => builder.commit_from_memory(bytes),
-                None => builder.commit_from_file(&config.path),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(session_error)?;
+        let Sessions {
+            sessions,
+            device,
+            cpu_fallback_reason,
+        } = Sessions::build(environment, index, config, verified_bytes)?;
         let first = &sessions[0];
         let inputs = specs(&name, "input", first.inputs())?;
         let outputs = specs(&name, "output", first.outputs())?;
@@ -200,13 +168,9 @@ impl Model {
                 })?;
             }
         }
-        let permits = sessions.len();
         Ok(Self {
-            admission: Arc::new(Semaphore::new(permits + config.queue_depth)),
-            pool: Arc::new(Pool {
-                idle: Mutex::new(sessions),
-                free: Arc::new(Semaphore::new(permits)),
-            }),
+            admission: Arc::new(Semaphore::new(sessions.len() + config.queue_depth)),
+            pool: Arc::new(Pool::new(sessions)),
             info,
         })
     }
@@ -224,47 +188,93 @@ impl Model {
         outputs: Vec<String>,
     ) -> Result<Vec<NamedTensor>, InferError> {
         validate(&self.info, &inputs, &outputs).map_err(InferError::BadRequest)?;
-        let admitted = Arc::clone(&self.admission)
-            .try_acquire_owned()
-            .map_err(|_| InferError::QueueFull(self.info.name.clone()))?;
-        let permit = Arc::clone(&self.pool.free)
-            .acquire_owned()
+        let admitted = admit(&self.admission, &self.info.name)?;
+        let mut session = self
+            .pool
+            .acquire()
             .await
-            .map_err(|_| InferError::Runtime("session pool closed".to_owned()))?;
+            .map_err(|e| InferError::Runtime(e.to_string()))?;
         let outputs = if outputs.is_empty() {
             self.info.outputs.iter().map(|o| o.name.clone()).collect()
         } else {
             outputs
         };
-        let pool = Arc::clone(&self.pool);
-        // The closure owns the permits and returns the session itself, so a
-        // client that disconnects mid-run cannot leak a session.
-        tokio::task::spawn_blocking(move || pool.run(permit, admitted, inputs, &outputs))
-            .await
-            .map_err(|e| InferError::Runtime(format!("inference task failed: {e}")))?
+        // The closure owns the lease and the admission, so a client that
+        // disconnects mid-run cannot leak a session.
+        tokio::task::spawn_blocking(move || {
+            let _admitted = admitted;
+            run_session(&mut session, inputs, &outputs)
+        })
+        .await
+        .map_err(|e| InferError::Runtime(format!("inference task failed: {e}")))?
     }
 }
 
-impl Pool {
-    fn run(
-        &self,
-        _permit: OwnedSemaphorePermit,
-        _admitted: OwnedSemaphorePermit,
-        inputs: Vec<NamedTensor>,
-        outputs: &[String],
-    ) -> Result<Vec<NamedTensor>, InferError> {
-        let mut session = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .ok_or_else(|| InferError::Runtime("no idle session despite a permit".to_owned()))?;
-        let result = run_session(&mut session, inputs, outputs);
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(session);
-        result
+/// Admits one more running or queued request, or refuses at once when the
+/// model's queue is full.
+pub(crate) fn admit(
+    admission: &Arc<Semaphore>,
+    model: &str,
+) -> Result<OwnedSemaphorePermit, InferError> {
+    Arc::clone(admission)
+        .try_acquire_owned()
+        .map_err(|_| InferError::QueueFull(model.to_owned()))
+}
+
+/// A model's ONNX Runtime sessions, one per `sessions`, on the device they
+/// ended up on.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    pub sessions: Vec<Session>,
+    pub device: Device,
+    pub cpu_fallback_reason: Option<String>,
+}
+
+impl Sessions {
+    /// Builds the sessions from `verified_bytes`, or from the graph file.
+    pub fn build(
+        environment: &Environment,
+        index: usize,
+        config: &ModelConfig,
+        verified_bytes: Option<&[u8]>,
+    ) -> Result<Self, LoadError> {
+        let name = config.name.get_ref().as_str();
+        let path = config.onnx();
+        // Open the file ourselves first: ONNX Runtime's message for a missing
+        // or unreadable file does not say which key named it.
+        std::fs::File::open(&path).map_err(|source| LoadError::Unreadable {
+            model: name.to_owned(),
+            index,
+            path: path.clone(),
+            source,
+        })?;
+        let session_error = |e: ort::Error| LoadError::Session {
+            model: name.to_owned(),
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let mut builder = Session::builder(environment).map_err(session_error)?;
+        if let Some(threads) = config.intra_op_threads {
+            builder = builder
+                .with_intra_threads(threads.get())
+                .map_err(|e| session_error(e.into()))?;
+        }
+        let (mut builder, device, cpu_fallback_reason) = match config.device {
+            Device::Cpu => (builder, Device::Cpu, None),
+            Device::Cuda => register_cuda(builder, name, config)?,
+        };
+        let sessions = (0..config.sessions.get())
+            .map(|_| match verified_bytes {
+                Some(bytes) => builder.commit_from_memory(bytes),
+                None => builder.commit_from_file(&path),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(session_error)?;
+        Ok(Self {
+            sessions,
+            device,
+            cpu_fallback_reason,
+        })
     }
 }
 

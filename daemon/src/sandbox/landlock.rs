@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::SandboxError;
 use super::status::StatusFile;
-use crate::config::{Config, Device};
+use crate::config::{Config, Device, ModelConfig};
 
 /// The ABI whose rights the daemon handles. Pinned, and required in full:
 /// best-effort mode would silently enforce less on an older kernel.
@@ -100,11 +100,7 @@ pub fn plan(config: &Config) -> Plan {
             true,
         );
     }
-    let mut model_dirs: Vec<&Path> = config
-        .models
-        .iter()
-        .filter_map(|m| m.path.parent())
-        .collect();
+    let mut model_dirs: Vec<&Path> = config.models.iter().map(ModelConfig::dir).collect();
     model_dirs.sort();
     model_dirs.dedup();
     for dir in model_dirs {

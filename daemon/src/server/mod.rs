@@ -2,6 +2,7 @@
 //! peer credentials, and graceful shutdown.
 
 pub mod kserve;
+pub mod openai;
 pub mod peer;
 pub mod routes;
 pub mod socket;

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 
 use super::kserve::{self, HEADER_LENGTH};
+use super::openai::{self, OpenAiError};
 use super::peer::{AccessPolicy, Peer};
 use crate::audit::AuditClient;
 use crate::engine::{Engine, InferError, Model};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub record_content: bool,
     /// Each model's file digest, for its records.
     pub model_digests: std::collections::BTreeMap<String, Option<String>>,
+    /// When serving started (Unix seconds): `created` of `/v1/models`.
+    pub started_unix: u64,
 }
 
 /// An error answered as `{"error": "..."}`.
@@ -51,6 +54,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub(super) fn into_parts(self) -> (StatusCode, String) {
+        (self.status, self.message)
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -75,6 +82,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{id}", get(openai::get_model))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
@@ -89,8 +100,10 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
     let path = request.uri().path().to_owned();
     let Some(peer) = request.extensions().get::<Peer>().cloned() else {
         tracing::error!(%method, %path, "request without peer credentials refused");
-        return ApiError::new(StatusCode::FORBIDDEN, "peer credentials unavailable")
-            .into_response();
+        return shaped(
+            &path,
+            ApiError::new(StatusCode::FORBIDDEN, "peer credentials unavailable"),
+        );
     };
     if !state.access.admits(&peer) {
         tracing::warn!(
@@ -107,14 +120,16 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         if let Err(e) = state.audit.record(denied).await {
             tracing::error!(error = %e, "the refusal of a peer could not be recorded");
         }
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "uid {} gid {} is not allowed to use this socket",
-                peer.uid, peer.gid
+        return shaped(
+            &path,
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "uid {} gid {} is not allowed to use this socket",
+                    peer.uid, peer.gid
+                ),
             ),
-        )
-        .into_response();
+        );
     }
     let response = next.run(request).await;
     tracing::info!(
@@ -175,6 +190,14 @@ async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
 
 /// Finds a model, or answers 404 naming the ones there are.
 fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, ApiError> {
+    if state.engine.causal_lm(name).is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "model {name:?} is a causal LM, served by the OpenAI API: use /v1/chat/completions or /v1/completions"
+            ),
+        ));
+    }
     state.engine.model(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -255,7 +278,7 @@ async fn infer(
             (response.status(), Vec::new(), response)
         }
     };
-    if state.engine.model(&name).is_none() {
+    if state.engine.model(&name).is_none() && state.engine.causal_lm(&name).is_none() {
         // Unknown models are answered without a record: nothing ran.
         return response;
     }
@@ -318,7 +341,7 @@ fn content_of(bytes: &[u8]) -> String {
 
 /// The peer as the audit log records it (the executable is unknown: the
 /// locked-down daemon cannot read /proc).
-fn audit_peer(peer: &Peer) -> AuditPeer {
+pub(super) fn audit_peer(peer: &Peer) -> AuditPeer {
     AuditPeer {
         uid: peer.uid,
         gid: peer.gid,
@@ -327,7 +350,7 @@ fn audit_peer(peer: &Peer) -> AuditPeer {
     }
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
+pub(super) fn hex_sha256(bytes: &[u8]) -> String {
     deepseek_integrity::digest::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
 
@@ -434,7 +457,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads the whole body, refusing (413) anything over `limit` bytes, early
 /// when `Content-Length` already says so.
-async fn read_body(
+pub(super) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
@@ -472,16 +495,32 @@ async fn read_body(
     }
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no endpoint {method} {}", uri.path()),
+/// An error in the shape its API uses: OpenAI's under `/v1/`, KServe's
+/// elsewhere.
+fn shaped(path: &str, error: ApiError) -> Response {
+    if path.starts_with("/v1/") {
+        OpenAiError::from(error).into_response()
+    } else {
+        error.into_response()
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    shaped(
+        uri.path(),
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint {method} {}", uri.path()),
+        ),
     )
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} does not accept {method}", uri.path()),
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    shaped(
+        uri.path(),
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} does not accept {method}", uri.path()),
+        ),
     )
 }

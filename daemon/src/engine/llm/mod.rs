@@ -1,0 +1,280 @@
+//! Causal language models (DeepSeek-R1 distills and the like): a directory
+//! in Hugging Face Optimum's layout, served over the OpenAI API. The
+//! tokenizer, chat template and sampling live here; the KV cache stays with
+//! the slot (one ONNX Runtime session each) that runs a generation.
+
+pub mod files;
+pub mod generate;
+pub mod model;
+pub mod reasoning;
+pub mod sampling;
+pub mod stop;
+pub mod template;
+pub mod tokenizer;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ort::environment::Environment;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::pool::Pool;
+use super::session::{InferError, LoadError, Sessions, admit};
+use crate::config::{Device, ModelConfig};
+use files::ModelFiles;
+use generate::{Delta, FinishReason, Finished, GenerateRequest};
+use model::{GraphSpec, Slot};
+use sampling::SamplingParams;
+use template::{ChatTemplate, Message};
+use tokenizer::Tokenizer;
+
+/// What the daemon knows about a loaded causal LM.
+#[derive(Debug, Clone)]
+pub struct LmInfo {
+    pub name: String,
+    pub dir: PathBuf,
+    pub graph: PathBuf,
+    pub device: Device,
+    pub cpu_fallback_reason: Option<String>,
+    pub slots: usize,
+    pub queue_depth: usize,
+    /// Prompt plus completion tokens, at most.
+    pub context_length: usize,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Whether the KV cache stays on the device between steps (I/O binding).
+    pub kv_on_device: bool,
+}
+
+/// A loaded causal LM and its slots.
+#[derive(Debug)]
+pub struct CausalLm {
+    info: LmInfo,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    spec: GraphSpec,
+    /// The sampling `generation_config.json` asks for when a request does
+    /// not say.
+    defaults: SamplingParams,
+    /// EOS from `generation_config.json`, `config.json` and the tokenizer.
+    stop_ids: HashSet<u32>,
+    /// The tokenizer has `<think>` and `</think>`: split the reasoning.
+    reasoning: bool,
+    pool: Arc<Pool<Slot>>,
+    admission: Arc<Semaphore>,
+}
+
+impl CausalLm {
+    /// Loads the model directory; `verified` holds the bytes the integrity
+    /// check hashed, by path.
+    pub fn load(
+        environment: &Environment,
+        index: usize,
+        config: &ModelConfig,
+        verified: BTreeMap<PathBuf, Vec<u8>>,
+    ) -> Result<Self, LoadError> {
+        let name = config.name.get_ref().as_str().to_owned();
+        let fail = |reason: String| LoadError::CausalLm {
+            model: name.clone(),
+            reason,
+        };
+        let graph_path = config.onnx();
+        let files = ModelFiles::read(config.dir(), &graph_path, verified)
+            .map_err(|e| fail(e.to_string()))?;
+        let in_dir = |file: &str| files.dir.join(file).display().to_string();
+        let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json)
+            .map_err(|e| fail(format!("{}: {e}", in_dir("tokenizer.json"))))?;
+        let template = ChatTemplate::new(
+            files.tokenizer.chat_template.clone(),
+            files.tokenizer.bos_token.clone(),
+            files.tokenizer.eos_token.clone(),
+        )
+        .map_err(|e| fail(format!("{}: {e}", in_dir("tokenizer_config.json"))))?;
+        let graph = match &files.graph {
+            files::Graph::Bytes(bytes) => Some(bytes.as_slice()),
+            files::Graph::Path(_) => None,
+        };
+        let Sessions {
+            sessions,
+            device,
+            cpu_fallback_reason,
+        } = Sessions::build(environment, index, config, graph)?;
+        let spec = GraphSpec::read(&sessions[0], &files.arch)
+            .map_err(|e| fail(format!("{}: {e}", graph_path.display())))?;
+        let max_positions = files.arch.max_position_embeddings;
+        let context_length = match config.context_length {
+            Some(n) if n.get() > max_positions => {
+                return Err(fail(format!(
+                    "model[{index}].context_length = {n} exceeds max_position_embeddings = {max_positions} in {}",
+                    in_dir("config.json")
+                )));
+            }
+            Some(n) => n.get(),
+            None => files
+                .tokenizer
+                .model_max_length
+                .map_or(max_positions, |m| m.min(max_positions)),
+        };
+        let mut stop_ids: HashSet<u32> = [&files.generation.eos_token_id, &files.arch.eos_token_id]
+            .into_iter()
+            .flatten()
+            .flat_map(files::TokenIds::ids)
+            .collect();
+        stop_ids.extend(
+            files
+                .tokenizer
+                .eos_token
+                .as_deref()
+                .and_then(|t| tokenizer.token_to_id(t)),
+        );
+        let generation = &files.generation;
+        let defaults = if generation.do_sample {
+            SamplingParams {
+                temperature: generation.temperature.unwrap_or(1.0),
+                top_p: generation.top_p.unwrap_or(1.0),
+                top_k: generation.top_k.unwrap_or(0),
+                ..SamplingParams::greedy()
+            }
+        } else {
+            SamplingParams::greedy()
+        };
+        let device_memory = match device {
+            Device::Cuda => {
+                Some(Slot::cuda_memory(config.device_id).map_err(|e| fail(e.to_string()))?)
+            }
+            Device::Cpu => None,
+        };
+        let kv_on_device = device_memory.is_some();
+        let mut slots = sessions
+            .into_iter()
+            .map(|session| Slot::new(session, device_memory.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        if config.warm_up {
+            let bos = files
+                .tokenizer
+                .bos_token
+                .as_deref()
+                .and_then(|t| tokenizer.token_to_id(t))
+                .unwrap_or(0);
+            let mut logits = Vec::new();
+            for slot in &mut slots {
+                slot.reset(&spec)
+                    .and_then(|()| slot.forward(&spec, &[bos], &mut logits))
+                    .and_then(|()| slot.forward(&spec, &[bos], &mut logits))
+                    .map_err(|e| {
+                        fail(format!(
+                            "the warm-up (prefill and one decode step) failed: {e}; \
+                             set warm_up = false in its [[model]] table to load it anyway"
+                        ))
+                    })?;
+                slot.reset(&spec).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        let reasoning = tokenizer.token_to_id("<think>").is_some()
+            && tokenizer.token_to_id("</think>").is_some();
+        let info = LmInfo {
+            name,
+            dir: config.dir().to_owned(),
+            graph: graph_path,
+            device,
+            cpu_fallback_reason,
+            slots: slots.len(),
+            queue_depth: config.queue_depth,
+            context_length,
+            layers: spec.layers,
+            kv_heads: spec.kv_heads,
+            head_dim: spec.head_dim,
+            kv_on_device,
+        };
+        Ok(Self {
+            admission: Arc::new(Semaphore::new(slots.len() + config.queue_depth)),
+            pool: Arc::new(Pool::new(slots)),
+            info,
+            tokenizer,
+            template,
+            spec,
+            defaults,
+            stop_ids,
+            reasoning,
+        })
+    }
+
+    pub fn info(&self) -> &LmInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The sampling a request gets for what it leaves out.
+    pub fn defaults(&self) -> SamplingParams {
+        self.defaults
+    }
+
+    /// The ids that end every generation.
+    pub fn stop_ids(&self) -> &HashSet<u32> {
+        &self.stop_ids
+    }
+
+    /// Whether the model reasons in `<think>` ... `</think>` first.
+    pub fn reasons(&self) -> bool {
+        self.reasoning
+    }
+
+    /// The chat prompt, as the model's template writes it.
+    pub fn render(&self, messages: &[Message]) -> Result<String, template::TemplateError> {
+        self.template.render(messages)
+    }
+
+    /// A place among the running and queued generations, or
+    /// [`InferError::QueueFull`] at once.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
+        admit(&self.admission, &self.info.name)
+    }
+
+    /// Runs one generation once a slot is free, sending its text to
+    /// `events`. A closed `events` (the client left) cancels it, also while
+    /// it waits for a slot.
+    pub async fn generate(
+        self: Arc<Self>,
+        admitted: OwnedSemaphorePermit,
+        request: GenerateRequest,
+        events: mpsc::Sender<Delta>,
+    ) -> Result<Finished, InferError> {
+        let mut slot = tokio::select! {
+            lease = self.pool.acquire() => lease.map_err(|e| InferError::Runtime(e.to_string()))?,
+            () = events.closed() => return Ok(Finished::cancelled_before_start()),
+        };
+        let model = Arc::clone(&self);
+        tokio::task::spawn_blocking(move || {
+            let _admitted = admitted;
+            let result =
+                generate::generate(&mut slot, &model.spec, &model.tokenizer, &request, &events);
+            // The cache of this request is dropped before the slot is lent again.
+            if let Err(e) = slot.reset(&model.spec) {
+                tracing::warn!(error = %e, "cannot clear a slot's KV cache");
+            }
+            result
+        })
+        .await
+        .map_err(|e| InferError::Runtime(format!("generation task failed: {e}")))?
+        .map_err(|e| InferError::Runtime(e.to_string()))
+    }
+}
+
+impl Finished {
+    fn cancelled_before_start() -> Self {
+        Self {
+            reason: FinishReason::Cancelled,
+            completion_tokens: 0,
+            completion_sha256: deepseek_integrity::digest::hex(
+                &<sha2::Sha256 as sha2::Digest>::digest(b""),
+            ),
+            reasoning_closed: false,
+        }
+    }
+}

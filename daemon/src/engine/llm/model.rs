@@ -1,0 +1,340 @@
+//! The decoder graph: what its inputs and outputs say about the KV cache,
+//! and one forward pass with the cache fed back.
+//!
+//! Two ways to run a step share the code: on the CPU the cache goes in and
+//! out as session values (`run`); on a GPU it is bound with ONNX Runtime's
+//! I/O binding, the presents allocated on the device and bound as the next
+//! step's past, so the cache never leaves the device.
+
+use half::f16;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::IoBinding;
+use ort::session::{Session, SessionOutputs};
+use ort::value::{DynValue, Outlet, Tensor, TensorElementType, ValueType};
+
+use super::files::ArchConfig;
+
+/// The element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+}
+
+/// What the graph's inputs and outputs say, checked against `config.json`.
+#[derive(Debug, Clone)]
+pub struct GraphSpec {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub kv_type: KvType,
+    /// Width of the logits (often padded beyond the tokenizer).
+    pub vocab: usize,
+    pub logits_f16: bool,
+    pub position_ids: bool,
+    /// `past_key_values.{i}.key`, `.value` for each layer, in that order.
+    past: Vec<String>,
+    /// `present.{i}.key`, `.value`, matching `past`.
+    present: Vec<String>,
+}
+
+fn tensor_of(outlet: &Outlet) -> Option<(TensorElementType, Vec<i64>)> {
+    match outlet.dtype() {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.to_vec())),
+        _ => None,
+    }
+}
+
+const LAYOUT: &str = "a causal-lm graph needs input_ids, attention_mask, optional position_ids and \
+                      past_key_values.N.key/value in, logits and present.N.key/value out \
+                      (Hugging Face Optimum's layout with a KV cache)";
+
+impl GraphSpec {
+    /// Reads the spec from the session, or says what does not fit.
+    pub fn read(session: &Session, arch: &ArchConfig) -> Result<Self, String> {
+        let find = |outlets: &[Outlet], name: &str| {
+            outlets
+                .iter()
+                .find(|o| o.name() == name)
+                .and_then(tensor_of)
+        };
+        for name in ["input_ids", "attention_mask"] {
+            match find(session.inputs(), name) {
+                Some((TensorElementType::Int64, shape)) if shape.len() == 2 => {}
+                Some((ty, shape)) => {
+                    return Err(format!(
+                        "input {name:?} is {ty} {shape:?}, expected int64 [batch, sequence]"
+                    ));
+                }
+                None => return Err(format!("the graph has no input {name:?}; {LAYOUT}")),
+            }
+        }
+        let layers = session
+            .inputs()
+            .iter()
+            .filter(|o| o.name().starts_with("past_key_values."))
+            .count()
+            / 2;
+        if layers == 0 {
+            return Err(format!(
+                "the graph has no past_key_values.N.key/value inputs (exported without a KV cache?); {LAYOUT}"
+            ));
+        }
+        if layers != arch.num_hidden_layers {
+            return Err(format!(
+                "the graph has {layers} layers of past_key_values, config.json says num_hidden_layers = {}",
+                arch.num_hidden_layers
+            ));
+        }
+        let mut past = Vec::with_capacity(2 * layers);
+        let mut present = Vec::with_capacity(2 * layers);
+        let mut kv = None;
+        for layer in 0..layers {
+            for part in ["key", "value"] {
+                let input = format!("past_key_values.{layer}.{part}");
+                let output = format!("present.{layer}.{part}");
+                let (ty, shape) = find(session.inputs(), &input)
+                    .ok_or_else(|| format!("the graph has no input {input:?}; {LAYOUT}"))?;
+                if find(session.outputs(), &output).is_none() {
+                    return Err(format!("the graph has no output {output:?}; {LAYOUT}"));
+                }
+                let kv_type = match ty {
+                    TensorElementType::Float32 => KvType::F32,
+                    TensorElementType::Float16 => KvType::F16,
+                    other => {
+                        return Err(format!(
+                            "input {input:?} is {other}, expected float32 or float16"
+                        ));
+                    }
+                };
+                if shape.len() != 4 {
+                    return Err(format!(
+                        "input {input:?} has shape {shape:?}, expected [batch, kv_heads, past_sequence, head_dim]"
+                    ));
+                }
+                kv.get_or_insert((kv_type, shape));
+                past.push(input);
+                present.push(output);
+            }
+        }
+        let (kv_type, shape) = kv.ok_or_else(|| LAYOUT.to_owned())?;
+        let dim = |d: i64, fallback: usize| {
+            usize::try_from(d)
+                .ok()
+                .filter(|&d| d > 0)
+                .unwrap_or(fallback)
+        };
+        let kv_heads = dim(shape[1], arch.kv_heads());
+        let head_dim = dim(shape[3], arch.head_dim());
+        let known = ["input_ids", "attention_mask", "position_ids"];
+        if let Some(other) = session
+            .inputs()
+            .iter()
+            .find(|o| !known.contains(&o.name()) && !past.iter().any(|p| p == o.name()))
+        {
+            return Err(format!(
+                "the graph has an input {:?} this daemon does not know how to fill; {LAYOUT}",
+                other.name()
+            ));
+        }
+        let (logits_type, logits_shape) = find(session.outputs(), "logits")
+            .ok_or_else(|| format!("the graph has no output \"logits\"; {LAYOUT}"))?;
+        let logits_f16 = match logits_type {
+            TensorElementType::Float32 => false,
+            TensorElementType::Float16 => true,
+            other => {
+                return Err(format!(
+                    "output \"logits\" is {other}, expected float32 or float16"
+                ));
+            }
+        };
+        if logits_shape.len() != 3 {
+            return Err(format!(
+                "output \"logits\" has shape {logits_shape:?}, expected [batch, sequence, vocab]"
+            ));
+        }
+        Ok(Self {
+            layers,
+            kv_heads,
+            head_dim,
+            kv_type,
+            vocab: dim(logits_shape[2], arch.vocab_size),
+            logits_f16,
+            position_ids: session.inputs().iter().any(|o| o.name() == "position_ids"),
+            past,
+            present,
+        })
+    }
+}
+
+/// One session with the state of the generation it is running.
+#[derive(Debug)]
+pub struct Slot {
+    session: Session,
+    /// Set when the cache lives on a device: the binding and the memory the
+    /// presents are allocated in.
+    binding: Option<(IoBinding, MemoryInfo<'static>)>,
+    /// The cache so far, one value per `GraphSpec::past` name.
+    past: Vec<DynValue>,
+    /// Tokens in the cache.
+    len: usize,
+}
+
+impl Slot {
+    /// A slot running on the CPU, or with I/O binding and the cache in
+    /// `device_memory`.
+    pub fn new(
+        session: Session,
+        device_memory: Option<MemoryInfo<'static>>,
+    ) -> Result<Self, ort::Error> {
+        let binding = match device_memory {
+            Some(memory) => Some((session.create_binding()?, memory)),
+            None => None,
+        };
+        Ok(Self {
+            session,
+            binding,
+            past: Vec::new(),
+            len: 0,
+        })
+    }
+
+    /// The CUDA device's memory, for [`Slot::new`].
+    pub fn cuda_memory(device_id: u32) -> Result<MemoryInfo<'static>, ort::Error> {
+        MemoryInfo::new(
+            AllocationDevice::CUDA,
+            i32::try_from(device_id).unwrap_or(i32::MAX),
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+    }
+
+    /// Host memory as the cache's "device": runs the I/O-binding path on the
+    /// CPU, so that tests cover the GPU's code path.
+    pub fn host_memory() -> MemoryInfo<'static> {
+        MemoryInfo::default()
+    }
+
+    pub fn uses_binding(&self) -> bool {
+        self.binding.is_some()
+    }
+
+    /// Forgets the previous generation's cache (no user's cache outlives
+    /// their request) and starts an empty one.
+    pub fn reset(&mut self, spec: &GraphSpec) -> Result<(), ort::Error> {
+        if let Some((binding, _)) = &mut self.binding {
+            binding.clear();
+        }
+        self.len = 0;
+        self.past = (0..spec.past.len())
+            .map(|_| empty_past(spec))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    /// Runs `ids` after the cached tokens and writes the logits of the last
+    /// position into `logits` (as f32).
+    pub fn forward(
+        &mut self,
+        spec: &GraphSpec,
+        ids: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ort::Error> {
+        let n = ids.len();
+        let total = self.len + n;
+        let input_ids = Tensor::from_array((
+            [1, n],
+            ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
+        ))?;
+        let mask = Tensor::from_array(([1, total], vec![1i64; total]))?;
+        let first = i64::try_from(self.len).unwrap_or(i64::MAX);
+        let positions =
+            Tensor::from_array(([1, n], (0..n as i64).map(|i| first + i).collect::<Vec<_>>()))?;
+        let past = std::mem::take(&mut self.past);
+        let mut outputs = match &mut self.binding {
+            None => {
+                let mut inputs: Vec<(String, DynValue)> = Vec::with_capacity(3 + past.len());
+                inputs.push(("input_ids".to_owned(), input_ids.into_dyn()));
+                inputs.push(("attention_mask".to_owned(), mask.into_dyn()));
+                if spec.position_ids {
+                    inputs.push(("position_ids".to_owned(), positions.into_dyn()));
+                }
+                inputs.extend(spec.past.iter().cloned().zip(past));
+                self.session.run(inputs)?
+            }
+            Some((binding, memory)) => {
+                binding.bind_input("input_ids", &input_ids)?;
+                binding.bind_input("attention_mask", &mask)?;
+                if spec.position_ids {
+                    binding.bind_input("position_ids", &positions)?;
+                }
+                for (name, value) in spec.past.iter().zip(&past) {
+                    binding.bind_input(name.as_str(), value)?;
+                }
+                // Output shapes grow every step, so outputs are bound anew
+                // each time: the presents on the device, the logits on the host.
+                for name in &spec.present {
+                    binding.bind_output_to_device(name.as_str(), memory)?;
+                }
+                binding.bind_output_to_device("logits", &MemoryInfo::default())?;
+                let outputs = self.session.run_binding(binding)?;
+                binding.synchronize_outputs()?;
+                outputs
+            }
+        };
+        last_logits(spec, &outputs, n, logits)?;
+        self.past = spec
+            .present
+            .iter()
+            .map(|name| {
+                outputs
+                    .remove(name)
+                    .ok_or_else(|| ort::Error::new(format!("output {name:?} missing from the run")))
+            })
+            .collect::<Result<_, _>>()?;
+        self.len = total;
+        Ok(())
+    }
+}
+
+fn empty_past(spec: &GraphSpec) -> Result<DynValue, ort::Error> {
+    let shape = [1, spec.kv_heads, 0, spec.head_dim];
+    Ok(match spec.kv_type {
+        KvType::F32 => Tensor::from_array((shape, Vec::<f32>::new()))?.into_dyn(),
+        KvType::F16 => Tensor::from_array((shape, Vec::<f16>::new()))?.into_dyn(),
+    })
+}
+
+/// Copies the last position's row of `logits [1, n, V]`.
+fn last_logits(
+    spec: &GraphSpec,
+    outputs: &SessionOutputs<'_>,
+    n: usize,
+    into: &mut Vec<f32>,
+) -> Result<(), ort::Error> {
+    let value = outputs
+        .get("logits")
+        .ok_or_else(|| ort::Error::new("output \"logits\" missing from the run"))?;
+    into.clear();
+    let v = spec.vocab;
+    let row = (n - 1) * v..n * v;
+    let bad = |len: usize| {
+        ort::Error::new(format!(
+            "output \"logits\" has {len} values, expected {}",
+            n * v
+        ))
+    };
+    if spec.logits_f16 {
+        let (_, data) = value.try_extract_tensor::<f16>()?;
+        into.extend(
+            data.get(row)
+                .ok_or_else(|| bad(data.len()))?
+                .iter()
+                .map(|x| x.to_f32()),
+        );
+    } else {
+        let (_, data) = value.try_extract_tensor::<f32>()?;
+        into.extend_from_slice(data.get(row).ok_or_else(|| bad(data.len()))?);
+    }
+    Ok(())
+}

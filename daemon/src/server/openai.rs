@@ -1,0 +1,1095 @@
+//! The OpenAI-compatible API for causal LMs: `GET /v1/models`,
+//! `POST /v1/chat/completions` and `POST /v1/completions`, answered whole
+//! or streamed as server-sent events, with errors in OpenAI's shape.
+//!
+//! Every request is audited with digests and token counts, never its text:
+//! a whole answer leaves only once its record is acknowledged; a stream
+//! starts only once its `request` record is, and ends with a `completion`
+//! record before `[DONE]`. Each generation is driven by a task of its own,
+//! so a client that disconnects cancels it and it is still recorded.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::peer::Peer;
+use super::routes::{ApiError, AppState, audit_peer, hex_sha256, read_body};
+use crate::engine::CausalLm;
+use crate::engine::InferError;
+use crate::engine::llm::generate::{Delta, FinishReason, Finished, GenerateRequest};
+use crate::engine::llm::sampling::SamplingParams;
+use crate::engine::llm::template::Message;
+use deepseek_audit::entry::{Entry, Event};
+
+/// An error as OpenAI sends it: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct OpenAiError {
+    status: StatusCode,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl OpenAiError {
+    fn invalid(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: Option<&'static str>,
+    ) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: param.map(str::to_owned),
+            code,
+        }
+    }
+
+    fn body(&self) -> Value {
+        let kind = if self.status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}})
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        let (status, message) = error.into_parts();
+        Self {
+            status,
+            message,
+            param: None,
+            code: None,
+        }
+    }
+}
+
+impl From<InferError> for OpenAiError {
+    fn from(error: InferError) -> Self {
+        match error {
+            InferError::QueueFull(_) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: error.to_string(),
+                param: None,
+                code: Some("queue_full"),
+            },
+            InferError::BadRequest(message) => Self::invalid(message, None, None),
+            InferError::Runtime(detail) => {
+                tracing::error!(error = %detail, "generation failed");
+                Self {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: "generation failed; the daemon's log has the details".to_owned(),
+                    param: None,
+                    code: None,
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// `GET /v1/models`: the causal LMs.
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
+    let data: Vec<Value> = state
+        .engine
+        .causal_lms()
+        .map(|lm| model_object(&state, lm))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, OpenAiError> {
+    let lm = find(&state, &id)?;
+    Ok(axum::Json(model_object(&state, lm)).into_response())
+}
+
+fn model_object(state: &AppState, lm: &CausalLm) -> Value {
+    let info = lm.info();
+    json!({
+        "id": info.name,
+        "object": "model",
+        "created": state.started_unix,
+        "owned_by": "deepseekd",
+        "context_length": info.context_length,
+        "device": info.device.to_string(),
+    })
+}
+
+fn find<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<CausalLm>, OpenAiError> {
+    state.engine.causal_lm(name).ok_or_else(|| {
+        let served: Vec<String> = state
+            .engine
+            .causal_lms()
+            .map(|lm| lm.info().name.clone())
+            .collect();
+        OpenAiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "The model {name:?} does not exist; this daemon serves: {}",
+                served.join(", ")
+            ),
+            param: Some("model".to_owned()),
+            code: Some("model_not_found"),
+        }
+    })
+}
+
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chatcmpl-",
+            Endpoint::Completions => "cmpl-",
+        }
+    }
+
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completions, _) => "text_completion",
+        }
+    }
+}
+
+/// The body of either endpoint; unknown fields are ignored, as OpenAI's
+/// clients send more than a server needs.
+#[derive(Debug, Deserialize)]
+struct ApiRequest {
+    model: String,
+    #[serde(default)]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    prompt: Option<Prompt>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<i64>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    stop_token_ids: Option<Vec<u32>>,
+    #[serde(default)]
+    ignore_eos: Option<bool>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    echo: Option<bool>,
+    #[serde(default)]
+    suffix: Option<String>,
+    #[serde(default)]
+    reasoning_format: Option<ReasoningFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+/// A message's content: text, or text parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<Value>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// How reasoning is returned (llama.cpp's option name).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ReasoningFormat {
+    /// `reasoning_content` and `content` apart (the default).
+    Deepseek,
+    Auto,
+    /// The raw text, `<think>` included, in `content`.
+    None,
+}
+
+/// A request checked and ready to run.
+#[derive(Debug)]
+struct Prepared {
+    endpoint: Endpoint,
+    model: Arc<CausalLm>,
+    generate: GenerateRequest,
+    stream: bool,
+    include_usage: bool,
+    seed: Option<i64>,
+    /// SHA-256 of the prompt text (rendered template or the prompt itself).
+    prompt_sha256: String,
+}
+
+fn check_range(name: &str, value: Option<f32>, low: f32, high: f32) -> Result<(), OpenAiError> {
+    match value {
+        Some(v) if !(low..=high).contains(&v) => Err(OpenAiError::invalid(
+            format!("{name} must be between {low} and {high}, got {v}"),
+            Some(name),
+            None,
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn unsupported(what: &str, param: &str) -> OpenAiError {
+    OpenAiError::invalid(
+        format!("{what} is not supported by this server"),
+        Some(param),
+        None,
+    )
+}
+
+/// Parses the body, checks every parameter and builds the prompt.
+async fn prepare(
+    state: &AppState,
+    endpoint: Endpoint,
+    bytes: &[u8],
+    model_name: &mut Option<String>,
+) -> Result<Prepared, OpenAiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let body: ApiRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let missing = inner.to_string().starts_with("missing field");
+        let param = if path == "." {
+            inner
+                .to_string()
+                .split('`')
+                .nth(1)
+                .filter(|_| missing)
+                .map(str::to_owned)
+        } else {
+            Some(path)
+        };
+        let code = if missing {
+            Some("missing_required_parameter")
+        } else if inner.is_data() {
+            Some("invalid_type")
+        } else {
+            None
+        };
+        OpenAiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("invalid request body: {inner}"),
+            param,
+            code,
+        }
+    })?;
+    *model_name = Some(body.model.clone());
+    let model = Arc::clone(find(state, &body.model)?);
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(unsupported("n other than 1", "n"));
+    }
+    if body
+        .logprobs
+        .as_ref()
+        .is_some_and(|v| !(v.is_null() || *v == json!(false) || *v == json!(0)))
+    {
+        return Err(unsupported("logprobs", "logprobs"));
+    }
+    if body
+        .tools
+        .as_ref()
+        .is_some_and(|v| !(v.is_null() || v.as_array().is_some_and(Vec::is_empty)))
+    {
+        return Err(unsupported("tools", "tools"));
+    }
+    if body
+        .response_format
+        .as_ref()
+        .is_some_and(|v| !(v.is_null() || v["type"] == "text"))
+    {
+        return Err(unsupported(
+            "a response_format other than text",
+            "response_format",
+        ));
+    }
+    if body.echo == Some(true) {
+        return Err(unsupported("echo", "echo"));
+    }
+    if body.suffix.is_some() {
+        return Err(unsupported("suffix", "suffix"));
+    }
+    check_range("temperature", body.temperature, 0.0, 2.0)?;
+    check_range("top_p", body.top_p, f32::MIN_POSITIVE, 1.0)?;
+    check_range("min_p", body.min_p, 0.0, 1.0)?;
+    check_range("presence_penalty", body.presence_penalty, -2.0, 2.0)?;
+    check_range("frequency_penalty", body.frequency_penalty, -2.0, 2.0)?;
+    let max_tokens = match (body.max_tokens, body.max_completion_tokens) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(OpenAiError::invalid(
+                format!("max_tokens ({a}) and max_completion_tokens ({b}) differ; send one"),
+                Some("max_tokens"),
+                None,
+            ));
+        }
+        (Some(0), _) | (_, Some(0)) => {
+            return Err(OpenAiError::invalid(
+                "max_tokens must be at least 1",
+                Some("max_tokens"),
+                None,
+            ));
+        }
+        (a, b) => a.or(b).map(|n| n as usize),
+    };
+    let stop = match body.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > 4 {
+        return Err(OpenAiError::invalid(
+            format!("stop holds {} strings, at most 4 are allowed", stop.len()),
+            Some("stop"),
+            None,
+        ));
+    }
+    let split = endpoint == Endpoint::Chat
+        && model.reasons()
+        && body.reasoning_format != Some(ReasoningFormat::None);
+    let (text, add_special, param) = match endpoint {
+        Endpoint::Chat => {
+            let messages = body.messages.ok_or_else(|| {
+                OpenAiError::invalid(
+                    "missing required parameter: messages",
+                    Some("messages"),
+                    Some("missing_required_parameter"),
+                )
+            })?;
+            if messages.is_empty() {
+                return Err(OpenAiError::invalid(
+                    "messages must hold at least one message",
+                    Some("messages"),
+                    None,
+                ));
+            }
+            let messages = messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| to_message(i, m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let model = Arc::clone(&model);
+            let rendered = tokio::task::spawn_blocking(move || model.render(&messages))
+                .await
+                .map_err(|e| InferError::Runtime(e.to_string()))?
+                .map_err(|e| {
+                    OpenAiError::invalid(
+                        format!("the model's chat template refused the messages: {e}"),
+                        Some("messages"),
+                        None,
+                    )
+                })?;
+            (rendered, false, "messages")
+        }
+        Endpoint::Completions => {
+            let prompt = match body.prompt {
+                Some(Prompt::One(text)) => text,
+                Some(Prompt::Many(mut items)) if items.len() == 1 && items[0].is_string() => {
+                    items.remove(0).as_str().unwrap_or_default().to_owned()
+                }
+                Some(Prompt::Many(_)) => {
+                    return Err(unsupported(
+                        "a prompt other than one string (token ids, several prompts)",
+                        "prompt",
+                    ));
+                }
+                None => {
+                    return Err(OpenAiError::invalid(
+                        "missing required parameter: prompt",
+                        Some("prompt"),
+                        Some("missing_required_parameter"),
+                    ));
+                }
+            };
+            (prompt, true, "prompt")
+        }
+    };
+    let prompt_sha256 = hex_sha256(text.as_bytes());
+    let tokenizer = model.tokenizer().clone();
+    let prompt_ids = tokio::task::spawn_blocking(move || tokenizer.encode(&text, add_special))
+        .await
+        .map_err(|e| InferError::Runtime(e.to_string()))?
+        .map_err(|e| InferError::Runtime(format!("tokenizing the prompt failed: {e}")))?;
+    let context = model.info().context_length;
+    let prompt_len = prompt_ids.len();
+    let too_long = prompt_len >= context || max_tokens.is_some_and(|m| prompt_len + m > context);
+    if too_long {
+        return Err(OpenAiError::invalid(
+            format!(
+                "This model's maximum context length is {context} tokens. However, you requested {} tokens \
+                 ({prompt_len} in the {param}, {} for the completion). Please reduce the length of the {param} or max_tokens.",
+                prompt_len + max_tokens.unwrap_or(1),
+                max_tokens.map_or_else(|| "at least 1".to_owned(), |m| m.to_string()),
+            ),
+            Some(param),
+            Some("context_length_exceeded"),
+        ));
+    }
+    let defaults = model.defaults();
+    let sampling = SamplingParams {
+        temperature: body.temperature.unwrap_or(defaults.temperature),
+        top_p: body.top_p.unwrap_or(defaults.top_p),
+        top_k: match body.top_k {
+            Some(k) => u32::try_from(k.max(0)).unwrap_or(u32::MAX),
+            None => defaults.top_k,
+        },
+        min_p: body.min_p.unwrap_or(defaults.min_p),
+        presence_penalty: body.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: body.frequency_penalty.unwrap_or(0.0),
+    };
+    let mut stop_ids: HashSet<u32> = if body.ignore_eos == Some(true) {
+        HashSet::new()
+    } else {
+        model.stop_ids().clone()
+    };
+    stop_ids.extend(body.stop_token_ids.unwrap_or_default());
+    let seed = body.seed;
+    let generate = GenerateRequest {
+        prompt_ids,
+        max_tokens: max_tokens.unwrap_or(context - prompt_len),
+        sampling,
+        seed: seed.map_or_else(random_seed, |s| s as u64),
+        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        stop_ids,
+        split_reasoning: split,
+    };
+    Ok(Prepared {
+        endpoint,
+        model,
+        generate,
+        stream: body.stream == Some(true),
+        include_usage: body
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        seed,
+        prompt_sha256,
+    })
+}
+
+/// A message as the template takes it: text parts joined, `developer`
+/// treated as `system`.
+fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError> {
+    let content = match message.content {
+        None => String::new(),
+        Some(Content::Text(text)) => text,
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for (p, part) in parts.into_iter().enumerate() {
+                match (part.kind.as_str(), part.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    (kind, _) => {
+                        return Err(OpenAiError::invalid(
+                            format!(
+                                "content parts of type {kind:?} are not supported; only \"text\""
+                            ),
+                            Some(&format!("messages[{index}].content[{p}]")),
+                            None,
+                        ));
+                    }
+                }
+            }
+            text
+        }
+    };
+    let role = if message.role == "developer" {
+        "system".to_owned()
+    } else {
+        message.role
+    };
+    Ok(Message { role, content })
+}
+
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "getrandom failed; seeding from the clock");
+    });
+    u64::from_le_bytes(bytes) ^ unix_time_nanos()
+}
+
+fn unix_time_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn completion_id(endpoint: Endpoint) -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&unix_time_nanos().to_le_bytes());
+    }
+    format!(
+        "{}{}",
+        endpoint.id_prefix(),
+        deepseek_integrity::digest::hex(&bytes)
+    )
+}
+
+/// What a request's audit records share.
+#[derive(Debug)]
+struct Record {
+    peer: Peer,
+    started: Instant,
+    endpoint: Endpoint,
+    model: Option<String>,
+    id: String,
+    request_sha256: String,
+}
+
+impl Record {
+    fn entry(&self, state: &AppState, event: Event, status: StatusCode) -> Entry {
+        let mut entry = Entry::event(event);
+        entry.peer = Some(audit_peer(&self.peer));
+        entry.model.clone_from(&self.model);
+        entry.model_sha256 = self
+            .model
+            .as_ref()
+            .and_then(|m| state.model_digests.get(m).cloned().flatten());
+        entry.request_id = Some(self.id.clone());
+        entry.request_sha256 = Some(self.request_sha256.clone());
+        entry.status = Some(status.as_u16());
+        entry.latency_us =
+            Some(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let endpoint = match self.endpoint {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        };
+        entry
+            .details
+            .insert("endpoint".to_owned(), endpoint.to_owned());
+        entry
+    }
+
+    fn add_prepared(entry: &mut Entry, prepared: &Prepared) {
+        entry.tokens_in = Some(prepared.generate.prompt_ids.len() as u64);
+        entry
+            .details
+            .insert("prompt_sha256".to_owned(), prepared.prompt_sha256.clone());
+        entry
+            .details
+            .insert("stream".to_owned(), prepared.stream.to_string());
+        if let Some(seed) = prepared.seed {
+            entry.details.insert("seed".to_owned(), seed.to_string());
+        }
+    }
+
+    fn add_finished(entry: &mut Entry, finished: &Finished) {
+        entry.tokens_out = Some(finished.completion_tokens as u64);
+        entry.details.insert(
+            "completion_sha256".to_owned(),
+            finished.completion_sha256.clone(),
+        );
+        entry.details.insert(
+            "finish_reason".to_owned(),
+            finished.reason.as_str().to_owned(),
+        );
+    }
+}
+
+/// Records `entry`; `Err` with the 503 to answer when it was not
+/// acknowledged and audit is required.
+async fn audit(state: &AppState, entry: Entry) -> Result<(), OpenAiError> {
+    match state.audit.record(entry).await {
+        Ok(_) => Ok(()),
+        Err(e) if state.audit_required => {
+            tracing::error!(error = %e, "request refused: the audit log did not record it");
+            Err(OpenAiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "the audit log did not record this request ({e}); no result is returned"
+                ),
+                param: None,
+                code: Some("audit_unavailable"),
+            })
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "request answered unaudited (audit.required = false)");
+            Ok(())
+        }
+    }
+}
+
+pub async fn chat_completions(
+    state: State<Arc<AppState>>,
+    peer: axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, peer, headers, body, Endpoint::Chat).await
+}
+
+pub async fn completions(
+    state: State<Arc<AppState>>,
+    peer: axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, peer, headers, body, Endpoint::Completions).await
+}
+
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    let started = Instant::now();
+    let bytes = match read_body(body, &headers, state.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return OpenAiError::from(e).into_response(),
+    };
+    let mut model = None;
+    let prepared = prepare(&state, endpoint, &bytes, &mut model).await;
+    let record = Record {
+        peer,
+        started,
+        endpoint,
+        model,
+        id: completion_id(endpoint),
+        request_sha256: hex_sha256(&bytes),
+    };
+    drop(bytes);
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) if error.code == Some("model_not_found") => return error.into_response(),
+        Err(error) => return refuse(&state, &record, error).await,
+    };
+    let admitted = match prepared.model.admit() {
+        Ok(admitted) => admitted,
+        Err(e) => return refuse(&state, &record, e.into()).await,
+    };
+    if prepared.stream {
+        let mut entry = record.entry(&state, Event::Request, StatusCode::OK);
+        Record::add_prepared(&mut entry, &prepared);
+        if let Err(error) = audit(&state, entry).await {
+            return error.into_response();
+        }
+        let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+        tokio::spawn(drive_stream(
+            Arc::clone(&state),
+            record,
+            prepared,
+            admitted,
+            body_tx,
+        ));
+        let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let mut response = Response::new(Body::from_stream(stream));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return response;
+    }
+    let (answer_tx, answer_rx) = oneshot::channel();
+    tokio::spawn(drive_whole(
+        Arc::clone(&state),
+        record,
+        prepared,
+        admitted,
+        answer_tx,
+    ));
+    answer_rx.await.unwrap_or_else(|_| {
+        OpenAiError::from(InferError::Runtime(
+            "the generation task ended without an answer".to_owned(),
+        ))
+        .into_response()
+    })
+}
+
+/// Records a refused request (its status, no text) and answers the error.
+async fn refuse(state: &AppState, record: &Record, error: OpenAiError) -> Response {
+    let mut entry = record.entry(state, Event::Request, error.status);
+    if let Some(code) = error.code {
+        entry
+            .details
+            .insert("error_code".to_owned(), code.to_owned());
+    }
+    if let Some(param) = &error.param {
+        entry
+            .details
+            .insert("error_param".to_owned(), param.clone());
+    }
+    match audit(state, entry).await {
+        Ok(()) => error.into_response(),
+        Err(unrecorded) => unrecorded.into_response(),
+    }
+}
+
+/// Starts the generation; its deltas arrive on the returned receiver.
+fn start(
+    prepared: &Prepared,
+    admitted: tokio::sync::OwnedSemaphorePermit,
+) -> (
+    mpsc::Receiver<Delta>,
+    tokio::task::JoinHandle<Result<Finished, InferError>>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    let task =
+        tokio::spawn(Arc::clone(&prepared.model).generate(admitted, prepared.generate.clone(), tx));
+    (rx, task)
+}
+
+async fn finish(
+    task: tokio::task::JoinHandle<Result<Finished, InferError>>,
+) -> Result<Finished, InferError> {
+    task.await
+        .map_err(|e| InferError::Runtime(format!("generation task failed: {e}")))?
+}
+
+/// A non-streamed request: collects the text, records it, then answers;
+/// a client that leaves (`answer` closed) cancels the generation.
+async fn drive_whole(
+    state: Arc<AppState>,
+    record: Record,
+    prepared: Prepared,
+    admitted: tokio::sync::OwnedSemaphorePermit,
+    mut answer: oneshot::Sender<Response>,
+) {
+    let (mut deltas, task) = start(&prepared, admitted);
+    let mut text = Delta::default();
+    loop {
+        tokio::select! {
+            delta = deltas.recv() => match delta {
+                Some(delta) => {
+                    text.reasoning.push_str(&delta.reasoning);
+                    text.content.push_str(&delta.content);
+                }
+                None => break,
+            },
+            () = answer.closed() => {
+                drop(deltas);
+                break;
+            }
+        }
+    }
+    let finished = finish(task).await;
+    let (status, body, finished) = match finished {
+        Ok(finished) => {
+            let body = whole_body(&record, &prepared, &text, &finished);
+            (StatusCode::OK, body, Some(finished))
+        }
+        Err(e) => {
+            let error = OpenAiError::from(e);
+            (error.status, error.body(), None)
+        }
+    };
+    let body = serde_json::to_vec(&body).expect("JSON values serialize");
+    let status = if finished
+        .as_ref()
+        .is_some_and(|f| f.reason == FinishReason::Cancelled)
+    {
+        // nginx's "client closed request": nothing was answered.
+        StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+    } else {
+        status
+    };
+    let mut entry = record.entry(&state, Event::Request, status);
+    Record::add_prepared(&mut entry, &prepared);
+    if let Some(finished) = &finished {
+        Record::add_finished(&mut entry, finished);
+    }
+    if status == StatusCode::OK {
+        entry.response_sha256 = Some(hex_sha256(&body));
+    }
+    let response = match audit(&state, entry).await {
+        Ok(()) => {
+            let mut response = (status, body).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => error.into_response(),
+    };
+    let _ = answer.send(response);
+}
+
+fn usage(prepared: &Prepared, finished: &Finished) -> Value {
+    let prompt = prepared.generate.prompt_ids.len();
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": prompt + finished.completion_tokens,
+    })
+}
+
+fn whole_body(record: &Record, prepared: &Prepared, text: &Delta, finished: &Finished) -> Value {
+    let choice = match prepared.endpoint {
+        Endpoint::Chat => {
+            let split = prepared.generate.split_reasoning;
+            let reasoning = split.then(|| text.reasoning.clone());
+            let content = if !split || finished.reasoning_closed {
+                Some(text.content.clone())
+            } else {
+                None
+            };
+            json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "reasoning_content": reasoning, "reasoning": reasoning},
+                "logprobs": null,
+                "finish_reason": finished.reason.as_str(),
+            })
+        }
+        Endpoint::Completions => json!({
+            "index": 0,
+            "text": format!("{}{}", text.reasoning, text.content),
+            "logprobs": null,
+            "finish_reason": finished.reason.as_str(),
+        }),
+    };
+    json!({
+        "id": record.id,
+        "object": prepared.endpoint.object(false),
+        "created": unix_time_nanos() / 1_000_000_000,
+        "model": prepared.model.info().name,
+        "choices": [choice],
+        "usage": usage(prepared, finished),
+    })
+}
+
+/// The server-sent events of one streamed request.
+struct Chunks<'a> {
+    record: &'a Record,
+    prepared: &'a Prepared,
+    created: u64,
+    body: mpsc::Sender<Result<Bytes, Infallible>>,
+    /// Every byte sent before `[DONE]`, for the `completion` record.
+    digest: Sha256,
+}
+
+impl Chunks<'_> {
+    /// Sends one `data:` event; false once the client is gone.
+    async fn send(&mut self, data: &Value) -> bool {
+        let event = format!("data: {data}\n\n");
+        self.digest.update(event.as_bytes());
+        self.body.send(Ok(Bytes::from(event))).await.is_ok()
+    }
+
+    fn chunk(&self, choices: Value) -> Value {
+        let mut chunk = json!({
+            "id": self.record.id,
+            "object": self.prepared.endpoint.object(true),
+            "created": self.created,
+            "model": self.prepared.model.info().name,
+            "choices": choices,
+        });
+        if self.prepared.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+
+    /// The choices carrying `delta`'s text, one per non-empty piece.
+    fn pieces(&self, delta: &Delta) -> Vec<Value> {
+        let choice = |body: Value| match self.prepared.endpoint {
+            Endpoint::Chat => {
+                json!([{"index": 0, "delta": body, "logprobs": null, "finish_reason": null}])
+            }
+            Endpoint::Completions => {
+                json!([{"index": 0, "text": body, "logprobs": null, "finish_reason": null}])
+            }
+        };
+        let mut out = Vec::new();
+        match self.prepared.endpoint {
+            Endpoint::Chat => {
+                if !delta.reasoning.is_empty() {
+                    out.push(choice(
+                        json!({"reasoning_content": delta.reasoning, "reasoning": delta.reasoning}),
+                    ));
+                }
+                if !delta.content.is_empty() {
+                    out.push(choice(json!({"content": delta.content})));
+                }
+            }
+            Endpoint::Completions => {
+                let text = format!("{}{}", delta.reasoning, delta.content);
+                if !text.is_empty() {
+                    out.push(choice(Value::String(text)));
+                }
+            }
+        }
+        out.into_iter().map(|choices| self.chunk(choices)).collect()
+    }
+}
+
+/// A streamed request: forwards each delta as an event, then the finish
+/// chunk, the `completion` record, the usage chunk and `[DONE]`. A client
+/// that leaves cancels the generation, which is still recorded.
+async fn drive_stream(
+    state: Arc<AppState>,
+    record: Record,
+    prepared: Prepared,
+    admitted: tokio::sync::OwnedSemaphorePermit,
+    body: mpsc::Sender<Result<Bytes, Infallible>>,
+) {
+    let mut chunks = Chunks {
+        record: &record,
+        prepared: &prepared,
+        created: unix_time_nanos() / 1_000_000_000,
+        body,
+        digest: Sha256::new(),
+    };
+    let (mut deltas, task) = start(&prepared, admitted);
+    let first = match prepared.endpoint {
+        Endpoint::Chat => {
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])
+        }
+        Endpoint::Completions => {
+            json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": null}])
+        }
+    };
+    let mut connected = chunks.send(&chunks.chunk(first)).await;
+    while connected {
+        let Some(delta) = deltas.recv().await else {
+            break;
+        };
+        for piece in chunks.pieces(&delta) {
+            if !chunks.send(&piece).await {
+                connected = false;
+                break;
+            }
+        }
+    }
+    // Dropping the receiver cancels a generation still running.
+    drop(deltas);
+    let finished = finish(task).await;
+    let mut entry = record.entry(&state, Event::Completion, StatusCode::OK);
+    let finished = match finished {
+        Ok(finished) => finished,
+        Err(e) => {
+            let error = OpenAiError::from(e);
+            entry.status = Some(error.status.as_u16());
+            let _ = chunks.send(&error.body()).await;
+            let _ = audit(&state, entry).await;
+            return;
+        }
+    };
+    if connected && finished.reason != FinishReason::Cancelled {
+        let done = match prepared.endpoint {
+            Endpoint::Chat => {
+                json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finished.reason.as_str()}])
+            }
+            Endpoint::Completions => {
+                json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": finished.reason.as_str()}])
+            }
+        };
+        connected = chunks.send(&chunks.chunk(done)).await;
+    }
+    Record::add_finished(&mut entry, &finished);
+    entry.response_sha256 = Some(deepseek_integrity::digest::hex(
+        &chunks.digest.clone().finalize(),
+    ));
+    if !connected {
+        entry.details.insert(
+            "finish_reason".to_owned(),
+            FinishReason::Cancelled.as_str().to_owned(),
+        );
+    }
+    if let Err(error) = audit(&state, entry).await {
+        // Unrecorded: the stream ends with the error, never with [DONE].
+        let _ = chunks.send(&error.body()).await;
+        return;
+    }
+    if !connected {
+        return;
+    }
+    if prepared.include_usage {
+        let mut chunk = chunks.chunk(json!([]));
+        chunk["usage"] = usage(&prepared, &finished);
+        if !chunks.send(&chunk).await {
+            return;
+        }
+    }
+    let _ = chunks
+        .body
+        .send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
+        .await;
+}
