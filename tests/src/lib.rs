@@ -78,6 +78,21 @@ pub fn model_table(name: &str, file: &str, extra: &str) -> String {
     )
 }
 
+/// The committed tiny DeepSeek-R1-style causal LM (fixtures/llm/tiny-r1).
+pub fn llm_fixture() -> PathBuf {
+    workspace().join("fixtures/llm/tiny-r1")
+}
+
+/// A `[[model]]` table serving the directory `dir` as a causal LM named
+/// `name` over the OpenAI API, on one intra-op thread (the fixture's steps
+/// are tiny; more threads only add scheduling noise).
+pub fn llm_table(name: &str, dir: &Path, extra: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\nkind = \"causal-lm\"\npath = \"{}\"\nintra_op_threads = 1\n{extra}\n",
+        dir.display()
+    )
+}
+
 /// A temporary directory other users can traverse and read: the daemon
 /// reads models and configurations in it after switching to `nobody`.
 pub fn shared_tempdir() -> tempfile::TempDir {
@@ -110,7 +125,15 @@ pub fn integrity_table(dir: &Path, tables: &str) -> String {
         .and_then(|m| m.as_array())
         .into_iter()
         .flatten()
-        .filter_map(|m| Some(Path::new(m.get("path")?.as_str()?).parent()?.to_owned()))
+        .filter_map(|m| {
+            let path = Path::new(m.get("path")?.as_str()?);
+            // A causal LM's path is its directory; a tensor model's, its file.
+            if m.get("kind").and_then(|k| k.as_str()) == Some("causal-lm") {
+                Some(path.to_owned())
+            } else {
+                Some(path.parent()?.to_owned())
+            }
+        })
         .collect();
     model_dirs.sort();
     model_dirs.dedup();

@@ -477,11 +477,22 @@ async fn unknown_models_and_endpoints_get_404_and_wrong_methods_405() {
     );
     let response = get(&d.socket, "/v2/models/nope").await.expect("metadata");
     assert_eq!(response.status, 404);
-    let response = get(&d.socket, "/v1/models").await.expect("v1");
+    let response = get(&d.socket, "/v3/models").await.expect("v3");
     assert_eq!(
         (response.status, response.error()),
-        (404, "no endpoint GET /v1/models".to_owned())
+        (404, "no endpoint GET /v3/models".to_owned())
     );
+    // Under /v1 (the OpenAI API) errors take OpenAI's shape.
+    let response = get(&d.socket, "/v1/nothing").await.expect("v1");
+    assert_eq!(response.status, 404);
+    assert_eq!(
+        response.json()["error"]["message"],
+        "no endpoint GET /v1/nothing"
+    );
+    assert_eq!(response.json()["error"]["type"], "invalid_request_error");
+    // A daemon without causal LMs lists none.
+    let response = get(&d.socket, "/v1/models").await.expect("v1 models");
+    assert_eq!(response.json(), json!({"object": "list", "data": []}));
     let response = get(&d.socket, "/v2/models/demo/infer")
         .await
         .expect("GET infer");
