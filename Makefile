@@ -157,7 +157,14 @@ $(VENV)/bin/python: | deps
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0
 
-test: deps ort $(VENV)/bin/python
+# The pinned tools, installed again when this list changes (bump the stamp's
+# number with it), so an existing .venv gets them too: jsonschema for the
+# SARIF report, openai for tests/python/openai_client.py.
+$(VENV)/.deps-2: | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0 openai==3.51.0
+	touch $@
+
+test: deps ort $(VENV)/.deps-2
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
