@@ -1,0 +1,202 @@
+//! The causal-LM engine in process, against the ids `fixtures/llm/make_tiny_llm.py`
+//! recorded with Python onnxruntime: the KV-cache loop must reproduce them
+//! exactly, both as the CPU runs it (`run`) and on the I/O-binding path the
+//! GPU takes (here with host memory standing in for the device).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::OnceLock;
+
+use deepseek_tests::{llm_fixture, ort_library};
+use deepseekd::config::RuntimeConfig;
+use deepseekd::engine::llm::files::ModelFiles;
+use deepseekd::engine::llm::generate::{FinishReason, GenerateRequest, generate};
+use deepseekd::engine::llm::model::{GraphSpec, KvType, Slot};
+use deepseekd::engine::llm::sampling::{Sampler, SamplingParams};
+use deepseekd::engine::llm::tokenizer::Tokenizer;
+use ort::environment::Environment;
+use ort::session::Session;
+use serde_json::Value;
+
+fn environment() -> &'static Environment {
+    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+    ENVIRONMENT.get_or_init(|| {
+        let config = RuntimeConfig {
+            library: ort_library(),
+            cuda_library_dir: None,
+            cudnn_library_dir: None,
+        };
+        deepseekd::engine::runtime::init(&config)
+            .expect("ONNX Runtime")
+            .0
+    })
+}
+
+fn expected() -> Value {
+    serde_json::from_slice(
+        &std::fs::read(llm_fixture().join("expected.json")).expect("expected.json"),
+    )
+    .expect("json")
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| u32::try_from(v.as_u64().expect("id")).expect("u32"))
+        .collect()
+}
+
+fn files() -> ModelFiles {
+    let dir = llm_fixture();
+    ModelFiles::read(&dir, &dir.join("model.onnx"), BTreeMap::new()).expect("fixture files")
+}
+
+fn slot(binding: bool) -> (Slot, GraphSpec) {
+    let files = files();
+    let session = Session::builder(environment())
+        .expect("builder")
+        .with_intra_threads(1)
+        .expect("threads")
+        .commit_from_file(llm_fixture().join("model.onnx"))
+        .expect("session");
+    let spec = GraphSpec::read(&session, &files.arch).expect("graph spec");
+    let memory = binding.then(Slot::host_memory);
+    (Slot::new(session, memory).expect("slot"), spec)
+}
+
+#[test]
+fn the_graph_is_read_from_its_inputs_and_outputs() {
+    let (_, spec) = slot(false);
+    assert_eq!(
+        (
+            spec.layers,
+            spec.kv_heads,
+            spec.head_dim,
+            spec.kv_type,
+            spec.vocab
+        ),
+        (2, 2, 16, KvType::F32, 384)
+    );
+    assert!(spec.position_ids);
+    assert!(!spec.logits_f16);
+}
+
+/// Greedy decoding step by step, as `expected.json` records it.
+fn greedy_ids(slot: &mut Slot, spec: &GraphSpec, prompt: &[u32], max: usize) -> Vec<u32> {
+    let mut sampler = Sampler::new(SamplingParams::greedy(), 0, 384);
+    let mut logits = Vec::new();
+    let mut out = Vec::new();
+    slot.reset(spec).expect("reset");
+    let mut input = prompt.to_vec();
+    while out.len() < max {
+        slot.forward(spec, &input, &mut logits).expect("forward");
+        let id = sampler.sample(&logits);
+        out.push(id);
+        if id == 1 {
+            break;
+        }
+        input = vec![id];
+    }
+    out
+}
+
+#[test]
+fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths() {
+    let expected = expected();
+    for binding in [false, true] {
+        let (mut slot, spec) = slot(binding);
+        assert_eq!(slot.uses_binding(), binding);
+        for prompt in expected["prompts"].as_array().expect("prompts") {
+            let greedy = &prompt["greedy"];
+            let max =
+                usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
+            let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), max);
+            assert_eq!(
+                got,
+                ids(&greedy["ids"]),
+                "{} (I/O binding: {binding})",
+                prompt["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn generate_streams_the_recorded_text_and_counts_tokens() {
+    let expected = expected();
+    let files = files();
+    let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json).expect("tokenizer");
+    let (mut slot, spec) = slot(false);
+    for prompt in expected["prompts"].as_array().expect("prompts") {
+        let greedy = &prompt["greedy"];
+        let request = GenerateRequest {
+            prompt_ids: ids(&prompt["prompt_ids"]),
+            max_tokens: usize::try_from(greedy["max_new_tokens"].as_u64().expect("max"))
+                .expect("usize"),
+            sampling: SamplingParams::greedy(),
+            seed: 0,
+            stop: Vec::new(),
+            stop_ids: HashSet::from([1]),
+            split_reasoning: false,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let finished = generate(&mut slot, &spec, &tokenizer, &request, &tx).expect("generate");
+        drop(tx);
+        let mut text = String::new();
+        let mut events = 0;
+        while let Ok(delta) = rx.try_recv() {
+            assert!(delta.reasoning.is_empty());
+            text.push_str(&delta.content);
+            events += 1;
+        }
+        assert_eq!(
+            text,
+            greedy["text_skip_special_tokens"].as_str().expect("text"),
+            "{}",
+            prompt["name"]
+        );
+        let recorded = ids(&greedy["ids"]).len();
+        assert_eq!(finished.completion_tokens, recorded, "{}", prompt["name"]);
+        let reason = if greedy["finish_reason"] == "stop" {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
+        assert_eq!(finished.reason, reason, "{}", prompt["name"]);
+        // One event per generated token (none for the EOS), plus the flush.
+        let eos = usize::from(reason == FinishReason::Stop);
+        assert_eq!(events, recorded - eos + 1, "{}", prompt["name"]);
+    }
+}
+
+#[test]
+fn a_closed_channel_cancels_within_a_step() {
+    let files = files();
+    let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json).expect("tokenizer");
+    let (mut slot, spec) = slot(false);
+    let request = GenerateRequest {
+        prompt_ids: vec![0, 380, 372],
+        max_tokens: 200,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        stop: Vec::new(),
+        stop_ids: HashSet::new(),
+        split_reasoning: true,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = std::thread::spawn(move || {
+        for _ in 0..3 {
+            rx.blocking_recv().expect("event");
+        }
+        drop(rx);
+    });
+    let finished = generate(&mut slot, &spec, &tokenizer, &request, &tx).expect("generate");
+    reader.join().expect("reader");
+    assert_eq!(finished.reason, FinishReason::Cancelled);
+    assert!(
+        finished.completion_tokens <= 5,
+        "{} tokens after the receiver left",
+        finished.completion_tokens
+    );
+}
