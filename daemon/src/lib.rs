@@ -156,6 +156,38 @@ fn check_config(path: &std::path::Path) -> Exit {
             return Exit::Config;
         }
     }
+    // A causal LM's configuration, tokenizer and template are parsed as at
+    // load (the graph itself is left to the daemon).
+    for model in config.models.iter().filter(|m| m.is_causal_lm()) {
+        let parsed = engine::llm::files::ModelFiles::read(
+            model.dir(),
+            &model.onnx(),
+            std::collections::BTreeMap::new(),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|files| {
+            engine::llm::tokenizer::Tokenizer::from_bytes(&files.tokenizer_json)
+                .map_err(|e| format!("{}: {e}", model.dir().join("tokenizer.json").display()))?;
+            engine::llm::template::ChatTemplate::new(
+                files.tokenizer.chat_template,
+                files.tokenizer.bos_token,
+                files.tokenizer.eos_token,
+            )
+            .map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    model.dir().join("tokenizer_config.json").display()
+                )
+            })
+        });
+        if let Err(e) = parsed {
+            report(&format!(
+                "model {:?} (causal-lm): {e}",
+                model.name.get_ref().as_str()
+            ));
+            return Exit::Model;
+        }
+    }
     println!(
         "{}: configuration is valid ({} models)",
         path.display(),
@@ -281,6 +313,12 @@ async fn run(
     let model_loads = model_load_events(&config, &model_digests);
     let audit_required = config.audit.required;
     let record_content = config.audit.record_content;
+    if record_content && config.models.iter().any(config::ModelConfig::is_causal_lm) {
+        tracing::warn!(
+            "audit.record_content applies to KServe requests only: /v1 requests are recorded with \
+             digests and token counts, never their text"
+        );
+    }
     let config_sha256 = config.source_sha256.clone();
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(listener) => listener,
