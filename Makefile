@@ -94,6 +94,12 @@ run-config: FORCE
 		'digest = "sha256"' \
 		'' \
 		'[[rule]]' \
+		'path = "$(CURDIR)/fixtures/llm/tiny-r1"' \
+		'recursive = false' \
+		'preset = "model"' \
+		'digest = "sha256"' \
+		'' \
+		'[[rule]]' \
 		'path = "$(CURDIR)/target/release/deepseekd"' > $(RUN_DIR)/integrity.toml
 	$(INTEGRITY) --config $(RUN_DIR)/integrity.toml init
 	printf '%s\n' \
@@ -120,7 +126,14 @@ run-config: FORCE
 		'' \
 		'[[model]]' \
 		'name = "demo"' \
-		'path = "$(CURDIR)/fixtures/models/demo.onnx"' > $(RUN_DIR)/deepseekd.toml
+		'path = "$(CURDIR)/fixtures/models/demo.onnx"' \
+		'' \
+		'# A tiny DeepSeek-R1-style chat model (random weights: fluent nonsense).' \
+		'[[model]]' \
+		'name = "tiny-r1"' \
+		'kind = "causal-lm"' \
+		'path = "$(CURDIR)/fixtures/llm/tiny-r1"' \
+		'intra_op_threads = 1' > $(RUN_DIR)/deepseekd.toml
 	printf '%s\n' \
 		'# Written by `make run`: deepseek-audit verify on the demo (docs/compliance.md).' \
 		'[files]' \
@@ -141,7 +154,12 @@ run: ort
 	@echo "  curl --unix-socket $(SOCKET) http://localhost/v2/models/demo/infer \\"
 	@echo "    -d '{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}'"
 	@echo
-	@echo "Expected: y = [3,5,7,9] and row_sum = [24]. Stop with Ctrl-C."
+	@echo "Expected: y = [3,5,7,9] and row_sum = [24]. Chat (OpenAI API) with tiny-r1:"
+	@echo
+	@echo "  curl --unix-socket $(SOCKET) http://localhost/v1/chat/completions \\"
+	@echo "    -d '{\"model\":\"tiny-r1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":16}'"
+	@echo
+	@echo "Stop with Ctrl-C."
 	@echo "Every request is recorded first: $(AUDIT) -c $(RUN_DIR)/audit/audit.toml log verify"
 	@echo "The compliance check (as root; AIRGAP fails on a networked machine):"
 	@echo "  $(AUDIT) -c $(RUN_DIR)/audit/audit.toml verify --profile $(RUN_DIR)/compliance.toml"
