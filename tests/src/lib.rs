@@ -78,6 +78,42 @@ pub fn model_table(name: &str, file: &str, extra: &str) -> String {
     )
 }
 
+/// The Python of the virtual environment `make test` creates
+/// (`$DEEPSEEK_TEST_PYTHON` overrides), checked to import `modules`.
+pub fn python(modules: &[&str]) -> PathBuf {
+    let path = std::env::var_os("DEEPSEEK_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test` (it creates .venv with the pinned Python tools)",
+        path.display()
+    );
+    let import = Command::new(&path)
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .output()
+        .expect("run python");
+    assert!(
+        import.status.success(),
+        "{} cannot import {}: run `make test` (it installs them into .venv)\n{}",
+        path.display(),
+        modules.join(", "),
+        String::from_utf8_lossy(&import.stderr)
+    );
+    path
+}
+
+/// Writes a configuration with ONNX Runtime at `library` and `models` into
+/// `dir`, runs the daemon on it and returns its exit code and stderr: for
+/// tests of what makes it refuse to start.
+pub fn run_with_models(dir: &Path, library: &Path, models: &str) -> (i32, String) {
+    let config = write_config(dir, &dir.join("d.sock"), library, "", "", models);
+    run_daemon(
+        &["--config", config.to_str().expect("utf8")],
+        Duration::from_secs(30),
+    )
+}
+
 /// The committed tiny DeepSeek-R1-style causal LM (fixtures/llm/tiny-r1).
 pub fn llm_fixture() -> PathBuf {
     workspace().join("fixtures/llm/tiny-r1")

@@ -9,10 +9,10 @@
 //! notapplicable (systemd is not PID 1) and notselected.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use deepseek_tests::{Auditor, binary, is_root, workspace};
+use deepseek_tests::{Auditor, binary, is_root, python, workspace};
 use nix::sys::signal::Signal;
 
 /// The reports of one scenario, in the four formats.
@@ -100,20 +100,6 @@ fn the_four_formats_match_their_snapshots() {
     });
 }
 
-/// The Python of the virtual environment `make test` creates with
-/// jsonschema in it (`$DEEPSEEK_TEST_PYTHON` overrides).
-fn python() -> PathBuf {
-    let path = std::env::var_os("DEEPSEEK_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make test` (it creates .venv with jsonschema)",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn junit_and_sarif_reports_validate_against_their_schemas() {
     if !netns_root() {
@@ -131,7 +117,7 @@ fn junit_and_sarif_reports_validate_against_their_schemas() {
                 .arg(&file)
                 .output()
                 .expect("xmllint (Debian: libxml2-utils; make test installs it)"),
-            "sarif" => Command::new(python())
+            "sarif" => Command::new(python(&["jsonschema"]))
                 .args([
                     "-c",
                     "import json, sys, jsonschema\n\

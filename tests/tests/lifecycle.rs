@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use deepseek_tests::{
     Connection, Daemon, binary, get, inet_inodes, is_root, model_table, ort_library, post_json,
-    run_daemon, shared_tempdir, socket_inodes, write_config,
+    run_daemon, run_with_models, shared_tempdir, socket_inodes, write_config,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -219,20 +219,7 @@ async fn takes_its_socket_from_systemd() {
 
 /// Writes a config with `runtime` and `models` and runs the daemon on it.
 fn start_failure(runtime_library: &str, models: &str) -> (i32, String) {
-    let dir = shared_tempdir();
-    let socket = dir.path().join("d.sock");
-    let config = write_config(
-        dir.path(),
-        &socket,
-        Path::new(runtime_library),
-        "",
-        "",
-        models,
-    );
-    run_daemon(
-        &["--config", config.to_str().expect("utf8")],
-        Duration::from_secs(30),
-    )
+    run_with_models(shared_tempdir().path(), Path::new(runtime_library), models)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use deepseek_tests::{
     Daemon, get, llm_fixture, llm_table, model_table, post_json, request, run_daemon,
-    shared_tempdir, write_config,
+    run_with_models, shared_tempdir, write_config,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -600,18 +600,7 @@ fn fixture_copy(dir: &Path) -> std::path::PathBuf {
 }
 
 fn start(dir: &Path, models: &str) -> (i32, String) {
-    let config = write_config(
-        dir,
-        &dir.join("d.sock"),
-        &deepseek_tests::ort_library(),
-        "",
-        "",
-        models,
-    );
-    run_daemon(
-        &["--config", config.to_str().expect("utf8")],
-        Duration::from_secs(30),
-    )
+    run_with_models(dir, &deepseek_tests::ort_library(), models)
 }
 
 #[test]

@@ -7,36 +7,11 @@
 //! counts and none of their text.
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use deepseek_tests::{Daemon, llm_fixture, llm_table, workspace};
+use deepseek_tests::{Daemon, llm_fixture, llm_table, python, workspace};
 use serde_json::Value;
-
-/// The Python of the virtual environment `make test` creates with openai in
-/// it (`$DEEPSEEK_TEST_PYTHON` overrides), as compliance_reports.rs finds it.
-fn python() -> PathBuf {
-    let path = std::env::var_os("DEEPSEEK_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make test` (it creates .venv with openai)",
-        path.display()
-    );
-    let import = Command::new(&path)
-        .args(["-c", "import openai, httpx2"])
-        .output()
-        .expect("run python");
-    assert!(
-        import.status.success(),
-        "{} cannot import openai and httpx2: run `make test` (it installs openai==3.51.0 into .venv)\n{}",
-        path.display(),
-        String::from_utf8_lossy(&import.stderr)
-    );
-    path
-}
 
 /// The fixture's prompt named `name` in expected.json.
 fn prompt<'a>(expected: &'a Value, name: &str) -> &'a Value {
@@ -56,7 +31,7 @@ fn text<'a>(value: &'a Value, what: &str) -> &'a str {
 
 #[test]
 fn the_openai_python_client_gets_the_fixtures_greedy_outputs() {
-    let python = python();
+    let python = python(&["openai", "httpx2"]);
     let fixture = llm_fixture();
     let expected_path = fixture.join("expected.json");
     let expected: Value =
