@@ -82,27 +82,34 @@ fn the_graph_is_read_from_its_inputs_and_outputs() {
     assert!(!spec.logits_f16);
 }
 
-/// Greedy decoding step by step, as `expected.json` records it.
-fn greedy_ids(slot: &mut Slot, spec: &GraphSpec, prompt: &[u32], max: usize) -> Vec<u32> {
+/// Greedy decoding step by step, as `expected.json` records it, with the
+/// prompt run `chunk` tokens at a time.
+fn greedy_ids(
+    slot: &mut Slot,
+    spec: &GraphSpec,
+    prompt: &[u32],
+    chunk: usize,
+    max: usize,
+) -> Vec<u32> {
     let mut sampler = Sampler::new(SamplingParams::greedy(), 0, 384);
     let mut logits = Vec::new();
     let mut out = Vec::new();
     slot.reset(spec).expect("reset");
-    let mut input = prompt.to_vec();
+    slot.prefill(spec, prompt, chunk, &mut logits)
+        .expect("prefill");
     while out.len() < max {
-        slot.forward(spec, &input, &mut logits).expect("forward");
         let id = sampler.sample(&logits);
         out.push(id);
         if id == 1 {
             break;
         }
-        input = vec![id];
+        slot.forward(spec, &[id], &mut logits).expect("forward");
     }
     out
 }
 
 #[test]
-fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths() {
+fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths_whole_or_chunked() {
     let expected = expected();
     for binding in [false, true] {
         let (mut slot, spec) = slot(binding);
@@ -111,13 +118,16 @@ fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths() {
             let greedy = &prompt["greedy"];
             let max =
                 usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
-            let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), max);
-            assert_eq!(
-                got,
-                ids(&greedy["ids"]),
-                "{} (I/O binding: {binding})",
-                prompt["name"]
-            );
+            // Whole, and in pieces of 7 tokens as a long prompt would run.
+            for chunk in [512, 7] {
+                let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), chunk, max);
+                assert_eq!(
+                    got,
+                    ids(&greedy["ids"]),
+                    "{} (I/O binding: {binding}, prefill chunk {chunk})",
+                    prompt["name"]
+                );
+            }
         }
     }
 }

@@ -14,6 +14,9 @@ use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopOutcome};
 use super::tokenizer::Tokenizer;
 
+/// The most prompt tokens run at once (see [`Slot::prefill`]).
+pub const PREFILL_CHUNK: usize = 512;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
@@ -95,15 +98,19 @@ pub fn generate(
         digest.update(piece.as_bytes());
         events.blocking_send(split.push(&piece)).is_ok()
     };
-    let mut input = request.prompt_ids.clone();
+    slot.prefill(spec, &request.prompt_ids, PREFILL_CHUNK, &mut logits)
+        .map_err(runtime(0))?;
     // A stop string matched: what the decoder still holds comes after it.
     let mut matched = false;
+    let mut last = 0;
     let reason = loop {
         if generated == request.max_tokens {
             break FinishReason::Length;
         }
-        slot.forward(spec, &input, &mut logits)
-            .map_err(runtime(generated))?;
+        if generated > 0 {
+            slot.forward(spec, &[last], &mut logits)
+                .map_err(runtime(generated))?;
+        }
         let id = sampler.sample(&logits);
         generated += 1;
         if request.stop_ids.contains(&id) {
@@ -123,8 +130,7 @@ pub fn generate(
                 }
             }
         }
-        input.clear();
-        input.push(id);
+        last = id;
     };
     if reason != FinishReason::Cancelled {
         let mut rest = String::new();
