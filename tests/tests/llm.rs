@@ -551,6 +551,11 @@ async fn tensor_and_causal_models_are_served_side_by_side() {
     let models = [
         model_table("demo", "demo.onnx", ""),
         llm_table(MODEL, &llm_fixture(), "sessions = 2"),
+        llm_table(
+            "tiny-r1-gqa",
+            &llm_fixture().with_file_name("tiny-r1-gqa"),
+            "",
+        ),
     ]
     .concat();
     let d = Daemon::start("", &models);
@@ -575,6 +580,27 @@ async fn tensor_and_causal_models_are_served_side_by_side() {
     );
     let multi = greedy_text("chat_multi_turn");
     assert_eq!(message(&b.json())["reasoning_content"], multi.as_str());
+    // The GroupQueryAttention graph, its cache one shared buffer: same text.
+    let mut gqa = chat("chat_single_turn", json!({}));
+    gqa["model"] = json!("tiny-r1-gqa");
+    let answer = chat_ok(&d, &gqa).await;
+    assert_eq!(
+        message(&answer)["reasoning_content"],
+        greedy_text("chat_single_turn").as_str()
+    );
+    let models = get(&d.socket, "/v1/models").await.expect("models").json();
+    let kv: Vec<(&str, &str)> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().expect("id"),
+                m["kv_cache"].as_str().expect("kv_cache"),
+            )
+        })
+        .collect();
+    assert_eq!(kv, [("tiny-r1", "host"), ("tiny-r1-gqa", "shared")]);
     let hardening = get(&d.socket, "/v2/health/hardening")
         .await
         .expect("hardening")

@@ -1,7 +1,8 @@
 //! The causal-LM engine in process, against the ids `fixtures/llm/make_tiny_llm.py`
 //! recorded with Python onnxruntime: the KV-cache loop must reproduce them
-//! exactly, both as the CPU runs it (`run`) and on the I/O-binding path the
-//! GPU takes (here with host memory standing in for the device).
+//! exactly, as the CPU runs it (`run`), on the I/O-binding path the GPU
+//! takes (here with host memory standing in for the device), and with one
+//! shared past/present buffer on tiny-r1-gqa (GroupQueryAttention).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;
@@ -10,7 +11,7 @@ use deepseek_tests::{llm_fixture, ort_library};
 use deepseekd::config::RuntimeConfig;
 use deepseekd::engine::llm::files::ModelFiles;
 use deepseekd::engine::llm::generate::{FinishReason, GenerateRequest, generate};
-use deepseekd::engine::llm::model::{GraphSpec, KvType, Slot};
+use deepseekd::engine::llm::model::{GraphSpec, KvPlacement, KvType, Slot};
 use deepseekd::engine::llm::sampling::{Sampler, SamplingParams};
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use ort::environment::Environment;
@@ -47,22 +48,36 @@ fn ids(value: &Value) -> Vec<u32> {
         .collect()
 }
 
+fn gqa_fixture() -> std::path::PathBuf {
+    llm_fixture().with_file_name("tiny-r1-gqa")
+}
+
 fn files() -> ModelFiles {
     let dir = llm_fixture();
     ModelFiles::read(&dir, &dir.join("model.onnx"), BTreeMap::new()).expect("fixture files")
 }
 
-fn slot(binding: bool) -> (Slot, GraphSpec) {
+fn slot_in(dir: &std::path::Path, placement: KvPlacement) -> (Slot, GraphSpec) {
     let files = files();
     let session = Session::builder(environment())
         .expect("builder")
         .with_intra_threads(1)
         .expect("threads")
-        .commit_from_file(llm_fixture().join("model.onnx"))
+        .commit_from_file(dir.join("model.onnx"))
         .expect("session");
     let spec = GraphSpec::read(&session, &files.arch).expect("graph spec");
-    let memory = binding.then(Slot::host_memory);
-    (Slot::new(session, memory).expect("slot"), spec)
+    (Slot::new(session, &spec, placement).expect("slot"), spec)
+}
+
+fn slot(binding: bool) -> (Slot, GraphSpec) {
+    // Memory descriptions are made by ONNX Runtime: load it first.
+    environment();
+    let placement = if binding {
+        KvPlacement::Device(Slot::host_memory())
+    } else {
+        KvPlacement::Host
+    };
+    slot_in(&llm_fixture(), placement)
 }
 
 #[test]
@@ -130,6 +145,53 @@ fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths_whole_or_chunked(
             }
         }
     }
+}
+
+#[test]
+fn a_shared_past_present_buffer_reproduces_the_recorded_ids() {
+    environment();
+    let expected = expected();
+    let shared = KvPlacement::Shared {
+        memory: Slot::host_memory(),
+        capacity: 256,
+    };
+    for placement in [shared, KvPlacement::Host] {
+        let name = placement.name();
+        let (mut slot, spec) = slot_in(&gqa_fixture(), placement);
+        assert!(!spec.position_ids, "positions come from the attention op");
+        for prompt in expected["prompts"].as_array().expect("prompts") {
+            let greedy = &prompt["greedy"];
+            let max =
+                usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
+            for chunk in [512, 5] {
+                let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), chunk, max);
+                assert_eq!(
+                    got,
+                    ids(&greedy["ids"]),
+                    "{} (KV cache {name}, prefill chunk {chunk})",
+                    prompt["name"]
+                );
+            }
+        }
+    }
+    // A generation that would run past the buffer is refused, not corrupted.
+    let (mut slot, spec) = slot_in(
+        &gqa_fixture(),
+        KvPlacement::Shared {
+            memory: Slot::host_memory(),
+            capacity: 8,
+        },
+    );
+    slot.reset(&spec).expect("reset");
+    let mut logits = Vec::new();
+    let err = slot
+        .forward(&spec, &[0; 9], &mut logits)
+        .expect_err("over capacity");
+    assert!(
+        err.to_string()
+            .contains("exceed the KV buffer of 8 positions"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -120,7 +120,7 @@ impl Engine {
                     layers = info.layers,
                     kv_heads = info.kv_heads,
                     head_dim = info.head_dim,
-                    kv_on_device = info.kv_on_device,
+                    kv_cache = info.kv_cache,
                     elapsed_ms = started.elapsed().as_millis(),
                     "causal LM loaded and warmed up"
                 );

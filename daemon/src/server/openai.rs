@@ -134,6 +134,7 @@ fn model_object(state: &AppState, lm: &CausalLm) -> Value {
         "owned_by": "deepseekd",
         "context_length": info.context_length,
         "device": info.device.to_string(),
+        "kv_cache": info.kv_cache,
     })
 }
 

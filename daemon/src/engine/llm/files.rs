@@ -1,7 +1,8 @@
 //! The files of a causal-LM directory in Hugging Face Optimum's layout:
 //! `config.json`, `generation_config.json` (optional), `tokenizer.json`,
 //! `tokenizer_config.json` (with `chat_template`, or a `chat_template.jinja`
-//! beside it) and the ONNX graph.
+//! beside it), onnxruntime-genai's `genai_config.json` (optional) and the
+//! ONNX graph.
 //!
 //! Every file is parsed from the bytes the integrity check hashed when the
 //! database covers it, so what is used is what was verified.
@@ -13,18 +14,20 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// The files read from verified bytes, apart from the graph.
-pub const METADATA_FILES: [&str; 5] = [
+pub const METADATA_FILES: [&str; 6] = [
     CONFIG,
     GENERATION_CONFIG,
     TOKENIZER,
     TOKENIZER_CONFIG,
     CHAT_TEMPLATE,
+    GENAI_CONFIG,
 ];
 const CONFIG: &str = "config.json";
 const GENERATION_CONFIG: &str = "generation_config.json";
 const TOKENIZER: &str = "tokenizer.json";
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 const CHAT_TEMPLATE: &str = "chat_template.jinja";
+const GENAI_CONFIG: &str = "genai_config.json";
 
 /// A file of the model directory that is missing, unreadable or not what
 /// the layout expects; the message names the file and the key.
@@ -93,6 +96,22 @@ pub struct GenerationConfig {
     pub top_k: Option<u32>,
     #[serde(default)]
     pub eos_token_id: Option<TokenIds>,
+}
+
+/// `genai_config.json`, as onnxruntime-genai's model builder writes it; only
+/// what changes how the cache is kept is read.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct GenaiConfig {
+    #[serde(default)]
+    search: GenaiSearch,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct GenaiSearch {
+    /// The graph's attention (GroupQueryAttention) appends to a past buffer
+    /// of the whole context in place.
+    #[serde(default)]
+    past_present_share_buffer: bool,
 }
 
 /// A special token as `tokenizer_config.json` writes it: a string or an
@@ -164,6 +183,8 @@ pub struct ModelFiles {
     pub generation: GenerationConfig,
     pub tokenizer_json: Vec<u8>,
     pub tokenizer: TokenizerConfig,
+    /// `genai_config.json` says past and present may share one buffer.
+    pub share_kv_buffer: bool,
     pub graph: Graph,
 }
 
@@ -211,6 +232,10 @@ impl ModelFiles {
             &required(TOKENIZER_CONFIG, take(TOKENIZER_CONFIG)?)?,
         )?;
         let jinja = take(CHAT_TEMPLATE)?;
+        let genai: GenaiConfig = match take(GENAI_CONFIG)? {
+            Some(bytes) => parse(dir, GENAI_CONFIG, &bytes)?,
+            None => GenaiConfig::default(),
+        };
         let chat_template = chat_template(dir, raw.chat_template, jinja)?;
         let tokenizer = TokenizerConfig {
             chat_template,
@@ -237,6 +262,7 @@ impl ModelFiles {
             generation,
             tokenizer_json,
             tokenizer,
+            share_kv_buffer: genai.search.past_present_share_buffer,
             graph,
         })
     }
@@ -310,6 +336,10 @@ mod tests {
         );
         assert!(files.tokenizer.chat_template.contains("raise_exception"));
         assert!(matches!(files.graph, Graph::Path(_)));
+        assert!(!files.share_kv_buffer);
+        let gqa = dir.with_file_name("tiny-r1-gqa");
+        let files = ModelFiles::read(&gqa, &gqa.join("model.onnx"), BTreeMap::new()).expect("gqa");
+        assert!(files.share_kv_buffer);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::session::{InferError, LoadError, Sessions, admit};
 use crate::config::{Device, ModelConfig};
 use files::ModelFiles;
 use generate::{Delta, FinishReason, Finished, GenerateRequest};
-use model::{GraphSpec, Slot};
+use model::{GraphSpec, KvPlacement, Slot};
 use sampling::SamplingParams;
 use template::{ChatTemplate, Message};
 use tokenizer::Tokenizer;
@@ -44,8 +44,10 @@ pub struct LmInfo {
     pub layers: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-    /// Whether the KV cache stays on the device between steps (I/O binding).
-    pub kv_on_device: bool,
+    /// Where the KV cache is kept between steps: `host` (fed back),
+    /// `device` (I/O binding, never copied to the host) or `shared` (one
+    /// buffer per layer, appended in place).
+    pub kv_cache: &'static str,
 }
 
 /// A loaded causal LM and its slots.
@@ -140,18 +142,24 @@ impl CausalLm {
         } else {
             SamplingParams::greedy()
         };
-        let device_memory = match device {
-            Device::Cuda => {
-                Some(Slot::cuda_memory(config.device_id).map_err(|e| fail(e.to_string()))?)
-            }
-            Device::Cpu => None,
+        let memory = match device {
+            Device::Cuda => Slot::cuda_memory(config.device_id).map_err(|e| fail(e.to_string()))?,
+            Device::Cpu => Slot::host_memory(),
         };
-        let kv_on_device = device_memory.is_some();
+        let placement = match (files.share_kv_buffer, device) {
+            (true, _) => KvPlacement::Shared {
+                memory,
+                capacity: context_length,
+            },
+            (false, Device::Cuda) => KvPlacement::Device(memory),
+            (false, Device::Cpu) => KvPlacement::Host,
+        };
+        let kv_cache = placement.name();
         let mut slots = sessions
             .into_iter()
-            .map(|session| Slot::new(session, device_memory.clone()))
+            .map(|session| Slot::new(session, &spec, placement.clone()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(format!("cannot set up the KV cache ({kv_cache}): {e}")))?;
         if config.warm_up {
             let bos = files
                 .tokenizer
@@ -187,7 +195,7 @@ impl CausalLm {
             layers: spec.layers,
             kv_heads: spec.kv_heads,
             head_dim: spec.head_dim,
-            kv_on_device,
+            kv_cache,
         };
         Ok(Self {
             admission: Arc::new(Semaphore::new(slots.len() + config.queue_depth)),

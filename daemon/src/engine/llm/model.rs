@@ -1,13 +1,17 @@
 //! The decoder graph: what its inputs and outputs say about the KV cache,
 //! and one forward pass with the cache fed back.
 //!
-//! Two ways to run a step share the code: on the CPU the cache goes in and
+//! Three ways to keep the cache ([`KvPlacement`]): on the CPU it goes in and
 //! out as session values (`run`); on a GPU it is bound with ONNX Runtime's
 //! I/O binding, the presents allocated on the device and bound as the next
-//! step's past, so the cache never leaves the device.
+//! step's past, so the cache never leaves the device; and for graphs whose
+//! attention appends in place (GroupQueryAttention, `genai_config.json`'s
+//! `past_present_share_buffer`), one buffer of the whole context per layer
+//! is bound as both past and present, so nothing is copied or reallocated
+//! per token.
 
 use half::f16;
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::IoBinding;
 use ort::session::{Session, SessionOutputs};
 use ort::value::{DynValue, Outlet, Tensor, TensorElementType, ValueType};
@@ -167,33 +171,93 @@ impl GraphSpec {
     }
 }
 
+/// Where a slot keeps its KV cache between steps.
+#[derive(Debug, Clone)]
+pub enum KvPlacement {
+    /// Session values on the host, fed back each step.
+    Host,
+    /// Presents allocated in this (device) memory and bound as the next past.
+    Device(MemoryInfo<'static>),
+    /// One buffer of `capacity` positions per past/present pair, allocated
+    /// once in this memory and bound as both.
+    Shared {
+        memory: MemoryInfo<'static>,
+        capacity: usize,
+    },
+}
+
+impl KvPlacement {
+    pub fn name(&self) -> &'static str {
+        match self {
+            KvPlacement::Host => "host",
+            KvPlacement::Device(_) => "device",
+            KvPlacement::Shared { .. } => "shared",
+        }
+    }
+}
+
+/// How a slot runs a step.
+#[derive(Debug)]
+enum Mode {
+    Run,
+    Bind {
+        binding: IoBinding,
+        memory: MemoryInfo<'static>,
+    },
+    Shared {
+        binding: IoBinding,
+        /// One per `GraphSpec::past` name, `[1, kv_heads, capacity, head_dim]`.
+        buffers: Vec<DynValue>,
+        capacity: usize,
+    },
+}
+
 /// One session with the state of the generation it is running.
 #[derive(Debug)]
 pub struct Slot {
     session: Session,
-    /// Set when the cache lives on a device: the binding and the memory the
-    /// presents are allocated in.
-    binding: Option<(IoBinding, MemoryInfo<'static>)>,
-    /// The cache so far, one value per `GraphSpec::past` name.
+    mode: Mode,
+    /// The cache so far, one value per `GraphSpec::past` name (not used by
+    /// shared buffers).
     past: Vec<DynValue>,
     /// Tokens in the cache.
     len: usize,
 }
 
 impl Slot {
-    /// A slot running on the CPU, or with I/O binding and the cache in
-    /// `device_memory`.
+    /// A slot keeping its cache as `placement` says.
     pub fn new(
         session: Session,
-        device_memory: Option<MemoryInfo<'static>>,
+        spec: &GraphSpec,
+        placement: KvPlacement,
     ) -> Result<Self, ort::Error> {
-        let binding = match device_memory {
-            Some(memory) => Some((session.create_binding()?, memory)),
-            None => None,
+        let mode = match placement {
+            KvPlacement::Host => Mode::Run,
+            KvPlacement::Device(memory) => Mode::Bind {
+                binding: session.create_binding()?,
+                memory,
+            },
+            KvPlacement::Shared { memory, capacity } => {
+                let allocator = Allocator::new(&session, memory)?;
+                let shape = [1, spec.kv_heads, capacity, spec.head_dim];
+                let buffers = (0..spec.past.len())
+                    .map(|_| {
+                        Ok(match spec.kv_type {
+                            KvType::F32 => Tensor::<f32>::new(&allocator, shape)?.into_dyn(),
+                            KvType::F16 => Tensor::<f16>::new(&allocator, shape)?.into_dyn(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ort::Error>>()?;
+                Mode::Shared {
+                    binding: session.create_binding()?,
+                    buffers,
+                    capacity,
+                }
+            }
         };
         Ok(Self {
             session,
-            binding,
+            mode,
             past: Vec::new(),
             len: 0,
         })
@@ -216,16 +280,30 @@ impl Slot {
     }
 
     pub fn uses_binding(&self) -> bool {
-        self.binding.is_some()
+        !matches!(self.mode, Mode::Run)
     }
 
-    /// Forgets the previous generation's cache (no user's cache outlives
-    /// their request) and starts an empty one.
+    /// Forgets the previous generation's cache and starts an empty one. A
+    /// growing cache is dropped (no user's cache outlives their request); a
+    /// shared buffer is kept, and what it holds beyond the new request's
+    /// length is never read.
     pub fn reset(&mut self, spec: &GraphSpec) -> Result<(), ort::Error> {
-        if let Some((binding, _)) = &mut self.binding {
-            binding.clear();
-        }
         self.len = 0;
+        match &mut self.mode {
+            Mode::Run => {}
+            Mode::Bind { binding, .. } => binding.clear(),
+            Mode::Shared {
+                binding, buffers, ..
+            } => {
+                binding.clear();
+                for ((past, present), buffer) in spec.past.iter().zip(&spec.present).zip(buffers) {
+                    binding.bind_input(past.as_str(), &*buffer)?;
+                    binding.bind_output(present.as_str(), &mut *buffer)?;
+                }
+                self.past.clear();
+                return Ok(());
+            }
+        }
         self.past = (0..spec.past.len())
             .map(|_| empty_past(spec))
             .collect::<Result<_, _>>()?;
@@ -269,8 +347,8 @@ impl Slot {
         let positions =
             Tensor::from_array(([1, n], (0..n as i64).map(|i| first + i).collect::<Vec<_>>()))?;
         let past = std::mem::take(&mut self.past);
-        let mut outputs = match &mut self.binding {
-            None => {
+        let mut outputs = match &mut self.mode {
+            Mode::Run => {
                 let mut inputs: Vec<(String, DynValue)> = Vec::with_capacity(3 + past.len());
                 inputs.push(("input_ids".to_owned(), input_ids.into_dyn()));
                 inputs.push(("attention_mask".to_owned(), mask.into_dyn()));
@@ -280,7 +358,27 @@ impl Slot {
                 inputs.extend(spec.past.iter().cloned().zip(past));
                 self.session.run(inputs)?
             }
-            Some((binding, memory)) => {
+            Mode::Shared {
+                binding, capacity, ..
+            } => {
+                if total > *capacity {
+                    return Err(ort::Error::new(format!(
+                        "{total} tokens exceed the KV buffer of {capacity} positions"
+                    )));
+                }
+                binding.bind_input("input_ids", &input_ids)?;
+                binding.bind_input("attention_mask", &mask)?;
+                if spec.position_ids {
+                    binding.bind_input("position_ids", &positions)?;
+                }
+                binding.bind_output_to_device("logits", &MemoryInfo::default())?;
+                let outputs = self.session.run_binding(binding)?;
+                binding.synchronize_outputs()?;
+                last_logits(spec, &outputs, n, logits)?;
+                self.len = total;
+                return Ok(());
+            }
+            Mode::Bind { binding, memory } => {
                 binding.bind_input("input_ids", &input_ids)?;
                 binding.bind_input("attention_mask", &mask)?;
                 if spec.position_ids {
