@@ -680,3 +680,24 @@ fn a_directory_that_does_not_fit_is_refused_naming_what_is_missing() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_auditor_no_text_leaves_the_daemon() {
+    let mut d = daemon("");
+    d.auditor
+        .as_mut()
+        .expect("auditor")
+        .stop(nix::sys::signal::Signal::SIGKILL);
+    for stream in [false, true] {
+        let body = chat("chat_single_turn", json!({"stream": stream}));
+        let refused = post_json(&d.socket, "/v1/chat/completions", &body).await;
+        assert_eq!(refused.status, 503, "{:?}", refused.body);
+        let error = &refused.json()["error"];
+        assert_eq!(error["code"], "audit_unavailable");
+        assert_eq!(error["type"], "server_error");
+        assert!(
+            !String::from_utf8_lossy(&refused.body).contains("tiG"),
+            "no generated text in a refusal"
+        );
+    }
+}
