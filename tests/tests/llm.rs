@@ -339,6 +339,28 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
             .contains("between 0 and 2")
     );
 
+    let (status, error) = error_of(
+        &d,
+        chat_path,
+        &chat("chat_single_turn", json!({"top_p": 0})),
+    )
+    .await;
+    assert_eq!(
+        (status, error["message"].as_str()),
+        (
+            400,
+            Some("top_p must be greater than 0 and at most 1, got 0")
+        )
+    );
+
+    let (status, error) = error_of(
+        &d,
+        chat_path,
+        &chat("chat_single_turn", json!({"logit_bias": {"52": -100}})),
+    )
+    .await;
+    assert_eq!((status, &error["param"]), (400, &json!("logit_bias")));
+
     let (status, error) = error_of(&d, chat_path, &chat("chat_single_turn", json!({"n": 2}))).await;
     assert_eq!((status, &error["param"]), (400, &json!("n")));
 
@@ -434,7 +456,10 @@ async fn every_request_is_audited_with_digests_and_counts_never_text() {
     let body = chat("chat_single_turn", json!({"seed": 5}));
     let answer = post_json(&d.socket, "/v1/chat/completions", &body).await;
     assert_eq!(answer.status, 200);
-    let streamed = chat("chat_non_ascii", json!({"stream": true}));
+    let streamed = chat(
+        "chat_non_ascii",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
     let stream = post_json(&d.socket, "/v1/chat/completions", &streamed).await;
     let bad = post_json(&d.socket, "/v1/chat/completions", &json!({"model": MODEL})).await;
     assert_eq!(bad.status, 400);

@@ -232,6 +232,8 @@ struct ApiRequest {
     suffix: Option<String>,
     #[serde(default)]
     reasoning_format: Option<ReasoningFormat>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +387,13 @@ async fn prepare(
             "response_format",
         ));
     }
+    if body
+        .logit_bias
+        .as_ref()
+        .is_some_and(|v| !(v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty)))
+    {
+        return Err(unsupported("logit_bias", "logit_bias"));
+    }
     if body.echo == Some(true) {
         return Err(unsupported("echo", "echo"));
     }
@@ -392,7 +401,16 @@ async fn prepare(
         return Err(unsupported("suffix", "suffix"));
     }
     check_range("temperature", body.temperature, 0.0, 2.0)?;
-    check_range("top_p", body.top_p, f32::MIN_POSITIVE, 1.0)?;
+    if body.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return Err(OpenAiError::invalid(
+            format!(
+                "top_p must be greater than 0 and at most 1, got {}",
+                body.top_p.unwrap_or_default()
+            ),
+            Some("top_p"),
+            None,
+        ));
+    }
     check_range("min_p", body.min_p, 0.0, 1.0)?;
     check_range("presence_penalty", body.presence_penalty, -2.0, 2.0)?;
     check_range("frequency_penalty", body.frequency_penalty, -2.0, 2.0)?;
@@ -404,20 +422,30 @@ async fn prepare(
                 None,
             ));
         }
-        (Some(0), _) | (_, Some(0)) => {
+        (Some(0), _) => {
             return Err(OpenAiError::invalid(
                 "max_tokens must be at least 1",
                 Some("max_tokens"),
                 None,
             ));
         }
+        (_, Some(0)) => {
+            return Err(OpenAiError::invalid(
+                "max_completion_tokens must be at least 1",
+                Some("max_completion_tokens"),
+                None,
+            ));
+        }
         (a, b) => a.or(b).map(|n| n as usize),
     };
-    let stop = match body.stop {
+    let stop: Vec<String> = match body.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(v)) => v,
-    };
+    }
+    .into_iter()
+    .filter(|s| !s.is_empty())
+    .collect();
     if stop.len() > 4 {
         return Err(OpenAiError::invalid(
             format!("stop holds {} strings, at most 4 are allowed", stop.len()),
@@ -491,6 +519,13 @@ async fn prepare(
         .await
         .map_err(|e| InferError::Runtime(e.to_string()))?
         .map_err(|e| InferError::Runtime(format!("tokenizing the prompt failed: {e}")))?;
+    if prompt_ids.is_empty() {
+        return Err(OpenAiError::invalid(
+            format!("the {param} is empty: there is nothing to continue"),
+            Some(param),
+            None,
+        ));
+    }
     let context = model.info().context_length;
     let prompt_len = prompt_ids.len();
     let too_long = prompt_len >= context || max_tokens.is_some_and(|m| prompt_len + m > context);
@@ -530,7 +565,7 @@ async fn prepare(
         max_tokens: max_tokens.unwrap_or(context - prompt_len),
         sampling,
         seed: seed.map_or_else(random_seed, |s| s as u64),
-        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        stop,
         stop_ids,
         split_reasoning: split,
     };
@@ -616,7 +651,8 @@ struct Record {
     endpoint: Endpoint,
     model: Option<String>,
     id: String,
-    request_sha256: String,
+    /// None when the body could not be read.
+    request_sha256: Option<String>,
 }
 
 impl Record {
@@ -629,7 +665,7 @@ impl Record {
             .as_ref()
             .and_then(|m| state.model_digests.get(m).cloned().flatten());
         entry.request_id = Some(self.id.clone());
-        entry.request_sha256 = Some(self.request_sha256.clone());
+        entry.request_sha256.clone_from(&self.request_sha256);
         entry.status = Some(status.as_u16());
         entry.latency_us =
             Some(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -718,20 +754,20 @@ async fn handle(
     endpoint: Endpoint,
 ) -> Response {
     let started = Instant::now();
-    let bytes = match read_body(body, &headers, state.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(e) => return OpenAiError::from(e).into_response(),
-    };
-    let mut model = None;
-    let prepared = prepare(&state, endpoint, &bytes, &mut model).await;
-    let record = Record {
+    let mut record = Record {
         peer,
         started,
         endpoint,
-        model,
+        model: None,
         id: completion_id(endpoint),
-        request_sha256: hex_sha256(&bytes),
+        request_sha256: None,
     };
+    let bytes = match read_body(body, &headers, state.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return refuse(&state, &record, e.into()).await,
+    };
+    record.request_sha256 = Some(hex_sha256(&bytes));
+    let prepared = prepare(&state, endpoint, &bytes, &mut record.model).await;
     drop(bytes);
     let prepared = match prepared {
         Ok(prepared) => prepared,
@@ -949,9 +985,19 @@ struct Chunks<'a> {
 impl Chunks<'_> {
     /// Sends one `data:` event; false once the client is gone.
     async fn send(&mut self, data: &Value) -> bool {
+        let event = self.encode(data);
+        self.push(event).await
+    }
+
+    /// One `data:` event, counted in the digest of what is streamed.
+    fn encode(&mut self, data: &Value) -> Bytes {
         let event = format!("data: {data}\n\n");
         self.digest.update(event.as_bytes());
-        self.body.send(Ok(Bytes::from(event))).await.is_ok()
+        Bytes::from(event)
+    }
+
+    async fn push(&self, event: Bytes) -> bool {
+        self.body.send(Ok(event)).await.is_ok()
     }
 
     fn chunk(&self, choices: Value) -> Value {
@@ -1029,7 +1075,16 @@ async fn drive_stream(
     };
     let mut connected = chunks.send(&chunks.chunk(first)).await;
     while connected {
-        let Some(delta) = deltas.recv().await else {
+        // A client that leaves is noticed at once, also while the request
+        // still waits for a slot.
+        let delta = tokio::select! {
+            delta = deltas.recv() => delta,
+            () = chunks.body.closed() => {
+                connected = false;
+                break;
+            }
+        };
+        let Some(delta) = delta else {
             break;
         };
         for piece in chunks.pieces(&delta) {
@@ -1065,6 +1120,13 @@ async fn drive_stream(
         connected = chunks.send(&chunks.chunk(done)).await;
     }
     Record::add_finished(&mut entry, &finished);
+    // The usage chunk is known now: it goes out after the record, which
+    // covers it, so the digest is of every byte before `[DONE]`.
+    let usage_chunk = (connected && prepared.include_usage).then(|| {
+        let mut chunk = chunks.chunk(json!([]));
+        chunk["usage"] = usage(&prepared, &finished);
+        chunks.encode(&chunk)
+    });
     entry.response_sha256 = Some(deepseek_integrity::digest::hex(
         &chunks.digest.clone().finalize(),
     ));
@@ -1082,15 +1144,10 @@ async fn drive_stream(
     if !connected {
         return;
     }
-    if prepared.include_usage {
-        let mut chunk = chunks.chunk(json!([]));
-        chunk["usage"] = usage(&prepared, &finished);
-        if !chunks.send(&chunk).await {
-            return;
-        }
+    if let Some(chunk) = usage_chunk
+        && !chunks.push(chunk).await
+    {
+        return;
     }
-    let _ = chunks
-        .body
-        .send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
-        .await;
+    let _ = chunks.push(Bytes::from_static(b"data: [DONE]\n\n")).await;
 }

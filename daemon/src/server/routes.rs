@@ -199,12 +199,15 @@ fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, Api
         ));
     }
     state.engine.model(name).ok_or_else(|| {
+        let names: Vec<&str> = state.engine.names().collect();
+        let served = if names.is_empty() {
+            "no tensor models (its causal LMs are under /v1)".to_owned()
+        } else {
+            names.join(", ")
+        };
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!(
-                "unknown model {name:?}; this daemon serves: {}",
-                state.engine.names().collect::<Vec<_>>().join(", ")
-            ),
+            format!("unknown model {name:?}; this daemon serves: {served}"),
         )
     })
 }
