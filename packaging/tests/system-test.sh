@@ -129,6 +129,11 @@ check "the socket is 0660 deepseek:deepseek" sh -c \
     'test "$(stat -c "%a %U %G" /run/deepseek/deepseekd.sock)" = "660 deepseek deepseek"'
 check "alice (group deepseek) gets an answer" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '\"data\":[3.0,5.0,7.0,9.0]'"
 check "mallory (not in group deepseek) cannot connect" sh -c "$(declare -f infer); request='$request'; ! infer mallory"
+chat='{"model":"tiny-r1","messages":[{"role":"user","content":"What is the capital of France?"}],"temperature":0,"max_tokens":24}'
+check "alice chats with the demo causal LM (OpenAI API): the recorded greedy reasoning" sh -c \
+    "runuser -u alice -- curl -sS --max-time 60 --unix-socket /run/deepseek/deepseekd.sock http://localhost/v1/chat/completions -d '$chat' | grep -F '\"reasoning_content\":\"R o<｜Assistant｜>|tiG worterQes_ow h]ow8 ThewQG worTheepgh\"'"
+evidence "the chat answer" runuser -u alice -- curl -sS --max-time 60 --unix-socket /run/deepseek/deepseekd.sock \
+    http://localhost/v1/chat/completions -d "$chat"
 evidence "mallory's attempt" infer mallory
 check "the service is active and ready (Type=notify)" sh -c \
     'test "$(systemctl show -P ActiveState deepseekd.service)" = active'
