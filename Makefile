@@ -4,6 +4,8 @@
 #               model on ./run/deepseekd.sock in the foreground
 #   make test   fetch what the tests need, then fmt, clippy and every test
 #   make bench  the socket-overhead benchmark (BENCHMARKS.md)
+#   make bench-llm  tiny-r1 prefill and decode tokens/s, socket against in
+#               process (BENCHMARKS.md)
 #   make bench-integrity  deepseek-integrity against AIDE and sha256sum
 #               (BENCHMARKS.md; root, ~9 GiB free under BENCH_DIR)
 #   make deb    the Debian package (CPU ONNX Runtime) in target/debian/;
@@ -19,7 +21,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test bench bench-audit bench-integrity ort deps clean FORCE man deb deb-cuda check-units system-test release
+.PHONY: run run-config test bench bench-llm bench-audit bench-integrity ort deps clean FORCE man deb deb-cuda check-units system-test release
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -235,6 +237,13 @@ system-test: deb
 bench: ort
 	cargo build --release --bin deepseekd
 	cargo bench -p deepseek-tests --bench socket_overhead -- $(BENCH_ARGS)
+
+# The causal-LM fixture through the OpenAI API (streamed, audited, locked
+# down as root) against the daemon's engine in process, interleaved rounds.
+# BENCH_ARGS="--rounds 200" for longer measurements (default 60).
+bench-llm: ort
+	cargo build --release --bin deepseekd --bin deepseek-audit
+	cargo bench -p deepseek-tests --bench llm_throughput -- $(BENCH_ARGS)
 
 # BENCH_DIR=/somewhere/else for the scratch trees (default /var/tmp/deepseek-bench);
 # REPS_WARM, REPS_COLD and the other knobs are listed in the script.
