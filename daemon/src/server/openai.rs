@@ -322,6 +322,46 @@ fn unsupported(what: &str, param: &str) -> OpenAiError {
     )
 }
 
+/// Fields this server cannot honour are refused rather than ignored, as
+/// they would change the answer.
+fn refuse_unsupported(body: &ApiRequest) -> Result<(), OpenAiError> {
+    // Set to something other than null or the value that means "off".
+    let given = |value: &Option<Value>, off: &dyn Fn(&Value) -> bool| {
+        value.as_ref().is_some_and(|v| !v.is_null() && !off(v))
+    };
+    let checks = [
+        (body.n.is_some_and(|n| n != 1), "n other than 1", "n"),
+        (
+            given(&body.logprobs, &|v| *v == json!(false) || *v == json!(0)),
+            "logprobs",
+            "logprobs",
+        ),
+        (
+            given(&body.tools, &|v| v.as_array().is_some_and(Vec::is_empty)),
+            "tools",
+            "tools",
+        ),
+        (
+            given(&body.response_format, &|v| v["type"] == "text"),
+            "a response_format other than text",
+            "response_format",
+        ),
+        (
+            given(&body.logit_bias, &|v| {
+                v.as_object().is_some_and(serde_json::Map::is_empty)
+            }),
+            "logit_bias",
+            "logit_bias",
+        ),
+        (body.echo == Some(true), "echo", "echo"),
+        (body.suffix.is_some(), "suffix", "suffix"),
+    ];
+    match checks.into_iter().find(|(refused, ..)| *refused) {
+        Some((_, what, param)) => Err(unsupported(what, param)),
+        None => Ok(()),
+    }
+}
+
 /// Parses the body, checks every parameter and builds the prompt.
 async fn prepare(
     state: &AppState,
@@ -360,46 +400,7 @@ async fn prepare(
     })?;
     *model_name = Some(body.model.clone());
     let model = Arc::clone(find(state, &body.model)?);
-    if body.n.is_some_and(|n| n != 1) {
-        return Err(unsupported("n other than 1", "n"));
-    }
-    if body
-        .logprobs
-        .as_ref()
-        .is_some_and(|v| !(v.is_null() || *v == json!(false) || *v == json!(0)))
-    {
-        return Err(unsupported("logprobs", "logprobs"));
-    }
-    if body
-        .tools
-        .as_ref()
-        .is_some_and(|v| !(v.is_null() || v.as_array().is_some_and(Vec::is_empty)))
-    {
-        return Err(unsupported("tools", "tools"));
-    }
-    if body
-        .response_format
-        .as_ref()
-        .is_some_and(|v| !(v.is_null() || v["type"] == "text"))
-    {
-        return Err(unsupported(
-            "a response_format other than text",
-            "response_format",
-        ));
-    }
-    if body
-        .logit_bias
-        .as_ref()
-        .is_some_and(|v| !(v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty)))
-    {
-        return Err(unsupported("logit_bias", "logit_bias"));
-    }
-    if body.echo == Some(true) {
-        return Err(unsupported("echo", "echo"));
-    }
-    if body.suffix.is_some() {
-        return Err(unsupported("suffix", "suffix"));
-    }
+    refuse_unsupported(&body)?;
     check_range("temperature", body.temperature, 0.0, 2.0)?;
     if body.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
         return Err(OpenAiError::invalid(
