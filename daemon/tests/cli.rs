@@ -96,7 +96,9 @@ fn check_config_names_file_line_and_key_and_exits_78() {
         "{out}"
     );
     assert!(
-        out.contains("unknown field `intra_threads`, expected one of `name`, `path`, `device`"),
+        out.contains(
+            "unknown field `intra_threads`, expected one of `name`, `kind`, `path`, `model_file`"
+        ),
         "{out}"
     );
 }
