@@ -107,6 +107,19 @@ async fn chat_gives_the_recorded_greedy_text_as_reasoning() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL);
     assert_eq!(models["data"][0]["context_length"], 256);
+    let shape = &models["data"][0];
+    assert_eq!(
+        (&shape["layers"], &shape["kv_heads"], &shape["head_dim"]),
+        (&json!(2), &json!(2), &json!(16))
+    );
+    assert_eq!(
+        (&shape["slots"], &shape["queue_depth"], &shape["kv_cache"]),
+        (&json!(1), &json!(64), &json!("host"))
+    );
+    assert_eq!(
+        shape["graph"],
+        llm_fixture().join("model.onnx").display().to_string()
+    );
     let one = get(&d.socket, "/v1/models/tiny-r1").await.expect("model");
     assert_eq!(one.json()["id"], MODEL);
     let none = get(&d.socket, "/v1/models/nope").await.expect("model");

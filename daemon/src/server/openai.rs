@@ -134,7 +134,14 @@ fn model_object(state: &AppState, lm: &CausalLm) -> Value {
         "owned_by": "deepseekd",
         "context_length": info.context_length,
         "device": info.device.to_string(),
+        "cpu_fallback_reason": info.cpu_fallback_reason,
         "kv_cache": info.kv_cache,
+        "slots": info.slots,
+        "queue_depth": info.queue_depth,
+        "graph": info.graph,
+        "layers": info.layers,
+        "kv_heads": info.kv_heads,
+        "head_dim": info.head_dim,
     })
 }
 
