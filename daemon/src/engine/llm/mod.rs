@@ -274,6 +274,21 @@ impl CausalLm {
     }
 }
 
+/// `text` cut before the characters at the indices `cuts` (those past the
+/// end ignored): the chunkings the streaming property tests try.
+#[cfg(test)]
+pub(crate) fn split_at_chars<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
+    let mut bounds: Vec<usize> = cuts
+        .iter()
+        .filter_map(|&c| text.char_indices().nth(c).map(|(i, _)| i))
+        .collect();
+    bounds.push(0);
+    bounds.push(text.len());
+    bounds.sort_unstable();
+    bounds.dedup();
+    bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect()
+}
+
 impl Finished {
     fn cancelled_before_start() -> Self {
         Self {

@@ -251,15 +251,7 @@ mod tests {
             text in text_strategy(),
             cuts in prop::collection::vec(0usize..80, 0..10),
         ) {
-            let mut bounds: Vec<usize> = cuts
-                .iter()
-                .filter_map(|&c| text.char_indices().nth(c).map(|(i, _)| i))
-                .collect();
-            bounds.push(0);
-            bounds.push(text.len());
-            bounds.sort_unstable();
-            bounds.dedup();
-            let pieces: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            let pieces = crate::engine::llm::split_at_chars(&text, &cuts);
             let whole = run(enabled, &[text.as_str()]);
             prop_assert_eq!(run(enabled, &pieces), whole.clone());
             // Nothing is lost except the tags that were consumed.

@@ -278,15 +278,7 @@ mod tests {
                 .min();
             let expected = &text[..first.unwrap_or(text.len())];
 
-            let mut bounds: Vec<usize> = cuts
-                .iter()
-                .filter_map(|&c| text.char_indices().nth(c).map(|(i, _)| i))
-                .collect();
-            bounds.push(0);
-            bounds.push(text.len());
-            bounds.sort_unstable();
-            bounds.dedup();
-            let pieces: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            let pieces = crate::engine::llm::split_at_chars(&text, &cuts);
 
             let mut m = StopMatcher::new(stops);
             let (out, was_stopped) = stream(&mut m, &pieces);
