@@ -1,8 +1,9 @@
 //! The causal-LM engine in process, against the ids `fixtures/llm/make_tiny_llm.py`
 //! recorded with Python onnxruntime: the KV-cache loop must reproduce them
 //! exactly, as the CPU runs it (`run`), on the I/O-binding path the GPU
-//! takes (here with host memory standing in for the device), and with one
-//! shared past/present buffer on tiny-r1-gqa (GroupQueryAttention).
+//! takes (here with host memory standing in for the device), with one
+//! shared past/present buffer on tiny-r1-gqa (GroupQueryAttention), and with
+//! a float16 cache and float16 logits on tiny-r1-f16kv.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;
@@ -192,6 +193,30 @@ fn a_shared_past_present_buffer_reproduces_the_recorded_ids() {
             .contains("exceed the KV buffer of 8 positions"),
         "{err}"
     );
+}
+
+#[test]
+fn a_float16_cache_and_float16_logits_give_the_recorded_ids() {
+    environment();
+    let expected = expected();
+    let dir = llm_fixture().with_file_name("tiny-r1-f16kv");
+    for placement in [KvPlacement::Host, KvPlacement::Device(Slot::host_memory())] {
+        let name = placement.name();
+        let (mut slot, spec) = slot_in(&dir, placement);
+        assert_eq!((spec.kv_type, spec.logits_f16), (KvType::F16, true));
+        for prompt in expected["prompts"].as_array().expect("prompts") {
+            let greedy = &prompt["greedy"];
+            let max =
+                usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
+            let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), 512, max);
+            assert_eq!(
+                got,
+                ids(&greedy["ids"]),
+                "{} (KV cache {name})",
+                prompt["name"]
+            );
+        }
+    }
 }
 
 #[test]
