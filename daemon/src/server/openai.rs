@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::peer::Peer;
-use super::routes::{ApiError, AppState, audit_peer, hex_sha256, read_body};
+use super::routes::{ApiError, AppState, audit_peer, hex_sha256, read_body, record_or_refuse};
 use crate::engine::CausalLm;
 use crate::engine::InferError;
 use crate::engine::llm::generate::{Delta, FinishReason, Finished, GenerateRequest};
@@ -624,12 +624,24 @@ fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError
     Ok(Message { role, content })
 }
 
+/// Random bytes from the kernel, or the clock's nanoseconds when getrandom
+/// fails (for ids and unseeded sampling, not for secrets).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if let Err(e) = getrandom::getrandom(&mut bytes) {
+        tracing::warn!(error = %e, "getrandom failed; using the clock");
+        for (byte, clock) in bytes
+            .iter_mut()
+            .zip(unix_time_nanos().to_le_bytes().iter().cycle())
+        {
+            *byte = *clock;
+        }
+    }
+    bytes
+}
+
 fn random_seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "getrandom failed; seeding from the clock");
-    });
-    u64::from_le_bytes(bytes) ^ unix_time_nanos()
+    u64::from_le_bytes(random_bytes())
 }
 
 fn unix_time_nanos() -> u64 {
@@ -640,14 +652,10 @@ fn unix_time_nanos() -> u64 {
 }
 
 fn completion_id(endpoint: Endpoint) -> String {
-    let mut bytes = [0u8; 12];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&unix_time_nanos().to_le_bytes());
-    }
     format!(
         "{}{}",
         endpoint.id_prefix(),
-        deepseek_integrity::digest::hex(&bytes)
+        deepseek_integrity::digest::hex(&random_bytes::<12>())
     )
 }
 
@@ -713,27 +721,15 @@ impl Record {
     }
 }
 
-/// Records `entry`; `Err` with the 503 to answer when it was not
-/// acknowledged and audit is required.
+/// Records `entry`; `Err` with the 503 (`audit_unavailable`) to answer when
+/// it was not acknowledged and audit is required.
 async fn audit(state: &AppState, entry: Entry) -> Result<(), OpenAiError> {
-    match state.audit.record(entry).await {
-        Ok(_) => Ok(()),
-        Err(e) if state.audit_required => {
-            tracing::error!(error = %e, "request refused: the audit log did not record it");
-            Err(OpenAiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: format!(
-                    "the audit log did not record this request ({e}); no result is returned"
-                ),
-                param: None,
-                code: Some("audit_unavailable"),
-            })
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "request answered unaudited (audit.required = false)");
-            Ok(())
-        }
-    }
+    record_or_refuse(state, entry)
+        .await
+        .map_err(|refused| OpenAiError {
+            code: Some("audit_unavailable"),
+            ..refused.into()
+        })
 }
 
 pub async fn chat_completions(
@@ -1022,36 +1018,39 @@ impl Chunks<'_> {
         chunk
     }
 
-    /// The choices carrying `delta`'s text, one per non-empty piece.
-    fn pieces(&self, delta: &Delta) -> Vec<Value> {
-        let choice = |body: Value| match self.prepared.endpoint {
-            Endpoint::Chat => {
-                json!([{"index": 0, "delta": body, "logprobs": null, "finish_reason": null}])
-            }
-            Endpoint::Completions => {
-                json!([{"index": 0, "text": body, "logprobs": null, "finish_reason": null}])
-            }
-        };
-        let mut out = Vec::new();
+    /// A chunk with one choice: `chat` as a chat completion's `delta`, or
+    /// `text` as a completion's.
+    fn choice(&self, chat: Value, text: &str, finish_reason: Option<&str>) -> Value {
+        let mut choice = json!({"index": 0, "logprobs": null, "finish_reason": finish_reason});
         match self.prepared.endpoint {
-            Endpoint::Chat => {
-                if !delta.reasoning.is_empty() {
-                    out.push(choice(
-                        json!({"reasoning_content": delta.reasoning, "reasoning": delta.reasoning}),
-                    ));
-                }
-                if !delta.content.is_empty() {
-                    out.push(choice(json!({"content": delta.content})));
-                }
-            }
+            Endpoint::Chat => choice["delta"] = chat,
+            Endpoint::Completions => choice["text"] = Value::from(text),
+        }
+        self.chunk(json!([choice]))
+    }
+
+    /// The chunks carrying `delta`'s text, one per non-empty piece.
+    fn pieces(&self, delta: &Delta) -> Vec<Value> {
+        match self.prepared.endpoint {
+            Endpoint::Chat => [
+                (!delta.reasoning.is_empty()).then(
+                    || json!({"reasoning_content": delta.reasoning, "reasoning": delta.reasoning}),
+                ),
+                (!delta.content.is_empty()).then(|| json!({"content": delta.content})),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|chat| self.choice(chat, "", None))
+            .collect(),
             Endpoint::Completions => {
                 let text = format!("{}{}", delta.reasoning, delta.content);
-                if !text.is_empty() {
-                    out.push(choice(Value::String(text)));
+                if text.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![self.choice(Value::Null, &text, None)]
                 }
             }
         }
-        out.into_iter().map(|choices| self.chunk(choices)).collect()
     }
 }
 
@@ -1073,15 +1072,8 @@ async fn drive_stream(
         digest: Sha256::new(),
     };
     let (mut deltas, task) = start(&prepared, admitted);
-    let first = match prepared.endpoint {
-        Endpoint::Chat => {
-            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])
-        }
-        Endpoint::Completions => {
-            json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": null}])
-        }
-    };
-    let mut connected = chunks.send(&chunks.chunk(first)).await;
+    let first = chunks.choice(json!({"role": "assistant", "content": ""}), "", None);
+    let mut connected = chunks.send(&first).await;
     while connected {
         // A client that leaves is noticed at once, also while the request
         // still waits for a slot.
@@ -1117,15 +1109,8 @@ async fn drive_stream(
         }
     };
     if connected && finished.reason != FinishReason::Cancelled {
-        let done = match prepared.endpoint {
-            Endpoint::Chat => {
-                json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finished.reason.as_str()}])
-            }
-            Endpoint::Completions => {
-                json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": finished.reason.as_str()}])
-            }
-        };
-        connected = chunks.send(&chunks.chunk(done)).await;
+        let done = chunks.choice(json!({}), "", Some(finished.reason.as_str()));
+        connected = chunks.send(&done).await;
     }
     Record::add_finished(&mut entry, &finished);
     // The usage chunk is known now: it goes out after the record, which

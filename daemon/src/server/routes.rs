@@ -307,19 +307,30 @@ async fn infer(
         }
         entry.content = Some(content);
     }
+    match record_or_refuse(&state, entry).await {
+        Ok(()) => response,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// Records a request's entry. When the auditor did not acknowledge it and
+/// `audit.required` holds, the answer must not leave: `Err` is the 503 to
+/// send instead. Without `audit.required` the request is answered
+/// unaudited, loudly.
+pub(super) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<(), ApiError> {
+    let model = entry.model.clone().unwrap_or_default();
     match state.audit.record(entry).await {
-        Ok(_) => response,
+        Ok(_) => Ok(()),
         Err(e) if state.audit_required => {
-            tracing::error!(model = %name, error = %e, "request refused: the audit log did not record it");
-            ApiError::new(
+            tracing::error!(model = %model, error = %e, "request refused: the audit log did not record it");
+            Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the audit log did not record this request ({e}); no result is returned"),
-            )
-            .into_response()
+            ))
         }
         Err(e) => {
-            tracing::error!(model = %name, error = %e, "request answered unaudited (audit.required = false)");
-            response
+            tracing::error!(model = %model, error = %e, "request answered unaudited (audit.required = false)");
+            Ok(())
         }
     }
 }

@@ -116,19 +116,18 @@ pub fn generate(
         if request.stop_ids.contains(&id) {
             break FinishReason::Stop;
         }
-        match stop.push(&text.push(id)?) {
+        let piece = match stop.push(&text.push(id)?) {
             StopOutcome::Stopped(piece) => {
                 matched = true;
-                if !send(piece, &mut digest, &mut split) {
-                    break FinishReason::Cancelled;
-                }
-                break FinishReason::Stop;
+                piece
             }
-            StopOutcome::Continue(piece) => {
-                if !send(piece, &mut digest, &mut split) {
-                    break FinishReason::Cancelled;
-                }
-            }
+            StopOutcome::Continue(piece) => piece,
+        };
+        if !send(piece, &mut digest, &mut split) {
+            break FinishReason::Cancelled;
+        }
+        if matched {
+            break FinishReason::Stop;
         }
         last = id;
     };
