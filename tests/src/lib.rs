@@ -119,6 +119,23 @@ pub fn llm_fixture() -> PathBuf {
     workspace().join("fixtures/llm/tiny-r1")
 }
 
+/// `fixtures/llm/tiny-r1/expected.json`: the prompts and the greedy
+/// outputs recorded with Python onnxruntime.
+pub fn llm_expected() -> Value {
+    let bytes = fs::read(llm_fixture().join("expected.json")).expect("expected.json");
+    serde_json::from_slice(&bytes).expect("expected.json is JSON")
+}
+
+/// Token ids as `expected.json` lists them.
+pub fn token_ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| u32::try_from(v.as_u64().expect("id")).expect("u32"))
+        .collect()
+}
+
 /// A `[[model]]` table serving the directory `dir` as a causal LM named
 /// `name` over the OpenAI API, on one intra-op thread (the fixture's steps
 /// are tiny; more threads only add scheduling noise).

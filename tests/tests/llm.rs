@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Daemon, get, llm_fixture, llm_table, model_table, post_json, request, run_daemon,
+    Daemon, get, llm_expected, llm_fixture, llm_table, model_table, post_json, request, run_daemon,
     run_with_models, shared_tempdir, write_config,
 };
 use serde_json::{Value, json};
@@ -22,11 +22,7 @@ fn daemon(extra: &str) -> Daemon {
 }
 
 fn expected(name: &str) -> Value {
-    let all: Value = serde_json::from_slice(
-        &std::fs::read(llm_fixture().join("expected.json")).expect("expected.json"),
-    )
-    .expect("json");
-    all["prompts"]
+    llm_expected()["prompts"]
         .as_array()
         .expect("prompts")
         .iter()

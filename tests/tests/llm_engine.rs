@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;
 
-use deepseek_tests::{llm_fixture, ort_library};
+use deepseek_tests::{llm_expected, llm_fixture, ort_library, token_ids};
 use deepseekd::config::RuntimeConfig;
 use deepseekd::engine::llm::files::ModelFiles;
 use deepseekd::engine::llm::generate::{FinishReason, GenerateRequest, generate};
@@ -17,7 +17,6 @@ use deepseekd::engine::llm::sampling::{Sampler, SamplingParams};
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use ort::environment::Environment;
 use ort::session::Session;
-use serde_json::Value;
 
 fn environment() -> &'static Environment {
     static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -31,22 +30,6 @@ fn environment() -> &'static Environment {
             .expect("ONNX Runtime")
             .0
     })
-}
-
-fn expected() -> Value {
-    serde_json::from_slice(
-        &std::fs::read(llm_fixture().join("expected.json")).expect("expected.json"),
-    )
-    .expect("json")
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| u32::try_from(v.as_u64().expect("id")).expect("u32"))
-        .collect()
 }
 
 fn gqa_fixture() -> std::path::PathBuf {
@@ -126,7 +109,7 @@ fn greedy_ids(
 
 #[test]
 fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths_whole_or_chunked() {
-    let expected = expected();
+    let expected = llm_expected();
     for binding in [false, true] {
         let (mut slot, spec) = slot(binding);
         assert_eq!(slot.uses_binding(), binding);
@@ -136,10 +119,16 @@ fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths_whole_or_chunked(
                 usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
             // Whole, and in pieces of 7 tokens as a long prompt would run.
             for chunk in [512, 7] {
-                let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), chunk, max);
+                let got = greedy_ids(
+                    &mut slot,
+                    &spec,
+                    &token_ids(&prompt["prompt_ids"]),
+                    chunk,
+                    max,
+                );
                 assert_eq!(
                     got,
-                    ids(&greedy["ids"]),
+                    token_ids(&greedy["ids"]),
                     "{} (I/O binding: {binding}, prefill chunk {chunk})",
                     prompt["name"]
                 );
@@ -151,7 +140,7 @@ fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths_whole_or_chunked(
 #[test]
 fn a_shared_past_present_buffer_reproduces_the_recorded_ids() {
     environment();
-    let expected = expected();
+    let expected = llm_expected();
     let shared = KvPlacement::Shared {
         memory: Slot::host_memory(),
         capacity: 256,
@@ -165,10 +154,16 @@ fn a_shared_past_present_buffer_reproduces_the_recorded_ids() {
             let max =
                 usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
             for chunk in [512, 5] {
-                let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), chunk, max);
+                let got = greedy_ids(
+                    &mut slot,
+                    &spec,
+                    &token_ids(&prompt["prompt_ids"]),
+                    chunk,
+                    max,
+                );
                 assert_eq!(
                     got,
-                    ids(&greedy["ids"]),
+                    token_ids(&greedy["ids"]),
                     "{} (KV cache {name}, prefill chunk {chunk})",
                     prompt["name"]
                 );
@@ -198,7 +193,7 @@ fn a_shared_past_present_buffer_reproduces_the_recorded_ids() {
 #[test]
 fn a_float16_cache_and_float16_logits_give_the_recorded_ids() {
     environment();
-    let expected = expected();
+    let expected = llm_expected();
     let dir = llm_fixture().with_file_name("tiny-r1-f16kv");
     for placement in [KvPlacement::Host, KvPlacement::Device(Slot::host_memory())] {
         let name = placement.name();
@@ -208,10 +203,16 @@ fn a_float16_cache_and_float16_logits_give_the_recorded_ids() {
             let greedy = &prompt["greedy"];
             let max =
                 usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
-            let got = greedy_ids(&mut slot, &spec, &ids(&prompt["prompt_ids"]), 512, max);
+            let got = greedy_ids(
+                &mut slot,
+                &spec,
+                &token_ids(&prompt["prompt_ids"]),
+                512,
+                max,
+            );
             assert_eq!(
                 got,
-                ids(&greedy["ids"]),
+                token_ids(&greedy["ids"]),
                 "{} (KV cache {name})",
                 prompt["name"]
             );
@@ -221,14 +222,14 @@ fn a_float16_cache_and_float16_logits_give_the_recorded_ids() {
 
 #[test]
 fn generate_streams_the_recorded_text_and_counts_tokens() {
-    let expected = expected();
+    let expected = llm_expected();
     let files = files();
     let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json).expect("tokenizer");
     let (mut slot, spec) = slot(false);
     for prompt in expected["prompts"].as_array().expect("prompts") {
         let greedy = &prompt["greedy"];
         let request = GenerateRequest {
-            prompt_ids: ids(&prompt["prompt_ids"]),
+            prompt_ids: token_ids(&prompt["prompt_ids"]),
             max_tokens: usize::try_from(greedy["max_new_tokens"].as_u64().expect("max"))
                 .expect("usize"),
             sampling: SamplingParams::greedy(),
@@ -253,7 +254,7 @@ fn generate_streams_the_recorded_text_and_counts_tokens() {
             "{}",
             prompt["name"]
         );
-        let recorded = ids(&greedy["ids"]).len();
+        let recorded = token_ids(&greedy["ids"]).len();
         assert_eq!(finished.completion_tokens, recorded, "{}", prompt["name"]);
         let reason = if greedy["finish_reason"] == "stop" {
             FinishReason::Stop

@@ -314,9 +314,7 @@ fn chat_template(
 mod tests {
     use super::*;
 
-    fn fixture() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llm/tiny-r1")
-    }
+    use crate::engine::llm::test_support::dir as fixture;
 
     #[test]
     fn reads_the_fixture() {

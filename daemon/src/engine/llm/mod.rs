@@ -274,21 +274,6 @@ impl CausalLm {
     }
 }
 
-/// `text` cut before the characters at the indices `cuts` (those past the
-/// end ignored): the chunkings the streaming property tests try.
-#[cfg(test)]
-pub(crate) fn split_at_chars<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
-    let mut bounds: Vec<usize> = cuts
-        .iter()
-        .filter_map(|&c| text.char_indices().nth(c).map(|(i, _)| i))
-        .collect();
-    bounds.push(0);
-    bounds.push(text.len());
-    bounds.sort_unstable();
-    bounds.dedup();
-    bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect()
-}
-
 impl Finished {
     fn cancelled_before_start() -> Self {
         Self {
@@ -299,5 +284,48 @@ impl Finished {
             ),
             reasoning_closed: false,
         }
+    }
+}
+
+/// What the unit tests share: the tiny-r1 fixture and its recorded
+/// outputs, and the chunkings the streaming property tests try.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::PathBuf;
+
+    use serde_json::Value;
+
+    pub fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llm/tiny-r1")
+    }
+
+    /// `dir()/name`, parsed.
+    pub fn json(name: &str) -> Value {
+        let bytes = std::fs::read(dir().join(name)).expect("fixture file");
+        serde_json::from_slice(&bytes).expect("fixture JSON")
+    }
+
+    /// Token ids as `expected.json` lists them.
+    pub fn ids(value: &Value) -> Vec<u32> {
+        value
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| u32::try_from(v.as_u64().expect("id")).expect("u32"))
+            .collect()
+    }
+
+    /// `text` cut before the characters at the indices `cuts` (those past the
+    /// end ignored): the chunkings the streaming property tests try.
+    pub fn split_at_chars<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
+        let mut bounds: Vec<usize> = cuts
+            .iter()
+            .filter_map(|&c| text.char_indices().nth(c).map(|(i, _)| i))
+            .collect();
+        bounds.push(0);
+        bounds.push(text.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect()
     }
 }

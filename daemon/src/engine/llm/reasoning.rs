@@ -251,7 +251,7 @@ mod tests {
             text in text_strategy(),
             cuts in prop::collection::vec(0usize..80, 0..10),
         ) {
-            let pieces = crate::engine::llm::split_at_chars(&text, &cuts);
+            let pieces = crate::engine::llm::test_support::split_at_chars(&text, &cuts);
             let whole = run(enabled, &[text.as_str()]);
             prop_assert_eq!(run(enabled, &pieces), whole.clone());
             // Nothing is lost except the tags that were consumed.

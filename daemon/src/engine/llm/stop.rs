@@ -278,7 +278,7 @@ mod tests {
                 .min();
             let expected = &text[..first.unwrap_or(text.len())];
 
-            let pieces = crate::engine::llm::split_at_chars(&text, &cuts);
+            let pieces = crate::engine::llm::test_support::split_at_chars(&text, &cuts);
 
             let mut m = StopMatcher::new(stops);
             let (out, was_stopped) = stream(&mut m, &pieces);

@@ -83,18 +83,12 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::llm::test_support as fixture;
     use serde_json::Value;
 
     fn fixture() -> (ChatTemplate, Value) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llm/tiny-r1");
-        let config: Value = serde_json::from_slice(
-            &std::fs::read(dir.join("tokenizer_config.json")).expect("tokenizer_config.json"),
-        )
-        .expect("json");
-        let expected: Value = serde_json::from_slice(
-            &std::fs::read(dir.join("expected.json")).expect("expected.json"),
-        )
-        .expect("json");
+        let config = fixture::json("tokenizer_config.json");
+        let expected = fixture::json("expected.json");
         let text = |key: &str| config[key].as_str().map(str::to_owned);
         let template = ChatTemplate::new(
             text("chat_template").expect("template"),

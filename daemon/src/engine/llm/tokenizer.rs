@@ -137,25 +137,13 @@ impl TextStream<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::llm::test_support::{self as fixture, ids};
     use serde_json::Value;
 
     fn fixture() -> (Tokenizer, Value) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llm/tiny-r1");
-        let bytes = std::fs::read(dir.join("tokenizer.json")).expect("tokenizer.json");
-        let expected: Value = serde_json::from_slice(
-            &std::fs::read(dir.join("expected.json")).expect("expected.json"),
-        )
-        .expect("json");
-        (Tokenizer::from_bytes(&bytes).expect("tokenizer"), expected)
-    }
-
-    fn ids(value: &Value) -> Vec<u32> {
-        value
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| u32::try_from(v.as_u64().expect("id")).expect("u32"))
-            .collect()
+        let bytes = std::fs::read(fixture::dir().join("tokenizer.json")).expect("tokenizer.json");
+        let tokenizer = Tokenizer::from_bytes(&bytes).expect("tokenizer");
+        (tokenizer, fixture::json("expected.json"))
     }
 
     #[test]
