@@ -159,32 +159,11 @@ fn check_config(path: &std::path::Path) -> Exit {
     // A causal LM's configuration, tokenizer and template are parsed as at
     // load (the graph itself is left to the daemon).
     for model in config.models.iter().filter(|m| m.is_causal_lm()) {
-        let parsed = engine::llm::files::ModelFiles::read(
-            model.dir(),
-            &model.onnx(),
-            std::collections::BTreeMap::new(),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|files| {
-            engine::llm::tokenizer::Tokenizer::from_bytes(&files.tokenizer_json)
-                .map_err(|e| format!("{}: {e}", model.dir().join("tokenizer.json").display()))?;
-            engine::llm::template::ChatTemplate::new(
-                files.tokenizer.chat_template,
-                files.tokenizer.bos_token,
-                files.tokenizer.eos_token,
-            )
-            .map_err(|e| {
-                format!(
-                    "{}: {e}",
-                    model.dir().join("tokenizer_config.json").display()
-                )
-            })
-        });
-        if let Err(e) = parsed {
-            report(&format!(
-                "model {:?} (causal-lm): {e}",
-                model.name.get_ref().as_str()
-            ));
+        if let Err(reason) = engine::llm::read_files(model, std::collections::BTreeMap::new()) {
+            report(&engine::LoadError::CausalLm {
+                model: model.name.get_ref().as_str().to_owned(),
+                reason,
+            });
             return Exit::Model;
         }
     }

@@ -83,17 +83,8 @@ impl CausalLm {
             reason,
         };
         let graph_path = config.onnx();
-        let files = ModelFiles::read(config.dir(), &graph_path, verified)
-            .map_err(|e| fail(e.to_string()))?;
+        let (files, tokenizer, template) = read_files(config, verified).map_err(fail)?;
         let in_dir = |file: &str| files.dir.join(file).display().to_string();
-        let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json)
-            .map_err(|e| fail(format!("{}: {e}", in_dir("tokenizer.json"))))?;
-        let template = ChatTemplate::new(
-            files.tokenizer.chat_template.clone(),
-            files.tokenizer.bos_token.clone(),
-            files.tokenizer.eos_token.clone(),
-        )
-        .map_err(|e| fail(format!("{}: {e}", in_dir("tokenizer_config.json"))))?;
         let graph = match &files.graph {
             files::Graph::Bytes(bytes) => Some(bytes.as_slice()),
             files::Graph::Path(_) => None,
@@ -272,6 +263,27 @@ impl CausalLm {
         .map_err(|e| InferError::Runtime(format!("generation task failed: {e}")))?
         .map_err(|e| InferError::Runtime(e.to_string()))
     }
+}
+
+/// Reads a causal LM's directory and builds its tokenizer and chat template,
+/// each error naming the file at fault; `verified` as for
+/// [`ModelFiles::read`]. `deepseekd check-config` runs it too.
+pub fn read_files(
+    config: &ModelConfig,
+    verified: BTreeMap<PathBuf, Vec<u8>>,
+) -> Result<(ModelFiles, Tokenizer, ChatTemplate), String> {
+    let files =
+        ModelFiles::read(config.dir(), &config.onnx(), verified).map_err(|e| e.to_string())?;
+    let in_dir = |file: &str| files.dir.join(file).display().to_string();
+    let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json)
+        .map_err(|e| format!("{}: {e}", in_dir("tokenizer.json")))?;
+    let template = ChatTemplate::new(
+        files.tokenizer.chat_template.clone(),
+        files.tokenizer.bos_token.clone(),
+        files.tokenizer.eos_token.clone(),
+    )
+    .map_err(|e| format!("{}: {e}", in_dir("tokenizer_config.json")))?;
+    Ok((files, tokenizer, template))
 }
 
 impl Finished {
