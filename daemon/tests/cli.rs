@@ -27,8 +27,14 @@ fn check_config(text: &str) -> (Option<i32>, String, tempfile::TempDir) {
 /// and the model, since check-config only checks that they are readable.
 fn valid_config() -> String {
     let file = std::env::current_exe().expect("current exe");
+    config_with_model(&format!("path = \"{}\"\n", file.display()))
+}
+
+/// A config with one `[[model]]` named demo whose other keys are `model`.
+fn config_with_model(model: &str) -> String {
+    let file = std::env::current_exe().expect("current exe");
     format!(
-        "[server]\nallowed_groups = []\n\n[sandbox]\nuser = \"nobody\"\n\n[integrity]\nenforce = false\n\n[runtime]\nlibrary = \"{0}\"\n\n[[model]]\nname = \"demo\"\npath = \"{0}\"\n",
+        "[server]\nallowed_groups = []\n\n[sandbox]\nuser = \"nobody\"\n\n[integrity]\nenforce = false\n\n[runtime]\nlibrary = \"{}\"\n\n[[model]]\nname = \"demo\"\n{model}",
         file.display()
     )
 }
@@ -239,5 +245,31 @@ fn print_policy_shows_landlock_rules_and_seccomp_filters() {
     assert!(
         !policy.lines().any(|l| l.trim_start().starts_with("bind ")),
         "no bind in the CPU allow-list:\n{policy}"
+    );
+}
+
+#[test]
+fn check_config_parses_a_causal_lms_tokenizer_and_template() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llm/tiny-r1");
+    let copy = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&fixture).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).expect("copy");
+    }
+    let config = config_with_model(&format!(
+        "kind = \"causal-lm\"\npath = \"{}\"\n",
+        copy.path().display()
+    ));
+    let (code, out, _dir) = check_config(&config);
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::write(copy.path().join("tokenizer.json"), "{").expect("break it");
+    let (code, out, _dir) = check_config(&config);
+    assert_eq!(code, Some(65), "{out}");
+    assert!(
+        out.contains(&format!(
+            "deepseekd: error: model \"demo\" (causal-lm): {}: EOF while parsing",
+            copy.path().join("tokenizer.json").display()
+        )),
+        "{out}"
     );
 }
