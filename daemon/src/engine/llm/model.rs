@@ -346,6 +346,7 @@ impl Slot {
         let first = i64::try_from(self.len).unwrap_or(i64::MAX);
         let positions =
             Tensor::from_array(([1, n], (0..n as i64).map(|i| first + i).collect::<Vec<_>>()))?;
+        let shared = matches!(self.mode, Mode::Shared { .. });
         let past = std::mem::take(&mut self.past);
         let mut outputs = match &mut self.mode {
             Mode::Run => {
@@ -366,51 +367,57 @@ impl Slot {
                         "{total} tokens exceed the KV buffer of {capacity} positions"
                     )));
                 }
-                binding.bind_input("input_ids", &input_ids)?;
-                binding.bind_input("attention_mask", &mask)?;
-                if spec.position_ids {
-                    binding.bind_input("position_ids", &positions)?;
-                }
-                binding.bind_output_to_device("logits", &MemoryInfo::default())?;
-                let outputs = self.session.run_binding(binding)?;
-                binding.synchronize_outputs()?;
-                last_logits(spec, &outputs, n, logits)?;
-                self.len = total;
-                return Ok(());
+                // The buffers stay bound as past and present (`reset`).
+                let step = [&input_ids, &mask, &positions];
+                run_bound(&mut self.session, binding, spec, step)?
             }
             Mode::Bind { binding, memory } => {
-                binding.bind_input("input_ids", &input_ids)?;
-                binding.bind_input("attention_mask", &mask)?;
-                if spec.position_ids {
-                    binding.bind_input("position_ids", &positions)?;
-                }
                 for (name, value) in spec.past.iter().zip(&past) {
                     binding.bind_input(name.as_str(), value)?;
                 }
                 // Output shapes grow every step, so outputs are bound anew
-                // each time: the presents on the device, the logits on the host.
+                // each time: the presents on the device.
                 for name in &spec.present {
                     binding.bind_output_to_device(name.as_str(), memory)?;
                 }
-                binding.bind_output_to_device("logits", &MemoryInfo::default())?;
-                let outputs = self.session.run_binding(binding)?;
-                binding.synchronize_outputs()?;
-                outputs
+                let step = [&input_ids, &mask, &positions];
+                run_bound(&mut self.session, binding, spec, step)?
             }
         };
         last_logits(spec, &outputs, n, logits)?;
-        self.past = spec
-            .present
-            .iter()
-            .map(|name| {
-                outputs
-                    .remove(name)
-                    .ok_or_else(|| ort::Error::new(format!("output {name:?} missing from the run")))
-            })
-            .collect::<Result<_, _>>()?;
+        if !shared {
+            self.past = spec
+                .present
+                .iter()
+                .map(|name| {
+                    outputs.remove(name).ok_or_else(|| {
+                        ort::Error::new(format!("output {name:?} missing from the run"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
         self.len = total;
         Ok(())
     }
+}
+
+/// Binds a step's `[input_ids, attention_mask, position_ids]` (the last
+/// only when the graph takes it) and the logits, on the host, then runs.
+fn run_bound<'b>(
+    session: &'b mut Session,
+    binding: &'b mut IoBinding,
+    spec: &GraphSpec,
+    [input_ids, mask, positions]: [&Tensor<i64>; 3],
+) -> Result<SessionOutputs<'b>, ort::Error> {
+    binding.bind_input("input_ids", input_ids)?;
+    binding.bind_input("attention_mask", mask)?;
+    if spec.position_ids {
+        binding.bind_input("position_ids", positions)?;
+    }
+    binding.bind_output_to_device("logits", &MemoryInfo::default())?;
+    let outputs = session.run_binding(binding)?;
+    binding.synchronize_outputs()?;
+    Ok(outputs)
 }
 
 fn empty_past(spec: &GraphSpec) -> Result<DynValue, ort::Error> {
