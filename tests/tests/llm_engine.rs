@@ -107,68 +107,51 @@ fn greedy_ids(
     out
 }
 
+/// Every prompt of `expected.json`, decoded greedily on `slot` with the
+/// prompt run in pieces of each of `chunks` tokens, gives the recorded ids.
+fn assert_recorded_ids(slot: &mut Slot, spec: &GraphSpec, chunks: &[usize], what: &str) {
+    for prompt in llm_expected()["prompts"].as_array().expect("prompts") {
+        let greedy = &prompt["greedy"];
+        let max = usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
+        let prompt_ids = token_ids(&prompt["prompt_ids"]);
+        for &chunk in chunks {
+            assert_eq!(
+                greedy_ids(slot, spec, &prompt_ids, chunk, max),
+                token_ids(&greedy["ids"]),
+                "{} ({what}, prefill chunk {chunk})",
+                prompt["name"]
+            );
+        }
+    }
+}
+
 #[test]
 fn the_kv_cache_loop_reproduces_the_recorded_ids_on_both_paths_whole_or_chunked() {
-    let expected = llm_expected();
     for binding in [false, true] {
         let (mut slot, spec) = slot(binding);
         assert_eq!(slot.uses_binding(), binding);
-        for prompt in expected["prompts"].as_array().expect("prompts") {
-            let greedy = &prompt["greedy"];
-            let max =
-                usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
-            // Whole, and in pieces of 7 tokens as a long prompt would run.
-            for chunk in [512, 7] {
-                let got = greedy_ids(
-                    &mut slot,
-                    &spec,
-                    &token_ids(&prompt["prompt_ids"]),
-                    chunk,
-                    max,
-                );
-                assert_eq!(
-                    got,
-                    token_ids(&greedy["ids"]),
-                    "{} (I/O binding: {binding}, prefill chunk {chunk})",
-                    prompt["name"]
-                );
-            }
-        }
+        // Whole, and in pieces of 7 tokens as a long prompt would run.
+        assert_recorded_ids(
+            &mut slot,
+            &spec,
+            &[512, 7],
+            &format!("I/O binding: {binding}"),
+        );
     }
 }
 
 #[test]
 fn a_shared_past_present_buffer_reproduces_the_recorded_ids() {
     environment();
-    let expected = llm_expected();
     let shared = KvPlacement::Shared {
         memory: Slot::host_memory(),
         capacity: 256,
     };
     for placement in [shared, KvPlacement::Host] {
-        let name = placement.name();
+        let what = format!("KV cache {}", placement.name());
         let (mut slot, spec) = slot_in(&gqa_fixture(), placement);
         assert!(!spec.position_ids, "positions come from the attention op");
-        for prompt in expected["prompts"].as_array().expect("prompts") {
-            let greedy = &prompt["greedy"];
-            let max =
-                usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
-            for chunk in [512, 5] {
-                let got = greedy_ids(
-                    &mut slot,
-                    &spec,
-                    &token_ids(&prompt["prompt_ids"]),
-                    chunk,
-                    max,
-                );
-                assert_eq!(
-                    got,
-                    token_ids(&greedy["ids"]),
-                    "{} (KV cache {name}, prefill chunk {chunk})",
-                    prompt["name"]
-                );
-            }
-        }
+        assert_recorded_ids(&mut slot, &spec, &[512, 5], &what);
     }
     // A generation that would run past the buffer is refused, not corrupted.
     let (mut slot, spec) = slot_in(
@@ -193,30 +176,12 @@ fn a_shared_past_present_buffer_reproduces_the_recorded_ids() {
 #[test]
 fn a_float16_cache_and_float16_logits_give_the_recorded_ids() {
     environment();
-    let expected = llm_expected();
     let dir = llm_fixture().with_file_name("tiny-r1-f16kv");
     for placement in [KvPlacement::Host, KvPlacement::Device(Slot::host_memory())] {
-        let name = placement.name();
+        let what = format!("KV cache {}", placement.name());
         let (mut slot, spec) = slot_in(&dir, placement);
         assert_eq!((spec.kv_type, spec.logits_f16), (KvType::F16, true));
-        for prompt in expected["prompts"].as_array().expect("prompts") {
-            let greedy = &prompt["greedy"];
-            let max =
-                usize::try_from(greedy["max_new_tokens"].as_u64().expect("max")).expect("usize");
-            let got = greedy_ids(
-                &mut slot,
-                &spec,
-                &token_ids(&prompt["prompt_ids"]),
-                512,
-                max,
-            );
-            assert_eq!(
-                got,
-                token_ids(&greedy["ids"]),
-                "{} (KV cache {name})",
-                prompt["name"]
-            );
-        }
+        assert_recorded_ids(&mut slot, &spec, &[512], &what);
     }
 }
 
