@@ -3,6 +3,9 @@
 #   make run    fetch ONNX Runtime (CPU), build release, serve the bundled demo
 #               model on ./run/deepseekd.sock in the foreground
 #   make test   fetch what the tests need, then fmt, clippy and every test
+#               (the fuzz targets among them, a bounded proptest run each)
+#   make fuzz   the fuzz targets coverage-guided (cargo-fuzz, libFuzzer),
+#               FUZZ_SECONDS each (default 60; docs/development/fuzzing.md)
 #   make bench  the socket-overhead benchmark (BENCHMARKS.md)
 #   make bench-llm  tiny-r1 prefill and decode tokens/s, socket against in
 #               process (BENCHMARKS.md)
@@ -21,7 +24,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test bench bench-llm bench-audit bench-integrity ort deps clean FORCE man deb deb-cuda check-units system-test release
+.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity ort deps clean FORCE man deb deb-cuda check-units system-test release
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -62,6 +65,11 @@ deps:
 # which the daemon logs loudly.
 SANDBOX_ENFORCE := $(if $(filter 0,$(shell id -u)),true,false)
 
+# The auditor admits the uid that starts the daemon and, as root, the one
+# the daemon switches to, which it reconnects as after an auditor restart.
+comma := ,
+AUDIT_UIDS := $(shell id -u)$(if $(filter 0,$(shell id -u)),$(comma) $(shell id -u nobody))
+
 INTEGRITY := target/release/deepseek-integrity
 AUDIT := target/release/deepseek-audit
 
@@ -80,7 +88,7 @@ run-config: FORCE
 		'log_dir = "$(RUN_DIR)/audit/log"' \
 		'signing_key = "$(RUN_DIR)/audit/audit.key"' \
 		"$$(cat $(RUN_DIR)/audit/audit.pub)" \
-		'allowed_uids = [$(shell id -u)]' \
+		'allowed_uids = [$(AUDIT_UIDS)]' \
 		'syslog = false' > $(RUN_DIR)/audit/audit.toml
 	$(INTEGRITY) keygen --out $(RUN_DIR)/integrity.key | sed -n 's/^verifier_key = //p' > $(RUN_DIR)/integrity.pub
 	printf '%s\n' \
@@ -169,6 +177,7 @@ run: ort
 	$(AUDIT) --config $(RUN_DIR)/audit/audit.toml serve & auditor=$$!; \
 	trap 'kill $$auditor 2>/dev/null; wait $$auditor' EXIT INT TERM; \
 	while [ ! -S $(RUN_DIR)/audit/audit.sock ]; do kill -0 $$auditor 2>/dev/null || exit 1; sleep 0.1; done; \
+	chmod 666 $(RUN_DIR)/audit/audit.sock; \
 	target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
 
 # Python tools the tests use, pinned, in a virtual environment.
@@ -189,6 +198,29 @@ test: deps ort $(VENV)/.deps-2
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
 	$(MAKE) --no-print-directory check-units system-test
+
+# cargo-fuzz, pinned, installed from crates.io into .tools. libFuzzer's
+# instrumentation takes -Z flags: RUSTC_BOOTSTRAP=1 lets the pinned
+# toolchain (the only one on our build machines) accept them. New inputs go
+# to target/fuzz-corpus (the committed seeds in fuzz/corpus stay as they
+# are), crashes to fuzz/artifacts/TARGET; the first crash stops the run.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := $(CURDIR)/.tools/bin/cargo-fuzz
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root $(CURDIR)/.tools
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= kserve_request openai_request audit_frames audit_entry audit_log \
+	audit_note audit_proof integrity_database integrity_entry integrity_verifier_key
+fuzz: $(CARGO_FUZZ)
+	RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) build --fuzz-dir fuzz
+	set -e; for target in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$target; \
+		echo "== $$target, $(FUZZ_SECONDS) s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run --fuzz-dir fuzz $$target \
+			target/fuzz-corpus/$$target fuzz/corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1; \
+	done
 
 # cargo-deb, pinned, installed from crates.io into .tools.
 CARGO_DEB_VERSION := 3.8.0

@@ -71,7 +71,16 @@ fn main() {
     let socket = service_config.socket.clone();
     let service = std::thread::spawn(move || {
         let allowed = service_config.allowed_uids.clone();
-        service::serve(&service_config, allowed, signer, listener, service_stop).expect("service")
+        let opened = service::open(&service_config, &signer).expect("open the log");
+        service::serve(
+            &service_config,
+            opened,
+            allowed,
+            signer,
+            listener,
+            service_stop,
+        )
+        .expect("service")
     });
     println!(
         "durable appends through the socket (one fdatasync per batch), {seconds} s per row, in {}",

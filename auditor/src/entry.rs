@@ -39,6 +39,57 @@ pub enum Event {
     /// `deepseek-audit integrity-check` ran the integrity check (the daily
     /// timer): its exit code, counts and paths, or why it could not run.
     IntegrityCheck,
+    /// The answer an earlier `request` or `completion` entry describes was
+    /// never delivered: its record was not acknowledged in time (or the
+    /// connection was lost with it in flight), so the client got 503
+    /// (`status`) instead. Same `peer`, `request_id` and `request_sha256`;
+    /// `details.refers_to_seq` is the entry it corrects when the auditor
+    /// acknowledged it late, absent when that is unknown.
+    Undelivered,
+    /// The daemon regained its connection to the auditor after losing it
+    /// (`details.lost_at_ns`, `details.refused`: requests answered 503
+    /// meanwhile).
+    AuditReconnected,
+}
+
+/// Longest recorded text field (ids, model names, digests, each detail),
+/// in bytes: a client-supplied id can make a record no larger than this.
+pub const FIELD_LIMIT: usize = 1024;
+
+/// Longest recorded content value (`record_content`), in bytes.
+pub const CONTENT_LIMIT: usize = 64 * 1024;
+
+/// Room left for [`cut`]'s note past a limit: a value that was cut once is
+/// not cut again.
+const NOTE_ROOM: usize = 64;
+
+/// `bytes` as text (invalid UTF-8 replaced), cut at `limit` bytes with a
+/// note of the full length: recorded content, read without a copy of the
+/// whole body.
+pub fn cut_bytes(bytes: &[u8], limit: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(limit)]);
+    if bytes.len() <= limit {
+        text.into_owned()
+    } else {
+        format!("{text}[truncated at {limit} of {} bytes]", bytes.len())
+    }
+}
+
+/// `text` cut at `limit` bytes (on a character boundary) with a note of its
+/// full length, so a cut value is never mistaken for a whole one.
+pub fn cut(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}[truncated at {end} of {} bytes]",
+        &text[..end],
+        text.len()
+    )
 }
 
 /// The kernel-reported identity of the client.
@@ -126,6 +177,42 @@ impl Entry {
         }
     }
 
+    /// Cuts every text field to [`FIELD_LIMIT`] and each content value to
+    /// [`CONTENT_LIMIT`] ([`cut`]): a record's size is then bounded whatever
+    /// a client sent (JSON escaping at most sextuples a byte).
+    pub fn bound(&mut self) {
+        let field = |value: &mut String| {
+            if value.len() > FIELD_LIMIT + NOTE_ROOM {
+                *value = cut(value, FIELD_LIMIT);
+            }
+        };
+        for value in [
+            &mut self.model,
+            &mut self.model_sha256,
+            &mut self.request_id,
+            &mut self.request_sha256,
+            &mut self.response_sha256,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            field(value);
+        }
+        if let Some(peer) = &mut self.peer
+            && let Some(exe) = &mut peer.exe
+        {
+            field(exe);
+        }
+        for value in self.details.values_mut() {
+            field(value);
+        }
+        for value in self.content.iter_mut().flat_map(BTreeMap::values_mut) {
+            if value.len() > CONTENT_LIMIT + NOTE_ROOM {
+                *value = cut(value, CONTENT_LIMIT);
+            }
+        }
+    }
+
     /// The canonical bytes (no newline).
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("entries always serialize")
@@ -192,6 +279,65 @@ mod tests {
             Entry::decode(unknown.as_bytes()),
             Err(EntryError::Json(_))
         ));
+    }
+
+    #[test]
+    fn bound_cuts_client_strings_on_a_character_boundary_and_says_so() {
+        let mut entry = sample();
+        entry.request_id = Some("é".repeat(FIELD_LIMIT));
+        entry
+            .details
+            .insert("path".into(), "x".repeat(3 * FIELD_LIMIT));
+        entry
+            .details
+            .insert("short".into(), "z".repeat(FIELD_LIMIT + 1));
+        entry.content = Some(BTreeMap::from([(
+            "response".to_owned(),
+            "y".repeat(CONTENT_LIMIT + 100),
+        )]));
+        entry.bound();
+        let id = entry.request_id.as_deref().expect("id");
+        assert_eq!(
+            id,
+            format!(
+                "{}[truncated at {FIELD_LIMIT} of {} bytes]",
+                "é".repeat(FIELD_LIMIT / 2),
+                2 * FIELD_LIMIT
+            )
+        );
+        assert!(entry.details["path"].ends_with(&format!(
+            "[truncated at {FIELD_LIMIT} of {} bytes]",
+            3 * FIELD_LIMIT
+        )));
+        let content = &entry.content.as_ref().expect("content")["response"];
+        assert_eq!(
+            content.len(),
+            CONTENT_LIMIT + "[truncated at 65536 of 65636 bytes]".len()
+        );
+        assert_eq!(
+            entry.model.as_deref(),
+            Some("demo"),
+            "short fields unchanged"
+        );
+        assert_eq!(
+            entry.details["short"].len(),
+            FIELD_LIMIT + 1,
+            "room for a note"
+        );
+        assert_eq!(
+            cut_bytes(&[b'a'; 10], 4),
+            "aaaa[truncated at 4 of 10 bytes]"
+        );
+        let once = cut_bytes(&vec![b'b'; CONTENT_LIMIT * 2], CONTENT_LIMIT);
+        let mut again = sample();
+        again.content = Some(BTreeMap::from([("response".to_owned(), once.clone())]));
+        again.bound();
+        assert_eq!(
+            again.content.expect("content")["response"],
+            once,
+            "not cut twice"
+        );
+        assert!(entry.encode().len() < CONTENT_LIMIT + 4 * FIELD_LIMIT);
     }
 
     mod fuzz {

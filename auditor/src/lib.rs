@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod client;
 pub mod compliance;
 pub mod entry;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod integrity_check;
 pub mod keys;
 pub mod merkle;
@@ -223,6 +225,13 @@ pub fn main() -> ExitCode {
                 Ok(signer) => signer,
                 Err(e) => return fail(78, &e),
             };
+            // The log is verified before the socket is bound: a client that
+            // connects is recorded at once (under socket activation, its
+            // connection waits in the backlog until then).
+            let opened = match service::open(&config, &signer) {
+                Ok(opened) => opened,
+                Err(e) => return fail(74, &e),
+            };
             let listener = match listen(&config) {
                 Ok(listener) => listener,
                 Err(e) => return fail(71, &e),
@@ -233,7 +242,7 @@ pub fn main() -> ExitCode {
                     return fail(71, &e);
                 }
             }
-            match service::serve(&config, allowed, signer, listener, stop) {
+            match service::serve(&config, opened, allowed, signer, listener, stop) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(74, &e),
             }

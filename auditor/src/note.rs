@@ -35,8 +35,13 @@ fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
     [digest[0], digest[1], digest[2], digest[3]]
 }
 
+/// As Go's note package has it: not empty, no `+`, no Unicode space (keys
+/// are read trimmed, so a name starting or ending in one, U+3000 say, made
+/// a key that never parsed back), no control character.
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['+', ' ', '\n']) && name.chars().all(|c| !c.is_control())
+    !name.is_empty()
+        && !name.contains('+')
+        && name.chars().all(|c| !c.is_control() && !c.is_whitespace())
 }
 
 /// Splits `name+hash+base64` and checks the hash against the key.
@@ -225,6 +230,26 @@ impl std::fmt::Display for NoteSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz target `audit_note` (docs/development/fuzzing.md):
+    /// `keygen --name` took a name starting with a Unicode space, and the
+    /// verifier key it printed was refused on reading ("the hash does not
+    /// match the key", the name having been trimmed).
+    #[test]
+    fn names_with_unicode_spaces_are_refused() {
+        for name in ["\u{3000}5", "a\u{a0}", "x\u{2003}y", "tab\there"] {
+            assert_eq!(
+                NoteSigner::from_seed(name, [1; 32]).map(|_| ()),
+                Err(NoteError::Key("invalid name")),
+                "{name:?}"
+            );
+        }
+        let key = NoteSigner::from_seed("deepseek-audit/h\u{e9}te", [1; 32]).expect("name");
+        assert_eq!(
+            NoteVerifier::parse(&key.verifier().to_string()),
+            Ok(key.verifier())
+        );
+    }
 
     // The example in the documentation of golang.org/x/mod/sumdb/note.
     const SIGNER: &str =

@@ -383,8 +383,60 @@ fn writer(
     Ok(())
 }
 
+/// One frame as the service reads it: a record to parse, or one too large
+/// to hold, skipped so that the connection stays in step.
+enum Incoming {
+    Frame(Vec<u8>),
+    Oversized { length: usize, tag: Option<u64> },
+}
+
+/// Reads one frame, or skips one over `max` bytes without holding it. Its
+/// tag is read from the prefix every client writes first (`{"tag":N,`), so
+/// the refusal reaches the record's writer.
+fn read_incoming(stream: &mut impl Read, max: usize) -> std::io::Result<Option<Incoming>> {
+    let mut length = [0u8; 4];
+    match stream.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if length <= max {
+        let mut frame = vec![0u8; length];
+        stream.read_exact(&mut frame)?;
+        return Ok(Some(Incoming::Frame(frame)));
+    }
+    let mut prefix = [0u8; 32];
+    let head = prefix.len().min(length);
+    stream.read_exact(&mut prefix[..head])?;
+    let rest = (length - head) as u64;
+    if std::io::copy(&mut stream.take(rest), &mut std::io::sink())? != rest {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some(Incoming::Oversized {
+        length,
+        tag: leading_tag(&prefix[..head]),
+    }))
+}
+
+/// The tag of a frame that starts `{"tag":N`, if it does.
+fn leading_tag(prefix: &[u8]) -> Option<u64> {
+    let digits = prefix.strip_prefix(br#"{"tag":"#)?;
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// Just the tag of a record that does not parse, to answer it.
+#[derive(Deserialize)]
+struct TagOnly {
+    tag: u64,
+}
+
 /// One client connection: reads records, queues them, and writes the
-/// replies as they come back (in order).
+/// replies as they come back (in order). A record that is too large or
+/// malformed is answered with an error under its tag (0 when even that is
+/// unreadable) and the connection goes on: one bad record must not cut off
+/// the records behind it.
 fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
     let Ok(mut replies) = stream.try_clone() else {
         return;
@@ -398,7 +450,25 @@ fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
             }
         }
     });
-    while let Ok(Some(frame)) = read_frame(&mut stream, max) {
+    let refuse = |tag: Option<u64>, error: String| {
+        eprintln!("deepseek-audit: refused a record: {error}");
+        let _ = reply_tx.send(Reply {
+            tag: tag.unwrap_or(0),
+            seq: None,
+            error: Some(error),
+        });
+    };
+    while let Ok(Some(incoming)) = read_incoming(&mut stream, max) {
+        let frame = match incoming {
+            Incoming::Frame(frame) => frame,
+            Incoming::Oversized { length, tag } => {
+                refuse(
+                    tag,
+                    format!("record of {length} bytes over max_frame_bytes = {max}"),
+                );
+                continue;
+            }
+        };
         match serde_json::from_slice::<Request>(&frame) {
             Ok(request) => {
                 if queue
@@ -417,29 +487,31 @@ fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
                     break;
                 }
             }
-            Err(e) => {
-                let _ = reply_tx.send(Reply {
-                    tag: 0,
-                    seq: None,
-                    error: Some(format!("malformed record: {e}")),
-                });
-                break;
-            }
+            Err(e) => refuse(
+                serde_json::from_slice::<TagOnly>(&frame)
+                    .ok()
+                    .map(|t| t.tag),
+                format!("malformed record: {e}"),
+            ),
         }
     }
     drop(reply_tx);
     let _ = responder.join();
 }
 
-/// Runs the service until `stop` is set (SIGTERM/SIGINT) or a write fails.
-/// `allowed` are the uids that may append ([`ServiceConfig::allowed_peers`]).
-pub fn serve(
-    config: &ServiceConfig,
-    allowed: Vec<u32>,
-    signer: NoteSigner,
-    listener: UnixListener,
-    stop: Arc<AtomicBool>,
-) -> Result<(), ServiceError> {
+/// The log, opened and verified against its checkpoints: what [`serve`]
+/// appends to. Opened before the socket is bound, so that a client can
+/// connect only once the service is ready to record.
+#[derive(Debug)]
+pub struct Opened {
+    log: LogFile,
+    torn: Option<crate::storage::TornTail>,
+    sealed: u64,
+}
+
+/// Opens the log and verifies it: the slow part of the start (the whole
+/// log is read), done before anything listens.
+pub fn open(config: &ServiceConfig, signer: &NoteSigner) -> Result<Opened, ServiceError> {
     std::fs::create_dir_all(&config.log_dir).map_err(|source| ServiceError::Io {
         action: "create",
         path: config.log_dir.clone(),
@@ -474,6 +546,21 @@ pub fn serve(
             reason: e.to_string(),
         })?
         .sealed;
+    Ok(Opened { log, torn, sealed })
+}
+
+/// Runs the service on the log [`open`] verified until `stop` is set
+/// (SIGTERM/SIGINT) or a write fails. `allowed` are the uids that may
+/// append ([`ServiceConfig::allowed_peers`]).
+pub fn serve(
+    config: &ServiceConfig,
+    opened: Opened,
+    allowed: Vec<u32>,
+    signer: NoteSigner,
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ServiceError> {
+    let Opened { log, torn, sealed } = opened;
     let (queue_tx, queue_rx) = mpsc::channel::<Pending>();
     if let Some(torn) = torn {
         // Recorded like any event: the removal is part of the history.

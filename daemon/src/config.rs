@@ -56,11 +56,21 @@ pub struct ServerConfig {
     pub allowed_groups: Vec<String>,
     /// Largest request body accepted, in bytes (413 above it).
     pub max_body_bytes: NonZeroUsize,
+    /// Largest KServe response body, in bytes: a small request can ask for
+    /// a huge answer (a broadcasting model, a big batch), so the answer is
+    /// bounded on its own (413 above it).
+    pub max_response_bytes: NonZeroUsize,
     /// How long SIGTERM waits for in-flight requests before giving up.
     pub shutdown_grace_secs: u64,
     /// Connections served at once; further clients wait in the kernel's
     /// listen backlog until one closes.
     pub max_connections: NonZeroUsize,
+    /// Let `socket_mode` give others write access (o+w), so that every
+    /// local user can connect and only the allow-list stands in the way.
+    pub allow_world_connect: bool,
+    /// A refused peer's uid gets at most one `denied_peer` record per this
+    /// many seconds; the refusals in between are counted, not recorded.
+    pub denied_peer_interval_secs: std::num::NonZeroU64,
 }
 
 impl Default for ServerConfig {
@@ -72,8 +82,11 @@ impl Default for ServerConfig {
             allowed_uids: None,
             allowed_groups: vec!["deepseek".to_owned()],
             max_body_bytes: NonZeroUsize::new(64 * 1024 * 1024).expect("non-zero constant"),
+            max_response_bytes: NonZeroUsize::new(64 * 1024 * 1024).expect("non-zero constant"),
             shutdown_grace_secs: 30,
             max_connections: NonZeroUsize::new(256).expect("non-zero constant"),
+            allow_world_connect: false,
+            denied_peer_interval_secs: std::num::NonZeroU64::new(10).expect("non-zero constant"),
         }
     }
 }
@@ -140,6 +153,9 @@ pub struct AuditConfig {
     pub socket: PathBuf,
     /// How long to wait for an acknowledgement before answering 503.
     pub timeout_ms: std::num::NonZeroU64,
+    /// How long the start-up records wait for theirs: the auditor answers
+    /// only once it has verified its whole log.
+    pub start_timeout_secs: std::num::NonZeroU64,
     /// Also record request and response bodies (default: digests only).
     pub record_content: bool,
 }
@@ -150,6 +166,7 @@ impl Default for AuditConfig {
             required: true,
             socket: PathBuf::from("/run/deepseek-audit/audit.sock"),
             timeout_ms: std::num::NonZeroU64::new(2000).expect("non-zero"),
+            start_timeout_secs: std::num::NonZeroU64::new(600).expect("non-zero"),
             record_content: false,
         }
     }
@@ -265,7 +282,17 @@ pub struct ModelConfig {
     /// (shape or index tensors).
     #[serde(default = "yes")]
     pub warm_up: bool,
+    /// Tensor models: how long one inference may take, from admission to
+    /// its outputs (the wait for a session included), before it is stopped
+    /// and answered 504; unset is [`DEFAULT_INFER_TIMEOUT_MS`].
+    #[serde(default)]
+    pub infer_timeout_ms: Option<std::num::NonZeroU64>,
 }
+
+/// A tensor model's inference deadline when `infer_timeout_ms` is not set:
+/// long enough for any sensible model, short enough that a runaway request
+/// frees its session.
+pub const DEFAULT_INFER_TIMEOUT_MS: u64 = 60_000;
 
 /// What a `[[model]]` table serves.
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +312,14 @@ pub const DEFAULT_MODEL_FILE: &str = "model.onnx";
 impl ModelConfig {
     pub fn is_causal_lm(&self) -> bool {
         self.kind == ModelKind::CausalLm
+    }
+
+    /// The inference deadline of a tensor model (`infer_timeout_ms`).
+    pub fn infer_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.infer_timeout_ms
+                .map_or(DEFAULT_INFER_TIMEOUT_MS, std::num::NonZeroU64::get),
+        )
     }
 
     /// The directory holding the model's files: verified as a whole against
@@ -319,6 +354,16 @@ fn one() -> NonZeroUsize {
 fn default_queue_depth() -> usize {
     64
 }
+
+/// The most `sessions` a model may have: each is a copy of the weights (and
+/// for a causal LM a KV cache), loaded and warmed up at start, so a typo
+/// such as 100000 would exhaust memory or stall the start instead of
+/// failing `check-config`.
+pub const MAX_SESSIONS: usize = 256;
+
+/// The most `queue_depth` a model may have: far beyond any useful queue,
+/// and well within what a semaphore can count.
+pub const MAX_QUEUE_DEPTH: usize = 65_536;
 
 /// Where a model runs.
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -406,6 +451,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Read, but not text: a configuration error (78), not a missing file.
+    #[error("{path}: not UTF-8 text: {source}")]
+    NotUtf8 {
+        path: PathBuf,
+        source: std::string::FromUtf8Error,
+    },
     #[error("{path}: {source}")]
     Parse {
         path: PathBuf,
@@ -427,7 +478,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// True when the file itself is missing or unreadable (as opposed to wrong).
+    /// True when the file itself is missing or unreadable (as opposed to
+    /// wrong, which bytes that are not UTF-8 are).
     pub fn is_unreadable(&self) -> bool {
         matches!(self, ConfigError::Read { .. })
     }
@@ -436,7 +488,11 @@ impl ConfigError {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|source| ConfigError::NotUtf8 {
             path: path.to_owned(),
             source,
         })?;
@@ -516,6 +572,19 @@ impl Config {
             })?;
             self.integrity.pinned = Some(pinned);
         }
+        // Every local user could connect, hold connections and be refused
+        // into the audit log: only on purpose.
+        if self.server.socket_mode.bits() & 0o002 != 0 && !self.server.allow_world_connect {
+            return Err(semantic(
+                "server.socket_mode",
+                format!(
+                    "{:#o} lets every local user connect to the socket (others may write); \
+                     use 0o660 with server.socket_group, or set server.allow_world_connect = true \
+                     to leave only the allow-list in the way",
+                    self.server.socket_mode.bits()
+                ),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(semantic(
                 "log.level",
@@ -533,6 +602,17 @@ impl Config {
         }
         for (index, model) in self.models.iter().enumerate() {
             let key = |name: &str| format!("model[{index}].{name}");
+            for (name, value, max) in [
+                ("sessions", model.sessions.get(), MAX_SESSIONS),
+                ("queue_depth", model.queue_depth, MAX_QUEUE_DEPTH),
+            ] {
+                if value > max {
+                    return Err(semantic(
+                        &key(name),
+                        format!("{value} is over the limit of {max}"),
+                    ));
+                }
+            }
             if !model.is_causal_lm() {
                 for (name, set) in [
                     ("model_file", model.model_file.is_some()),
@@ -545,6 +625,13 @@ impl Config {
                         ));
                     }
                 }
+            }
+            if model.is_causal_lm() && model.infer_timeout_ms.is_some() {
+                return Err(semantic(
+                    &key("infer_timeout_ms"),
+                    "only for kind = \"tensor\" models; a generation is bounded by its max_tokens"
+                        .to_owned(),
+                ));
             }
             if let Some(file) = &model.model_file
                 && (file.is_empty() || file.contains('/') || file == "." || file == "..")
@@ -608,6 +695,7 @@ path = "/models/demo.onnx"
         assert_eq!(config.server.allowed_groups, vec!["deepseek".to_owned()]);
         assert_eq!(config.server.allowed_uids, None);
         assert_eq!(config.server.max_body_bytes.get(), 64 * 1024 * 1024);
+        assert_eq!(config.server.max_response_bytes.get(), 64 * 1024 * 1024);
         assert_eq!(config.server.max_connections.get(), 256);
         assert_eq!(config.server.shutdown_grace_secs, 30);
         let model = &config.models[0];
@@ -616,6 +704,7 @@ path = "/models/demo.onnx"
         assert_eq!(model.queue_depth, 64);
         assert!(!model.allow_cpu_fallback);
         assert!(model.warm_up);
+        assert_eq!(model.infer_timeout(), std::time::Duration::from_secs(60));
         assert_eq!(config.log.format, LogFormat::Text);
         assert!(config.sandbox.enforce);
         assert_eq!(config.sandbox.user, "deepseek");
@@ -633,6 +722,42 @@ path = "/models/demo.onnx"
     }
 
     #[test]
+    fn sessions_and_queue_depth_have_a_ceiling() {
+        for (key, max) in [("sessions", MAX_SESSIONS), ("queue_depth", MAX_QUEUE_DEPTH)] {
+            let at = MINIMAL.replace(
+                "name = \"demo\"",
+                &format!("name = \"demo\"\n{key} = {max}"),
+            );
+            parse(&at).expect("the limit itself is accepted");
+            let over = MINIMAL.replace(
+                "name = \"demo\"",
+                &format!("name = \"demo\"\n{key} = 100000"),
+            );
+            let err = parse(&over).expect_err("over the limit").to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "/etc/deepseek/deepseekd.toml: model[0].{key}: 100000 is over the limit of {max}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_invalid_not_unreadable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("deepseekd.toml");
+        std::fs::write(&path, b"[server]\nsocket = \"/run/\xff\"\n").expect("write");
+        let err = Config::load(&path).expect_err("not UTF-8");
+        assert!(!err.is_unreadable(), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: not UTF-8 text: ", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn wrong_type_names_the_expected_type() {
         let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nsessions = \"two\"");
         let err = parse(&text).expect_err("bad type rejected").to_string();
@@ -643,6 +768,28 @@ path = "/models/demo.onnx"
             "{err}"
         );
         assert!(err.contains("invalid type: string \"two\""), "{err}");
+    }
+
+    #[test]
+    fn infer_timeout_is_positive_and_for_tensor_models_only() {
+        let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\ninfer_timeout_ms = 250");
+        let config = parse(&text).expect("timeout parses");
+        assert_eq!(
+            config.models[0].infer_timeout(),
+            std::time::Duration::from_millis(250)
+        );
+        let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\ninfer_timeout_ms = 0");
+        let err = parse(&text).expect_err("zero rejected").to_string();
+        assert!(err.contains("model[0].infer_timeout_ms"), "{err}");
+        let text = MINIMAL.replace(
+            "name = \"demo\"",
+            "name = \"demo\"\nkind = \"causal-lm\"\ninfer_timeout_ms = 250",
+        );
+        let err = parse(&text).expect_err("causal LM rejected").to_string();
+        assert!(
+            err.ends_with("model[0].infer_timeout_ms: only for kind = \"tensor\" models; a generation is bounded by its max_tokens"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -676,6 +823,23 @@ path = "/models/demo.onnx"
             assert!(err.contains(expected), "{mode}: {err}");
             assert!(err.contains("line 2"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_world_connectable_socket_needs_allow_world_connect() {
+        for mode in ["0o777", "0o662"] {
+            let text = format!("[server]\nsocket_mode = {mode}\n{MINIMAL}");
+            let err = parse(&text).expect_err("o+w refused").to_string();
+            assert!(
+                err.starts_with("/etc/deepseek/deepseekd.toml: server.socket_mode: ")
+                    && err.contains("server.allow_world_connect = true"),
+                "{err}"
+            );
+            let allowed =
+                format!("[server]\nsocket_mode = {mode}\nallow_world_connect = true\n{MINIMAL}");
+            parse(&allowed).expect("allowed on purpose");
+        }
+        parse(&format!("[server]\nsocket_mode = 0o664\n{MINIMAL}")).expect("o+r cannot connect");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod logging;
 pub mod notify;
 pub mod sandbox;
@@ -158,8 +160,13 @@ fn check_config(path: &std::path::Path) -> Exit {
     }
     // A causal LM's configuration, tokenizer and template are parsed as at
     // load (the graph itself is left to the daemon).
-    for model in config.models.iter().filter(|m| m.is_causal_lm()) {
-        if let Err(reason) = engine::llm::read_files(model, std::collections::BTreeMap::new()) {
+    for (index, model) in config.models.iter().enumerate() {
+        if !model.is_causal_lm() {
+            continue;
+        }
+        let checked = engine::llm::read_files(model, std::collections::BTreeMap::new())
+            .and_then(|(files, ..)| engine::llm::context_length(index, model, &files));
+        if let Err(reason) = checked {
             report(&engine::LoadError::CausalLm {
                 model: model.name.get_ref().as_str().to_owned(),
                 reason,
@@ -180,12 +187,18 @@ fn check_config(path: &std::path::Path) -> Exit {
 /// first, then the lockdown, then the runtime and the models, then seccomp,
 /// and only then the first client.
 fn serve(path: &std::path::Path) -> Exit {
+    // First, while nothing of ours is open yet: whatever the caller left
+    // open is not the daemon's to keep.
+    let closed = sandbox::inherited::close_descriptors();
     let config = match load_config(path) {
         Ok(config) => config,
         Err(exit) => return exit,
     };
     engine::runtime::prepare_environment(&config);
     logging::init(&config.log);
+    if !closed.is_empty() {
+        tracing::warn!(fds = ?closed, "closed file descriptors inherited from the caller");
+    }
     let mut lockdown = match prepare_lockdown(path, &config) {
         Ok(lockdown) => lockdown,
         Err(e) => {
@@ -239,6 +252,9 @@ fn serve(path: &std::path::Path) -> Exit {
             return Exit::Model;
         }
     };
+    // Everything that reads the environment has read it (LISTEN_*,
+    // NOTIFY_SOCKET, WATCHDOG_*); still single-threaded.
+    let kept = sandbox::inherited::clear_environment();
     let opened = match &origin {
         Origin::Systemd => "configuration read; listening socket inherited from systemd".to_owned(),
         Origin::Created(path) => format!(
@@ -246,6 +262,16 @@ fn serve(path: &std::path::Path) -> Exit {
             path.display()
         ),
     };
+    let opened = format!(
+        "{opened}; {} inherited file descriptors closed; environment cleared to {}",
+        closed.len(),
+        if kept.is_empty() {
+            "nothing".to_owned()
+        } else {
+            kept.join(", ")
+        }
+    );
+    lockdown.set_environment(kept);
     if let Err(e) = lockdown.before_threads(opened) {
         tracing::error!("{e}");
         return Exit::Sandbox;
@@ -278,9 +304,14 @@ async fn run(
     auditor: Option<std::os::unix::net::UnixStream>,
     notifier: notify::Notifier,
 ) -> Exit {
-    let audit = match auditor
-        .map(|s| audit::AuditClient::start(s, Duration::from_millis(config.audit.timeout_ms.get())))
-    {
+    let audit = match auditor.map(|s| {
+        audit::AuditClient::start(
+            s,
+            config.audit.socket.clone(),
+            Duration::from_millis(config.audit.timeout_ms.get()),
+            config.audit.required,
+        )
+    }) {
         Some(Ok(client)) => client,
         Some(Err(e)) => {
             tracing::error!(error = %e, "cannot use the connection to the auditor");
@@ -288,8 +319,6 @@ async fn run(
         }
         None => audit::AuditClient::disabled(),
     };
-    let model_digests = model_digests(&config, database.as_deref());
-    let model_loads = model_load_events(&config, &model_digests);
     let audit_required = config.audit.required;
     let record_content = config.audit.record_content;
     if record_content && config.models.iter().any(config::ModelConfig::is_causal_lm) {
@@ -299,6 +328,7 @@ async fn run(
         );
     }
     let config_sha256 = config.source_sha256.clone();
+    let config_start_timeout = config.audit.start_timeout_secs.get();
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -323,10 +353,17 @@ async fn run(
     );
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let max_connections = config.server.max_connections.get();
+    let denied_peer_interval = Duration::from_secs(config.server.denied_peer_interval_secs.get());
     let max_body_bytes = config.server.max_body_bytes.get();
+    let max_response_bytes = config.server.max_response_bytes.get();
     let started = std::time::Instant::now();
     // Clients that connect meanwhile wait in the listen backlog: nothing is
     // read from a client before the whole lockdown is in place.
+    let model_files: Vec<(String, std::path::PathBuf)> = config
+        .models
+        .iter()
+        .map(|m| (m.name.get_ref().as_str().to_owned(), m.onnx()))
+        .collect();
     let loading = tokio::task::spawn_blocking(move || load_engine(&config, database.as_deref()));
     let engine = tokio::select! {
         loaded = loading => match loaded {
@@ -349,6 +386,14 @@ async fn run(
             return Exit::Ok;
         }
     };
+    // Computed from the bytes each model was loaded from, not copied from
+    // the database: `model_load` says what runs.
+    let model_digests: std::collections::BTreeMap<String, Option<String>> = engine
+        .digests()
+        .iter()
+        .map(|(name, digest)| (name.clone(), Some(digest.clone())))
+        .collect();
+    let model_loads = model_load_events(&model_files, &model_digests);
     if let Err(e) = lockdown.after_load() {
         tracing::error!("{e}");
         return Exit::Sandbox;
@@ -369,8 +414,15 @@ async fn run(
     start.details.extend(lockdown.audit_details());
     let mut events = vec![start];
     events.extend(model_loads);
+    // The auditor answers once it has verified its log, which takes as long
+    // as the log is large: the start-up records wait for that.
+    let start_timeout = Duration::from_secs(config_start_timeout);
+    tracing::info!(
+        timeout_secs = config_start_timeout,
+        "recording the start (the auditor answers once its log is verified)"
+    );
     for event in events {
-        if let Err(e) = audit.record(event).await
+        if let Err(e) = audit.record_within(event, start_timeout).await
             && audit_required
         {
             tracing::error!(error = %e, "the auditor did not record the start; refusing to serve (audit.required = true)");
@@ -382,10 +434,14 @@ async fn run(
         audited = audit.is_enabled(),
         "all models loaded, lockdown complete; ready"
     );
+    let gate = server::Gate {
+        access,
+        refusals: server::refusal::Refusals::new(audit.clone(), denied_peer_interval),
+    };
     let state = Arc::new(AppState {
         engine,
-        access,
         max_body_bytes,
+        max_response_bytes,
         draining: AtomicBool::new(false),
         lockdown,
         audit: audit.clone(),
@@ -402,6 +458,7 @@ async fn run(
     let drained = server::serve(
         listener,
         server::routes::router(Arc::clone(&state)),
+        gate,
         async {
             let signal = shutdown_signal().await;
             tracing::info!(signal, "shutting down");
@@ -425,6 +482,7 @@ async fn run(
     {
         tracing::error!(error = %e, "the shutdown could not be recorded");
     }
+    state.audit.close();
     if drained == server::Drained::TimedOut {
         tracing::error!(
             grace_secs = grace.as_secs(),
@@ -542,40 +600,22 @@ fn connect_auditor(config: &Config) -> Result<Option<std::os::unix::net::UnixStr
     }
 }
 
-/// Each model's file digest as the integrity database records it.
-fn model_digests(
-    config: &Config,
-    database: Option<&[Entry]>,
-) -> std::collections::BTreeMap<String, Option<String>> {
-    config
-        .models
-        .iter()
-        .map(|m| {
-            let digest = database
-                .and_then(|entries| entries.iter().find(|e| e.path == m.onnx()))
-                .and_then(|e| e.attrs.digest_text());
-            (m.name.get_ref().as_str().to_owned(), digest)
-        })
-        .collect()
-}
-
-/// The `model_load` records: name, file and the database's digest of it,
-/// which `deepseek-audit verify` compares with the database (INTEG-MODELS).
+/// The `model_load` records: name, file and the digest of the bytes loaded
+/// from it, which `deepseek-audit verify` compares with the database
+/// (INTEG-MODELS).
 fn model_load_events(
-    config: &Config,
+    models: &[(String, std::path::PathBuf)],
     digests: &std::collections::BTreeMap<String, Option<String>>,
 ) -> Vec<deepseek_audit::entry::Entry> {
-    config
-        .models
+    models
         .iter()
-        .map(|m| {
-            let name = m.name.get_ref().as_str();
+        .map(|(name, path)| {
             let mut load =
                 deepseek_audit::entry::Entry::event(deepseek_audit::entry::Event::ModelLoad);
-            load.model = Some(name.to_owned());
+            load.model = Some(name.clone());
             load.model_sha256 = digests.get(name).cloned().flatten();
             load.details
-                .insert("path".to_owned(), m.onnx().display().to_string());
+                .insert("path".to_owned(), path.display().to_string());
             load
         })
         .collect()
@@ -622,9 +662,9 @@ fn load_engine(
 }
 
 /// Pings systemd's watchdog (`WatchdogSec=`) at half its period while the
-/// daemon can serve, and says why in `STATUS=` when it cannot: once the
-/// auditor's connection is lost, systemd restarts the daemon, which then
-/// reconnects. Without a watchdog it only keeps `STATUS=` current.
+/// daemon can serve, and says why in `STATUS=` when it cannot: while the
+/// auditor's connection is lost the daemon reconnects by itself, and
+/// systemd restarts it if that takes longer than `WatchdogSec=`. Without a watchdog it only keeps `STATUS=` current.
 async fn watchdog(notifier: Arc<notify::Notifier>, state: Arc<AppState>, serving: String) {
     if !notifier.is_enabled() {
         return;

@@ -273,3 +273,73 @@ fn check_config_parses_a_causal_lms_tokenizer_and_template() {
         "{out}"
     );
 }
+
+/// A copy of the tiny-r1 fixture, for configs that point at a causal LM.
+fn tiny_r1_copy() -> tempfile::TempDir {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llm/tiny-r1");
+    let copy = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&fixture).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).expect("copy");
+    }
+    copy
+}
+
+#[test]
+fn check_config_refuses_a_context_longer_than_the_model_supports_as_startup_does() {
+    let copy = tiny_r1_copy();
+    let model = |extra: &str| {
+        config_with_model(&format!(
+            "kind = \"causal-lm\"\npath = \"{}\"\n{extra}",
+            copy.path().display()
+        ))
+    };
+    let (code, out, _dir) = check_config(&model("context_length = 256\n"));
+    assert_eq!(code, Some(0), "{out}");
+    // Start-up refuses it with 65, when the model loads; check-config too.
+    let (code, out, _dir) = check_config(&model("context_length = 100000\n"));
+    assert_eq!(code, Some(65), "{out}");
+    assert!(
+        out.contains(&format!(
+            "model[0].context_length = 100000 exceeds max_position_embeddings = 256 in {}",
+            copy.path().join("config.json").display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_refuses_absurd_sessions_and_queue_depth() {
+    for (key, max) in [("sessions", 256), ("queue_depth", 65536)] {
+        let (code, out, _dir) = check_config(&valid_config().replace(
+            "name = \"demo\"\n",
+            &format!("name = \"demo\"\n{key} = 100000\n"),
+        ));
+        assert_eq!(code, Some(78), "{out}");
+        assert!(
+            out.contains(&format!(
+                "model[0].{key}: 100000 is over the limit of {max}"
+            )),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_that_is_not_utf8_exits_78_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("deepseekd.toml");
+    let mut bytes = valid_config().into_bytes();
+    bytes.extend_from_slice(b"# caf\xe9\n");
+    std::fs::write(&path, bytes).expect("write config");
+    let output = deepseekd(&["check-config", "--config", path.to_str().expect("utf8")]);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(78), "{out}");
+    assert!(
+        out.contains(&format!(
+            "deepseekd: error: {}: not UTF-8 text: invalid utf-8 sequence",
+            path.display()
+        )),
+        "{out}"
+    );
+}

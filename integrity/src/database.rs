@@ -86,6 +86,15 @@ fn encode_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// An xattr name in the `xattrs=[name:hex,...]` list: escaped like a path,
+/// and its `,` and `:` too, which separate the list (Linux allows both in
+/// names; unescaped, `user.a,b` made the database unreadable).
+fn encode_xattr_name(name: &str) -> String {
+    encode_bytes(name.as_bytes())
+        .replace(',', "%2C")
+        .replace(':', "%3A")
+}
+
 fn decode_bytes(text: &str) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -148,7 +157,7 @@ fn encode_entry(entry: &Entry) -> String {
     if let Some(xattrs) = &a.xattrs {
         let list: Vec<String> = xattrs
             .iter()
-            .map(|(name, value)| format!("{}:{}", encode_bytes(name.as_bytes()), hex(value)))
+            .map(|(name, value)| format!("{}:{}", encode_xattr_name(name), hex(value)))
             .collect();
         field("xattrs", format!("[{}]", list.join(",")));
     }
@@ -513,6 +522,37 @@ mod tests {
         let err = decode(Path::new("db"), &resigned, &pinned).expect_err("other key");
         assert!(matches!(err, DatabaseError::WrongKey { .. }), "{err}");
         assert!(err.is_signature());
+    }
+
+    /// Found by the fuzz target `integrity_entry` (docs/development/fuzzing.md):
+    /// an xattr name holding `,` or `:` was written unescaped into the
+    /// `xattrs=[name:hex,...]` list, so the database `update` wrote could not
+    /// be read back ("xattr value is not hex"), or read as other xattrs.
+    #[test]
+    fn xattr_names_with_list_separators_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = key(dir.path(), "k");
+        let mut xattrs = BTreeMap::new();
+        xattrs.insert(",".to_owned(), Vec::new());
+        xattrs.insert("user.a:61,user.b".to_owned(), b"b".to_vec());
+        let entry = Entry {
+            path: "/srv/model.onnx".into(),
+            kind: Kind::File,
+            attrs: Attributes {
+                xattrs: Some(xattrs),
+                ..Attributes::default()
+            },
+        };
+        let bytes = encode(std::slice::from_ref(&entry), &key);
+        let text = String::from_utf8(bytes.clone()).expect("utf8");
+        assert!(
+            text.contains("xattrs=[%2C:,user.a%3A61%2Cuser.b:62]"),
+            "{text}"
+        );
+        assert_eq!(
+            decode(Path::new("db"), &bytes, &key.verifier()).expect("decodes"),
+            [entry]
+        );
     }
 
     mod fuzz {

@@ -250,6 +250,13 @@ impl Signer25519 {
         self.0.sign(message).to_bytes()
     }
 
+    /// A key from a fixed seed, never written anywhere: for the fuzz
+    /// targets (`crate::fuzz`), which sign what they feed the parser.
+    #[doc(hidden)]
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(&seed))
+    }
+
     /// Makes a new key and writes it to `path` (mode 0600, never over an
     /// existing file).
     pub fn generate(path: &Path) -> Result<Self, KeyError> {

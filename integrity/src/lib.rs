@@ -13,6 +13,8 @@ pub mod database;
 pub mod digest;
 pub mod entry;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod keys;
 pub mod scan;
 pub mod verify;

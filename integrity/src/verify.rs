@@ -53,6 +53,16 @@ pub struct Verified {
     /// The content of each file asked for with `keep`, exactly the bytes
     /// that were hashed.
     pub kept: BTreeMap<PathBuf, Vec<u8>>,
+    /// The digests of those bytes, as computed from them.
+    pub kept_digests: BTreeMap<PathBuf, KeptDigests>,
+}
+
+/// The digests of a kept file's bytes: what was compared with the database
+/// is what the caller uses, and it can record these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptDigests {
+    pub sha256: [u8; 32],
+    pub chunked: [u8; 32],
 }
 
 /// SHA-256 and chunked digests of bytes in memory: the plain digest on one
@@ -157,6 +167,22 @@ pub fn verify_directory(
     dir: &Path,
     keep: &[&Path],
 ) -> Result<Verified, VerifyError> {
+    verify_directory_with(entries, dir, keep, &|_, _| false)
+}
+
+/// Decides, given a file and the bytes kept so far by path, whether to keep
+/// that file too.
+pub type AlsoKeep<'a> = dyn Fn(&Path, &BTreeMap<PathBuf, Vec<u8>>) -> bool + 'a;
+
+/// Like [`verify_directory`], and also keeps every other file for which
+/// `also_keep` holds, asked once the `keep` files are read (so that a model
+/// graph can name the external data files it needs kept).
+pub fn verify_directory_with(
+    entries: &[Entry],
+    dir: &Path,
+    keep: &[&Path],
+    also_keep: &AlsoKeep<'_>,
+) -> Result<Verified, VerifyError> {
     let recorded: BTreeMap<&Path, &Entry> = entries
         .iter()
         .filter(|e| e.path.starts_with(dir) && e.path != dir && e.kind != Kind::Dir)
@@ -211,6 +237,8 @@ pub fn verify_directory(
             path: missing.to_path_buf(),
         });
     }
+    // The `keep` files first, so that `also_keep` sees them.
+    present.sort_by_key(|(path, _)| !keep.contains(&path.as_path()));
     let mut verified = Verified::default();
     for (path, metadata) in present {
         let entry = recorded[path.as_path()];
@@ -239,7 +267,7 @@ pub fn verify_directory(
         if entry.attrs.sha256.is_none() && entry.attrs.chunked.is_none() {
             return Err(VerifyError::NoDigest { path });
         }
-        if keep.contains(&path.as_path()) {
+        if keep.contains(&path.as_path()) || also_keep(&path, &verified.kept) {
             let mut file = File::open(&path).map_err(io(&path))?;
             let mut bytes = Vec::with_capacity(usize::try_from(metadata.size()).unwrap_or(0));
             file.read_to_end(&mut bytes).map_err(io(&path))?;
@@ -251,6 +279,9 @@ pub fn verify_directory(
                 compare(&path, "chunked", expected, &chunked)?;
             }
             verified.bytes += bytes.len() as u64;
+            verified
+                .kept_digests
+                .insert(path.clone(), KeptDigests { sha256, chunked });
             verified.kept.insert(path.clone(), bytes);
         } else if let Some(expected) = &entry.attrs.sha256 {
             compare(&path, "sha256", expected, &digest::sha256_file(&path)?)?;

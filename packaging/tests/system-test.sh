@@ -176,10 +176,10 @@ check "systemd restarted it (new MainPID, NRestarts 1)" sh -c \
     "test \"\$(systemctl show -P MainPID deepseekd.service)\" != $old && test \"\$(systemctl show -P NRestarts deepseekd.service)\" = 1"
 check "the restarted daemon answers" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '[3.0,5.0,7.0,9.0]'"
 
-# Fail closed, then heal: the auditor is killed. The daemon never
-# reconnects: it refuses to answer unaudited (503) and stops its watchdog
-# pings. systemd restarts the auditor after its RestartSec=, and the daemon
-# with it (Requires=), which then has a new connection.
+# Fail closed, then heal: the auditor is killed. The daemon refuses to
+# answer unaudited (503) and stops its watchdog pings. systemd restarts the
+# auditor after its RestartSec=, and the daemon with it (Requires=), which
+# then has a new connection.
 daemon_pid=$(main_pid)
 auditor_pid=$(systemctl show -P MainPID deepseek-audit.service)
 check "SIGKILL the auditor" systemctl kill --signal=SIGKILL deepseek-audit.service

@@ -296,9 +296,11 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Creates a key and a configuration in `dir` and starts the service,
-    /// accepting records from this process's uid: the daemon connects
-    /// before it switches users, so the auditor sees the uid it started as.
+    /// Creates a key and a configuration in `dir` and starts the service
+    /// (sealing every 10 entries, and never by the clock, so that what is
+    /// sealed never depends on the machine's speed), accepting records from this process's uid (the daemon connects
+    /// before it switches users, so the auditor sees the uid it started as)
+    /// and, as root, from `nobody`'s (the uid the daemon reconnects as).
     pub fn start(dir: &Path) -> Self {
         Self::start_with(dir, &dir.join("log"), 1)
     }
@@ -323,11 +325,17 @@ impl Auditor {
         fs::write(
             &config,
             format!(
-                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [{}]\ncheckpoint_every = 10\nmin_free_bytes = {min_free_bytes}\nsyslog = false\n",
+                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [{}]\ncheckpoint_every = 10\ncheckpoint_interval_secs = 86400\nmin_free_bytes = {min_free_bytes}\nsyslog = false\n",
                 socket.display(),
                 log_dir.display(),
                 key.display(),
-                nix::unistd::Uid::current()
+                // The daemon under test connects first as this uid, and
+                // reconnects as the one it switched to (`nobody`).
+                if is_root() {
+                    format!("{}, 65534", nix::unistd::Uid::current())
+                } else {
+                    nix::unistd::Uid::current().to_string()
+                }
             ),
         )
         .expect("audit config");
@@ -384,6 +392,16 @@ impl Auditor {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the running service.
+    pub fn signal(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("auditor running");
+        kill(
+            Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+            signal,
+        )
+        .expect("signal the auditor");
     }
 
     /// Stops the service with `signal` and waits for it.

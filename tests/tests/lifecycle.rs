@@ -132,7 +132,10 @@ async fn a_peer_outside_the_allow_list_gets_403_and_is_logged() {
         eprintln!("skipped: connecting as another uid needs root");
         return;
     }
-    let d = Daemon::start("socket_mode = 0o666", &model_table("demo", "demo.onnx", ""));
+    let d = Daemon::start(
+        "socket_mode = 0o666\nallow_world_connect = true",
+        &model_table("demo", "demo.onnx", ""),
+    );
     let output = Command::new(binary("peer-client"))
         .arg(&d.socket)
         .arg("/v2/health/live")

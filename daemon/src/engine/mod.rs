@@ -7,7 +7,7 @@ pub mod runtime;
 pub mod session;
 pub mod tensor;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,65 +17,159 @@ pub use llm::CausalLm;
 pub use session::{InferError, LoadError, Model, ModelInfo, NamedTensor, TensorSpec};
 pub use tensor::{DataType, TensorData};
 
-use deepseek_integrity::entry::{Entry, Kind};
-use deepseek_integrity::verify::{Verified, verify_directory};
+use deepseek_integrity::digest::hex;
+use deepseek_integrity::entry::Entry;
+use deepseek_integrity::verify::{VerifyError, verify_directory_with};
 
 use crate::config::ModelConfig;
 
-/// Verifies the model's directory against the database. A model alone in its
-/// directory is read once and loaded from the verified bytes; a model with
-/// other files beside it (external data) is loaded from its path after they
-/// are all verified (docs/integrity.md explains the remaining window). A
-/// causal LM's tokenizer and configuration are always kept, and parsed from
-/// the bytes that were hashed.
+/// A model's graph and the external data files it names, read once: with
+/// a database, exactly the bytes that were hashed. ONNX Runtime gets these
+/// bytes, never a path, so a file swapped after the check is not loaded.
+#[derive(Debug)]
+pub struct ModelBytes {
+    pub graph: Vec<u8>,
+    /// External data files, by their path relative to the model's directory
+    /// (as a graph names them); ONNX Runtime refuses a graph that names one
+    /// not among them.
+    pub external: Vec<(PathBuf, Arc<[u8]>)>,
+    /// The graph's digest as `model_load` records it, computed from `graph`:
+    /// the database's form (`sha256` in hex, or `chunked:` and the chunked
+    /// digest when only that is recorded), plain SHA-256 without a database.
+    pub digest: String,
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut at = 0;
+    while let Some(found) = haystack[at..].iter().position(|&b| b == first) {
+        let start = at + found;
+        if haystack[start + 1..].starts_with(rest) {
+            return true;
+        }
+        at = start + 1;
+    }
+    false
+}
+
+/// Whether `graph` may name `file` as external data: its path relative to
+/// `dir` occurs in the graph's bytes (a protobuf string is stored as is).
+/// A false positive only keeps a file in memory; a name written another
+/// way (`./x.data`) makes ONNX Runtime refuse the graph.
+fn names(graph: &[u8], dir: &Path, file: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    file.strip_prefix(dir)
+        .is_ok_and(|relative| contains(graph, relative.as_os_str().as_bytes()))
+}
+
+/// The files a model's graph names as external data, taken out of `kept`.
+fn external_files(
+    kept: &mut BTreeMap<PathBuf, Vec<u8>>,
+    dir: &Path,
+    onnx: &Path,
+    graph: &[u8],
+) -> Vec<(PathBuf, Arc<[u8]>)> {
+    let named: Vec<PathBuf> = kept
+        .keys()
+        .filter(|p| p.as_path() != onnx && names(graph, dir, p))
+        .cloned()
+        .collect();
+    named
+        .into_iter()
+        .filter_map(|path| {
+            let bytes = kept.remove(&path)?;
+            let relative = path.strip_prefix(dir).ok()?.to_owned();
+            Some((relative, Arc::from(bytes)))
+        })
+        .collect()
+}
+
+/// Verifies the model's directory against the database and keeps, read once
+/// and hashed from memory, its graph, the external data files the graph
+/// names and (causal LMs) the files parsed beside it. Returns the latter by
+/// path, and the graph with its external data.
 ///
-/// A directory shared by several tensor models is verified once, for the first.
+/// A directory shared by several models is verified for each of them, so
+/// that each gets its own files from the bytes that were hashed.
 fn verify(
     entries: &[Entry],
     config: &ModelConfig,
-    done: &mut HashSet<PathBuf>,
-) -> Result<Option<Verified>, LoadError> {
+) -> Result<(BTreeMap<PathBuf, Vec<u8>>, ModelBytes), LoadError> {
     let started = std::time::Instant::now();
     let name = config.name.get_ref().as_str();
     let dir = config.dir();
-    let files: Vec<&Path> = entries
-        .iter()
-        .filter(|e| e.path.starts_with(dir) && e.path != dir && e.kind != Kind::Dir)
-        .map(|e| e.path.as_path())
-        .collect();
     let onnx = config.onnx();
     let metadata: Vec<PathBuf> = if config.is_causal_lm() {
         llm::files::METADATA_FILES
             .iter()
             .map(|f| dir.join(f))
-            .filter(|p| files.contains(&p.as_path()))
+            .filter(|p| entries.iter().any(|e| &e.path == p))
             .collect()
     } else {
         Vec::new()
     };
-    // The graph has no external data beside it: load it from memory.
-    let alone = files.len() == metadata.len() + 1 && files.contains(&onnx.as_path());
-    if !config.is_causal_lm() && !done.insert(dir.to_owned()) && !alone {
-        return Ok(None);
-    }
     let mut keep: Vec<&Path> = metadata.iter().map(PathBuf::as_path).collect();
-    if alone {
-        keep.push(&onnx);
-    }
-    let verified =
-        verify_directory(entries, dir, &keep).map_err(|source| LoadError::Integrity {
-            model: name.to_owned(),
-            source,
-        })?;
+    keep.push(&onnx);
+    let external = |path: &Path, kept: &BTreeMap<PathBuf, Vec<u8>>| {
+        !metadata.iter().any(|m| m == path)
+            && kept.get(&onnx).is_some_and(|graph| names(graph, dir, path))
+    };
+    let integrity = |source| LoadError::Integrity {
+        model: name.to_owned(),
+        source,
+    };
+    let mut verified = verify_directory_with(entries, dir, &keep, &external).map_err(integrity)?;
+    let (Some(graph), Some(digests)) = (
+        verified.kept.remove(&onnx),
+        verified.kept_digests.get(&onnx),
+    ) else {
+        return Err(integrity(VerifyError::Missing { path: onnx }));
+    };
+    let recorded = entries.iter().find(|e| e.path == onnx);
+    let digest = match recorded.map(|e| (e.attrs.sha256, e.attrs.chunked)) {
+        Some((None, Some(_))) => format!("chunked:{}", hex(&digests.chunked)),
+        _ => hex(&digests.sha256),
+    };
+    let external = external_files(&mut verified.kept, dir, &onnx, &graph);
     tracing::info!(
         model = %name,
         files = verified.files,
         bytes = verified.bytes,
-        from_verified_bytes = alone,
+        external_data_files = external.len(),
+        from_verified_bytes = true,
         elapsed_ms = started.elapsed().as_millis(),
         "model files match the signed integrity database"
     );
-    Ok(Some(verified))
+    Ok((
+        verified.kept,
+        ModelBytes {
+            graph,
+            external,
+            digest,
+        },
+    ))
+}
+
+/// Reads a model's graph without a database (`integrity.enforce = false`):
+/// from memory all the same, so that its digest is that of what is loaded.
+/// External data is then read by ONNX Runtime from the model's directory.
+fn read_unverified(index: usize, config: &ModelConfig) -> Result<ModelBytes, LoadError> {
+    let onnx = config.onnx();
+    let graph = std::fs::read(&onnx).map_err(|source| LoadError::Unreadable {
+        model: config.name.get_ref().as_str().to_owned(),
+        index,
+        path: onnx.clone(),
+        source,
+    })?;
+    let digest = hex(&<sha2::Sha256 as sha2::Digest>::digest(&graph));
+    Ok(ModelBytes {
+        graph,
+        external: Vec::new(),
+        digest,
+    })
 }
 
 /// Every configured model, loaded; built once at startup.
@@ -83,6 +177,8 @@ fn verify(
 pub struct Engine {
     models: BTreeMap<String, Arc<Model>>,
     causal_lms: BTreeMap<String, Arc<CausalLm>>,
+    /// Each model's digest, of the bytes it was loaded from.
+    digests: BTreeMap<String, String>,
     runtime_version: String,
     /// Kept for the life of the sessions created in it.
     _environment: Environment,
@@ -100,16 +196,17 @@ impl Engine {
     ) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         let mut causal_lms = BTreeMap::new();
-        let mut verified_dirs = HashSet::new();
+        let mut digests = BTreeMap::new();
         for (index, config) in configs.iter().enumerate() {
             let started = std::time::Instant::now();
-            let verified = match database {
-                Some(entries) => verify(entries, config, &mut verified_dirs)?,
-                None => None,
+            let (mut kept, bytes) = match database {
+                Some(entries) => verify(entries, config)?,
+                None => (BTreeMap::new(), read_unverified(index, config)?),
             };
-            let mut kept = verified.map(|v| v.kept).unwrap_or_default();
+            digests.insert(config.name.get_ref().as_str().to_owned(), bytes.digest);
             if config.is_causal_lm() {
-                let lm = CausalLm::load(&environment, index, config, kept)?;
+                kept.insert(config.onnx(), bytes.graph);
+                let lm = CausalLm::load(&environment, index, config, kept, &bytes.external)?;
                 let info = lm.info();
                 tracing::info!(
                     model = %info.name,
@@ -127,8 +224,7 @@ impl Engine {
                 causal_lms.insert(info.name.clone(), Arc::new(lm));
                 continue;
             }
-            let bytes = kept.remove(&config.onnx());
-            let model = Model::load(&environment, index, config, bytes.as_deref())?;
+            let model = Model::load(&environment, config, &bytes.graph, &bytes.external)?;
             let info = model.info();
             tracing::info!(
                 model = %info.name,
@@ -143,6 +239,7 @@ impl Engine {
         Ok(Self {
             models,
             causal_lms,
+            digests,
             runtime_version,
             _environment: environment,
         })
@@ -151,6 +248,12 @@ impl Engine {
     /// The version string ONNX Runtime reported, e.g. `1.31.1`.
     pub fn runtime_version(&self) -> &str {
         &self.runtime_version
+    }
+
+    /// Every model's digest by name, computed from the bytes it was loaded
+    /// from: what `model_load` and each request's record carry.
+    pub fn digests(&self) -> &BTreeMap<String, String> {
+        &self.digests
     }
 
     pub fn model(&self, name: &str) -> Option<&Arc<Model>> {

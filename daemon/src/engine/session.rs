@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use ort::environment::Environment;
 use ort::ep;
-use ort::session::Session;
 use ort::session::builder::SessionBuilder;
+use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Outlet};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,6 +50,8 @@ pub struct ModelInfo {
     pub cpu_fallback_reason: Option<String>,
     pub sessions: usize,
     pub queue_depth: usize,
+    /// How long one inference may take (`infer_timeout_ms`).
+    pub infer_timeout: std::time::Duration,
 }
 
 /// A named tensor in a request or a response.
@@ -130,21 +132,21 @@ pub struct Model {
 }
 
 impl Model {
-    /// Builds `sessions` ONNX Runtime sessions for the model and warms each
-    /// up. With `verified_bytes`, the sessions are built from exactly those
-    /// bytes (the ones whose digest was checked), not by re-reading the file.
+    /// Builds `sessions` ONNX Runtime sessions for the model from `graph`
+    /// and its `external` data (the bytes whose digests were checked; see
+    /// [`Sessions::build`]) and warms each up.
     pub fn load(
         environment: &Environment,
-        index: usize,
         config: &ModelConfig,
-        verified_bytes: Option<&[u8]>,
+        graph: &[u8],
+        external: &[(PathBuf, Arc<[u8]>)],
     ) -> Result<Self, LoadError> {
         let name = config.name.get_ref().as_str().to_owned();
         let Sessions {
             sessions,
             device,
             cpu_fallback_reason,
-        } = Sessions::build(environment, index, config, verified_bytes)?;
+        } = Sessions::build(environment, config, graph, external)?;
         let first = &sessions[0];
         let inputs = specs(&name, "input", first.inputs())?;
         let outputs = specs(&name, "output", first.outputs())?;
@@ -158,6 +160,7 @@ impl Model {
             cpu_fallback_reason,
             sessions: sessions.len(),
             queue_depth: config.queue_depth,
+            infer_timeout: config.infer_timeout(),
         };
         let mut sessions = sessions;
         if config.warm_up {
@@ -199,14 +202,31 @@ impl Model {
         } else {
             outputs
         };
+        let options = Arc::new(RunOptions::new().map_err(|e| InferError::Runtime(e.to_string()))?);
+        let _stop = TerminateOnDrop(Arc::clone(&options));
         // The closure owns the lease and the admission, so a client that
-        // disconnects mid-run cannot leak a session.
+        // disconnects mid-run cannot leak a session; `_stop` makes the run
+        // itself end early when this future is dropped (client gone,
+        // deadline passed), rather than hold the session until it finishes.
         tokio::task::spawn_blocking(move || {
             let _admitted = admitted;
-            run_session(&mut session, inputs, &outputs)
+            run_session(&mut session, inputs, &outputs, &options)
         })
         .await
         .map_err(|e| InferError::Runtime(format!("inference task failed: {e}")))?
+    }
+}
+
+/// Asks ONNX Runtime to stop the run when dropped. It stops between two
+/// nodes (a `Loop` body's nodes included), so one long kernel still runs to
+/// its end; after the run has ended this does nothing.
+struct TerminateOnDrop(Arc<RunOptions>);
+
+impl Drop for TerminateOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.terminate() {
+            tracing::warn!(error = %e, "cannot ask ONNX Runtime to stop a run");
+        }
     }
 }
 
@@ -231,29 +251,37 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// Builds the sessions from `verified_bytes`, or from the graph file.
+    /// Builds the sessions from `graph` in memory, never from its path: the
+    /// caller read it once (and hashed those bytes). The graph's external
+    /// data comes from `external`, by the name the graph gives it; one it
+    /// names that is not there is looked for in the model's directory,
+    /// where only an unverified model (`integrity.enforce = false`) can
+    /// have it, since a verified graph's named files are all in `external`.
     pub fn build(
         environment: &Environment,
-        index: usize,
         config: &ModelConfig,
-        verified_bytes: Option<&[u8]>,
+        graph: &[u8],
+        external: &[(PathBuf, Arc<[u8]>)],
     ) -> Result<Self, LoadError> {
         let name = config.name.get_ref().as_str();
         let path = config.onnx();
-        // Open the file ourselves first: ONNX Runtime's message for a missing
-        // or unreadable file does not say which key named it.
-        std::fs::File::open(&path).map_err(|source| LoadError::Unreadable {
-            model: name.to_owned(),
-            index,
-            path: path.clone(),
-            source,
-        })?;
         let session_error = |e: ort::Error| LoadError::Session {
             model: name.to_owned(),
             path: path.clone(),
             reason: e.to_string(),
         };
-        let mut builder = Session::builder(environment).map_err(session_error)?;
+        let mut builder = Session::builder(environment)
+            .map_err(session_error)?
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                config.dir().to_string_lossy(),
+            )
+            .map_err(|e| session_error(e.into()))?;
+        for (file, bytes) in external {
+            builder = builder
+                .with_external_initializer_file_in_memory(file, Arc::clone(bytes))
+                .map_err(|e| session_error(e.into()))?;
+        }
         if let Some(threads) = config.intra_op_threads {
             builder = builder
                 .with_intra_threads(threads.get())
@@ -264,10 +292,7 @@ impl Sessions {
             Device::Cuda => register_cuda(builder, name, config)?,
         };
         let sessions = (0..config.sessions.get())
-            .map(|_| match verified_bytes {
-                Some(bytes) => builder.commit_from_memory(bytes),
-                None => builder.commit_from_file(&path),
-            })
+            .map(|_| builder.commit_from_memory(graph))
             .collect::<Result<Vec<_>, _>>()
             .map_err(session_error)?;
         Ok(Self {
@@ -357,7 +382,8 @@ fn warm_up(info: &ModelInfo, session: &mut Session) -> Result<(), String> {
         })
         .collect();
     let outputs: Vec<String> = info.outputs.iter().map(|o| o.name.clone()).collect();
-    run_session(session, inputs, &outputs)
+    let options = RunOptions::new().map_err(|e| e.to_string())?;
+    run_session(session, inputs, &outputs, &options)
         .map(drop)
         .map_err(|e| match e {
             InferError::BadRequest(m) | InferError::Runtime(m) | InferError::QueueFull(m) => m,
@@ -368,6 +394,7 @@ fn run_session(
     session: &mut Session,
     inputs: Vec<NamedTensor>,
     outputs: &[String],
+    options: &RunOptions,
 ) -> Result<Vec<NamedTensor>, InferError> {
     let values = inputs
         .into_iter()
@@ -379,14 +406,16 @@ fn run_session(
             Ok((input.name, value))
         })
         .collect::<Result<Vec<(String, DynValue)>, InferError>>()?;
-    let results = session.run(values).map_err(|e| match e.code() {
-        // The model rejected the values (e.g. shapes that do not broadcast):
-        // the client can fix that, so say what the runtime said.
-        ort::ErrorCode::InvalidArgument => {
-            InferError::BadRequest(format!("the model rejected the inputs: {e}"))
-        }
-        _ => InferError::Runtime(e.to_string()),
-    })?;
+    let results = session
+        .run_with_options(values, options)
+        .map_err(|e| match e.code() {
+            // The model rejected the values (e.g. shapes that do not broadcast):
+            // the client can fix that, so say what the runtime said.
+            ort::ErrorCode::InvalidArgument => {
+                InferError::BadRequest(format!("the model rejected the inputs: {e}"))
+            }
+            _ => InferError::Runtime(e.to_string()),
+        })?;
     outputs
         .iter()
         .map(|name| {
@@ -473,7 +502,13 @@ fn validate(info: &ModelInfo, inputs: &[NamedTensor], outputs: &[String]) -> Res
             }
         }
     }
+    let mut asked = std::collections::HashSet::with_capacity(outputs.len());
     for output in outputs {
+        // Each repeat would be copied into the answer once more: a few bytes
+        // of request for gigabytes of response.
+        if !asked.insert(output.as_str()) {
+            return Err(format!("output {output:?} is asked for more than once"));
+        }
         if !info.outputs.iter().any(|spec| &spec.name == output) {
             return Err(format!(
                 "model {:?} has no output {output:?}; its outputs are {}",
@@ -522,6 +557,7 @@ mod tests {
             cpu_fallback_reason: None,
             sessions: 1,
             queue_depth: 1,
+            infer_timeout: std::time::Duration::from_secs(60),
         }
     }
 
@@ -596,6 +632,13 @@ mod tests {
         inputs.push(inputs[0].clone());
         let err = validate(&info(), &inputs, &[]).expect_err("duplicate");
         assert_eq!(err, "input \"a\" is given more than once");
+    }
+
+    #[test]
+    fn duplicate_output_is_named() {
+        let outputs = ["sum".to_owned(), "sum".to_owned()];
+        let err = validate(&info(), &good(), &outputs).expect_err("duplicate output");
+        assert_eq!(err, "output \"sum\" is asked for more than once");
     }
 
     #[test]

@@ -255,6 +255,15 @@ macro_rules! define_types {
                 }
             }
 
+            /// The length of [`TensorData::write_binary`]'s encoding,
+            /// known before writing it.
+            pub fn binary_len(&self) -> usize {
+                match self {
+                    $(TensorData::$variant(v) => v.len().saturating_mul(<$ty as Element>::SIZE),)*
+                    TensorData::Bytes(v) => v.iter().fold(0usize, |n, s| n.saturating_add(4).saturating_add(s.len())),
+                }
+            }
+
             /// Decodes the binary tensor encoding of `datatype`.
             pub fn read_binary(datatype: DataType, bytes: &[u8]) -> Result<Self, String> {
                 match datatype {

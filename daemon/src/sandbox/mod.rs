@@ -3,6 +3,7 @@
 //! a failed step is fatal, naming the step and the kernel's error.
 
 pub mod caps;
+pub mod inherited;
 pub mod landlock;
 pub mod privileges;
 pub mod seccomp;
@@ -48,6 +49,9 @@ pub struct Report {
     pub steps: Vec<StepReport>,
     pub landlock: Option<LandlockReport>,
     pub seccomp: Option<SeccompReport>,
+    /// The environment variables the daemon kept (`inherited::KEPT_VARIABLES`
+    /// that were set); every other one was removed before the lockdown.
+    pub environment: Vec<String>,
 }
 
 /// The lockdown for one configuration, prepared while the daemon may still
@@ -86,6 +90,7 @@ impl Lockdown {
                 steps: Vec::new(),
                 landlock: None,
                 seccomp: None,
+                environment: Vec::new(),
             },
         })
     }
@@ -93,6 +98,11 @@ impl Lockdown {
     fn record(&mut self, step: &'static str, result: String) {
         tracing::info!(step, result = %result, "lockdown");
         self.report.steps.push(StepReport { step, result });
+    }
+
+    /// Notes the variables left by `inherited::clear_environment`.
+    pub fn set_environment(&mut self, kept: Vec<String>) {
+        self.report.environment = kept;
     }
 
     /// Steps 2 to 6. Must run before any other thread exists (tokio, ONNX

@@ -371,27 +371,45 @@ pub struct EncodedResponse {
     pub json_length: Option<usize>,
 }
 
+/// The response would be larger than `server.max_response_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the response would exceed the limit of {limit} bytes (server.max_response_bytes); \
+     ask for fewer outputs or send fewer elements"
+)]
+pub struct ResponseTooLarge {
+    pub limit: usize,
+}
+
 /// Encodes the outputs, each as JSON `data` or as binary data after the JSON
-/// according to `binary` (same order as `outputs`).
+/// according to `binary` (same order as `outputs`), into one buffer of at
+/// most `limit` bytes. What cannot fit is refused before the buffer grows
+/// past the limit: binary sizes are exact and every JSON element takes at
+/// least two bytes, so most oversized answers are refused before encoding.
 pub fn encode_response(
     model_name: &str,
     id: Option<&str>,
     outputs: &[NamedTensor],
     binary: &[bool],
-) -> EncodedResponse {
-    let mut blobs = Vec::new();
+    limit: usize,
+) -> Result<EncodedResponse, ResponseTooLarge> {
+    let too_large = ResponseTooLarge { limit };
+    let mut binary_len = 0usize;
+    let mut at_least = 0usize;
     let mut entries = Vec::with_capacity(outputs.len());
     for (output, &as_binary) in outputs.iter().zip(binary) {
         let (data, parameters) = if as_binary {
-            let start = blobs.len();
-            output.data.write_binary(&mut blobs);
+            let size = output.data.binary_len();
+            binary_len = binary_len.saturating_add(size);
+            at_least = at_least.saturating_add(size);
             (
                 None,
                 Some(BinaryParameters {
-                    binary_data_size: blobs.len() - start,
+                    binary_data_size: size,
                 }),
             )
         } else {
+            at_least = at_least.saturating_add(output.data.len().saturating_mul(2));
             (Some(&output.data), None)
         };
         entries.push(ResponseOutput {
@@ -402,16 +420,53 @@ pub fn encode_response(
             parameters,
         });
     }
+    if at_least > limit {
+        return Err(too_large);
+    }
     let response = Response {
         model_name,
         id,
         outputs: entries,
     };
-    let mut body =
-        serde_json::to_vec(&response).expect("response serializes: all keys are strings");
+    let mut body = Vec::new();
+    let json_limit = limit - binary_len;
+    match serde_json::to_writer(Bounded::new(&mut body, json_limit), &response) {
+        Ok(()) => {}
+        Err(e) if e.is_io() => return Err(too_large),
+        Err(e) => unreachable!("a response serializes (all keys are strings): {e}"),
+    }
     let json_length = (binary.iter().any(|&b| b)).then_some(body.len());
-    body.extend_from_slice(&blobs);
-    EncodedResponse { body, json_length }
+    body.reserve_exact(binary_len);
+    for (output, _) in outputs.iter().zip(binary).filter(|(_, b)| **b) {
+        output.data.write_binary(&mut body);
+    }
+    Ok(EncodedResponse { body, json_length })
+}
+
+/// A writer that fails instead of growing its buffer past a limit.
+struct Bounded<'a> {
+    out: &'a mut Vec<u8>,
+    limit: usize,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(out: &'a mut Vec<u8>, limit: usize) -> Self {
+        Self { out, limit }
+    }
+}
+
+impl std::io::Write for Bounded<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.out.len().saturating_add(bytes.len()) > self.limit {
+            return Err(std::io::Error::other("over the response limit"));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -515,7 +570,8 @@ mod tests {
                 data: TensorData::Int8(vec![-1]),
             },
         ];
-        let encoded = encode_response("m", Some("r1"), &outputs, &[true, false]);
+        let encoded =
+            encode_response("m", Some("r1"), &outputs, &[true, false], 1 << 20).expect("fits");
         let json_length = encoded.json_length.expect("binary response");
         let json: Value = serde_json::from_slice(&encoded.body[..json_length]).expect("json");
         assert_eq!(json["id"], "r1");
@@ -525,6 +581,35 @@ mod tests {
             &encoded.body[json_length..],
             &[0, 0, 0xc0, 0x3f, 0, 0, 0, 0x40]
         );
+    }
+
+    #[test]
+    fn the_response_limit_is_exact_for_json_and_binary() {
+        let outputs = vec![NamedTensor {
+            name: "y".into(),
+            shape: vec![3],
+            data: TensorData::Int32(vec![1, 2, 3]),
+        }];
+        for binary in [true, false] {
+            let whole = encode_response("m", None, &outputs, &[binary], usize::MAX)
+                .expect("unbounded")
+                .body
+                .len();
+            let at_limit =
+                encode_response("m", None, &outputs, &[binary], whole).expect("fits exactly");
+            assert_eq!(at_limit.body.len(), whole);
+            let err = encode_response("m", None, &outputs, &[binary], whole - 1)
+                .expect_err("one byte over");
+            assert_eq!(err.limit, whole - 1);
+        }
+        // Refused from the element count alone, before encoding.
+        let huge = vec![NamedTensor {
+            name: "y".into(),
+            shape: vec![1000],
+            data: TensorData::Int8(vec![0; 1000]),
+        }];
+        assert!(encode_response("m", None, &huge, &[false], 1999).is_err());
+        assert!(encode_response("m", None, &huge, &[true], 999).is_err());
     }
 
     /// Fuzz smoke for the request decoder, which reads bytes from any

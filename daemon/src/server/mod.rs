@@ -4,6 +4,7 @@
 pub mod kserve;
 pub mod openai;
 pub mod peer;
+pub mod refusal;
 pub mod routes;
 pub mod socket;
 
@@ -21,7 +22,8 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use peer::Peer;
+use peer::{AccessPolicy, Peer};
+use refusal::Refusals;
 
 /// A client that has not sent its request headers after this long is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,17 +37,27 @@ pub enum Drained {
     TimedOut,
 }
 
+/// Who may connect, checked at `accept`.
+#[derive(Debug)]
+pub struct Gate {
+    pub access: AccessPolicy,
+    pub refusals: Refusals,
+}
+
 /// Accepts connections (at most `max_connections` at once) until `shutdown`
 /// resolves, then stops accepting and waits up to `grace` for in-flight
-/// requests to finish.
+/// requests to finish. A peer the `gate` refuses is answered and closed at
+/// `accept`: it never holds a slot, and its request is never read.
 pub async fn serve(
     listener: UnixListener,
     app: Router,
+    gate: Gate,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     max_connections: usize,
 ) -> Drained {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let mut free_slot = None;
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -55,9 +67,13 @@ pub async fn serve(
     loop {
         // Wait for a free slot before accepting, so excess clients queue in
         // the listen backlog instead of costing the daemon memory.
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("semaphore never closed"),
+        // A slot left by a refused peer is reused for the next connection.
+        let slot = match free_slot.take() {
+            Some(slot) => slot,
+            None => tokio::select! {
+                () = &mut shutdown => break,
+                slot = Arc::clone(&slots).acquire_owned() => slot.expect("semaphore never closed"),
+            },
         };
         let stream = tokio::select! {
             () = &mut shutdown => break,
@@ -66,6 +82,7 @@ pub async fn serve(
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    free_slot = Some(slot);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -75,9 +92,15 @@ pub async fn serve(
             Ok(peer) => peer,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read peer credentials; connection closed");
+                free_slot = Some(slot);
                 continue;
             }
         };
+        if !gate.access.admits(&peer) {
+            gate.refusals.refuse(stream, &peer);
+            free_slot = Some(slot);
+            continue;
+        }
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(peer.clone());

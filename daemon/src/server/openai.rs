@@ -10,6 +10,8 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +21,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -27,10 +31,15 @@ use super::peer::Peer;
 use super::routes::{ApiError, AppState, audit_peer, hex_sha256, read_body, record_or_refuse};
 use crate::engine::CausalLm;
 use crate::engine::InferError;
+use crate::engine::llm::PromptError;
 use crate::engine::llm::generate::{Delta, FinishReason, Finished, GenerateRequest};
 use crate::engine::llm::sampling::SamplingParams;
 use crate::engine::llm::template::Message;
+use crate::engine::llm::tokenizer::TokenizerError;
 use deepseek_audit::entry::{Entry, Event};
+
+#[doc(hidden)]
+pub mod fuzz;
 
 /// An error as OpenAI sends it: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -190,13 +199,96 @@ impl Endpoint {
 
 /// The body of either endpoint; unknown fields are ignored, as OpenAI's
 /// clients send more than a server needs.
+/// Limits on what a client sends, so that no field can make the daemon
+/// allocate much more than the body itself (docs/api.md, "Limits"). Arrays
+/// are refused as soon as they run over, before the rest is parsed.
+const MAX_MODEL_BYTES: usize = 256;
+const MAX_MESSAGES: usize = 4096;
+const MAX_ROLE_BYTES: usize = 64;
+const MAX_CONTENT_PARTS: usize = 1024;
+/// Strings in `stop`, empty ones included (at most 4 non-empty are used).
+const MAX_STOP_ITEMS: usize = 64;
+const MAX_STOP_BYTES: usize = 1024;
+const MAX_STOP_TOKEN_IDS: usize = 256;
+/// The start of every limit's error, which is not a type error.
+const OVER_LIMIT: &str = "over the limit";
+
+/// A JSON array of at most `N` items.
+#[derive(Debug)]
+struct Bounded<T, const N: usize>(Vec<T>);
+
+fn bounded_items<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+    mut seq: A,
+    max: usize,
+) -> Result<Vec<T>, A::Error> {
+    let mut items = Vec::new();
+    while let Some(item) = seq.next_element()? {
+        if items.len() == max {
+            return Err(de::Error::custom(format_args!(
+                "{OVER_LIMIT}: more than {max} items"
+            )));
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Items<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Items<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an array of at most {N} items")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                bounded_items(seq, N).map(Bounded)
+            }
+        }
+        deserializer.deserialize_seq(Items(PhantomData))
+    }
+}
+
+/// A string, or an array of at most `N` items. Written out rather than an
+/// untagged enum, which would buffer the whole value (tens of bytes per
+/// array item) before trying each variant.
+#[derive(Debug)]
+enum TextOr<T, const N: usize> {
+    Text(String),
+    Items(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for TextOr<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Either<T, N> {
+            type Value = TextOr<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a string or an array of at most {N} items")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(TextOr::Text(text.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(TextOr::Text(text))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                bounded_items(seq, N).map(TextOr::Items)
+            }
+        }
+        deserializer.deserialize_any(Either(PhantomData))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct ApiRequest {
     model: String,
     #[serde(default)]
-    messages: Option<Vec<ChatMessage>>,
+    messages: Option<Bounded<ChatMessage, MAX_MESSAGES>>,
+    /// Kept as JSON until it is known to be text: token-id arrays are
+    /// refused without being parsed into values.
     #[serde(default)]
-    prompt: Option<Prompt>,
+    prompt: Option<Box<RawValue>>,
     #[serde(default)]
     max_tokens: Option<u32>,
     #[serde(default)]
@@ -216,9 +308,9 @@ struct ApiRequest {
     #[serde(default)]
     seed: Option<i64>,
     #[serde(default)]
-    stop: Option<Stop>,
+    stop: Option<TextOr<String, MAX_STOP_ITEMS>>,
     #[serde(default)]
-    stop_token_ids: Option<Vec<u32>>,
+    stop_token_ids: Option<Bounded<u32, MAX_STOP_TOKEN_IDS>>,
     #[serde(default)]
     ignore_eos: Option<bool>,
     #[serde(default)]
@@ -241,6 +333,10 @@ struct ApiRequest {
     reasoning_format: Option<ReasoningFormat>,
     #[serde(default)]
     logit_bias: Option<Value>,
+    /// Parse added tokens spelled in the prompt or messages (llama.cpp's
+    /// name); off by default, so that text cannot forge a turn.
+    #[serde(default)]
+    parse_special: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,12 +347,7 @@ struct ChatMessage {
 }
 
 /// A message's content: text, or text parts.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
+type Content = TextOr<ContentPart, MAX_CONTENT_PARTS>;
 
 #[derive(Debug, Deserialize)]
 struct ContentPart {
@@ -264,20 +355,6 @@ struct ContentPart {
     kind: String,
     #[serde(default)]
     text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Prompt {
-    One(String),
-    Many(Vec<Value>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -369,15 +446,78 @@ fn refuse_unsupported(body: &ApiRequest) -> Result<(), OpenAiError> {
     }
 }
 
-/// Parses the body, checks every parameter and builds the prompt.
-async fn prepare(
-    state: &AppState,
-    endpoint: Endpoint,
-    bytes: &[u8],
-    model_name: &mut Option<String>,
-) -> Result<Prepared, OpenAiError> {
+/// The prompt before it is rendered and tokenized.
+enum Source {
+    Chat(Vec<Message>),
+    Text(String),
+}
+
+/// 400 `context_length_exceeded` for text that cannot fit, found before
+/// it is tokenized.
+fn too_many_bytes(context: usize, bytes: usize, limit: usize, param: &str) -> OpenAiError {
+    OpenAiError::invalid(
+        format!(
+            "This model's maximum context length is {context} tokens. However, the text of the \
+             {param} is {bytes} bytes, more than the {limit} bytes that {context} tokens can hold. \
+             Please reduce the length of the {param}."
+        ),
+        Some(param),
+        Some("context_length_exceeded"),
+    )
+}
+
+fn over_limit(param: &str, what: &str, size: usize, max: usize) -> OpenAiError {
+    OpenAiError::invalid(
+        format!("{param} is {size} {what}, over the limit of {max}"),
+        Some(param),
+        None,
+    )
+}
+
+/// The completion's prompt: a string, or an array of exactly one.
+fn prompt_text(raw: &RawValue) -> Result<String, OpenAiError> {
+    if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
+        return Ok(text);
+    }
+    if let Ok((text,)) = serde_json::from_str::<(String,)>(raw.get()) {
+        return Ok(text);
+    }
+    if raw.get().starts_with('[') {
+        return Err(unsupported(
+            "a prompt other than one string (token ids, several prompts)",
+            "prompt",
+        ));
+    }
+    Err(OpenAiError::invalid(
+        "invalid request body: prompt must be a string, or an array of one string",
+        Some("prompt"),
+        Some("invalid_type"),
+    ))
+}
+
+/// Longest `param` an error names (a path such as
+/// `messages[4095].content[1023]` is far shorter).
+const MAX_PARAM_BYTES: usize = 256;
+
+/// `param` cut to [`MAX_PARAM_BYTES`], on a character boundary.
+fn cut_param(mut param: String) -> String {
+    if param.len() > MAX_PARAM_BYTES {
+        let mut end = MAX_PARAM_BYTES - 3;
+        while !param.is_char_boundary(end) {
+            end -= 1;
+        }
+        param.truncate(end);
+        param.push_str("...");
+    }
+    param
+}
+
+/// The body of either endpoint, as JSON; every error a 400 naming the
+/// parameter. Separate from [`prepare`] for the fuzz target `openai_request`
+/// ([`fuzz`]).
+fn parse_body(bytes: &[u8]) -> Result<ApiRequest, OpenAiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let body: ApiRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let missing = inner.to_string().starts_with("missing field");
@@ -389,11 +529,13 @@ async fn prepare(
                 .filter(|_| missing)
                 .map(str::to_owned)
         } else {
-            Some(path)
+            // serde_path_to_error names the key of an unknown field too,
+            // which the client chose: cut, as it is echoed and recorded.
+            Some(cut_param(path))
         };
         let code = if missing {
             Some("missing_required_parameter")
-        } else if inner.is_data() {
+        } else if inner.is_data() && !inner.to_string().starts_with(OVER_LIMIT) {
             Some("invalid_type")
         } else {
             None
@@ -404,7 +546,29 @@ async fn prepare(
             param,
             code,
         }
-    })?;
+    })
+}
+
+/// Parses the body, checks every parameter and builds the prompt. The
+/// request is admitted (or refused with `queue_full`) before the prompt is
+/// rendered and tokenized, and those run only while a turn of the daemon's
+/// preparation semaphore is held: the expensive work is bounded by the
+/// queue and by the CPUs, and by the byte bound checked first.
+async fn prepare(
+    state: &AppState,
+    endpoint: Endpoint,
+    bytes: &[u8],
+    model_name: &mut Option<String>,
+) -> Result<(Prepared, tokio::sync::OwnedSemaphorePermit), OpenAiError> {
+    let body = parse_body(bytes)?;
+    if body.model.len() > MAX_MODEL_BYTES {
+        return Err(over_limit(
+            "model",
+            "bytes",
+            body.model.len(),
+            MAX_MODEL_BYTES,
+        ));
+    }
     *model_name = Some(body.model.clone());
     let model = Arc::clone(find(state, &body.model)?);
     refuse_unsupported(&body)?;
@@ -448,8 +612,8 @@ async fn prepare(
     };
     let stop: Vec<String> = match body.stop {
         None => Vec::new(),
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
+        Some(TextOr::Text(s)) => vec![s],
+        Some(TextOr::Items(v)) => v,
     }
     .into_iter()
     .filter(|s| !s.is_empty())
@@ -461,10 +625,16 @@ async fn prepare(
             None,
         ));
     }
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(over_limit("stop", "bytes", long.len(), MAX_STOP_BYTES));
+    }
+    let parse_special = body.parse_special == Some(true);
+    let context = model.info().context_length;
+    let limit = model.max_prompt_bytes();
     let split = endpoint == Endpoint::Chat
         && model.reasons()
         && body.reasoning_format != Some(ReasoningFormat::None);
-    let (text, add_special, param) = match endpoint {
+    let (source, param) = match endpoint {
         Endpoint::Chat => {
             let messages = body.messages.ok_or_else(|| {
                 OpenAiError::invalid(
@@ -473,7 +643,7 @@ async fn prepare(
                     Some("missing_required_parameter"),
                 )
             })?;
-            if messages.is_empty() {
+            if messages.0.is_empty() {
                 return Err(OpenAiError::invalid(
                     "messages must hold at least one message",
                     Some("messages"),
@@ -481,35 +651,22 @@ async fn prepare(
                 ));
             }
             let messages = messages
+                .0
                 .into_iter()
                 .enumerate()
                 .map(|(i, m)| to_message(i, m))
                 .collect::<Result<Vec<_>, _>>()?;
-            let model = Arc::clone(&model);
-            let rendered = tokio::task::spawn_blocking(move || model.render(&messages))
-                .await
-                .map_err(|e| InferError::Runtime(e.to_string()))?
-                .map_err(|e| {
-                    OpenAiError::invalid(
-                        format!("the model's chat template refused the messages: {e}"),
-                        Some("messages"),
-                        None,
-                    )
-                })?;
-            (rendered, false, "messages")
+            // The template only adds to the content (R1's drops reasoning
+            // from the history, which is counted here all the same).
+            let bytes = messages.iter().map(|m| m.content.len()).sum::<usize>();
+            if bytes > limit {
+                return Err(too_many_bytes(context, bytes, limit, "messages"));
+            }
+            (Source::Chat(messages), "messages")
         }
         Endpoint::Completions => {
             let prompt = match body.prompt {
-                Some(Prompt::One(text)) => text,
-                Some(Prompt::Many(mut items)) if items.len() == 1 && items[0].is_string() => {
-                    items.remove(0).as_str().unwrap_or_default().to_owned()
-                }
-                Some(Prompt::Many(_)) => {
-                    return Err(unsupported(
-                        "a prompt other than one string (token ids, several prompts)",
-                        "prompt",
-                    ));
-                }
+                Some(raw) => prompt_text(&raw)?,
                 None => {
                     return Err(OpenAiError::invalid(
                         "missing required parameter: prompt",
@@ -518,15 +675,36 @@ async fn prepare(
                     ));
                 }
             };
-            (prompt, true, "prompt")
+            if prompt.len() > limit {
+                return Err(too_many_bytes(context, prompt.len(), limit, "prompt"));
+            }
+            (Source::Text(prompt), "prompt")
         }
     };
+    let admitted = model.admit()?;
+    let preparing = model.preparing().await?;
+    let lm = Arc::clone(&model);
+    let built = tokio::task::spawn_blocking(move || {
+        let _preparing = preparing;
+        match source {
+            Source::Chat(messages) => lm.chat_prompt(messages, parse_special),
+            Source::Text(text) => lm
+                .completion_prompt(&text, parse_special)
+                .map(|ids| (text, ids)),
+        }
+    })
+    .await
+    .map_err(|e| InferError::Runtime(e.to_string()))?;
+    let (text, prompt_ids) = built.map_err(|e| match e {
+        PromptError::Template(_) => OpenAiError::invalid(e.to_string(), Some("messages"), None),
+        PromptError::TooLong { bytes, limit, .. } => too_many_bytes(context, bytes, limit, param),
+        PromptError::Tokenizer(TokenizerError::Placeholders) => {
+            OpenAiError::invalid(e.to_string(), Some(param), None)
+        }
+        PromptError::Tokenizer(_) => InferError::Runtime(e.to_string()).into(),
+    })?;
     let prompt_sha256 = hex_sha256(text.as_bytes());
-    let tokenizer = model.tokenizer().clone();
-    let prompt_ids = tokio::task::spawn_blocking(move || tokenizer.encode(&text, add_special))
-        .await
-        .map_err(|e| InferError::Runtime(e.to_string()))?
-        .map_err(|e| InferError::Runtime(format!("tokenizing the prompt failed: {e}")))?;
+    drop(text);
     if prompt_ids.is_empty() {
         return Err(OpenAiError::invalid(
             format!("the {param} is empty: there is nothing to continue"),
@@ -534,7 +712,6 @@ async fn prepare(
             None,
         ));
     }
-    let context = model.info().context_length;
     let prompt_len = prompt_ids.len();
     let too_long = prompt_len >= context || max_tokens.is_some_and(|m| prompt_len + m > context);
     if too_long {
@@ -566,7 +743,7 @@ async fn prepare(
     } else {
         model.stop_ids().clone()
     };
-    stop_ids.extend(body.stop_token_ids.unwrap_or_default());
+    stop_ids.extend(body.stop_token_ids.map(|ids| ids.0).unwrap_or_default());
     let seed = body.seed;
     let generate = GenerateRequest {
         prompt_ids,
@@ -577,7 +754,7 @@ async fn prepare(
         stop_ids,
         split_reasoning: split,
     };
-    Ok(Prepared {
+    let prepared = Prepared {
         endpoint,
         model,
         generate,
@@ -588,21 +765,35 @@ async fn prepare(
             .unwrap_or(false),
         seed,
         prompt_sha256,
-    })
+    };
+    Ok((prepared, admitted))
 }
 
 /// A message as the template takes it: text parts joined, `developer`
 /// treated as `system`.
 fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError> {
+    if message.role.len() > MAX_ROLE_BYTES {
+        return Err(over_limit(
+            &format!("messages[{index}].role"),
+            "bytes",
+            message.role.len(),
+            MAX_ROLE_BYTES,
+        ));
+    }
     let content = match message.content {
         None => String::new(),
-        Some(Content::Text(text)) => text,
-        Some(Content::Parts(parts)) => {
+        Some(TextOr::Text(text)) => text,
+        Some(TextOr::Items(parts)) => {
             let mut text = String::new();
             for (p, part) in parts.into_iter().enumerate() {
                 match (part.kind.as_str(), part.text) {
                     ("text", Some(t)) => text.push_str(&t),
                     (kind, _) => {
+                        let kind = if kind.len() > MAX_ROLE_BYTES {
+                            "(too long to repeat)"
+                        } else {
+                            kind
+                        };
                         return Err(OpenAiError::invalid(
                             format!(
                                 "content parts of type {kind:?} are not supported; only \"text\""
@@ -773,14 +964,10 @@ async fn handle(
     record.request_sha256 = Some(hex_sha256(&bytes));
     let prepared = prepare(&state, endpoint, &bytes, &mut record.model).await;
     drop(bytes);
-    let prepared = match prepared {
+    let (prepared, admitted) = match prepared {
         Ok(prepared) => prepared,
         Err(error) if error.code == Some("model_not_found") => return error.into_response(),
         Err(error) => return refuse(&state, &record, error).await,
-    };
-    let admitted = match prepared.model.admit() {
-        Ok(admitted) => admitted,
-        Err(e) => return refuse(&state, &record, e.into()).await,
     };
     if prepared.stream {
         let mut entry = record.entry(&state, Event::Request, StatusCode::OK);

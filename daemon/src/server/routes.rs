@@ -14,10 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, Limited};
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use super::kserve::{self, HEADER_LENGTH};
 use super::openai::{self, OpenAiError};
-use super::peer::{AccessPolicy, Peer};
+use super::peer::Peer;
 use crate::audit::AuditClient;
 use crate::engine::{Engine, InferError, Model};
 use crate::sandbox::Lockdown;
@@ -28,8 +29,9 @@ use deepseek_audit::entry::{Entry, Event, Peer as AuditPeer};
 pub struct AppState {
     /// Every model, loaded: the daemon serves only once all are.
     pub engine: Engine,
-    pub access: AccessPolicy,
     pub max_body_bytes: usize,
+    /// Largest KServe response body (`server.max_response_bytes`).
+    pub max_response_bytes: usize,
     /// Set on SIGTERM: readiness turns false while in-flight requests finish.
     pub draining: AtomicBool,
     /// What the lockdown did, and the kernel's view of the process.
@@ -51,6 +53,9 @@ pub struct AppState {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// What the status alone does not say, for the audit record
+    /// (`details.error_code`): not sent to the client.
+    code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -62,6 +67,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            code: None,
+        }
+    }
+
+    fn with_code(self, code: &'static str) -> Self {
+        Self {
+            code: Some(code),
+            ..self
         }
     }
 }
@@ -88,13 +101,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .layer(middleware::from_fn(guard))
         .with_state(state)
 }
 
-/// Refuses peers outside the allow-list (403) and logs every request without
-/// its content: method, path, status, peer and latency.
-async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// Logs every request without its content: method, path, status, peer and
+/// latency. Peers outside the allow-list never get here: they are refused
+/// at `accept` (`server::refusal`).
+async fn guard(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -105,32 +119,6 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             ApiError::new(StatusCode::FORBIDDEN, "peer credentials unavailable"),
         );
     };
-    if !state.access.admits(&peer) {
-        tracing::warn!(
-            uid = peer.uid,
-            gid = peer.gid,
-            pid = peer.pid,
-            %method,
-            %path,
-            "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused"
-        );
-        let mut denied = Entry::event(Event::DeniedPeer);
-        denied.peer = Some(audit_peer(&peer));
-        denied.details.insert("path".to_owned(), path.clone());
-        if let Err(e) = state.audit.record(denied).await {
-            tracing::error!(error = %e, "the refusal of a peer could not be recorded");
-        }
-        return shaped(
-            &path,
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "uid {} gid {} is not allowed to use this socket",
-                    peer.uid, peer.gid
-                ),
-            ),
-        );
-    }
     let response = next.run(request).await;
     tracing::info!(
         uid = peer.uid,
@@ -153,7 +141,7 @@ impl AppState {
     /// watchdog pings stop on this (a drain is slow, not broken).
     pub fn broken(&self) -> Option<&'static str> {
         (self.audit_required && !self.audit.is_connected()).then_some(
-            "the connection to the auditor is lost: every request is refused (503) until deepseekd restarts",
+            "the connection to the auditor is lost: every request is refused (503) until it is back (reconnecting every second)",
         )
     }
 
@@ -248,6 +236,7 @@ async fn model_metadata(
             "cpu_fallback_reason": info.cpu_fallback_reason,
             "sessions": info.sessions,
             "queue_depth": info.queue_depth,
+            "infer_timeout_ms": u64::try_from(info.infer_timeout.as_millis()).unwrap_or(u64::MAX),
         },
     }))
     .into_response())
@@ -268,22 +257,73 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let (answer_tx, answer_rx) = oneshot::channel();
+    // The inference runs in a task of its own: a client that disconnects
+    // drops this handler, not the task, which stops the run and records the
+    // request (499) all the same.
+    tokio::spawn(drive_inference(state, name, peer, headers, body, answer_tx));
+    answer_rx.await.unwrap_or_else(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the inference task ended without an answer",
+        )
+        .into_response()
+    })
+}
+
+/// A client that left before its answer: nginx's 499 "client closed
+/// request", recorded, never sent.
+fn cancelled() -> ApiError {
+    ApiError::new(
+        StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        "the client closed the connection",
+    )
+    .with_code("cancelled")
+}
+
+/// Runs, records and answers one inference; stops early, and records 499,
+/// when `answer` is closed (the client left).
+async fn drive_inference(
+    state: Arc<AppState>,
+    name: String,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+    mut answer: oneshot::Sender<Response>,
+) {
     let started = Instant::now();
     let mut captured = Captured::default();
-    let outcome = run_inference(&state, &name, &headers, body, &mut captured).await;
-    let (status, answer, response) = match outcome {
+    let outcome = tokio::select! {
+        outcome = run_inference(&state, &name, &headers, body, &mut captured) => outcome,
+        // Dropping the inference asks ONNX Runtime to stop its run.
+        () = answer.closed() => Err(cancelled()),
+    };
+    // A client that left as the run ended gets nothing either.
+    let outcome = if answer.is_closed() {
+        Err(cancelled())
+    } else {
+        outcome
+    };
+    // One buffer: the digest (and the recorded content, cut) are taken from
+    // the body the response then owns.
+    let (status, error_code, response_sha256, response_content, response) = match outcome {
         Ok(encoded) => {
-            let answer = encoded.body.clone();
-            (StatusCode::OK, answer, encoded_response(encoded))
+            let digest = hex_sha256(&encoded.body);
+            let content = state.record_content.then(|| content_of(&encoded.body));
+            (
+                StatusCode::OK,
+                None,
+                Some(digest),
+                content,
+                encoded_response(encoded),
+            )
         }
-        Err(error) => {
-            let response = error.into_response();
-            (response.status(), Vec::new(), response)
-        }
+        Err(error) => (error.status, error.code, None, None, error.into_response()),
     };
     if state.engine.model(&name).is_none() && state.engine.causal_lm(&name).is_none() {
         // Unknown models are answered without a record: nothing ran.
-        return response;
+        let _ = answer.send(response);
+        return;
     }
     let mut entry = Entry::event(Event::Request);
     entry.peer = Some(audit_peer(&peer));
@@ -291,26 +331,30 @@ async fn infer(
     entry.model_sha256 = state.model_digests.get(&name).cloned().flatten();
     entry.request_id = captured.id;
     entry.request_sha256 = captured.sha256;
-    entry.response_sha256 = (status == StatusCode::OK).then(|| hex_sha256(&answer));
+    entry.response_sha256 = response_sha256;
     entry.status = Some(status.as_u16());
     entry.latency_us = Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    if let Some(code) = error_code {
+        entry
+            .details
+            .insert("error_code".to_owned(), code.to_owned());
+    }
     if state.record_content {
         let mut content = std::collections::BTreeMap::new();
         if let Some(request) = captured.content {
             content.insert("request".to_owned(), request);
         }
-        if status == StatusCode::OK {
-            content.insert(
-                "response".to_owned(),
-                String::from_utf8_lossy(&answer).into_owned(),
-            );
+        if let Some(response) = response_content {
+            content.insert("response".to_owned(), response);
         }
         entry.content = Some(content);
     }
-    match record_or_refuse(&state, entry).await {
+    let response = match record_or_refuse(&state, entry).await {
         Ok(()) => response,
         Err(refused) => refused.into_response(),
-    }
+    };
+    // The client may have left meanwhile; its record is written either way.
+    let _ = answer.send(response);
 }
 
 /// Records a request's entry. When the auditor did not acknowledge it and
@@ -335,22 +379,13 @@ pub(super) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<(
     }
 }
 
-/// Recorded content is cut at this many body bytes (the digests always cover
-/// the whole body). JSON escaping makes a byte at most 6 bytes (`\u0001`), so
-/// a request and a response stay under the auditor's 1 MiB default frame.
-const CONTENT_LIMIT: usize = 64 * 1024;
-
-/// A body as recorded content: text, cut at [`CONTENT_LIMIT`] with a note.
+/// A body as recorded content: text, cut at
+/// [`deepseek_audit::entry::CONTENT_LIMIT`] bytes with a note (the digests
+/// always cover the whole body). JSON escaping makes a byte at most 6 bytes
+/// (`\u0001`), so a request and a response stay under the auditor's 1 MiB
+/// default frame.
 fn content_of(bytes: &[u8]) -> String {
-    if bytes.len() <= CONTENT_LIMIT {
-        String::from_utf8_lossy(bytes).into_owned()
-    } else {
-        format!(
-            "{}[truncated at {CONTENT_LIMIT} of {} bytes]",
-            String::from_utf8_lossy(&bytes[..CONTENT_LIMIT]),
-            bytes.len()
-        )
-    }
+    deepseek_audit::entry::cut_bytes(bytes, deepseek_audit::entry::CONTENT_LIMIT)
 }
 
 /// The peer as the audit log records it (the executable is unknown: the
@@ -441,9 +476,21 @@ async fn run_inference(
     } else {
         request.outputs.into_iter().unzip()
     };
-    let outputs = model
-        .infer(request.inputs, names)
+    let limit = model.info().infer_timeout;
+    // Dropping the inference at the deadline asks ONNX Runtime to stop it.
+    let outputs = tokio::time::timeout(limit, model.infer(request.inputs, names))
         .await
+        .map_err(|_| {
+            tracing::warn!(model = %name, limit_ms = limit.as_millis(), "inference stopped at its deadline");
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "inference did not finish within {} ms (infer_timeout_ms of model {name:?}); it was stopped",
+                    limit.as_millis()
+                ),
+            )
+            .with_code("timed_out")
+        })?
         .map_err(|e| match e {
             InferError::BadRequest(message) => ApiError::new(StatusCode::BAD_REQUEST, message),
             InferError::QueueFull(_) => {
@@ -457,12 +504,16 @@ async fn run_inference(
                 )
             }
         })?;
-    Ok(kserve::encode_response(
+    kserve::encode_response(
         name,
         request.id.as_deref(),
         &outputs,
         &binary,
-    ))
+        state.max_response_bytes,
+    )
+    .map_err(|e| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).with_code("response_too_large")
+    })
 }
 
 /// How long a client may take to send its request body (408 after that), so

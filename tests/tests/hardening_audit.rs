@@ -1,0 +1,293 @@
+//! Regression tests for the red-team findings against the audit path: no
+//! single request may cut the daemon off from its auditor, the daemon
+//! comes back by itself when the auditor does, and the log never claims an
+//! answer that was not given.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use deepseek_tests::{
+    Auditor, Daemon, get, model_table, ort_library, post_json, shared_tempdir, write_config_audited,
+};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+fn x(id: &str, rows: usize) -> Value {
+    let data: Vec<f32> = (0..rows * 4).map(|i| (i % 97) as f32).collect();
+    json!({"id": id, "inputs": [{"name": "x", "shape": [rows, 4], "datatype": "FP32", "data": data}]})
+}
+
+/// Polls `check` every 100 ms for up to 60 s: long enough for a slow,
+/// shared CI machine, and the condition never depends on a timer racing.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn ready(socket: &std::path::Path) -> bool {
+    get(socket, "/v2/health/ready")
+        .await
+        .is_ok_and(|r| r.status == 200)
+}
+
+fn entries_of<'a>(entries: &'a [Value], event: &str) -> Vec<&'a Value> {
+    entries.iter().filter(|e| e["event"] == event).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_megabyte_kserve_id_is_recorded_cut_and_later_requests_are_served() {
+    let mut d = Daemon::start("", &model_table("demo", "demo.onnx", ""));
+    let long_id = "i".repeat(1_100_000);
+    let first = post_json(&d.socket, "/v2/models/demo/infer", &x(&long_id, 1)).await;
+    assert_eq!(first.status, 200, "{}", first.error());
+    // Before the fix the 1.1 MB id broke the auditor's connection for good.
+    let second = post_json(&d.socket, "/v2/models/demo/infer", &x("after", 1)).await;
+    assert_eq!(second.status, 200, "{}", second.error());
+    assert!(ready(&d.socket).await);
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(10));
+    let entries = d.auditor.as_ref().expect("auditor").entries();
+    let requests = entries_of(&entries, "request");
+    let recorded = requests[0]["request_id"].as_str().expect("id");
+    assert_eq!(
+        recorded,
+        format!("{}[truncated at 1024 of 1100000 bytes]", "i".repeat(1024))
+    );
+    assert_eq!(requests[1]["request_id"], "after");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_content_is_cut_at_64_kib_whatever_the_answer() {
+    let mut d = Daemon::spawn_full(
+        "",
+        "",
+        "record_content = true",
+        &model_table("demo", "demo.onnx", ""),
+    );
+    d.wait_ready();
+    // 80,000 rows: an answer of about 1.3 MB, which broke the connection.
+    let big = post_json(&d.socket, "/v2/models/demo/infer", &x("big", 80_000)).await;
+    assert_eq!(big.status, 200, "{}", big.error());
+    assert!(big.body.len() > 1 << 20, "{} bytes", big.body.len());
+    let next = post_json(&d.socket, "/v2/models/demo/infer", &x("next", 1)).await;
+    assert_eq!(next.status, 200, "{}", next.error());
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(10));
+    let entries = d.auditor.as_ref().expect("auditor").entries();
+    let request = entries_of(&entries, "request")[0].clone();
+    let response = request["content"]["response"].as_str().expect("response");
+    let note = format!("[truncated at 65536 of {} bytes]", big.body.len());
+    assert!(response.ends_with(&note), "{}", &response[65_000..]);
+    assert_eq!(response.len(), 65_536 + note.len());
+    let request_content = request["content"]["request"].as_str().expect("request");
+    assert!(
+        request_content.len() <= 65_536 + 64,
+        "{}",
+        request_content.len()
+    );
+}
+
+/// Writes one frame and reads the auditor's reply to it.
+fn exchange(stream: &mut UnixStream, frame: &[u8]) -> Value {
+    let length = u32::try_from(frame.len()).expect("length").to_be_bytes();
+    stream.write_all(&length).expect("length");
+    stream.write_all(frame).expect("frame");
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).expect("reply length");
+    let mut reply = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut reply).expect("reply");
+    serde_json::from_slice(&reply).expect("reply json")
+}
+
+#[test]
+fn the_auditor_answers_oversized_and_malformed_records_and_keeps_the_connection() {
+    let dir = shared_tempdir();
+    let auditor = Auditor::start(&dir.path().join("audit"));
+    let mut stream = UnixStream::connect(&auditor.socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut oversized =
+        br#"{"tag":7,"entry":{"seq":0,"time_ns":0,"event":"shutdown","details":{"x":""#.to_vec();
+    oversized.resize((1 << 20) + 100, b'x');
+    oversized.extend_from_slice(br#""}}}"#);
+    let reply = exchange(&mut stream, &oversized);
+    assert_eq!(reply["tag"], 7);
+    assert_eq!(
+        reply["error"],
+        format!(
+            "record of {} bytes over max_frame_bytes = 1048576",
+            oversized.len()
+        )
+    );
+    let reply = exchange(&mut stream, br#"{"tag":8,"entry":42}"#);
+    assert_eq!(reply["tag"], 8);
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("malformed record: "),
+        "{reply}"
+    );
+    let reply = exchange(&mut stream, b"not json");
+    assert_eq!(reply["tag"], 0);
+    // The same connection still records.
+    let reply = exchange(
+        &mut stream,
+        br#"{"tag":9,"entry":{"seq":0,"time_ns":0,"event":"shutdown"}}"#,
+    );
+    assert_eq!(reply, json!({"tag": 9, "seq": 0}));
+    assert_eq!(auditor.entries().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_reconnects_when_the_auditor_restarts_and_records_the_gap() {
+    let mut d = Daemon::start("", &model_table("demo", "demo.onnx", ""));
+    let ok = post_json(&d.socket, "/v2/models/demo/infer", &x("before", 1)).await;
+    assert_eq!(ok.status, 200, "{}", ok.error());
+    let auditor = d.auditor.as_mut().expect("auditor");
+    auditor.stop(Signal::SIGTERM);
+    let refused = post_json(&d.socket, "/v2/models/demo/infer", &x("meanwhile", 1)).await;
+    assert_eq!(refused.status, 503, "{}", refused.error());
+    assert!(!ready(&d.socket).await);
+    auditor.spawn();
+    // The daemon reconnects as the user it switched to (nobody, as root).
+    std::fs::set_permissions(&auditor.socket, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod");
+    let socket = d.socket.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        eventually("ready again", || runtime.block_on(ready(&socket)));
+    })
+    .await
+    .expect("wait");
+    let after = post_json(&d.socket, "/v2/models/demo/infer", &x("after", 1)).await;
+    assert_eq!(after.status, 200, "{}", after.error());
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(10));
+    let auditor = d.auditor.as_ref().expect("auditor");
+    let entries = auditor.entries();
+    let reconnected = entries_of(&entries, "audit_reconnected");
+    assert_eq!(reconnected.len(), 1, "{entries:#?}");
+    let refused: u64 = reconnected[0]["details"]["refused"]
+        .as_str()
+        .expect("refused")
+        .parse()
+        .expect("number");
+    assert!(refused >= 1, "{}", reconnected[0]);
+    let ids: Vec<&str> = entries_of(&entries, "request")
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .collect();
+    assert!(ids.contains(&"after"), "{ids:?}");
+    let (code, output) = auditor.verify();
+    assert_eq!(code, 0, "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_acknowledged_after_its_client_was_refused_is_followed_by_undelivered() {
+    let d = Daemon::spawn_full(
+        "",
+        "",
+        "timeout_ms = 200",
+        &model_table("demo", "demo.onnx", ""),
+    );
+    d.wait_ready();
+    let auditor = d.auditor.as_ref().expect("auditor");
+    auditor.signal(Signal::SIGSTOP);
+    // The auditor cannot answer while stopped: the timeout always fires.
+    let refused = post_json(&d.socket, "/v2/models/demo/infer", &x("late", 1)).await;
+    auditor.signal(Signal::SIGCONT);
+    assert_eq!(refused.status, 503, "{}", refused.error());
+    eventually("an undelivered entry", || {
+        !entries_of(&auditor.entries(), "undelivered").is_empty()
+    });
+    let entries = auditor.entries();
+    let request = entries
+        .iter()
+        .find(|e| e["event"] == "request" && e["request_id"] == "late")
+        .expect("the late record");
+    assert_eq!(request["status"], 200, "what the daemon meant to answer");
+    let undelivered = entries_of(&entries, "undelivered")[0];
+    assert_eq!(undelivered["request_id"], "late");
+    assert_eq!(undelivered["status"], 503);
+    assert_eq!(undelivered["request_sha256"], request["request_sha256"]);
+    assert_eq!(
+        undelivered["details"]["refers_to_seq"],
+        request["seq"].to_string()
+    );
+    assert!(undelivered["seq"].as_u64() > request["seq"].as_u64());
+    let after = post_json(&d.socket, "/v2/models/demo/infer", &x("after", 1)).await;
+    assert_eq!(after.status, 200, "{}", after.error());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_waits_for_an_auditor_that_is_not_ready_yet() {
+    let dir = shared_tempdir();
+    let auditor = Auditor::start(&dir.path().join("audit"));
+    // Stopped: connections wait in its backlog, as while it verifies a
+    // long log.
+    auditor.signal(Signal::SIGSTOP);
+    let socket = dir.path().join("deepseekd.sock");
+    let models = model_table("demo", "demo.onnx", "");
+    let config = write_config_audited(
+        dir.path(),
+        &socket,
+        &ort_library(),
+        "",
+        "",
+        &models,
+        &format!("{}timeout_ms = 100\n", auditor.table()),
+    );
+    let d = Daemon::spawn_with_config(dir, socket, config, &[]);
+    eventually("the start record is sent", || {
+        d.log().contains("recording the start")
+    });
+    // Ten times the per-request timeout: the daemon used to exit here.
+    std::thread::sleep(Duration::from_secs(1));
+    auditor.signal(Signal::SIGCONT);
+    d.wait_ready();
+    let ok = post_json(&d.socket, "/v2/models/demo/infer", &x("first", 1)).await;
+    assert_eq!(ok.status, 200, "{}", ok.error());
+    assert_eq!(entries_of(&auditor.entries(), "start").len(), 1);
+}
+
+#[test]
+fn the_auditor_listens_only_once_its_log_is_verified() {
+    let dir = shared_tempdir();
+    let mut auditor = Auditor::start(&dir.path().join("audit"));
+    let mut stream = UnixStream::connect(&auditor.socket).expect("connect");
+    let reply = exchange(
+        &mut stream,
+        br#"{"tag":1,"entry":{"seq":0,"time_ns":0,"event":"shutdown"}}"#,
+    );
+    assert_eq!(reply["seq"], 0);
+    drop(stream);
+    auditor.stop(Signal::SIGTERM);
+    // An edited entry: the log no longer verifies against its checkpoint.
+    let entries = auditor.log_dir.join("entries.log");
+    let text = std::fs::read_to_string(&entries).expect("entries");
+    std::fs::write(&entries, text.replace("shutdown", "start")).expect("tamper");
+    std::fs::remove_file(&auditor.socket).expect("remove the old socket");
+    let output = std::process::Command::new(deepseek_tests::binary("deepseek-audit"))
+        .arg("--config")
+        .arg(&auditor.config)
+        .arg("serve")
+        .output()
+        .expect("deepseek-audit serve");
+    assert_eq!(
+        output.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !auditor.socket.exists(),
+        "a client could have connected to an auditor that was never going to record"
+    );
+}
