@@ -38,8 +38,17 @@ pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 /// Corrections (`undelivered` entries) kept while the auditor is away;
 /// beyond this they are counted in `audit_reconnected`'s
-/// `details.undelivered_dropped` instead.
-const MAX_CORRECTIONS: usize = 4096;
+/// `details.undelivered_dropped` instead. Corrections come only from
+/// records in flight, at most [`MAX_IN_FLIGHT`], so this is a backstop.
+const MAX_CORRECTIONS: usize = 2 * MAX_IN_FLIGHT;
+
+/// Records sent and not yet acknowledged, at most: past this (an auditor
+/// that stalls), a new record is refused at once (503) instead of queueing
+/// behind the others, so a stalled auditor costs bounded memory.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// The same bound in bytes of the frames in flight.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Why a record was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,17 +61,28 @@ pub enum AuditError {
     Refused(String),
     #[error("the record is {0} bytes, over the limit of {MAX_FRAME}")]
     TooLarge(usize),
+    #[error(
+        "{MAX_IN_FLIGHT} records or {MAX_IN_FLIGHT_BYTES} bytes already wait for the auditor's acknowledgement"
+    )]
+    Backlog,
 }
 
 /// A record sent and not yet answered.
 #[derive(Debug)]
 struct Waiter {
-    /// `None` once its caller gave up waiting (and refused its client).
+    /// `None` once its caller gave up waiting (and refused its client), or
+    /// for the daemon's own corrections, which nobody waits for.
     reply: Option<oneshot::Sender<Result<u64, AuditError>>>,
     /// The `undelivered` entry to write should the record reach the log
     /// after its client was refused; only for answers (request, completion)
     /// with `audit.required`.
     correction: Option<Entry>,
+    /// A correction (or `audit_reconnected`) itself: sent again on the next
+    /// connection if this one is lost before it is acknowledged.
+    resend: Option<Entry>,
+    /// Its caller timed out waiting: the auditor is not keeping up.
+    abandoned: bool,
+    bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +90,10 @@ struct State {
     /// Frames to the current connection; `None` while there is none.
     sender: Option<mpsc::UnboundedSender<Vec<u8>>>,
     pending: HashMap<u64, Waiter>,
+    /// Bytes of the frames in `pending`.
+    in_flight_bytes: usize,
+    /// Waiters in `pending` whose caller timed out.
+    abandoned: usize,
     /// `undelivered` entries waiting for a connection.
     corrections: VecDeque<Entry>,
     corrections_dropped: u64,
@@ -77,6 +101,30 @@ struct State {
     /// since, for `audit_reconnected`.
     lost_at_ns: Option<u128>,
     refused: u64,
+}
+
+impl State {
+    /// Sends `frame` on the connection and tracks `waiter` for its reply.
+    fn send(&mut self, tag: u64, frame: Vec<u8>, waiter: Waiter) -> Result<(), AuditError> {
+        let Some(sender) = &self.sender else {
+            return Err(AuditError::Lost);
+        };
+        let bytes = waiter.bytes;
+        sender.send(frame).map_err(|_| AuditError::Lost)?;
+        self.in_flight_bytes += bytes;
+        self.pending.insert(tag, waiter);
+        Ok(())
+    }
+
+    /// Stops tracking `tag`'s waiter, returning it.
+    fn take(&mut self, tag: u64) -> Option<Waiter> {
+        let waiter = self.pending.remove(&tag)?;
+        self.in_flight_bytes -= waiter.bytes;
+        if waiter.abandoned {
+            self.abandoned -= 1;
+        }
+        Some(waiter)
+    }
 }
 
 #[derive(Debug)]
@@ -118,6 +166,14 @@ impl AuditClient {
         self.inner
             .as_ref()
             .is_some_and(|inner| inner.connected.load(Ordering::Acquire))
+    }
+
+    /// Whether records are waiting past their timeout: the auditor is
+    /// connected but does not keep up (stopped, or its disk stalls).
+    pub fn is_stalled(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|inner| inner.lock().abandoned > 0)
     }
 
     /// Starts recording over `stream`, a connection to `socket` opened
@@ -164,43 +220,59 @@ impl AuditClient {
         let tag = inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let correction = (inner.required
             && matches!(entry.event, Event::Request | Event::Completion))
-        .then(|| undelivered(&entry));
+        .then(|| undelivered(&entry, 503));
         let frame = serde_json::to_vec(&Request { tag, entry }).expect("records serialize");
         if frame.len() > MAX_FRAME {
             return Err(AuditError::TooLarge(frame.len()));
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         {
             let mut state = inner.lock();
-            let Some(sender) = &state.sender else {
-                state.refused += 1;
-                return Err(AuditError::Lost);
-            };
-            if sender.send(frame).is_err() {
+            if state.sender.is_none() {
                 state.refused += 1;
                 return Err(AuditError::Lost);
             }
-            state.pending.insert(
+            if state.pending.len() >= MAX_IN_FLIGHT
+                || state.in_flight_bytes + frame.len() > MAX_IN_FLIGHT_BYTES
+            {
+                return Err(AuditError::Backlog);
+            }
+            let bytes = frame.len();
+            state.send(
                 tag,
+                frame,
                 Waiter {
                     reply: Some(tx),
                     correction,
+                    resend: None,
+                    abandoned: false,
+                    bytes,
                 },
-            );
+            )?;
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(AuditError::Lost),
-            Err(_) => {
-                // The record may still be written: its waiter stays, without
-                // a caller, so a late acknowledgement brings its correction.
-                let mut state = inner.lock();
-                if let Some(waiter) = state.pending.get_mut(&tag) {
+        if let Ok(answered) = tokio::time::timeout(timeout, &mut rx).await {
+            return answered.unwrap_or(Err(AuditError::Lost));
+        }
+        // Who wins, the timeout or an acknowledgement arriving now, is
+        // decided under the lock: a waiter still pending is abandoned (a
+        // late acknowledgement then brings its correction); one already
+        // taken has its answer on the way.
+        let abandoned = {
+            let mut state = inner.lock();
+            match state.pending.get_mut(&tag) {
+                Some(waiter) => {
                     waiter.reply = None;
+                    waiter.abandoned = true;
+                    state.abandoned += 1;
+                    true
                 }
-                state.refused += 1;
-                Err(AuditError::Timeout(timeout))
+                None => false,
             }
+        };
+        if abandoned {
+            Err(AuditError::Timeout(timeout))
+        } else {
+            rx.await.unwrap_or(Err(AuditError::Lost))
         }
     }
 
@@ -218,31 +290,56 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// Queues an `undelivered` entry, bounded.
-    fn correct(&self, mut correction: Entry, refers_to: Option<u64>) {
-        if let Some(seq) = refers_to {
-            correction
-                .details
-                .insert("refers_to_seq".to_owned(), seq.to_string());
-        }
-        let mut state = self.lock();
-        if state.corrections.len() < MAX_CORRECTIONS {
-            state.corrections.push_back(correction);
+impl State {
+    /// Queues a correction, bounded.
+    fn queue(&mut self, correction: Entry) {
+        if self.corrections.len() < MAX_CORRECTIONS {
+            self.corrections.push_back(correction);
         } else {
-            state.corrections_dropped += 1;
+            self.corrections_dropped += 1;
+        }
+    }
+
+    /// Sends the queued corrections, in order, on the connection if there
+    /// is one. Nobody waits for them; one in flight when the connection is
+    /// lost is sent again on the next.
+    fn flush(&mut self, inner: &Inner) {
+        while self.sender.is_some() {
+            let Some(entry) = self.corrections.pop_front() else {
+                return;
+            };
+            let tag = inner.next_tag.fetch_add(1, Ordering::Relaxed);
+            let frame = serde_json::to_vec(&Request {
+                tag,
+                entry: entry.clone(),
+            })
+            .expect("records serialize");
+            let waiter = Waiter {
+                reply: None,
+                correction: None,
+                resend: Some(entry),
+                abandoned: false,
+                bytes: frame.len(),
+            };
+            if let Err(unsent) = self.send(tag, frame, waiter) {
+                tracing::debug!(error = %unsent, "corrections wait for the next connection");
+                return;
+            }
         }
     }
 }
 
-/// The `undelivered` entry for `entry`, should its client be refused.
-fn undelivered(entry: &Entry) -> Entry {
+/// The `undelivered` entry for `entry`, should its client not get the
+/// answer it describes but `status` instead (503 refused, 499 left).
+pub fn undelivered(entry: &Entry, status: u16) -> Entry {
     let mut correction = Entry::event(Event::Undelivered);
     correction.peer.clone_from(&entry.peer);
     correction.model.clone_from(&entry.model);
     correction.request_id.clone_from(&entry.request_id);
     correction.request_sha256.clone_from(&entry.request_sha256);
-    correction.status = Some(503);
+    correction.status = Some(status);
     correction.details.insert(
         "corrects".to_owned(),
         match entry.event {
@@ -262,12 +359,17 @@ fn now_ns() -> u128 {
 
 /// Makes `stream` the connection: a writer task, and a reader task that
 /// answers waiters and, when the connection ends, fails them and starts
-/// reconnecting.
+/// reconnecting. Queued corrections (`audit_reconnected` first) go out
+/// before any other record can.
 fn attach(inner: &Arc<Inner>, stream: tokio::net::UnixStream) {
     let (mut read, mut write) = stream.into_split();
     let (sender, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
-    inner.lock().sender = Some(sender);
-    inner.connected.store(true, Ordering::Release);
+    {
+        let mut state = inner.lock();
+        state.sender = Some(sender);
+        state.flush(inner);
+        inner.connected.store(true, Ordering::Release);
+    }
     tokio::spawn(async move {
         while let Some(frame) = outgoing.recv().await {
             let length = u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes();
@@ -308,9 +410,9 @@ async fn read_reply(read: &mut tokio::net::unix::OwnedReadHalf) -> Option<Reply>
 
 /// Hands an acknowledgement to its waiter; a late one for a client that was
 /// refused queues its correction.
-fn answer(inner: &Arc<Inner>, reply: Reply) {
-    let waiter = inner.lock().pending.remove(&reply.tag);
-    let Some(waiter) = waiter else {
+fn answer(inner: &Inner, reply: Reply) {
+    let mut state = inner.lock();
+    let Some(waiter) = state.take(reply.tag) else {
         if let Some(error) = reply.error {
             tracing::error!(tag = reply.tag, error, "the auditor refused a record");
         }
@@ -320,42 +422,62 @@ fn answer(inner: &Arc<Inner>, reply: Reply) {
         (Some(seq), _) => Ok(seq),
         (None, error) => Err(AuditError::Refused(error.unwrap_or_default())),
     };
-    match (waiter.reply, waiter.correction, &result) {
-        (Some(caller), _, _) => {
+    match (waiter.reply, waiter.correction, result) {
+        (Some(caller), _, result) => {
             let _ = caller.send(result);
         }
-        (None, Some(correction), Ok(seq)) => {
+        (None, Some(mut correction), Ok(seq)) => {
             tracing::error!(
                 seq,
                 "a record was acknowledged after its client was refused; recording that it was undelivered"
             );
-            inner.correct(correction, Some(*seq));
-            flush(inner);
+            correction
+                .details
+                .insert("refers_to_seq".to_owned(), seq.to_string());
+            state.queue(correction);
+            state.flush(inner);
         }
-        // Refused after its caller gave up: nothing reached the log.
+        (None, _, Err(e)) if waiter.resend.is_some() => {
+            tracing::error!(error = %e, "a correction was refused by the auditor");
+        }
+        // Acknowledged, or refused after its caller gave up (nothing
+        // reached the log).
         (None, _, _) => {}
     }
 }
 
-/// The connection ended: every waiter fails, records in flight may or may
-/// not be in the log (their corrections wait for the next connection), and
-/// reconnecting starts unless the daemon is shutting down.
+/// The connection ended: every waiter fails; records in flight may or may
+/// not be in the log, so each with a correction gets it (its caller refuses
+/// its client), and corrections in flight are sent again. Reconnecting
+/// starts unless the daemon is shutting down.
 fn lost(inner: &Arc<Inner>) {
     let closing = inner.closing.load(Ordering::Acquire);
-    let waiters: Vec<Waiter> = {
+    {
         let mut state = inner.lock();
         state.sender = None;
         inner.connected.store(false, Ordering::Release);
         if !closing {
             state.lost_at_ns.get_or_insert_with(now_ns);
         }
-        state.pending.drain().map(|(_, w)| w).collect()
-    };
-    for waiter in waiters {
-        if let Some(caller) = waiter.reply {
-            let _ = caller.send(Err(AuditError::Lost));
-        } else if let Some(correction) = waiter.correction {
-            inner.correct(correction, None);
+        let mut tags: Vec<u64> = state.pending.keys().copied().collect();
+        // In the order they were sent, so corrections stay in order.
+        tags.sort_unstable();
+        let mut resend = Vec::new();
+        for tag in tags {
+            let Some(waiter) = state.take(tag) else {
+                continue;
+            };
+            if let Some(caller) = waiter.reply {
+                let _ = caller.send(Err(AuditError::Lost));
+            }
+            if let Some(correction) = waiter.correction {
+                state.queue(correction);
+            }
+            resend.extend(waiter.resend);
+        }
+        // Corrections that were in flight go first, as they were sent first.
+        for entry in resend.into_iter().rev() {
+            state.corrections.push_front(entry);
         }
     }
     if closing {
@@ -369,20 +491,17 @@ fn lost(inner: &Arc<Inner>) {
     tokio::spawn(reconnect(Arc::clone(inner)));
 }
 
-/// Connects again until it works (or the daemon shuts down), then records
-/// the gap and the corrections that waited for it.
+/// Connects again until it works (or the daemon shuts down); the new
+/// connection first records the gap, then the corrections that waited.
 async fn reconnect(inner: Arc<Inner>) {
     let mut failures = 0u64;
-    loop {
+    let stream = loop {
         tokio::time::sleep(RECONNECT_EVERY).await;
         if inner.closing.load(Ordering::Acquire) {
             return;
         }
         match tokio::net::UnixStream::connect(&inner.socket).await {
-            Ok(stream) => {
-                attach(&inner, stream);
-                break;
-            }
+            Ok(stream) => break stream,
             Err(e) => {
                 failures += 1;
                 // Once, then every minute: the error is the same each time.
@@ -391,57 +510,124 @@ async fn reconnect(inner: Arc<Inner>) {
                 }
             }
         }
-    }
+    };
     let (lost_at_ns, refused, dropped) = {
         let mut state = inner.lock();
-        let gap = (
-            state.lost_at_ns.take(),
-            std::mem::take(&mut state.refused),
-            std::mem::take(&mut state.corrections_dropped),
-        );
-        // Corrections go after this entry, which explains them.
+        let lost_at_ns = state.lost_at_ns.take();
+        let refused = std::mem::take(&mut state.refused);
+        let dropped = std::mem::take(&mut state.corrections_dropped);
         let mut event = Entry::event(Event::AuditReconnected);
-        if let Some(at) = gap.0 {
+        // One that never reached the auditor (a connection lost again at
+        // once) is folded into this one: a flapping auditor adds no entries.
+        let (mut lost_at_ns, mut refused, mut dropped) = (lost_at_ns, refused, dropped);
+        while state
+            .corrections
+            .front()
+            .is_some_and(|e| e.event == Event::AuditReconnected)
+        {
+            let earlier = state.corrections.pop_front().expect("front exists");
+            let number = |key: &str| -> u64 {
+                earlier
+                    .details
+                    .get(key)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            lost_at_ns = earlier
+                .details
+                .get("lost_at_ns")
+                .and_then(|v| v.parse().ok())
+                .or(lost_at_ns);
+            refused += number("refused");
+            dropped += number("undelivered_dropped");
+        }
+        if let Some(at) = lost_at_ns {
             event
                 .details
                 .insert("lost_at_ns".to_owned(), at.to_string());
         }
         event
             .details
-            .insert("refused".to_owned(), gap.1.to_string());
+            .insert("refused".to_owned(), refused.to_string());
         event
             .details
-            .insert("undelivered_dropped".to_owned(), gap.2.to_string());
+            .insert("undelivered_dropped".to_owned(), dropped.to_string());
         state.corrections.push_front(event);
-        gap
+        (lost_at_ns, refused, dropped)
     };
+    attach(&inner, stream);
     tracing::info!(
         lost_at_ns,
         refused,
         undelivered_dropped = dropped,
         "reconnected to the auditor; serving again"
     );
-    flush(&inner);
 }
 
-/// Sends the queued corrections in order, each acknowledged before the
-/// next; one that fails goes back to the front for the next connection.
-fn flush(inner: &Arc<Inner>) {
-    let inner = Arc::clone(inner);
-    tokio::spawn(async move {
-        let client = AuditClient {
-            inner: Some(Arc::clone(&inner)),
-        };
-        loop {
-            let next = inner.lock().corrections.pop_front();
-            let Some(entry) = next else {
-                return;
-            };
-            if let Err(e) = client.record(entry.clone()).await {
-                tracing::error!(error = %e, "a correction could not be recorded yet");
-                inner.lock().corrections.push_front(entry);
-                return;
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client over a socket pair whose other end (returned) never answers.
+    fn silent_auditor() -> (AuditClient, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let client = AuditClient::start(
+            ours,
+            PathBuf::from("/nonexistent/audit.sock"),
+            Duration::from_millis(1),
+            true,
+        )
+        .expect("client");
+        (client, theirs)
+    }
+
+    fn request(id: usize) -> Entry {
+        let mut entry = Entry::event(Event::Request);
+        entry.request_id = Some(format!("r{id}"));
+        entry.status = Some(200);
+        entry
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_auditor_costs_bounded_memory_and_every_claim_gets_its_correction() {
+        let (client, theirs) = silent_auditor();
+        let records: Vec<_> = (0..MAX_IN_FLIGHT)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { client.record(request(i)).await })
+            })
+            .collect();
+        for record in records {
+            assert!(matches!(
+                record.await.expect("task"),
+                Err(AuditError::Timeout(_))
+            ));
         }
-    });
+        assert!(client.is_stalled() && client.is_connected());
+        // The next record is refused at once instead of queueing.
+        assert!(matches!(
+            client.record(request(MAX_IN_FLIGHT)).await,
+            Err(AuditError::Backlog)
+        ));
+        let inner = client.inner.as_ref().expect("enabled");
+        assert_eq!(inner.lock().pending.len(), MAX_IN_FLIGHT);
+        // The auditor goes away: every record in flight may be in its log,
+        // so each gets exactly one correction, waiting for a connection.
+        drop(theirs);
+        while client.is_connected() {
+            tokio::task::yield_now().await;
+        }
+        let state = inner.lock();
+        assert_eq!(state.corrections.len(), MAX_IN_FLIGHT);
+        assert_eq!(state.corrections_dropped, 0);
+        assert!(state.pending.is_empty() && state.in_flight_bytes == 0 && state.abandoned == 0);
+        assert!(
+            state
+                .corrections
+                .iter()
+                .all(|c| c.event == Event::Undelivered && c.status == Some(503))
+        );
+        drop(state);
+        client.close();
+    }
 }

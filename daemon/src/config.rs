@@ -259,6 +259,12 @@ pub struct ModelConfig {
     /// `model_max_length` from `tokenizer_config.json`).
     #[serde(default)]
     pub context_length: Option<NonZeroUsize>,
+    /// Causal LMs: the most bytes of prompt text tokenized for one request
+    /// (tokenizing costs some 200 bytes of memory per byte); unset is
+    /// [`DEFAULT_MAX_PROMPT_BYTES`]. Text the context cannot hold is refused
+    /// below this too.
+    #[serde(default)]
+    pub max_prompt_bytes: Option<NonZeroUsize>,
     #[serde(default)]
     pub device: Device,
     /// CUDA device ordinal when `device = "cuda"`.
@@ -288,6 +294,11 @@ pub struct ModelConfig {
     #[serde(default)]
     pub infer_timeout_ms: Option<std::num::NonZeroU64>,
 }
+
+/// A causal LM's `max_prompt_bytes` when unset: 32 bytes for each token of
+/// a 128k context (natural text averages about 4), some 800 MB of
+/// tokenizer memory at most.
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 4 << 20;
 
 /// A tensor model's inference deadline when `infer_timeout_ms` is not set:
 /// long enough for any sensible model, short enough that a runaway request
@@ -617,6 +628,7 @@ impl Config {
                 for (name, set) in [
                     ("model_file", model.model_file.is_some()),
                     ("context_length", model.context_length.is_some()),
+                    ("max_prompt_bytes", model.max_prompt_bytes.is_some()),
                 ] {
                     if set {
                         return Err(semantic(
@@ -999,6 +1011,11 @@ path = "/models/demo.onnx"
         assert_eq!(
             parse(&tensor).expect_err("tensor").to_string(),
             "/etc/deepseek/deepseekd.toml: model[0].context_length: only for kind = \"causal-lm\" models"
+        );
+        let tensor = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nmax_prompt_bytes = 64");
+        assert_eq!(
+            parse(&tensor).expect_err("tensor").to_string(),
+            "/etc/deepseek/deepseekd.toml: model[0].max_prompt_bytes: only for kind = \"causal-lm\" models"
         );
         let escape = MINIMAL.replace(
             "name = \"demo\"",

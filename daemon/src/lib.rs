@@ -243,6 +243,11 @@ fn serve(path: &std::path::Path) -> Exit {
         Ok(auditor) => auditor,
         Err(exit) => return exit,
     };
+    if auditor.is_some()
+        && let Some((uid, gid)) = switching
+    {
+        warn_unless_reconnectable(&config.audit.socket, uid, gid);
+    }
     // Read and verified before the lockdown, so the daemon needs no access
     // to the database afterwards.
     let database = match load_database(&config) {
@@ -597,6 +602,32 @@ fn connect_auditor(config: &Config) -> Result<Option<std::os::unix::net::UnixStr
             tracing::error!(socket = %audit.socket.display(), error = %e, "no auditor: nothing is recorded");
             Ok(None)
         }
+    }
+}
+
+/// Says loudly when the user the daemon switches to could not connect to
+/// the auditor's socket again (it reconnects as that user after an auditor
+/// restart), while it still can be fixed: the first connection, made
+/// before the switch, proves nothing about the later ones.
+fn warn_unless_reconnectable(socket: &std::path::Path, uid: Uid, gid: Gid) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(socket) else {
+        return;
+    };
+    let mode = meta.mode();
+    let writable = (meta.uid() == uid.as_raw() && mode & 0o200 != 0)
+        || (meta.gid() == gid.as_raw() && mode & 0o020 != 0)
+        || mode & 0o002 != 0;
+    if !writable {
+        tracing::warn!(
+            socket = %socket.display(),
+            mode = format!("{:o}", mode & 0o777),
+            owner = meta.uid(),
+            group = meta.gid(),
+            service_uid = uid.as_raw(),
+            "after an auditor restart the daemon could not reconnect: audit.socket is not writable by sandbox.user; \
+             give the socket to that user's group with mode 0660 (docs/hardening.md, Regaining the auditor)"
+        );
     }
 }
 

@@ -404,6 +404,32 @@ impl Auditor {
         .expect("signal the auditor");
     }
 
+    /// Stops the service with SIGSTOP and waits until every one of its
+    /// threads has stopped: a record sent after this stays unread.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+        let pid = self.child.as_ref().expect("auditor running").id();
+        let stopped = || {
+            fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("auditor tasks")
+                .filter_map(Result::ok)
+                .all(|task| {
+                    fs::read_to_string(task.path().join("stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            stat.rsplit_once(") ")
+                                .and_then(|(_, rest)| rest.chars().next())
+                        })
+                        .is_some_and(|state| state == 'T')
+                })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stopped() {
+            assert!(Instant::now() < deadline, "the auditor did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops the service with `signal` and waits for it.
     pub fn stop(&mut self, signal: Signal) -> Option<i32> {
         let mut child = self.child.take()?;

@@ -150,6 +150,16 @@ async fn the_daemon_reconnects_when_the_auditor_restarts_and_records_the_gap() {
     let mut d = Daemon::start("", &model_table("demo", "demo.onnx", ""));
     let ok = post_json(&d.socket, "/v2/models/demo/infer", &x("before", 1)).await;
     assert_eq!(ok.status, 200, "{}", ok.error());
+    if deepseek_tests::is_root() {
+        // The auditor's socket (root's, 0755) is not writable by `nobody`:
+        // said at start, while it can still be fixed.
+        assert!(
+            d.log()
+                .contains("audit.socket is not writable by sandbox.user"),
+            "{}",
+            d.log()
+        );
+    }
     let auditor = d.auditor.as_mut().expect("auditor");
     auditor.stop(Signal::SIGTERM);
     let refused = post_json(&d.socket, "/v2/models/demo/infer", &x("meanwhile", 1)).await;
@@ -190,7 +200,7 @@ async fn the_daemon_reconnects_when_the_auditor_restarts_and_records_the_gap() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_record_acknowledged_after_its_client_was_refused_is_followed_by_undelivered() {
+async fn records_acknowledged_after_their_clients_were_refused_are_each_corrected_once() {
     let d = Daemon::spawn_full(
         "",
         "",
@@ -199,29 +209,85 @@ async fn a_record_acknowledged_after_its_client_was_refused_is_followed_by_undel
     );
     d.wait_ready();
     let auditor = d.auditor.as_ref().expect("auditor");
-    auditor.signal(Signal::SIGSTOP);
-    // The auditor cannot answer while stopped: the timeout always fires.
-    let refused = post_json(&d.socket, "/v2/models/demo/infer", &x("late", 1)).await;
+    auditor.pause();
+    // The auditor cannot answer while stopped: every timeout fires. 200
+    // requests, 20 at a time, pile up behind each other.
+    let mut refused = Vec::new();
+    for wave in 0..10 {
+        let requests: Vec<_> = (0..20)
+            .map(|i| {
+                let socket = d.socket.clone();
+                tokio::spawn(async move {
+                    post_json(
+                        &socket,
+                        "/v2/models/demo/infer",
+                        &x(&format!("late-{wave}-{i}"), 1),
+                    )
+                    .await
+                    .status
+                })
+            })
+            .collect();
+        for request in requests {
+            refused.push(request.await.expect("request"));
+        }
+    }
+    let not_ready = !ready(&d.socket).await;
     auditor.signal(Signal::SIGCONT);
-    assert_eq!(refused.status, 503, "{}", refused.error());
-    eventually("an undelivered entry", || {
-        !entries_of(&auditor.entries(), "undelivered").is_empty()
+    assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
+    assert!(not_ready, "a stalled auditor makes the daemon unready");
+    let late = |entries: &[Value]| -> usize {
+        entries
+            .iter()
+            .filter(|e| e["event"] == "request" && e["status"] == 200)
+            .count()
+    };
+    eventually("every late record corrected", || {
+        let entries = auditor.entries();
+        late(&entries) == 200 && entries_of(&entries, "undelivered").len() >= 200
     });
     let entries = auditor.entries();
+    let mut corrected: Vec<String> = entries_of(&entries, "undelivered")
+        .iter()
+        .map(|u| {
+            assert_eq!(u["status"], 503);
+            u["details"]["refers_to_seq"]
+                .as_str()
+                .expect("refers_to_seq")
+                .to_owned()
+        })
+        .collect();
+    corrected.sort();
+    let mut claimed: Vec<String> = entries
+        .iter()
+        .filter(|e| e["event"] == "request" && e["status"] == 200)
+        .map(|e| e["seq"].to_string())
+        .collect();
+    claimed.sort();
+    assert_eq!(corrected, claimed, "each claim corrected exactly once");
     let request = entries
         .iter()
-        .find(|e| e["event"] == "request" && e["request_id"] == "late")
-        .expect("the late record");
-    assert_eq!(request["status"], 200, "what the daemon meant to answer");
-    let undelivered = entries_of(&entries, "undelivered")[0];
-    assert_eq!(undelivered["request_id"], "late");
-    assert_eq!(undelivered["status"], 503);
+        .find(|e| e["event"] == "request" && e["request_id"] == "late-0-0")
+        .expect("a late record");
+    let undelivered = entries_of(&entries, "undelivered")
+        .into_iter()
+        .find(|u| {
+            u["details"]["refers_to_seq"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                == request["seq"].as_u64()
+        })
+        .expect("its correction");
+    assert_eq!(undelivered["request_id"], "late-0-0");
     assert_eq!(undelivered["request_sha256"], request["request_sha256"]);
-    assert_eq!(
-        undelivered["details"]["refers_to_seq"],
-        request["seq"].to_string()
-    );
     assert!(undelivered["seq"].as_u64() > request["seq"].as_u64());
+    let socket = d.socket.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        eventually("ready again", || runtime.block_on(ready(&socket)));
+    })
+    .await
+    .expect("wait");
     let after = post_json(&d.socket, "/v2/models/demo/infer", &x("after", 1)).await;
     assert_eq!(after.status, 200, "{}", after.error());
 }
@@ -232,7 +298,7 @@ async fn the_daemon_waits_for_an_auditor_that_is_not_ready_yet() {
     let auditor = Auditor::start(&dir.path().join("audit"));
     // Stopped: connections wait in its backlog, as while it verifies a
     // long log.
-    auditor.signal(Signal::SIGSTOP);
+    auditor.pause();
     let socket = dir.path().join("deepseekd.sock");
     let models = model_table("demo", "demo.onnx", "");
     let config = write_config_audited(
@@ -289,5 +355,64 @@ fn the_auditor_listens_only_once_its_log_is_verified() {
     assert!(
         !auditor.socket.exists(),
         "a client could have connected to an auditor that was never going to record"
+    );
+}
+
+/// Bytes waiting unread on the auditor's side of its connections: a record
+/// the daemon sent to an auditor that cannot read it (stopped).
+fn unread_by_auditor(socket: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-x", "-n"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&*socket.to_string_lossy()))
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_whose_client_left_while_it_was_recorded_is_marked_undelivered() {
+    let d = Daemon::spawn_full(
+        "",
+        "",
+        "timeout_ms = 600000",
+        &model_table("demo", "demo.onnx", ""),
+    );
+    d.wait_ready();
+    let auditor = d.auditor.as_ref().expect("auditor");
+    auditor.pause();
+    let body = serde_json::to_vec(&x("gone", 1)).expect("json");
+    let mut client = UnixStream::connect(&d.socket).expect("connect");
+    write!(
+        client,
+        "POST /v2/models/demo/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("head");
+    client.write_all(&body).expect("body");
+    // The inference ran and its record is on its way to the stopped
+    // auditor: the client leaves before the acknowledgement.
+    eventually("the record waits for the auditor", || {
+        unread_by_auditor(&auditor.socket) > 0
+    });
+    drop(client);
+    auditor.signal(Signal::SIGCONT);
+    eventually("an undelivered entry", || {
+        !entries_of(&auditor.entries(), "undelivered").is_empty()
+    });
+    let entries = auditor.entries();
+    let request = entries
+        .iter()
+        .find(|e| e["event"] == "request" && e["request_id"] == "gone")
+        .expect("the record");
+    assert_eq!(request["status"], 200);
+    let undelivered = entries_of(&entries, "undelivered")[0];
+    assert_eq!(undelivered["status"], 499);
+    assert_eq!(undelivered["request_id"], "gone");
+    assert_eq!(
+        undelivered["details"]["refers_to_seq"],
+        request["seq"].to_string()
     );
 }

@@ -28,7 +28,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::peer::Peer;
-use super::routes::{ApiError, AppState, audit_peer, hex_sha256, read_body, record_or_refuse};
+use super::routes::{
+    ApiError, AppState, Recorded, audit_peer, hex_sha256, read_body, record_or_refuse,
+};
 use crate::engine::CausalLm;
 use crate::engine::InferError;
 use crate::engine::llm::PromptError;
@@ -142,6 +144,7 @@ fn model_object(state: &AppState, lm: &CausalLm) -> Value {
         "created": state.started_unix,
         "owned_by": "deepseekd",
         "context_length": info.context_length,
+        "max_prompt_bytes": info.max_prompt_bytes,
         "device": info.device.to_string(),
         "cpu_fallback_reason": info.cpu_fallback_reason,
         "kv_cache": info.kv_cache,
@@ -205,6 +208,9 @@ impl Endpoint {
 const MAX_MODEL_BYTES: usize = 256;
 const MAX_MESSAGES: usize = 4096;
 const MAX_ROLE_BYTES: usize = 64;
+
+/// The roles a message may have (OpenAI's; `developer` is read as `system`).
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 const MAX_CONTENT_PARTS: usize = 1024;
 /// Strings in `stop`, empty ones included (at most 4 non-empty are used).
 const MAX_STOP_ITEMS: usize = 64;
@@ -458,7 +464,7 @@ fn too_many_bytes(context: usize, bytes: usize, limit: usize, param: &str) -> Op
     OpenAiError::invalid(
         format!(
             "This model's maximum context length is {context} tokens. However, the text of the \
-             {param} is {bytes} bytes, more than the {limit} bytes that {context} tokens can hold. \
+             {param} is {bytes} bytes, more than the {limit} bytes a prompt for {context} tokens may have. \
              Please reduce the length of the {param}."
         ),
         Some(param),
@@ -780,6 +786,20 @@ fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError
             MAX_ROLE_BYTES,
         ));
     }
+    // Only known roles reach the template: one that renders the role (as
+    // ChatML's do) would otherwise turn a role spelling an added token,
+    // `u<｜Assistant｜>`, into a forged turn marker.
+    if !ROLES.contains(&message.role.as_str()) {
+        return Err(OpenAiError::invalid(
+            format!(
+                "messages[{index}].role must be one of {}, got {:?}",
+                ROLES.join(", "),
+                message.role
+            ),
+            Some(&format!("messages[{index}].role")),
+            None,
+        ));
+    }
     let content = match message.content {
         None => String::new(),
         Some(TextOr::Text(text)) => text,
@@ -914,7 +934,7 @@ impl Record {
 
 /// Records `entry`; `Err` with the 503 (`audit_unavailable`) to answer when
 /// it was not acknowledged and audit is required.
-async fn audit(state: &AppState, entry: Entry) -> Result<(), OpenAiError> {
+async fn audit(state: &AppState, entry: Entry) -> Result<Recorded, OpenAiError> {
     record_or_refuse(state, entry)
         .await
         .map_err(|refused| OpenAiError {
@@ -1025,7 +1045,7 @@ async fn refuse(state: &AppState, record: &Record, error: OpenAiError) -> Respon
             .insert("error_param".to_owned(), param.clone());
     }
     match audit(state, entry).await {
-        Ok(()) => error.into_response(),
+        Ok(_) => error.into_response(),
         Err(unrecorded) => unrecorded.into_response(),
     }
 }
@@ -1106,18 +1126,19 @@ async fn drive_whole(
     if status == StatusCode::OK {
         entry.response_sha256 = Some(hex_sha256(&body));
     }
-    let response = match audit(&state, entry).await {
-        Ok(()) => {
+    match audit(&state, entry).await {
+        Ok(recorded) => {
             let mut response = (status, body).into_response();
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            response
+            recorded.deliver(&state, answer, response).await;
         }
-        Err(error) => error.into_response(),
-    };
-    let _ = answer.send(response);
+        Err(error) => {
+            let _ = answer.send(error.into_response());
+        }
+    }
 }
 
 fn usage(prepared: &Prepared, finished: &Finished) -> Value {

@@ -137,12 +137,23 @@ async fn live() -> Response {
 }
 
 impl AppState {
-    /// Why the daemon cannot serve until it restarts, if so: systemd's
-    /// watchdog pings stop on this (a drain is slow, not broken).
+    /// Why the auditor cannot record right now, if so: systemd's watchdog
+    /// pings stop on this, so a daemon that stays so is restarted (a drain
+    /// is slow, not broken).
     pub fn broken(&self) -> Option<&'static str> {
-        (self.audit_required && !self.audit.is_connected()).then_some(
-            "the connection to the auditor is lost: every request is refused (503) until it is back (reconnecting every second)",
-        )
+        if !self.audit_required {
+            None
+        } else if !self.audit.is_connected() {
+            Some(
+                "the connection to the auditor is lost: every request is refused (503) until it is back (reconnecting every second)",
+            )
+        } else if self.audit.is_stalled() {
+            Some(
+                "the auditor does not acknowledge records within audit.timeout_ms: requests are refused (503) until it catches up",
+            )
+        } else {
+            None
+        }
     }
 
     /// Why the daemon cannot serve right now, if it cannot: readiness
@@ -349,22 +360,59 @@ async fn drive_inference(
         }
         entry.content = Some(content);
     }
-    let response = match record_or_refuse(&state, entry).await {
-        Ok(()) => response,
-        Err(refused) => refused.into_response(),
-    };
-    // The client may have left meanwhile; its record is written either way.
-    let _ = answer.send(response);
+    match record_or_refuse(&state, entry).await {
+        Ok(recorded) => recorded.deliver(&state, answer, response).await,
+        Err(refused) => {
+            let _ = answer.send(refused.into_response());
+        }
+    }
+}
+
+/// A request's record, written: what to add should its answer never reach
+/// the client.
+#[derive(Debug)]
+pub(super) struct Recorded {
+    /// `undelivered` (499) naming the record, when it is in the log.
+    correction: Option<Entry>,
+}
+
+impl Recorded {
+    /// Hands `response` over to the client's connection. A client that left
+    /// while its record was written gets an `undelivered` entry after it,
+    /// so the log does not claim an answer that nobody received.
+    pub(super) async fn deliver(
+        self,
+        state: &AppState,
+        answer: oneshot::Sender<Response>,
+        response: Response,
+    ) {
+        if answer.send(response).is_err()
+            && let Some(correction) = self.correction
+            && let Err(e) = state.audit.record(correction).await
+        {
+            tracing::error!(error = %e, "an undelivered answer could not be recorded as such");
+        }
+    }
 }
 
 /// Records a request's entry. When the auditor did not acknowledge it and
 /// `audit.required` holds, the answer must not leave: `Err` is the 503 to
 /// send instead. Without `audit.required` the request is answered
 /// unaudited, loudly.
-pub(super) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<(), ApiError> {
+pub(super) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<Recorded, ApiError> {
     let model = entry.model.clone().unwrap_or_default();
+    // 499, nginx's "client closed request", as for a client that leaves
+    // before its answer is ready.
+    let mut correction = crate::audit::undelivered(&entry, 499);
     match state.audit.record(entry).await {
-        Ok(_) => Ok(()),
+        Ok(seq) => {
+            correction
+                .details
+                .insert("refers_to_seq".to_owned(), seq.to_string());
+            Ok(Recorded {
+                correction: state.audit.is_enabled().then_some(correction),
+            })
+        }
         Err(e) if state.audit_required => {
             tracing::error!(model = %model, error = %e, "request refused: the audit log did not record it");
             Err(ApiError::new(
@@ -374,7 +422,7 @@ pub(super) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<(
         }
         Err(e) => {
             tracing::error!(model = %model, error = %e, "request answered unaudited (audit.required = false)");
-            Ok(())
+            Ok(Recorded { correction: None })
         }
     }
 }
