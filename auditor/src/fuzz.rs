@@ -231,21 +231,26 @@ pub fn sample_proof() -> Vec<u8> {
     serde_json::to_vec(&proof).expect("serializes")
 }
 
-/// The seed inputs of this crate's targets, `(target, bytes)`: written to
-/// fuzz/corpus by the daemon's `write_seed_corpus`.
-pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+/// A checkpoint of a log of 12, signed by the fuzz key: a note as
+/// `audit_note` reads it.
+pub fn sample_note() -> String {
     let checkpoint = Checkpoint {
         origin: "deepseek-audit/fuzz".into(),
         size: 12,
         root: [9; 32],
         extensions: vec!["x".into()],
     };
-    let note = signer().sign(&checkpoint.text()).expect("signs");
+    signer().sign(&checkpoint.text()).expect("signs")
+}
+
+/// The seed inputs of this crate's targets, `(target, bytes)`: written to
+/// fuzz/corpus by the daemon's `write_seed_corpus`.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("audit_frames", sample_frames()),
         ("audit_entry", sample_entries(1)[0].encode()),
         ("audit_log", sample_log(4)),
-        ("audit_note", note.into_bytes()),
+        ("audit_note", sample_note().into_bytes()),
         ("audit_note", signer().verifier().to_string().into_bytes()),
         ("audit_proof", sample_proof()),
     ]
@@ -308,14 +313,7 @@ mod tests {
         #[test]
         fn fuzz_audit_note(ops in ops(), text in "[a-z0-9+/=\\n \\u{2014}\\u{a0}\\u{3000}-]{0,40}") {
             audit_note(text.as_bytes());
-            let checkpoint = Checkpoint {
-                origin: "deepseek-audit/fuzz".into(),
-                size: 12,
-                root: [9; 32],
-                extensions: vec!["x".into()],
-            };
-            let note = signer().sign(&checkpoint.text()).expect("signs");
-            audit_note(&mutate(note.as_bytes(), &ops));
+            audit_note(&mutate(sample_note().as_bytes(), &ops));
             audit_note(&mutate(signer().verifier().to_string().as_bytes(), &ops));
         }
 

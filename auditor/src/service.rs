@@ -171,15 +171,21 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
-/// Reads one frame: a 4-byte big-endian length, then that many bytes.
-pub fn read_frame(stream: &mut impl Read, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+/// Reads a frame's 4-byte big-endian length; `None` at a clean end.
+fn read_length(stream: &mut impl Read) -> std::io::Result<Option<usize>> {
     let mut length = [0u8; 4];
     match stream.read_exact(&mut length) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+        Ok(()) => Ok(Some(u32::from_be_bytes(length) as usize)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
     }
-    let length = u32::from_be_bytes(length) as usize;
+}
+
+/// Reads one frame: a 4-byte big-endian length, then that many bytes.
+pub fn read_frame(stream: &mut impl Read, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let Some(length) = read_length(stream)? else {
+        return Ok(None);
+    };
     if length > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -394,13 +400,9 @@ enum Incoming {
 /// tag is read from the prefix every client writes first (`{"tag":N,`), so
 /// the refusal reaches the record's writer.
 fn read_incoming(stream: &mut impl Read, max: usize) -> std::io::Result<Option<Incoming>> {
-    let mut length = [0u8; 4];
-    match stream.read_exact(&mut length) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let length = u32::from_be_bytes(length) as usize;
+    let Some(length) = read_length(stream)? else {
+        return Ok(None);
+    };
     if length <= max {
         let mut frame = vec![0u8; length];
         stream.read_exact(&mut frame)?;

@@ -284,6 +284,9 @@ pub fn write_config_audited(
     config
 }
 
+/// Where [`Daemon::start_traced`] has strace write, in the daemon's directory.
+const TRACE: &str = "trace";
+
 /// A running `deepseek-audit serve` with its own key and log; killed when
 /// dropped.
 #[derive(Debug)]
@@ -543,6 +546,53 @@ impl Daemon {
         let mut daemon = Self::spawn_with_config(dir, socket, config, wrapper);
         daemon.auditor = Some(auditor);
         daemon
+    }
+
+    /// Like [`Daemon::start`], with `record_content = true` in `[audit]`.
+    pub fn start_recording_content(models: &str) -> Self {
+        let daemon = Self::spawn_full("", "", "record_content = true", models);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Writes a configuration with `models` (see [`write_config`]), starts
+    /// the daemon under `strace -f` writing the calls of `syscalls`
+    /// (strace's `trace=` list) to a file, and waits until it reports ready;
+    /// `None`, the test skipped, where strace is not installed. Stop the
+    /// daemon with [`Daemon::signal_daemon_under_wrapper`], then read the
+    /// calls with [`Daemon::trace_after_exit`].
+    pub fn start_traced(syscalls: &str, models: &str) -> Option<Self> {
+        if Command::new("strace").arg("-V").output().is_err() {
+            eprintln!("skipped: strace is not installed (apt-get install strace)");
+            return None;
+        }
+        let dir = shared_tempdir();
+        let socket = dir.path().join("d.sock");
+        let trace = dir.path().join(TRACE).display().to_string();
+        let config = write_config(dir.path(), &socket, &ort_library(), "", "", models);
+        let daemon = Self::spawn_with_config(
+            dir,
+            socket,
+            config,
+            &[
+                "strace",
+                "-f",
+                "-qq",
+                "-e",
+                &format!("trace={syscalls}"),
+                "-o",
+                &trace,
+            ],
+        );
+        daemon.wait_ready();
+        Some(daemon)
+    }
+
+    /// Waits up to 10 s for a daemon from [`Daemon::start_traced`] to exit
+    /// and returns the calls strace wrote.
+    pub fn trace_after_exit(&mut self) -> String {
+        self.wait_exit(Duration::from_secs(10));
+        fs::read_to_string(self.dir.path().join(TRACE)).expect("trace")
     }
 
     /// Starts the daemon on an existing configuration, with extra arguments
@@ -824,6 +874,13 @@ pub async fn post_json(socket: &Path, path: &str, body: &Value) -> Response {
     )
     .await
     .expect("request")
+}
+
+/// POSTs `body` as JSON to the daemon's OpenAI endpoint `path`: the status
+/// and the answer's `error` object.
+pub async fn openai_error(d: &Daemon, path: &str, body: &Value) -> (u16, Value) {
+    let response = post_json(&d.socket, path, body).await;
+    (response.status, response.json()["error"].clone())
 }
 
 /// The headers and body of a KServe binary request: `json` then `binary`.

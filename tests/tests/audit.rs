@@ -153,13 +153,7 @@ async fn with_the_audit_disk_full_the_auditor_stops_and_requests_get_503() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn content_is_recorded_only_when_asked_and_the_log_directory_is_private() {
-    let mut d = Daemon::spawn_full(
-        "",
-        "",
-        "record_content = true",
-        &model_table("demo", "demo.onnx", ""),
-    );
-    d.wait_ready();
+    let mut d = Daemon::start_recording_content(&model_table("demo", "demo.onnx", ""));
     let ok = post_json(&d.socket, "/v2/models/demo/infer", &x()).await;
     assert_eq!(ok.status, 200);
     d.signal(Signal::SIGTERM);

@@ -35,6 +35,27 @@ async fn ready(socket: &std::path::Path) -> bool {
         .is_ok_and(|r| r.status == 200)
 }
 
+/// The demo model, audited with `audit_extra` in `[audit]`, ready, with its
+/// auditor then paused: records sent from now on stay unread.
+fn demo_with_paused_auditor(audit_extra: &str) -> Daemon {
+    let d = Daemon::spawn_full("", "", audit_extra, &model_table("demo", "demo.onnx", ""));
+    d.wait_ready();
+    d.auditor.as_ref().expect("auditor").pause();
+    d
+}
+
+/// Waits until the daemon is ready again, then sends request `after`.
+async fn served_again(d: &Daemon) -> deepseek_tests::Response {
+    let socket = d.socket.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        eventually("ready again", || runtime.block_on(ready(&socket)));
+    })
+    .await
+    .expect("wait");
+    post_json(&d.socket, "/v2/models/demo/infer", &x("after", 1)).await
+}
+
 fn entries_of<'a>(entries: &'a [Value], event: &str) -> Vec<&'a Value> {
     entries.iter().filter(|e| e["event"] == event).collect()
 }
@@ -63,13 +84,7 @@ async fn a_megabyte_kserve_id_is_recorded_cut_and_later_requests_are_served() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recorded_content_is_cut_at_64_kib_whatever_the_answer() {
-    let mut d = Daemon::spawn_full(
-        "",
-        "",
-        "record_content = true",
-        &model_table("demo", "demo.onnx", ""),
-    );
-    d.wait_ready();
+    let mut d = Daemon::start_recording_content(&model_table("demo", "demo.onnx", ""));
     // 80,000 rows: an answer of about 1.3 MB, which broke the connection.
     let big = post_json(&d.socket, "/v2/models/demo/infer", &x("big", 80_000)).await;
     assert_eq!(big.status, 200, "{}", big.error());
@@ -169,14 +184,7 @@ async fn the_daemon_reconnects_when_the_auditor_restarts_and_records_the_gap() {
     // The daemon reconnects as the user it switched to (nobody, as root).
     std::fs::set_permissions(&auditor.socket, std::fs::Permissions::from_mode(0o666))
         .expect("chmod");
-    let socket = d.socket.clone();
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        eventually("ready again", || runtime.block_on(ready(&socket)));
-    })
-    .await
-    .expect("wait");
-    let after = post_json(&d.socket, "/v2/models/demo/infer", &x("after", 1)).await;
+    let after = served_again(&d).await;
     assert_eq!(after.status, 200, "{}", after.error());
     d.signal(Signal::SIGTERM);
     d.wait_exit(Duration::from_secs(10));
@@ -201,15 +209,8 @@ async fn the_daemon_reconnects_when_the_auditor_restarts_and_records_the_gap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn records_acknowledged_after_their_clients_were_refused_are_each_corrected_once() {
-    let d = Daemon::spawn_full(
-        "",
-        "",
-        "timeout_ms = 200",
-        &model_table("demo", "demo.onnx", ""),
-    );
-    d.wait_ready();
+    let d = demo_with_paused_auditor("timeout_ms = 200");
     let auditor = d.auditor.as_ref().expect("auditor");
-    auditor.pause();
     // The auditor cannot answer while stopped: every timeout fires. 200
     // requests, 20 at a time, pile up behind each other.
     let mut refused = Vec::new();
@@ -281,14 +282,7 @@ async fn records_acknowledged_after_their_clients_were_refused_are_each_correcte
     assert_eq!(undelivered["request_id"], "late-0-0");
     assert_eq!(undelivered["request_sha256"], request["request_sha256"]);
     assert!(undelivered["seq"].as_u64() > request["seq"].as_u64());
-    let socket = d.socket.clone();
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        eventually("ready again", || runtime.block_on(ready(&socket)));
-    })
-    .await
-    .expect("wait");
-    let after = post_json(&d.socket, "/v2/models/demo/infer", &x("after", 1)).await;
+    let after = served_again(&d).await;
     assert_eq!(after.status, 200, "{}", after.error());
 }
 
@@ -374,15 +368,8 @@ fn unread_by_auditor(socket: &std::path::Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_whose_client_left_while_it_was_recorded_is_marked_undelivered() {
-    let d = Daemon::spawn_full(
-        "",
-        "",
-        "timeout_ms = 600000",
-        &model_table("demo", "demo.onnx", ""),
-    );
-    d.wait_ready();
+    let d = demo_with_paused_auditor("timeout_ms = 600000");
     let auditor = d.auditor.as_ref().expect("auditor");
-    auditor.pause();
     let body = serde_json::to_vec(&x("gone", 1)).expect("json");
     let mut client = UnixStream::connect(&d.socket).expect("connect");
     write!(

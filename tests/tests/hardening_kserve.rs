@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use deepseek_tests::{Daemon, model_table, post_binary, post_json};
+use deepseek_tests::{Daemon, Response, model_table, post_binary, post_json};
 use serde_json::{Value, json};
 
 /// How long any poll below waits before the test fails.
@@ -29,6 +29,23 @@ fn slow_request(id: &str, iterations: i64) -> Value {
         {"name": "iterations", "shape": [], "datatype": "INT64", "data": [iterations]},
         {"name": "x", "shape": [1, 256], "datatype": "FP32", "data": vec![0.01f32; 256]},
     ]})
+}
+
+/// A daemon serving `demo`, and `slow` with one session, one thread and no
+/// queue, `slow_extra` ending its table.
+fn start_with_one_slow_session(slow_extra: &str) -> Daemon {
+    Daemon::start(
+        "",
+        &[
+            model_table(
+                "slow",
+                "slow.onnx",
+                &format!("sessions = 1\nqueue_depth = 0\nintra_op_threads = 1{slow_extra}"),
+            ),
+            model_table("demo", "demo.onnx", ""),
+        ]
+        .concat(),
+    )
 }
 
 /// The `request` entries recorded so far for request `id`.
@@ -58,17 +75,23 @@ async fn wait_recorded(d: &Daemon, id: &str) -> Value {
     }
 }
 
+/// A one-iteration run of `slow`: refused (503) while its only session is
+/// taken.
+async fn probe_slow(d: &Daemon) -> Response {
+    post_json(
+        &d.socket,
+        "/v2/models/slow/infer",
+        &slow_request("probe", 1),
+    )
+    .await
+}
+
 /// Polls a one-iteration run of `slow` until it gets `status` (503: the
 /// only session is taken; 200: it is free again).
 async fn wait_slow_answers(d: &Daemon, status: u16) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let probe = post_json(
-            &d.socket,
-            "/v2/models/slow/infer",
-            &slow_request("probe", 1),
-        )
-        .await;
+        let probe = probe_slow(d).await;
         if probe.status == status {
             return;
         }
@@ -165,18 +188,7 @@ async fn an_answer_over_the_response_limit_is_refused_and_recorded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_mid_inference_is_recorded_and_frees_its_session() {
-    let d = Daemon::start(
-        "",
-        &[
-            model_table(
-                "slow",
-                "slow.onnx",
-                "sessions = 1\nqueue_depth = 0\nintra_op_threads = 1",
-            ),
-            model_table("demo", "demo.onnx", ""),
-        ]
-        .concat(),
-    );
+    let d = start_with_one_slow_session("");
     // The run has the only session once others are refused (503). A probe
     // that got there first refuses the run instead (its 503 is then waiting
     // on its connection): send it again.
@@ -184,12 +196,7 @@ async fn a_client_that_leaves_mid_inference_is_recorded_and_frees_its_session() 
     let (mut stream, mut id) = send_unanswered(&d, &mut attempt);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let probe = post_json(
-            &d.socket,
-            "/v2/models/slow/infer",
-            &slow_request("probe", 1),
-        )
-        .await;
+        let probe = probe_slow(&d).await;
         if probe.status == 503 {
             break;
         }
@@ -212,18 +219,7 @@ async fn a_client_that_leaves_mid_inference_is_recorded_and_frees_its_session() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_past_its_deadline_is_stopped_answered_504_and_recorded() {
-    let d = Daemon::start(
-        "",
-        &[
-            model_table(
-                "slow",
-                "slow.onnx",
-                "sessions = 1\nqueue_depth = 0\nintra_op_threads = 1\ninfer_timeout_ms = 1",
-            ),
-            model_table("demo", "demo.onnx", ""),
-        ]
-        .concat(),
-    );
+    let d = start_with_one_slow_session("\ninfer_timeout_ms = 1");
     let meta = deepseek_tests::get(&d.socket, "/v2/models/slow")
         .await
         .expect("metadata")

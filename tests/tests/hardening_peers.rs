@@ -136,17 +136,21 @@ async fn refused_requests_leave_few_small_records_with_a_suppressed_count() {
 
 #[test]
 fn a_world_connectable_socket_is_refused_unless_allowed() {
-    let dir = shared_tempdir();
     let models = model_table("demo", "demo.onnx", "");
+    // A configuration in `dir`, its socket `dir/d.sock`.
+    let config_in = |dir: &Path, server_extra: &str| {
+        write_config(
+            dir,
+            &dir.join("d.sock"),
+            &ort_library(),
+            server_extra,
+            "",
+            &models,
+        )
+    };
+    let dir = shared_tempdir();
     let socket = dir.path().join("d.sock");
-    let config = write_config(
-        dir.path(),
-        &socket,
-        &ort_library(),
-        "socket_mode = 0o777",
-        "",
-        &models,
-    );
+    let config = config_in(dir.path(), "socket_mode = 0o777");
     let check = |config: &Path| {
         run_daemon(
             &["--config", config.to_str().expect("utf8"), "check-config"],
@@ -168,13 +172,9 @@ fn a_world_connectable_socket_is_refused_unless_allowed() {
     assert_eq!(code, 78, "{stderr}");
     assert!(!socket.exists());
     let allowed = shared_tempdir();
-    let config = write_config(
+    let config = config_in(
         allowed.path(),
-        &allowed.path().join("d.sock"),
-        &ort_library(),
         "socket_mode = 0o777\nallow_world_connect = true",
-        "",
-        &models,
     );
     let (code, stderr) = check(&config);
     assert_eq!(code, 0, "{stderr}");
@@ -274,43 +274,17 @@ fn model_load_records_the_digest_of_the_bytes_loaded() {
 
 #[test]
 fn a_model_in_a_shared_directory_is_opened_once_after_the_preflight() {
-    if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("skipped: strace is not installed (apt-get install strace)");
-        return;
-    }
-    let dir = shared_tempdir();
-    let socket = dir.path().join("d.sock");
-    let trace = dir.path().join("trace");
     // fixtures/models holds several models: before, this one was verified
     // with the others and then opened again by path, once per session.
-    let config = write_config(
-        dir.path(),
-        &socket,
-        &ort_library(),
-        "",
-        "",
+    let Some(mut d) = Daemon::start_traced(
+        "open,openat",
         &model_table("demo", "demo.onnx", "sessions = 2"),
-    );
-    let trace_arg = trace.display().to_string();
-    let mut d = Daemon::spawn_with_config(
-        dir,
-        socket,
-        config,
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=open,openat",
-            "-o",
-            &trace_arg,
-        ],
-    );
-    d.wait_ready();
+    ) else {
+        return;
+    };
     d.signal_daemon_under_wrapper(Signal::SIGTERM);
-    d.wait_exit(Duration::from_secs(10));
     let onnx = format!("\"{}\"", model("demo.onnx").display());
-    let calls = std::fs::read_to_string(&trace).expect("trace");
+    let calls = d.trace_after_exit();
     let opens: Vec<&str> = calls
         .lines()
         .filter(|l| l.contains(&onnx) && !l.contains("= -1"))

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Auditor, Daemon, binary, model, ort_library, post_json, run_daemon, shared_tempdir,
-    write_config, write_config_audited,
+    Auditor, Daemon, binary, model, ort_library, post_json, run_daemon, run_with_models,
+    shared_tempdir, write_config, write_config_audited,
 };
 use serde_json::json;
 
@@ -208,15 +208,7 @@ fn a_symlinked_model_is_refused_even_when_recorded() {
         "[[model]]\nname = \"demo\"\npath = \"{}\"\n",
         onnx.display()
     );
-    let config = write_config(
-        dir.path(),
-        &dir.path().join("d.sock"),
-        &ort_library(),
-        "",
-        "",
-        &table,
-    );
-    let (code, stderr) = start(&config);
+    let (code, stderr) = run_with_models(dir.path(), &ort_library(), &table);
     assert_eq!(code, 65, "{stderr}");
     assert!(
         stderr.contains(&format!(

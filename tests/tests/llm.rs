@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Daemon, get, llm_expected, llm_fixture, llm_table, model_table, post_json, request, run_daemon,
-    run_with_models, shared_tempdir, write_config,
+    Daemon, get, llm_expected, llm_fixture, llm_table, model_table, openai_error, post_json,
+    request, run_daemon, run_with_models, shared_tempdir, write_config,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -308,25 +308,21 @@ async fn sampling_is_reproducible_with_a_seed() {
     assert_ne!(text(&a), text(&b));
 }
 
-async fn error_of(d: &Daemon, path: &str, body: &Value) -> (u16, Value) {
-    let response = post_json(&d.socket, path, body).await;
-    (response.status, response.json()["error"].clone())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_get_openai_errors_naming_the_parameter() {
     let d = daemon("");
     let chat_path = "/v1/chat/completions";
-    let (status, error) = error_of(&d, chat_path, &json!({"model": MODEL})).await;
+    let (status, error) = openai_error(&d, chat_path, &json!({"model": MODEL})).await;
     assert_eq!((status, &error["param"]), (400, &json!("messages")));
     assert_eq!(error["code"], "missing_required_parameter");
     assert_eq!(error["type"], "invalid_request_error");
 
-    let (status, error) = error_of(&d, chat_path, &json!({"model": MODEL, "messages": "x"})).await;
+    let (status, error) =
+        openai_error(&d, chat_path, &json!({"model": MODEL, "messages": "x"})).await;
     assert_eq!((status, &error["param"]), (400, &json!("messages")));
     assert_eq!(error["code"], "invalid_type");
 
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         chat_path,
         &chat("chat_single_turn", json!({"temperature": "hot"})),
@@ -334,7 +330,7 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
     .await;
     assert_eq!((status, &error["param"]), (400, &json!("temperature")));
 
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         chat_path,
         &chat("chat_single_turn", json!({"temperature": 3})),
@@ -348,7 +344,7 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
             .contains("between 0 and 2")
     );
 
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         chat_path,
         &chat("chat_single_turn", json!({"top_p": 0})),
@@ -362,7 +358,7 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
         )
     );
 
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         chat_path,
         &chat("chat_single_turn", json!({"logit_bias": {"52": -100}})),
@@ -370,10 +366,11 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
     .await;
     assert_eq!((status, &error["param"]), (400, &json!("logit_bias")));
 
-    let (status, error) = error_of(&d, chat_path, &chat("chat_single_turn", json!({"n": 2}))).await;
+    let (status, error) =
+        openai_error(&d, chat_path, &chat("chat_single_turn", json!({"n": 2}))).await;
     assert_eq!((status, &error["param"]), (400, &json!("n")));
 
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         chat_path,
         &json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
@@ -384,7 +381,7 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
         (400, &json!("messages[0].content[0]"))
     );
 
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         chat_path,
         &json!({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}),
@@ -399,7 +396,8 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
         "{error}"
     );
 
-    let (status, error) = error_of(&d, chat_path, &json!({"model": "nope", "messages": []})).await;
+    let (status, error) =
+        openai_error(&d, chat_path, &json!({"model": "nope", "messages": []})).await;
     assert_eq!((status, &error["code"]), (404, &json!("model_not_found")));
 
     let response = request(&d.socket, "POST", chat_path, &[], b"{not json".to_vec())
@@ -417,13 +415,13 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
     // but prompt plus max_tokens does not.
     let long =
         json!({"model": MODEL, "messages": [{"role": "user", "content": "word ".repeat(300)}]});
-    let (status, error) = error_of(&d, chat_path, &long).await;
+    let (status, error) = openai_error(&d, chat_path, &long).await;
     assert_eq!(
         (status, &error["code"]),
         (400, &json!("context_length_exceeded"))
     );
     assert_eq!(error["param"], "messages");
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         chat_path,
         &chat("chat_single_turn", json!({"max_tokens": 250})),
@@ -433,7 +431,7 @@ async fn malformed_requests_get_openai_errors_naming_the_parameter() {
         (status, &error["code"]),
         (400, &json!("context_length_exceeded"))
     );
-    let (status, error) = error_of(
+    let (status, error) = openai_error(
         &d,
         "/v1/completions",
         &json!({"model": MODEL, "prompt": "word ".repeat(300)}),

@@ -257,37 +257,12 @@ async fn onnx_runtime_never_reaches_for_the_network() {
     // ONNX Runtime's PyPI build carries a telemetry client that, unless
     // ORT_DISABLE_TELEMETRY is set, starts DNS lookups of Microsoft's
     // collector about 9 s after start. Watch the daemon for 12 s.
-    if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("skipped: strace is not installed (apt-get install strace)");
-        return;
-    }
-    let dir = shared_tempdir();
-    let socket = dir.path().join("d.sock");
-    let trace = dir.path().join("trace");
-    let config = write_config(
-        dir.path(),
-        &socket,
-        &ort_library(),
-        "",
-        "",
+    let Some(mut d) = Daemon::start_traced(
+        "socket,connect,sendto,openat",
         &model_table("demo", "demo.onnx", ""),
-    );
-    let trace_arg = trace.display().to_string();
-    let mut d = Daemon::spawn_with_config(
-        dir,
-        socket,
-        config,
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=socket,connect,sendto,openat",
-            "-o",
-            &trace_arg,
-        ],
-    );
-    d.wait_ready();
+    ) else {
+        return;
+    };
     tokio::time::sleep(Duration::from_secs(12)).await;
     let alive = get(&d.socket, "/v2/health/live")
         .await
@@ -295,8 +270,7 @@ async fn onnx_runtime_never_reaches_for_the_network() {
     if alive {
         d.signal_daemon_under_wrapper(Signal::SIGTERM);
     }
-    d.wait_exit(Duration::from_secs(10));
-    let calls = std::fs::read_to_string(&trace).expect("trace");
+    let calls = d.trace_after_exit();
     let inet: Vec<&str> = calls.lines().filter(|l| l.contains("AF_INET")).collect();
     assert!(
         inet.is_empty(),

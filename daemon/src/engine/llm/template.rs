@@ -87,16 +87,7 @@ mod tests {
     use serde_json::Value;
 
     fn fixture() -> (ChatTemplate, Value) {
-        let config = fixture::json("tokenizer_config.json");
-        let expected = fixture::json("expected.json");
-        let text = |key: &str| config[key].as_str().map(str::to_owned);
-        let template = ChatTemplate::new(
-            text("chat_template").expect("template"),
-            text("bos_token"),
-            text("eos_token"),
-        )
-        .expect("compiles");
-        (template, expected)
+        (fixture::template(), fixture::json("expected.json"))
     }
 
     #[test]
@@ -107,15 +98,7 @@ mod tests {
             if prompt["kind"] != "chat" {
                 continue;
             }
-            let messages: Vec<Message> = prompt["messages"]
-                .as_array()
-                .expect("messages")
-                .iter()
-                .map(|m| Message {
-                    role: m["role"].as_str().expect("role").to_owned(),
-                    content: m["content"].as_str().expect("content").to_owned(),
-                })
-                .collect();
+            let messages = fixture::messages(&prompt["messages"]);
             let rendered = template.render(&messages).expect("render");
             assert_eq!(rendered, prompt["prompt"].as_str().expect("prompt"));
             assert_eq!(rendered.matches("<｜begin▁of▁sentence｜>").count(), 1);

@@ -326,9 +326,7 @@ mod tests {
     use serde_json::Value;
 
     fn fixture() -> (Tokenizer, Value) {
-        let bytes = std::fs::read(fixture::dir().join("tokenizer.json")).expect("tokenizer.json");
-        let tokenizer = Tokenizer::from_bytes(&bytes).expect("tokenizer");
-        (tokenizer, fixture::json("expected.json"))
+        (fixture::tokenizer(), fixture::json("expected.json"))
     }
 
     #[test]
