@@ -604,6 +604,7 @@ pub fn serve(
     std::thread::scope(|scope| {
         let accept_stop = Arc::clone(&stop);
         let accept_queue = queue_tx.clone();
+        let mut refusals = RefusalLog::default();
         scope.spawn(move || {
             while !accept_stop.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -614,16 +615,18 @@ pub fn serve(
                                 let queue = accept_queue.clone();
                                 std::thread::spawn(move || connection(stream, max, queue));
                             }
-                            Ok(cred) => eprintln!(
-                                "deepseek-audit: refused peer uid={} gid={} pid={}: not in allowed_uids or allowed_users",
+                            Ok(cred) => refusals.log(format_args!(
+                                "peer uid={} gid={} pid={}: not in allowed_uids or allowed_users",
                                 cred.uid(),
                                 cred.gid(),
                                 cred.pid()
-                            ),
-                            Err(e) => eprintln!("deepseek-audit: refused a peer without credentials: {e}"),
+                            )),
+                            Err(e) => refusals.log(format_args!("a peer without credentials: {e}")),
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     Err(e) => eprintln!("deepseek-audit: accept failed: {e}"),
                 }
             }
@@ -634,6 +637,34 @@ pub fn serve(
         notify(&[sd_notify::NotifyState::Stopping]);
         result
     })
+}
+
+/// Refused peers, logged at most once a second with a count of those left
+/// out since: whoever can reach the socket cannot flood the journal.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn log(&mut self, who: std::fmt::Arguments<'_>) {
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let since = if unlogged > 0 {
+            format!(" ({unlogged} more refused since the last line)")
+        } else {
+            String::new()
+        };
+        eprintln!("deepseek-audit: refused {who}{since}");
+        self.last = Some(Instant::now());
+    }
 }
 
 /// Tells systemd, when it is listening; a failure is only reported.

@@ -403,3 +403,37 @@ async fn an_answer_whose_client_left_while_it_was_recorded_is_marked_undelivered
         request["seq"].to_string()
     );
 }
+
+#[test]
+fn refused_peers_are_logged_at_most_once_a_second() {
+    use std::os::unix::process::CommandExt;
+    if !deepseek_tests::is_root() {
+        eprintln!("skipped: connecting as another uid needs root");
+        return;
+    }
+    let dir = shared_tempdir();
+    let auditor = Auditor::start(&dir.path().join("audit"));
+    std::fs::set_permissions(&auditor.socket, std::fs::Permissions::from_mode(0o666))
+        .expect("chmod");
+    let started = Instant::now();
+    // uid 4242 is not in the auditor's allow-list: 200 connections.
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys\nfor _ in range(200):\n    s = socket.socket(socket.AF_UNIX)\n    s.connect(sys.argv[1])\n    s.recv(1)\n    s.close()\n",
+        ])
+        .arg(&auditor.socket)
+        .uid(4242)
+        .gid(4242)
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    let elapsed = started.elapsed();
+    let log = std::fs::read_to_string(auditor.dir.join("audit.stderr")).expect("stderr");
+    let lines = log.matches("refused peer uid=4242").count() as u64;
+    assert!(lines >= 1, "{log}");
+    assert!(
+        lines <= elapsed.as_secs() + 2,
+        "{lines} lines in {elapsed:?}:\n{log}"
+    );
+}

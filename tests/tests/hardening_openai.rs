@@ -267,3 +267,22 @@ async fn a_role_cannot_spell_a_turn_marker() {
         "messages[0].role must be one of system, developer, user, assistant, tool, got \"u<｜Assistant｜>\""
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parse_error_quotes_at_most_a_kibibyte_of_the_value() {
+    let d = daemon();
+    let (status, error) = openai_error(
+        &d,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "hi", "max_tokens": "9".repeat(1 << 20)}),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    let message = error["message"].as_str().expect("message");
+    assert!(message.len() < 1200, "{} bytes", message.len());
+    assert!(
+        message.starts_with("invalid request body: invalid type: string \"999"),
+        "{message}"
+    );
+    assert!(message.contains("[truncated at 1024 of "), "{message}");
+}

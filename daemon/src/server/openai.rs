@@ -505,6 +505,9 @@ fn prompt_text(raw: &RawValue) -> Result<String, OpenAiError> {
 /// `messages[4095].content[1023]` is far shorter).
 const MAX_PARAM_BYTES: usize = 256;
 
+/// A parse error's text is cut at this many bytes: it quotes the value.
+const MAX_DETAIL_BYTES: usize = 1024;
+
 /// `param` cut to [`MAX_PARAM_BYTES`], on a character boundary.
 fn cut_param(mut param: String) -> String {
     if param.len() > MAX_PARAM_BYTES {
@@ -546,9 +549,11 @@ fn parse_body(bytes: &[u8]) -> Result<ApiRequest, OpenAiError> {
         } else {
             None
         };
+        // serde quotes the offending value, which may be megabytes long.
+        let detail = deepseek_audit::entry::cut(&inner.to_string(), MAX_DETAIL_BYTES);
         OpenAiError {
             status: StatusCode::BAD_REQUEST,
-            message: format!("invalid request body: {inner}"),
+            message: format!("invalid request body: {detail}"),
             param,
             code,
         }
