@@ -393,12 +393,7 @@ async fn run(
     };
     // Computed from the bytes each model was loaded from, not copied from
     // the database: `model_load` says what runs.
-    let model_digests: std::collections::BTreeMap<String, Option<String>> = engine
-        .digests()
-        .iter()
-        .map(|(name, digest)| (name.clone(), Some(digest.clone())))
-        .collect();
-    let model_loads = model_load_events(&model_files, &model_digests);
+    let model_loads = model_load_events(&model_files, engine.digests());
     if let Err(e) = lockdown.after_load() {
         tracing::error!("{e}");
         return Exit::Sandbox;
@@ -452,7 +447,6 @@ async fn run(
         audit: audit.clone(),
         audit_required,
         record_content,
-        model_digests,
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -636,7 +630,7 @@ fn warn_unless_reconnectable(socket: &std::path::Path, uid: Uid, gid: Gid) {
 /// (INTEG-MODELS).
 fn model_load_events(
     models: &[(String, std::path::PathBuf)],
-    digests: &std::collections::BTreeMap<String, Option<String>>,
+    digests: &std::collections::BTreeMap<String, String>,
 ) -> Vec<deepseek_audit::entry::Entry> {
     models
         .iter()
@@ -644,7 +638,7 @@ fn model_load_events(
             let mut load =
                 deepseek_audit::entry::Entry::event(deepseek_audit::entry::Event::ModelLoad);
             load.model = Some(name.clone());
-            load.model_sha256 = digests.get(name).cloned().flatten();
+            load.model_sha256 = digests.get(name).cloned();
             load.details
                 .insert("path".to_owned(), path.display().to_string());
             load
@@ -695,7 +689,8 @@ fn load_engine(
 /// Pings systemd's watchdog (`WatchdogSec=`) at half its period while the
 /// daemon can serve, and says why in `STATUS=` when it cannot: while the
 /// auditor's connection is lost the daemon reconnects by itself, and
-/// systemd restarts it if that takes longer than `WatchdogSec=`. Without a watchdog it only keeps `STATUS=` current.
+/// systemd restarts it if that takes longer than `WatchdogSec=`. Without a
+/// watchdog it only keeps `STATUS=` current.
 async fn watchdog(notifier: Arc<notify::Notifier>, state: Arc<AppState>, serving: String) {
     if !notifier.is_enabled() {
         return;

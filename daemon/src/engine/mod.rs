@@ -41,18 +41,7 @@ pub struct ModelBytes {
 
 /// Whether `needle` occurs in `haystack`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    let mut at = 0;
-    while let Some(found) = haystack[at..].iter().position(|&b| b == first) {
-        let start = at + found;
-        if haystack[start + 1..].starts_with(rest) {
-            return true;
-        }
-        at = start + 1;
-    }
-    false
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Whether `graph` may name `file` as external data: its path relative to

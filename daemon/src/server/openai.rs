@@ -895,7 +895,7 @@ impl Record {
         entry.model_sha256 = self
             .model
             .as_ref()
-            .and_then(|m| state.model_digests.get(m).cloned().flatten());
+            .and_then(|m| state.engine.digests().get(m).cloned());
         entry.request_id = Some(self.id.clone());
         entry.request_sha256.clone_from(&self.request_sha256);
         entry.status = Some(status.as_u16());

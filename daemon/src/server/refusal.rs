@@ -12,8 +12,9 @@ use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 
 use super::peer::Peer;
+use super::routes::audit_peer;
 use crate::audit::AuditClient;
-use deepseek_audit::entry::{Entry, Event, Peer as AuditPeer};
+use deepseek_audit::entry::{Entry, Event};
 
 /// At most this many `denied_peer` records per interval, whatever the uids:
 /// root can connect under as many uids as it likes.
@@ -146,12 +147,7 @@ impl Refusals {
                 "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused"
             );
             let mut denied = Entry::event(Event::DeniedPeer);
-            denied.peer = Some(AuditPeer {
-                uid: peer.uid,
-                gid: peer.gid,
-                pid: peer.pid,
-                exe: None,
-            });
+            denied.peer = Some(audit_peer(peer));
             denied
                 .details
                 .insert("suppressed".to_owned(), record.suppressed.to_string());

@@ -42,8 +42,6 @@ pub struct AppState {
     pub audit_required: bool,
     /// Record request and response bodies too (`audit.record_content`).
     pub record_content: bool,
-    /// Each model's file digest, for its records.
-    pub model_digests: std::collections::BTreeMap<String, Option<String>>,
     /// When serving started (Unix seconds): `created` of `/v1/models`.
     pub started_unix: u64,
 }
@@ -339,7 +337,7 @@ async fn drive_inference(
     let mut entry = Entry::event(Event::Request);
     entry.peer = Some(audit_peer(&peer));
     entry.model = Some(name.clone());
-    entry.model_sha256 = state.model_digests.get(&name).cloned().flatten();
+    entry.model_sha256 = state.engine.digests().get(&name).cloned();
     entry.request_id = captured.id;
     entry.request_sha256 = captured.sha256;
     entry.response_sha256 = response_sha256;
