@@ -39,7 +39,7 @@ use deepseek_tests::{Daemon, llm_fixture, llm_table, ort_library};
 use deepseekd::config::RuntimeConfig;
 use deepseekd::engine::llm::files::ModelFiles;
 use deepseekd::engine::llm::generate::{Delta, GenerateRequest, generate};
-use deepseekd::engine::llm::model::{GraphSpec, KvPlacement, Slot};
+use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, Slot};
 use deepseekd::engine::llm::sampling::SamplingParams;
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use http_body_util::{BodyExt, Full};

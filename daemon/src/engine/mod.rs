@@ -1,11 +1,15 @@
-//! Model execution on ONNX Runtime: the runtime itself, model sessions and
-//! their pools, and the tensor types requests and responses carry.
+//! Model execution on ONNX Runtime: the runtime itself, tensor models and
+//! causal LMs, their sessions and pools. The engine takes and returns
+//! domain types (tensors, prompts, generation requests) and knows nothing
+//! of HTTP or of any protocol's wire format.
 
+mod error;
 pub mod llm;
-pub mod pool;
+mod pool;
 pub mod runtime;
-pub mod session;
-pub mod tensor;
+mod sessions;
+pub(crate) mod tensor;
+mod tensor_model;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +18,9 @@ use std::sync::Arc;
 use ort::environment::Environment;
 
 pub use llm::CausalLm;
-pub use session::{InferError, LoadError, Model, ModelInfo, NamedTensor, TensorSpec};
-pub use tensor::{DataType, TensorData};
+pub use error::{InferError, LoadError};
+pub(crate) use tensor::{DataType, TensorData};
+pub(crate) use tensor_model::{Model, NamedTensor};
 
 use deepseek_integrity::digest::hex;
 use deepseek_integrity::entry::Entry;

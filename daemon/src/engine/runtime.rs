@@ -1,8 +1,7 @@
 //! Loading ONNX Runtime: the one process-wide `Environment`, built from the
 //! library named in `[runtime] library`, after checking its version.
 
-use std::ffi::{CStr, c_char};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ort::environment::Environment;
 
@@ -46,19 +45,12 @@ pub enum RuntimeError {
 ///   backoff, starting about 9 s after the environment is created (seen
 ///   with strace). This variable stops both; seccomp refuses its sockets too.
 /// - `CUDA_CACHE_PATH`: the writable JIT cache (`sandbox.cuda_cache_dir`).
-#[expect(
-    unsafe_code,
-    reason = "std::env::set_var is unsafe when other threads may read the environment"
-)]
-pub fn prepare_environment(config: &Config) {
-    // SAFETY: called first thing in `main`, before the daemon creates any
-    // thread, so no other thread can be reading the environment.
-    unsafe {
-        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
-        if let Some(dir) = &config.sandbox.cuda_cache_dir {
-            std::env::set_var("CUDA_CACHE_PATH", dir);
-        }
+pub(crate) fn prepare_environment(config: &Config) -> Result<(), crate::sys::env::NotSingleThreaded> {
+    crate::sys::env::set("ORT_DISABLE_TELEMETRY", "1")?;
+    if let Some(dir) = &config.sandbox.cuda_cache_dir {
+        crate::sys::env::set("CUDA_CACHE_PATH", dir)?;
     }
+    Ok(())
 }
 
 /// Loads the library, checks its version and builds the environment. Call once.
@@ -69,7 +61,10 @@ pub fn init(config: &RuntimeConfig) -> Result<(Environment, String), RuntimeErro
             path: path.to_owned(),
         });
     }
-    let version = library_version(path)?;
+    let version = crate::sys::ort_version::read(path).map_err(|e| RuntimeError::Load {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     if !version.starts_with(REQUIRED_VERSION_PREFIX) {
         return Err(RuntimeError::Version {
             path: path.to_owned(),
@@ -115,49 +110,4 @@ fn preload_cuda(config: &RuntimeConfig) -> Result<(), RuntimeError> {
         })?;
     }
     Ok(())
-}
-
-/// Reads the version string the library reports (`OrtGetApiBase()->GetVersionString()`).
-///
-/// `ort` only refuses libraries older than its API level and otherwise logs
-/// the version, so the daemon asks the library itself to refuse other versions
-/// with an error that names what was found.
-#[expect(
-    unsafe_code,
-    reason = "calling into the ONNX Runtime C ABI to read its version"
-)]
-fn library_version(path: &Path) -> Result<String, RuntimeError> {
-    /// The first two members of `OrtApiBase` (onnxruntime_c_api.h), which are
-    /// stable across all ONNX Runtime releases.
-    #[repr(C)]
-    struct OrtApiBase {
-        _get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
-        get_version_string: unsafe extern "C" fn() -> *const c_char,
-    }
-    let load_error = |reason: String| RuntimeError::Load {
-        path: path.to_owned(),
-        reason,
-    };
-    // SAFETY: loading a shared library runs its initialisers. The path is the
-    // operator-configured ONNX Runtime library, which is exactly the code this
-    // process exists to run; `ort` loads the same file right after.
-    let library =
-        unsafe { libloading::Library::new(path) }.map_err(|e| load_error(e.to_string()))?;
-    // SAFETY: `OrtGetApiBase` has had the signature `const OrtApiBase* (void)`
-    // in every ONNX Runtime release; the type below matches it.
-    let get_api_base =
-        unsafe { library.get::<unsafe extern "C" fn() -> *const OrtApiBase>(b"OrtGetApiBase\0") }
-            .map_err(|_| {
-            load_error("it does not export OrtGetApiBase; is it ONNX Runtime?".to_owned())
-        })?;
-    // SAFETY: the function takes no arguments and returns a pointer to a
-    // static struct owned by the library, which stays loaded for this scope.
-    let base = unsafe { get_api_base() };
-    if base.is_null() {
-        return Err(load_error("OrtGetApiBase returned NULL".to_owned()));
-    }
-    // SAFETY: `base` is non-null and points to the library's static
-    // `OrtApiBase`; `GetVersionString` returns a static NUL-terminated string.
-    let version = unsafe { CStr::from_ptr(((*base).get_version_string)()) };
-    Ok(version.to_string_lossy().into_owned())
 }

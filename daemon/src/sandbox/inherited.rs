@@ -55,53 +55,24 @@ fn listed_from(first: RawFd) -> Vec<RawFd> {
 /// listening socket, and returns the ones closed. Call first thing in
 /// `serve`, while the process is single-threaded and owns no descriptor
 /// beyond these: nothing else in the process refers to them.
-#[expect(
-    unsafe_code,
-    reason = "closing descriptors no Rust object owns: close_range(2) has no safe wrapper"
-)]
-pub fn close_descriptors() -> Vec<RawFd> {
+pub(crate) fn close_descriptors() -> Vec<RawFd> {
     let first = 3 + RawFd::try_from(passed_by_systemd()).unwrap_or(0);
-    let Ok(low) = libc::c_uint::try_from(first) else {
-        return Vec::new();
-    };
-    let mut open = listed_from(first);
-    // SAFETY: F_GETFD only reads the descriptor's flags; it drops the
-    // listing's own descriptor, which is already closed.
-    open.retain(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } != -1);
-    // SAFETY: close_range only closes descriptors. At this point (the start
-    // of `serve`, single-threaded) no object of this process owns any
-    // descriptor from `first` on: they were all inherited, so nothing can
-    // use a closed one or have it reused under it.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, low, libc::c_uint::MAX, 0) };
-    if rc != 0 {
-        // Kernels before 5.9 lack close_range: close them one by one.
-        for fd in &open {
-            // SAFETY: as above; `fd` is one of the inherited descriptors.
-            unsafe { libc::close(*fd) };
-        }
-    }
-    open
+    crate::sys::fd::close_from(first, listed_from(first))
 }
 
 /// Removes every environment variable but [`KEPT_VARIABLES`] and returns
 /// the names kept. Call once the variables systemd passed have been read,
 /// before any thread exists.
-#[expect(
-    unsafe_code,
-    reason = "std::env::remove_var is unsafe when other threads may read the environment"
-)]
-pub fn clear_environment() -> Vec<String> {
+pub(crate) fn clear_environment() -> Result<Vec<String>, crate::sys::env::NotSingleThreaded> {
     let kept: BTreeSet<&str> = KEPT_VARIABLES.into_iter().collect();
     let names: Vec<OsString> = std::env::vars_os().map(|(name, _)| name).collect();
     let mut remaining = Vec::new();
     for name in names {
         match name.to_str() {
             Some(text) if kept.contains(text) => remaining.push(text.to_owned()),
-            // SAFETY: called before the daemon creates any thread (see
-            // `serve`), so no other thread can be reading the environment.
-            _ => unsafe { std::env::remove_var(&name) },
+            _ => crate::sys::env::remove(&name)?,
         }
     }
     remaining.sort();
-    remaining
+    Ok(remaining)
 }

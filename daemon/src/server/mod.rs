@@ -1,12 +1,15 @@
 //! Serving HTTP/1.1 on the Unix socket: the accept loop, per-connection
-//! peer credentials, and graceful shutdown.
+//! peer credentials, and graceful shutdown. Each protocol is an adapter of
+//! its own over the engine (`kserve/`, `openai/`), neither importing the
+//! other; `http/` is what they share, `router` puts them together.
 
-pub mod kserve;
-pub mod openai;
-pub mod peer;
-pub mod refusal;
-pub mod routes;
-pub mod socket;
+pub(crate) mod http;
+pub(crate) mod kserve;
+pub(crate) mod openai;
+pub(crate) mod peer;
+pub(crate) mod refusal;
+pub(crate) mod router;
+pub(crate) mod socket;
 
 use std::future::Future;
 use std::sync::Arc;

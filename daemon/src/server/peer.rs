@@ -33,51 +33,13 @@ impl Peer {
     /// a client cannot change them afterwards.
     pub fn of(socket: &impl AsFd) -> std::io::Result<Self> {
         let cred = getsockopt(socket, sockopt::PeerCredentials)?;
-        let groups = peer_groups(socket)?;
+        let groups = crate::sys::peer::groups(socket)?;
         Ok(Self {
             uid: cred.uid(),
             gid: cred.gid(),
             pid: cred.pid(),
             groups,
         })
-    }
-}
-
-/// Reads the supplementary groups of a Unix socket's peer.
-#[expect(
-    unsafe_code,
-    reason = "nix has no wrapper for SO_PEERGROUPS; getsockopt is called directly"
-)]
-fn peer_groups(socket: &impl AsFd) -> std::io::Result<Vec<u32>> {
-    use std::os::fd::AsRawFd;
-    // NGROUPS_MAX on Linux is 65536; start small and grow on ERANGE.
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut len = libc::socklen_t::try_from(groups.len() * size_of::<libc::gid_t>())
-            .map_err(|_| std::io::Error::other("too many peer groups"))?;
-        // SAFETY: `groups` is a live, writable buffer of exactly `len` bytes;
-        // the kernel writes at most `len` bytes into it and stores the size
-        // it needs (or used) in `len`. The fd is borrowed for the call.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let needed = len as usize / size_of::<libc::gid_t>();
-        if rc == 0 {
-            groups.truncate(needed);
-            return Ok(groups);
-        }
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() {
-            groups.resize(needed, 0);
-        } else {
-            return Err(error);
-        }
     }
 }
 

@@ -12,9 +12,9 @@ use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 
 use super::peer::Peer;
-use super::routes::audit_peer;
+use super::http::audit_peer;
+use crate::audit::records;
 use crate::audit::AuditClient;
-use deepseek_audit::entry::{Entry, Event};
 
 /// At most this many `denied_peer` records per interval, whatever the uids:
 /// root can connect under as many uids as it likes.
@@ -146,17 +146,11 @@ impl Refusals {
                 suppressed = record.suppressed,
                 "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused"
             );
-            let mut denied = Entry::event(Event::DeniedPeer);
-            denied.peer = Some(audit_peer(peer));
-            denied
-                .details
-                .insert("suppressed".to_owned(), record.suppressed.to_string());
-            if record.suppressed_other_uids > 0 {
-                denied.details.insert(
-                    "suppressed_other_uids".to_owned(),
-                    record.suppressed_other_uids.to_string(),
-                );
-            }
+            let denied = records::denied_peer(
+                audit_peer(peer),
+                record.suppressed,
+                record.suppressed_other_uids,
+            );
             let audit = self.audit.clone();
             tokio::spawn(async move {
                 if let Err(e) = audit.record(denied).await {

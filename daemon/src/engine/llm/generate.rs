@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::model::{GraphSpec, Slot};
+use super::decoder::{GraphSpec, Slot};
 use super::reasoning::{ReasoningSplitter, Split};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopOutcome};

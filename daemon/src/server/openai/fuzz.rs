@@ -5,7 +5,16 @@
 
 use axum::http::StatusCode;
 
-use super::{MAX_PARAM_BYTES, parse_body, refuse_unsupported};
+use super::prepare::refuse_unsupported;
+use super::wire::{MAX_PARAM_BYTES, parse_body};
+
+/// Chat and completion bodies, with every field the parser knows: the
+/// seeds of `openai_request`.
+pub const OPENAI_SAMPLES: &[&str] = &[
+    r#"{"model":"tiny-r1","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_tokens":16,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"presence_penalty":0.5,"frequency_penalty":-0.5,"seed":-3,"stop":["\n\n","</s>"],"stop_token_ids":[1,2],"ignore_eos":false,"stream":true,"stream_options":{"include_usage":true},"n":1,"logprobs":false,"tools":[],"response_format":{"type":"text"},"reasoning_format":"deepseek","logit_bias":{},"user":"ignored"}"#,
+    r#"{"model":"tiny-r1","prompt":"Once upon a time","max_completion_tokens":4,"stop":"\u2014","echo":false}"#,
+    r#"{"model":"tiny-r1","prompt":["one"],"suffix":null,"temperature":2.0}"#,
+];
 
 /// Any body is parsed or refused with a 400 whose error serializes and
 /// names a bounded parameter (it is echoed to the client and recorded in

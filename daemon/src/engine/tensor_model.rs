@@ -1,19 +1,20 @@
-//! One loaded model: its ONNX Runtime sessions, the pool that hands them to
-//! requests, and the checks a request must pass before it reaches the runtime.
+//! A tensor model (served over KServe v2): its ONNX Runtime sessions, the
+//! pool that hands them to requests, and the checks a request must pass
+//! before it reaches the runtime.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use ort::environment::Environment;
-use ort::ep;
-use ort::session::builder::SessionBuilder;
 use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Outlet};
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
+use super::error::{InferError, LoadError};
 use super::pool::Pool;
+use super::sessions::{Sessions, admit};
 use super::tensor::{DataType, TensorData};
 use crate::config::{Device, ModelConfig};
 
@@ -60,66 +61,6 @@ pub struct NamedTensor {
     pub name: String,
     pub shape: Vec<i64>,
     pub data: TensorData,
-}
-
-/// Why a model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("model {model:?} (model[{index}].path): cannot read {path}: {source}")]
-    Unreadable {
-        model: String,
-        index: usize,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "model {model:?}: the CUDA execution provider could not be registered on device {device_id}: {reason}; \
-         set allow_cpu_fallback = true in its [[model]] table to run it on the CPU instead"
-    )]
-    Cuda {
-        model: String,
-        device_id: u32,
-        reason: String,
-    },
-    #[error("model {model:?} failed integrity verification, not loaded: {source}")]
-    Integrity {
-        model: String,
-        source: deepseek_integrity::verify::VerifyError,
-    },
-    #[error("model {model:?} (causal-lm): {reason}")]
-    CausalLm { model: String, reason: String },
-    #[error("model {model:?}: ONNX Runtime cannot load {path}: {reason}")]
-    Session {
-        model: String,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("model {model:?}: {kind} {tensor:?} has type {found}, which the API cannot carry")]
-    UnsupportedType {
-        model: String,
-        kind: &'static str,
-        tensor: String,
-        found: String,
-    },
-    #[error(
-        "model {model:?}: the warm-up run on zero-valued inputs failed: {reason}; \
-         if the model cannot take zeros (shape or index inputs), set warm_up = false in its [[model]] table"
-    )]
-    WarmUp { model: String, reason: String },
-}
-
-/// Why one inference request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InferError {
-    /// The request does not fit the model (the client's fault).
-    #[error("{0}")]
-    BadRequest(String),
-    /// Every session is busy and the queue is full.
-    #[error("model {0:?} is busy: its request queue is full, retry later")]
-    QueueFull(String),
-    /// ONNX Runtime failed; the detail is logged, not sent to the client.
-    #[error("inference failed")]
-    Runtime(String),
 }
 
 /// A loaded model and its pool of sessions.
@@ -227,109 +168,6 @@ impl Drop for TerminateOnDrop {
         if let Err(e) = self.0.terminate() {
             tracing::warn!(error = %e, "cannot ask ONNX Runtime to stop a run");
         }
-    }
-}
-
-/// Admits one more running or queued request, or refuses at once when the
-/// model's queue is full.
-pub(crate) fn admit(
-    admission: &Arc<Semaphore>,
-    model: &str,
-) -> Result<OwnedSemaphorePermit, InferError> {
-    Arc::clone(admission)
-        .try_acquire_owned()
-        .map_err(|_| InferError::QueueFull(model.to_owned()))
-}
-
-/// A model's ONNX Runtime sessions, one per `sessions`, on the device they
-/// ended up on.
-#[derive(Debug)]
-pub(crate) struct Sessions {
-    pub sessions: Vec<Session>,
-    pub device: Device,
-    pub cpu_fallback_reason: Option<String>,
-}
-
-impl Sessions {
-    /// Builds the sessions from `graph` in memory, never from its path: the
-    /// caller read it once (and hashed those bytes). The graph's external
-    /// data comes from `external`, by the name the graph gives it; one it
-    /// names that is not there is looked for in the model's directory,
-    /// where only an unverified model (`integrity.enforce = false`) can
-    /// have it, since a verified graph's named files are all in `external`.
-    pub fn build(
-        environment: &Environment,
-        config: &ModelConfig,
-        graph: &[u8],
-        external: &[(PathBuf, Arc<[u8]>)],
-    ) -> Result<Self, LoadError> {
-        let name = config.name.get_ref().as_str();
-        let path = config.onnx();
-        let session_error = |e: ort::Error| LoadError::Session {
-            model: name.to_owned(),
-            path: path.clone(),
-            reason: e.to_string(),
-        };
-        let mut builder = Session::builder(environment)
-            .map_err(session_error)?
-            .with_config_entry(
-                "session.model_external_initializers_file_folder_path",
-                config.dir().to_string_lossy(),
-            )
-            .map_err(|e| session_error(e.into()))?;
-        for (file, bytes) in external {
-            builder = builder
-                .with_external_initializer_file_in_memory(file, Arc::clone(bytes))
-                .map_err(|e| session_error(e.into()))?;
-        }
-        if let Some(threads) = config.intra_op_threads {
-            builder = builder
-                .with_intra_threads(threads.get())
-                .map_err(|e| session_error(e.into()))?;
-        }
-        let (mut builder, device, cpu_fallback_reason) = match config.device {
-            Device::Cpu => (builder, Device::Cpu, None),
-            Device::Cuda => register_cuda(builder, name, config)?,
-        };
-        let sessions = (0..config.sessions.get())
-            .map(|_| builder.commit_from_memory(graph))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(session_error)?;
-        Ok(Self {
-            sessions,
-            device,
-            cpu_fallback_reason,
-        })
-    }
-}
-
-/// Registers the CUDA provider, or falls back to the CPU when allowed.
-fn register_cuda(
-    builder: SessionBuilder,
-    name: &str,
-    config: &ModelConfig,
-) -> Result<(SessionBuilder, Device, Option<String>), LoadError> {
-    let cuda = ep::CUDA::default()
-        .with_device_id(i32::try_from(config.device_id).unwrap_or(i32::MAX))
-        .build()
-        .error_on_failure();
-    match builder.with_execution_providers([cuda]) {
-        Ok(builder) => Ok((builder, Device::Cuda, None)),
-        Err(e) if config.allow_cpu_fallback => {
-            let reason = e.to_string().trim_end().to_owned();
-            tracing::warn!(
-                model = name,
-                reason = %reason,
-                "CUDA execution provider unavailable; running on the CPU because allow_cpu_fallback = true"
-            );
-            Ok((e.recover(), Device::Cpu, Some(reason)))
-        }
-        Err(e) => Err(LoadError::Cuda {
-            model: name.to_owned(),
-            device_id: config.device_id,
-            // ONNX Runtime ends its messages with a newline.
-            reason: e.to_string().trim_end().to_owned(),
-        }),
     }
 }
 

@@ -6,7 +6,7 @@
 //! When the connection is lost (the auditor restarted or stopped), every
 //! record is refused until a new one is made: the daemon connects again to
 //! `audit.socket` every [`RECONNECT_EVERY`] (the seccomp allow-list has
-//! `connect` for this; docs/hardening.md weighs the trade-off), records
+//! `connect` for this; docs/guide/hardening.md weighs the trade-off), records
 //! `audit_reconnected`, and serves again by itself.
 //!
 //! A record that was refused to its client (503) but may still reach the
@@ -22,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deepseek_audit::entry::{Entry, Event};
 use deepseek_audit::service::{Reply, Request};
+
+use super::records;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -220,7 +222,7 @@ impl AuditClient {
         let tag = inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let correction = (inner.required
             && matches!(entry.event, Event::Request | Event::Completion))
-        .then(|| undelivered(&entry, 503));
+        .then(|| records::undelivered(&entry, 503));
         let frame = serde_json::to_vec(&Request { tag, entry }).expect("records serialize");
         if frame.len() > MAX_FRAME {
             return Err(AuditError::TooLarge(frame.len()));
@@ -329,26 +331,6 @@ impl State {
             }
         }
     }
-}
-
-/// The `undelivered` entry for `entry`, should its client not get the
-/// answer it describes but `status` instead (503 refused, 499 left).
-pub fn undelivered(entry: &Entry, status: u16) -> Entry {
-    let mut correction = Entry::event(Event::Undelivered);
-    correction.peer.clone_from(&entry.peer);
-    correction.model.clone_from(&entry.model);
-    correction.request_id.clone_from(&entry.request_id);
-    correction.request_sha256.clone_from(&entry.request_sha256);
-    correction.status = Some(status);
-    correction.details.insert(
-        "corrects".to_owned(),
-        match entry.event {
-            Event::Completion => "completion",
-            _ => "request",
-        }
-        .to_owned(),
-    );
-    correction
 }
 
 fn now_ns() -> u128 {
@@ -516,7 +498,6 @@ async fn reconnect(inner: Arc<Inner>) {
         let lost_at_ns = state.lost_at_ns.take();
         let refused = std::mem::take(&mut state.refused);
         let dropped = std::mem::take(&mut state.corrections_dropped);
-        let mut event = Entry::event(Event::AuditReconnected);
         // One that never reached the auditor (a connection lost again at
         // once) is folded into this one: a flapping auditor adds no entries.
         let (mut lost_at_ns, mut refused, mut dropped) = (lost_at_ns, refused, dropped);
@@ -541,17 +522,7 @@ async fn reconnect(inner: Arc<Inner>) {
             refused += number("refused");
             dropped += number("undelivered_dropped");
         }
-        if let Some(at) = lost_at_ns {
-            event
-                .details
-                .insert("lost_at_ns".to_owned(), at.to_string());
-        }
-        event
-            .details
-            .insert("refused".to_owned(), refused.to_string());
-        event
-            .details
-            .insert("undelivered_dropped".to_owned(), dropped.to_string());
+        let event = records::reconnected(lost_at_ns, refused, dropped);
         state.corrections.push_front(event);
         (lost_at_ns, refused, dropped)
     };

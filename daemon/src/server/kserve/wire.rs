@@ -1,27 +1,21 @@
-//! The KServe v2 / Open Inference Protocol inference request and response,
-//! with the binary tensor data extension.
-//!
-//! JSON `data` may be flat or nested; it is decoded straight into typed
-//! vectors (no intermediate JSON tree), because large tensors in JSON are
-//! already slow enough.
+//! The KServe v2 / Open Inference Protocol inference request and response
+//! bodies, with the binary tensor data extension: decoded into the engine's
+//! tensors, and encoded from them within `server.max_response_bytes`.
 
-use std::fmt;
-
-use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::engine::tensor::{Element, with_numeric_types};
-use crate::engine::{DataType, NamedTensor, TensorData};
+use super::codec::{self, Json};
+use crate::engine::{DataType, NamedTensor};
 
 /// The header that carries the length of the JSON part of a binary request
 /// or response.
-pub const HEADER_LENGTH: &str = "inference-header-content-length";
+pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// A decoded inference request.
 #[derive(Debug)]
-pub struct InferRequest {
+pub(crate) struct InferRequest {
     pub id: Option<String>,
     pub inputs: Vec<NamedTensor>,
     /// Outputs asked for, in order (empty: all), each with whether it should
@@ -76,9 +70,22 @@ fn bool_parameter(
     }
 }
 
+/// A request body that cannot be decoded; the message names the input,
+/// output or parameter at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct DecodeError(String);
+
 /// Decodes a request body. `json_length` is the value of
 /// `Inference-Header-Content-Length`, when the client sent binary data.
-pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRequest, String> {
+pub(crate) fn decode_request(
+    body: &[u8],
+    json_length: Option<usize>,
+) -> Result<InferRequest, DecodeError> {
+    decode(body, json_length).map_err(DecodeError)
+}
+
+fn decode(body: &[u8], json_length: Option<usize>) -> Result<InferRequest, String> {
     let (json, mut binary) = match json_length {
         Some(len) if len > body.len() => {
             return Err(format!(
@@ -134,10 +141,10 @@ pub fn decode_request(body: &[u8], json_length: Option<usize>) -> Result<InferRe
                 }
                 let (bytes, rest) = binary.split_at(size);
                 binary = rest;
-                TensorData::read_binary(datatype, bytes)
+                codec::read_binary(datatype, bytes)
                     .map_err(|e| format!("{owner} ({datatype} binary data): {e}"))?
             }
-            (None, Some(data)) => decode_json_data(datatype, data.get(), count)
+            (None, Some(data)) => codec::decode_json_data(datatype, data.get(), count)
                 .map_err(|e| format!("{owner} ({datatype} data): {e}"))?,
         };
         if data.len() != count {
@@ -188,156 +195,6 @@ fn element_count(shape: &[i64]) -> Result<usize, String> {
     })
 }
 
-fn decode_json_data(datatype: DataType, json: &str, count: usize) -> Result<TensorData, String> {
-    macro_rules! decode {
-        ($($variant:ident: $ty:ty = $name:literal,)*) => {
-            match datatype {
-                $(DataType::$variant => flatten::<$ty>(json, count).map(TensorData::$variant),)*
-                DataType::Bytes => flatten::<String>(json, count).map(TensorData::Bytes),
-            }
-        };
-    }
-    with_numeric_types!(decode)
-}
-
-/// Parses flat or nested JSON arrays of scalars into one row-major vector.
-fn flatten<T: JsonScalar>(json: &str, count: usize) -> Result<Vec<T>, String> {
-    // Cap the up-front allocation: `count` comes from the client's shape.
-    let mut out = Vec::with_capacity(count.min(1 << 20));
-    let mut de = serde_json::Deserializer::from_str(json);
-    Flatten(&mut out).deserialize(&mut de).map_err(|e| {
-        // serde_json appends a position within `data`, not within the
-        // request, which would only mislead; the element index says where.
-        let text = e.to_string();
-        let suffix = format!(" at line {} column {}", e.line(), e.column());
-        text.strip_suffix(&suffix)
-            .map(str::to_owned)
-            .unwrap_or(text)
-    })?;
-    Ok(out)
-}
-
-/// A JSON scalar that can become one tensor element.
-trait JsonScalar: Sized {
-    fn from_u64(v: u64) -> Option<Self>;
-    fn from_i64(v: i64) -> Option<Self>;
-    fn from_f64(v: f64) -> Option<Self>;
-    fn from_bool(v: bool) -> Option<Self>;
-    fn from_str(v: &str) -> Option<Self>;
-}
-
-impl<T: Element> JsonScalar for T {
-    fn from_u64(v: u64) -> Option<Self> {
-        Element::from_u64(v)
-    }
-    fn from_i64(v: i64) -> Option<Self> {
-        Element::from_i64(v)
-    }
-    fn from_f64(v: f64) -> Option<Self> {
-        Element::from_f64(v)
-    }
-    fn from_bool(v: bool) -> Option<Self> {
-        Element::from_bool(v)
-    }
-    fn from_str(v: &str) -> Option<Self> {
-        Element::from_special(v)
-    }
-}
-
-impl JsonScalar for String {
-    fn from_u64(_: u64) -> Option<Self> {
-        None
-    }
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_f64(_: f64) -> Option<Self> {
-        None
-    }
-    fn from_bool(_: bool) -> Option<Self> {
-        None
-    }
-    fn from_str(v: &str) -> Option<Self> {
-        Some(v.to_owned())
-    }
-}
-
-struct Flatten<'a, T>(&'a mut Vec<T>);
-
-impl<T: JsonScalar> Flatten<'_, T> {
-    fn push<E: serde::de::Error>(
-        self,
-        value: Option<T>,
-        shown: impl fmt::Display,
-    ) -> Result<(), E> {
-        match value {
-            Some(value) => {
-                self.0.push(value);
-                Ok(())
-            }
-            None => Err(E::custom(format_args!(
-                "element {}: {shown} is not a valid value of this datatype",
-                self.0.len()
-            ))),
-        }
-    }
-}
-
-impl<'de, T: JsonScalar> DeserializeSeed<'de> for Flatten<'_, T> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de, T: JsonScalar> Visitor<'de> for Flatten<'_, T> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of scalars, possibly nested")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.push(T::from_u64(v), v)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.push(T::from_i64(v), v)
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(T::from_f64(v), v)
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        self.push(T::from_bool(v), v)
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.push(T::from_str(v), format_args!("{v:?}"))
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        Err(E::custom(format_args!(
-            "element {}: null is not a value",
-            self.0.len()
-        )))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(A::Error::custom(format_args!(
-            "element {}: an object is not a value",
-            self.0.len()
-        )))
-    }
-}
-
 /// One output tensor of a response.
 #[derive(Serialize)]
 struct ResponseOutput<'a> {
@@ -345,7 +202,7 @@ struct ResponseOutput<'a> {
     datatype: &'static str,
     shape: &'a [i64],
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a TensorData>,
+    data: Option<Json<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<BinaryParameters>,
 }
@@ -366,7 +223,7 @@ struct Response<'a> {
 /// An encoded response body, and the JSON length to send in
 /// `Inference-Header-Content-Length` when binary data follows it.
 #[derive(Debug)]
-pub struct EncodedResponse {
+pub(crate) struct EncodedResponse {
     pub body: Vec<u8>,
     pub json_length: Option<usize>,
 }
@@ -377,7 +234,7 @@ pub struct EncodedResponse {
     "the response would exceed the limit of {limit} bytes (server.max_response_bytes); \
      ask for fewer outputs or send fewer elements"
 )]
-pub struct ResponseTooLarge {
+pub(crate) struct ResponseTooLarge {
     pub limit: usize,
 }
 
@@ -386,7 +243,7 @@ pub struct ResponseTooLarge {
 /// most `limit` bytes. What cannot fit is refused before the buffer grows
 /// past the limit: binary sizes are exact and every JSON element takes at
 /// least two bytes, so most oversized answers are refused before encoding.
-pub fn encode_response(
+pub(crate) fn encode_response(
     model_name: &str,
     id: Option<&str>,
     outputs: &[NamedTensor],
@@ -399,7 +256,7 @@ pub fn encode_response(
     let mut entries = Vec::with_capacity(outputs.len());
     for (output, &as_binary) in outputs.iter().zip(binary) {
         let (data, parameters) = if as_binary {
-            let size = output.data.binary_len();
+            let size = codec::binary_len(&output.data);
             binary_len = binary_len.saturating_add(size);
             at_least = at_least.saturating_add(size);
             (
@@ -410,7 +267,7 @@ pub fn encode_response(
             )
         } else {
             at_least = at_least.saturating_add(output.data.len().saturating_mul(2));
-            (Some(&output.data), None)
+            (Some(Json(&output.data)), None)
         };
         entries.push(ResponseOutput {
             name: &output.name,
@@ -438,7 +295,7 @@ pub fn encode_response(
     let json_length = (binary.iter().any(|&b| b)).then_some(body.len());
     body.reserve_exact(binary_len);
     for (output, _) in outputs.iter().zip(binary).filter(|(_, b)| **b) {
-        output.data.write_binary(&mut body);
+        codec::write_binary(&output.data, &mut body);
     }
     Ok(EncodedResponse { body, json_length })
 }
@@ -472,9 +329,10 @@ impl std::io::Write for Bounded<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::TensorData;
 
     fn decode(json: &str) -> Result<InferRequest, String> {
-        decode_request(json.as_bytes(), None)
+        decode_request(json.as_bytes(), None).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -549,7 +407,7 @@ mod tests {
             request.inputs[2].data,
             TensorData::Bytes(vec!["abc".into()])
         );
-        let err = decode_request(&body[..body.len() - 1], Some(json.len())).expect_err("short");
+        let err = super::decode(&body[..body.len() - 1], Some(json.len())).expect_err("short");
         assert_eq!(
             err,
             "input \"c\": binary_data_size is 7 but only 6 bytes of binary data remain"

@@ -1,0 +1,242 @@
+//! Every record the daemon writes to the audit log, and what each one
+//! carries: the start and shutdown, each model loaded or refused, each
+//! request of either API, and the corrections (`undelivered`,
+//! `audit_reconnected`). One home for the rule, so that what an assessor
+//! reads (docs/guide/audit.md) is decided here and nowhere else.
+//!
+//! Requests are recorded with digests, token counts and status, never their
+//! text, unless `audit.record_content` asks for bodies ([`content`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use deepseek_audit::entry::{CONTENT_LIMIT, Entry, Event, Peer, cut_bytes};
+
+use crate::engine::llm::generate::Finished;
+
+/// `start`: the configuration's digest, the version, and what the lockdown
+/// achieved (`lockdown`), signed into the log: `deepseek-audit verify`
+/// reads Landlock's state here (the kernel does not show it in /proc) for
+/// the daemon with this pid.
+pub(crate) fn start(config_sha256: String, lockdown: Vec<(String, String)>) -> Entry {
+    let mut start = Entry::event(Event::Start);
+    start
+        .details
+        .insert("config_sha256".to_owned(), config_sha256);
+    start
+        .details
+        .insert("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    start
+        .details
+        .insert("pid".to_owned(), std::process::id().to_string());
+    start.details.extend(lockdown);
+    start
+}
+
+/// The `model_load` records: name, file and the digest of the bytes loaded
+/// from it, which `deepseek-audit verify` compares with the database
+/// (INTEG-MODELS).
+pub(crate) fn model_loads(
+    models: &[(String, PathBuf)],
+    digests: &BTreeMap<String, String>,
+) -> Vec<Entry> {
+    models
+        .iter()
+        .map(|(name, path)| {
+            let mut load = Entry::event(Event::ModelLoad);
+            load.model = Some(name.clone());
+            load.model_sha256 = digests.get(name).cloned();
+            load.details
+                .insert("path".to_owned(), path.display().to_string());
+            load
+        })
+        .collect()
+}
+
+/// `model_refused`: a model the integrity check refused, and why.
+pub(crate) fn model_refused(model: &str, path: Option<&Path>, reason: String) -> Entry {
+    let mut refused = Entry::event(Event::ModelRefused);
+    refused.model = Some(model.to_owned());
+    if let Some(path) = path {
+        refused
+            .details
+            .insert("path".to_owned(), path.display().to_string());
+    }
+    refused.details.insert("reason".to_owned(), reason);
+    refused
+}
+
+/// `denied_peer`: a client outside the allow-list, refused at `accept`,
+/// with how many refusals of it (`suppressed`) and of other uids
+/// (`suppressed_other_uids`) the rate limit left unrecorded before it.
+pub(crate) fn denied_peer(peer: Peer, suppressed: u64, suppressed_other_uids: u64) -> Entry {
+    let mut denied = Entry::event(Event::DeniedPeer);
+    denied.peer = Some(peer);
+    denied
+        .details
+        .insert("suppressed".to_owned(), suppressed.to_string());
+    if suppressed_other_uids > 0 {
+        denied.details.insert(
+            "suppressed_other_uids".to_owned(),
+            suppressed_other_uids.to_string(),
+        );
+    }
+    denied
+}
+
+/// `shutdown`, the last record of a daemon that stops.
+pub(crate) fn shutdown() -> Entry {
+    Entry::event(Event::Shutdown)
+}
+
+/// The `undelivered` entry for `entry`, should its client not get the
+/// answer it describes but `status` instead (503 refused, 499 left).
+pub(crate) fn undelivered(entry: &Entry, status: u16) -> Entry {
+    let mut correction = Entry::event(Event::Undelivered);
+    correction.peer.clone_from(&entry.peer);
+    correction.model.clone_from(&entry.model);
+    correction.request_id.clone_from(&entry.request_id);
+    correction.request_sha256.clone_from(&entry.request_sha256);
+    correction.status = Some(status);
+    correction.details.insert(
+        "corrects".to_owned(),
+        match entry.event {
+            Event::Completion => "completion",
+            _ => "request",
+        }
+        .to_owned(),
+    );
+    correction
+}
+
+/// `audit_reconnected`, the first record on a new connection to the
+/// auditor: when the last one was lost, how many requests were refused
+/// meanwhile, and how many `undelivered` corrections could not be kept.
+pub(crate) fn reconnected(lost_at_ns: Option<u128>, refused: u64, dropped: u64) -> Entry {
+    let mut event = Entry::event(Event::AuditReconnected);
+    if let Some(at) = lost_at_ns {
+        event
+            .details
+            .insert("lost_at_ns".to_owned(), at.to_string());
+    }
+    event
+        .details
+        .insert("refused".to_owned(), refused.to_string());
+    event
+        .details
+        .insert("undelivered_dropped".to_owned(), dropped.to_string());
+    event
+}
+
+/// What every request's record says, whichever API it came to.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub peer: Peer,
+    pub model: Option<String>,
+    /// The digest of the bytes the model was loaded from.
+    pub model_sha256: Option<String>,
+    pub request_id: Option<String>,
+    /// `None` when the body could not be read.
+    pub request_sha256: Option<String>,
+    pub started: Instant,
+}
+
+impl Request {
+    /// The record of `event` (`request`, or a stream's `completion`) with
+    /// the status answered and the latency so far.
+    pub(crate) fn entry(&self, event: Event, status: u16) -> Entry {
+        let mut entry = Entry::event(event);
+        entry.peer = Some(self.peer.clone());
+        entry.model.clone_from(&self.model);
+        entry.model_sha256.clone_from(&self.model_sha256);
+        entry.request_id.clone_from(&self.request_id);
+        entry.request_sha256.clone_from(&self.request_sha256);
+        entry.status = Some(status);
+        entry.latency_us =
+            Some(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        entry
+    }
+}
+
+/// Notes why a request was refused: what the status alone does not say
+/// (`error_code`) and the parameter at fault (`error_param`).
+pub(crate) fn refusal(entry: &mut Entry, code: Option<&str>, param: Option<&str>) {
+    if let Some(code) = code {
+        entry
+            .details
+            .insert("error_code".to_owned(), code.to_owned());
+    }
+    if let Some(param) = param {
+        entry
+            .details
+            .insert("error_param".to_owned(), param.to_owned());
+    }
+}
+
+/// A body as recorded content: text, cut at [`CONTENT_LIMIT`] bytes with a
+/// note (the digests always cover the whole body). JSON escaping makes a
+/// byte at most 6 bytes (`\u0001`), so a request and a response stay under
+/// the auditor's 1 MiB default frame.
+pub(crate) fn content(bytes: &[u8]) -> String {
+    cut_bytes(bytes, CONTENT_LIMIT)
+}
+
+/// Adds the recorded bodies (`audit.record_content`) to `entry`.
+pub(crate) fn add_content(entry: &mut Entry, request: Option<String>, response: Option<String>) {
+    let mut content = BTreeMap::new();
+    if let Some(request) = request {
+        content.insert("request".to_owned(), request);
+    }
+    if let Some(response) = response {
+        content.insert("response".to_owned(), response);
+    }
+    entry.content = Some(content);
+}
+
+/// What a generation request's records say about it once it is prepared:
+/// its prompt tokens and the prompt text's digest, whether it streams, and
+/// the seed the client chose.
+#[derive(Debug)]
+pub(crate) struct Generation<'a> {
+    pub prompt_tokens: usize,
+    pub prompt_sha256: &'a str,
+    pub stream: bool,
+    pub seed: Option<i64>,
+}
+
+/// Notes the endpoint of a generation request (also on refusals).
+pub(crate) fn endpoint(entry: &mut Entry, endpoint: &str) {
+    entry
+        .details
+        .insert("endpoint".to_owned(), endpoint.to_owned());
+}
+
+impl Generation<'_> {
+    pub(crate) fn add_to(&self, entry: &mut Entry) {
+        entry.tokens_in = Some(self.prompt_tokens as u64);
+        entry
+            .details
+            .insert("prompt_sha256".to_owned(), self.prompt_sha256.to_owned());
+        entry
+            .details
+            .insert("stream".to_owned(), self.stream.to_string());
+        if let Some(seed) = self.seed {
+            entry.details.insert("seed".to_owned(), seed.to_string());
+        }
+    }
+}
+
+/// Notes how a generation ended: completion tokens, the digest of the
+/// completion's text and the finish reason.
+pub(crate) fn finished(entry: &mut Entry, finished: &Finished) {
+    entry.tokens_out = Some(finished.completion_tokens as u64);
+    entry.details.insert(
+        "completion_sha256".to_owned(),
+        finished.completion_sha256.clone(),
+    );
+    entry.details.insert(
+        "finish_reason".to_owned(),
+        finished.reason.as_str().to_owned(),
+    );
+}

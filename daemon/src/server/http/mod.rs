@@ -1,0 +1,13 @@
+//! What the handlers of every protocol share: the daemon's state, reading
+//! a request body within its limits, errors, and recording a request in
+//! the audit log before it is answered.
+
+mod body;
+mod error;
+mod recording;
+mod state;
+
+pub(crate) use body::read_body;
+pub(crate) use error::{ApiError, cancelled};
+pub(crate) use recording::{Recorded, audit_peer, record_or_refuse, sha256_hex};
+pub(crate) use state::AppState;

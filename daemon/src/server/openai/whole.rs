@@ -1,0 +1,154 @@
+//! A generation answered whole: the text collected, recorded, then sent.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use deepseek_audit::entry::Event;
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::Endpoint;
+use super::error::{OpenAiError, audit};
+use super::prepare::Prepared;
+use super::record::Record;
+use crate::audit::records;
+use crate::engine::InferError;
+use crate::engine::llm::generate::{Delta, FinishReason, Finished};
+use crate::entropy::unix_time_nanos;
+use crate::server::http::{AppState, sha256_hex};
+
+/// Starts the generation; its deltas arrive on the returned receiver.
+pub(super) fn start(
+    prepared: &Prepared,
+    admitted: OwnedSemaphorePermit,
+) -> (
+    mpsc::Receiver<Delta>,
+    tokio::task::JoinHandle<Result<Finished, InferError>>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    let task =
+        tokio::spawn(Arc::clone(&prepared.model).generate(admitted, prepared.generate.clone(), tx));
+    (rx, task)
+}
+
+pub(super) async fn finish(
+    task: tokio::task::JoinHandle<Result<Finished, InferError>>,
+) -> Result<Finished, InferError> {
+    task.await
+        .map_err(|e| InferError::Runtime(format!("generation task failed: {e}")))?
+}
+
+/// A non-streamed request: collects the text, records it, then answers;
+/// a client that leaves (`answer` closed) cancels the generation.
+pub(super) async fn drive_whole(
+    state: Arc<AppState>,
+    record: Record,
+    prepared: Prepared,
+    admitted: OwnedSemaphorePermit,
+    mut answer: oneshot::Sender<Response>,
+) {
+    let (mut deltas, task) = start(&prepared, admitted);
+    let mut text = Delta::default();
+    loop {
+        tokio::select! {
+            delta = deltas.recv() => match delta {
+                Some(delta) => {
+                    text.reasoning.push_str(&delta.reasoning);
+                    text.content.push_str(&delta.content);
+                }
+                None => break,
+            },
+            () = answer.closed() => {
+                drop(deltas);
+                break;
+            }
+        }
+    }
+    let finished = finish(task).await;
+    let (status, body, finished) = match finished {
+        Ok(finished) => {
+            let body = whole_body(&record, &prepared, &text, &finished);
+            (StatusCode::OK, body, Some(finished))
+        }
+        Err(e) => {
+            let error = OpenAiError::from(e);
+            (error.status, error.body(), None)
+        }
+    };
+    let body = serde_json::to_vec(&body).expect("JSON values serialize");
+    let status = if finished
+        .as_ref()
+        .is_some_and(|f| f.reason == FinishReason::Cancelled)
+    {
+        // nginx's "client closed request": nothing was answered.
+        StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+    } else {
+        status
+    };
+    let mut entry = record.entry(&state, Event::Request, status);
+    Record::add_prepared(&mut entry, &prepared);
+    if let Some(finished) = &finished {
+        records::finished(&mut entry, finished);
+    }
+    if status == StatusCode::OK {
+        entry.response_sha256 = Some(sha256_hex(&body));
+    }
+    match audit(&state, entry).await {
+        Ok(recorded) => {
+            let mut response = (status, body).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            recorded.deliver(&state, answer, response).await;
+        }
+        Err(error) => {
+            let _ = answer.send(error.into_response());
+        }
+    }
+}
+
+fn whole_body(record: &Record, prepared: &Prepared, text: &Delta, finished: &Finished) -> Value {
+    let choice = match prepared.endpoint {
+        Endpoint::Chat => {
+            let split = prepared.generate.split_reasoning;
+            let reasoning = split.then(|| text.reasoning.clone());
+            let content = if !split || finished.reasoning_closed {
+                Some(text.content.clone())
+            } else {
+                None
+            };
+            json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "reasoning_content": reasoning, "reasoning": reasoning},
+                "logprobs": null,
+                "finish_reason": finished.reason.as_str(),
+            })
+        }
+        Endpoint::Completions => json!({
+            "index": 0,
+            "text": format!("{}{}", text.reasoning, text.content),
+            "logprobs": null,
+            "finish_reason": finished.reason.as_str(),
+        }),
+    };
+    json!({
+        "id": record.id,
+        "object": prepared.endpoint.object(false),
+        "created": unix_time_nanos() / 1_000_000_000,
+        "model": prepared.model.info().name,
+        "choices": [choice],
+        "usage": usage(prepared, finished),
+    })
+}
+
+/// The `usage` object of a response or of the last chunk.
+pub(super) fn usage(prepared: &Prepared, finished: &Finished) -> Value {
+    let prompt = prepared.generate.prompt_ids.len();
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": prompt + finished.completion_tokens,
+    })
+}

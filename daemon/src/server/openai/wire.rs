@@ -1,0 +1,254 @@
+//! The request body of `/v1/chat/completions` and `/v1/completions`, with
+//! a limit on every field (docs/guide/api.md, "Limits") checked while it is
+//! parsed, before the rest of the body is.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::error::OpenAiError;
+
+/// Limits on what a client sends, so that no field can make the daemon
+/// allocate much more than the body itself (docs/api.md, "Limits"). Arrays
+/// are refused as soon as they run over, before the rest is parsed.
+pub(super) const MAX_MODEL_BYTES: usize = 256;
+pub(super) const MAX_MESSAGES: usize = 4096;
+pub(super) const MAX_ROLE_BYTES: usize = 64;
+
+/// The roles a message may have (OpenAI's; `developer` is read as `system`).
+pub(super) const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+pub(super) const MAX_CONTENT_PARTS: usize = 1024;
+/// Strings in `stop`, empty ones included (at most 4 non-empty are used).
+pub(super) const MAX_STOP_ITEMS: usize = 64;
+pub(super) const MAX_STOP_BYTES: usize = 1024;
+pub(super) const MAX_STOP_TOKEN_IDS: usize = 256;
+/// The start of every limit's error, which is not a type error.
+pub(super) const OVER_LIMIT: &str = "over the limit";
+
+/// A JSON array of at most `N` items.
+#[derive(Debug)]
+pub(super) struct Bounded<T, const N: usize>(pub(super) Vec<T>);
+
+fn bounded_items<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+    mut seq: A,
+    max: usize,
+) -> Result<Vec<T>, A::Error> {
+    let mut items = Vec::new();
+    while let Some(item) = seq.next_element()? {
+        if items.len() == max {
+            return Err(de::Error::custom(format_args!(
+                "{OVER_LIMIT}: more than {max} items"
+            )));
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Items<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Items<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an array of at most {N} items")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                bounded_items(seq, N).map(Bounded)
+            }
+        }
+        deserializer.deserialize_seq(Items(PhantomData))
+    }
+}
+
+/// A string, or an array of at most `N` items. Written out rather than an
+/// untagged enum, which would buffer the whole value (tens of bytes per
+/// array item) before trying each variant.
+#[derive(Debug)]
+pub(super) enum TextOr<T, const N: usize> {
+    Text(String),
+    Items(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for TextOr<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Either<T, N> {
+            type Value = TextOr<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a string or an array of at most {N} items")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(TextOr::Text(text.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(TextOr::Text(text))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                bounded_items(seq, N).map(TextOr::Items)
+            }
+        }
+        deserializer.deserialize_any(Either(PhantomData))
+    }
+}
+
+/// The body of either endpoint; unknown fields are ignored, as OpenAI's
+/// clients send more than a server needs.
+#[derive(Debug, Deserialize)]
+pub(super) struct ApiRequest {
+    pub(super) model: String,
+    #[serde(default)]
+    pub(super) messages: Option<Bounded<ChatMessage, MAX_MESSAGES>>,
+    /// Kept as JSON until it is known to be text: token-id arrays are
+    /// refused without being parsed into values.
+    #[serde(default)]
+    pub(super) prompt: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub(super) max_tokens: Option<u32>,
+    #[serde(default)]
+    pub(super) max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub(super) temperature: Option<f32>,
+    #[serde(default)]
+    pub(super) top_p: Option<f32>,
+    #[serde(default)]
+    pub(super) top_k: Option<i64>,
+    #[serde(default)]
+    pub(super) min_p: Option<f32>,
+    #[serde(default)]
+    pub(super) presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) seed: Option<i64>,
+    #[serde(default)]
+    pub(super) stop: Option<TextOr<String, MAX_STOP_ITEMS>>,
+    #[serde(default)]
+    pub(super) stop_token_ids: Option<Bounded<u32, MAX_STOP_TOKEN_IDS>>,
+    #[serde(default)]
+    pub(super) ignore_eos: Option<bool>,
+    #[serde(default)]
+    pub(super) stream: Option<bool>,
+    #[serde(default)]
+    pub(super) stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub(super) n: Option<u32>,
+    #[serde(default)]
+    pub(super) logprobs: Option<Value>,
+    #[serde(default)]
+    pub(super) tools: Option<Value>,
+    #[serde(default)]
+    pub(super) response_format: Option<Value>,
+    #[serde(default)]
+    pub(super) echo: Option<bool>,
+    #[serde(default)]
+    pub(super) suffix: Option<String>,
+    #[serde(default)]
+    pub(super) reasoning_format: Option<ReasoningFormat>,
+    #[serde(default)]
+    pub(super) logit_bias: Option<Value>,
+    /// Parse added tokens spelled in the prompt or messages (llama.cpp's
+    /// name); off by default, so that text cannot forge a turn.
+    #[serde(default)]
+    pub(super) parse_special: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ChatMessage {
+    pub(super) role: String,
+    #[serde(default)]
+    pub(super) content: Option<Content>,
+}
+
+/// A message's content: text, or text parts.
+pub(super) type Content = TextOr<ContentPart, MAX_CONTENT_PARTS>;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ContentPart {
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    #[serde(default)]
+    pub(super) text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct StreamOptions {
+    #[serde(default)]
+    pub(super) include_usage: Option<bool>,
+}
+
+/// How reasoning is returned (llama.cpp's option name).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum ReasoningFormat {
+    /// `reasoning_content` and `content` apart (the default).
+    Deepseek,
+    Auto,
+    /// The raw text, `<think>` included, in `content`.
+    None,
+}
+
+/// Longest `param` an error names (a path such as
+/// `messages[4095].content[1023]` is far shorter).
+pub(super) const MAX_PARAM_BYTES: usize = 256;
+
+/// A parse error's text is cut at this many bytes: it quotes the value.
+pub(super) const MAX_DETAIL_BYTES: usize = 1024;
+
+/// `param` cut to [`MAX_PARAM_BYTES`], on a character boundary.
+fn cut_param(mut param: String) -> String {
+    if param.len() > MAX_PARAM_BYTES {
+        let mut end = MAX_PARAM_BYTES - 3;
+        while !param.is_char_boundary(end) {
+            end -= 1;
+        }
+        param.truncate(end);
+        param.push_str("...");
+    }
+    param
+}
+
+/// The body of either endpoint, as JSON; every error a 400 naming the
+/// parameter. Separate from [`super::prepare`] for the fuzz target `openai_request`
+/// ([`fuzz`]).
+pub(super) fn parse_body(bytes: &[u8]) -> Result<ApiRequest, OpenAiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let missing = inner.to_string().starts_with("missing field");
+        let param = if path == "." {
+            inner
+                .to_string()
+                .split('`')
+                .nth(1)
+                .filter(|_| missing)
+                .map(str::to_owned)
+        } else {
+            // serde_path_to_error names the key of an unknown field too,
+            // which the client chose: cut, as it is echoed and recorded.
+            Some(cut_param(path))
+        };
+        let code = if missing {
+            Some("missing_required_parameter")
+        } else if inner.is_data() && !inner.to_string().starts_with(OVER_LIMIT) {
+            Some("invalid_type")
+        } else {
+            None
+        };
+        // serde quotes the offending value, which may be megabytes long.
+        let detail = deepseek_audit::entry::cut(&inner.to_string(), MAX_DETAIL_BYTES);
+        OpenAiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("invalid request body: {detail}"),
+            param,
+            code,
+        }
+    })
+}
+

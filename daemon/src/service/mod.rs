@@ -1,0 +1,330 @@
+//! Running the daemon: everything that needs privileges or a single thread
+//! first, then the lockdown, then the runtime and the models, then seccomp,
+//! and only then the first client (docs/guide/hardening.md).
+
+pub(crate) mod check;
+mod signals;
+mod startup;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deepseek_integrity::entry::Entry;
+
+use crate::audit::{self, records};
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::notify;
+use crate::sandbox;
+use crate::server::http::AppState;
+use crate::server::peer::AccessPolicy;
+use crate::server::socket::{self, Origin};
+use crate::server::{self, refusal::Refusals, router};
+use check::{load_config, preflight, prepare_lockdown, resolve_groups};
+use signals::{shutdown_signal, watchdog};
+use startup::{connect_auditor, load_database, load_engine, warn_unless_reconnectable};
+
+/// Runs the daemon until SIGTERM or SIGINT, in the order of
+/// docs/hardening.md: everything that needs privileges or a single thread
+/// first, then the lockdown, then the runtime and the models, then seccomp,
+/// and only then the first client.
+pub(crate) fn serve(path: &std::path::Path) -> Exit {
+    // First, while nothing of ours is open yet: whatever the caller left
+    // open is not the daemon's to keep.
+    let closed = sandbox::inherited::close_descriptors();
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(exit) => return exit,
+    };
+    if let Err(e) = crate::engine::runtime::prepare_environment(&config) {
+        check::report(&e);
+        return Exit::Software;
+    }
+    crate::logging::init(&config.log);
+    if !closed.is_empty() {
+        tracing::warn!(fds = ?closed, "closed file descriptors inherited from the caller");
+    }
+    let mut lockdown = match prepare_lockdown(path, &config) {
+        Ok(lockdown) => lockdown,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Config;
+        }
+    };
+    let (access, socket_group) = match resolve_groups(path, &config, lockdown.service_uid()) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Config;
+        }
+    };
+    // Still single-threaded: `socket::open` reads LISTEN_FDS and sets the umask.
+    // A socket created while root goes to the service user, and to its
+    // group unless server.socket_group names one.
+    let switching = lockdown.switching_to();
+    let owner = switching.map(|(uid, _)| uid);
+    let group = socket_group.or(switching.map(|(_, gid)| gid));
+    let (listener, origin) = match socket::open(&config.server, owner, group) {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Socket;
+        }
+    };
+    if let Err(exit) = preflight(path, &config) {
+        return exit;
+    }
+    // Connected now, like the auditor: the locked-down daemon cannot open
+    // a datagram socket.
+    let notifier = match notify::Notifier::from_env() {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Socket;
+        }
+    };
+    // Connected now: once locked down, the daemon may not `connect`.
+    let auditor = match connect_auditor(&config) {
+        Ok(auditor) => auditor,
+        Err(exit) => return exit,
+    };
+    if auditor.is_some()
+        && let Some((uid, gid)) = switching
+    {
+        warn_unless_reconnectable(&config.audit.socket, uid, gid);
+    }
+    // Read and verified before the lockdown, so the daemon needs no access
+    // to the database afterwards.
+    let database = match load_database(&config) {
+        Ok(database) => database,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Model;
+        }
+    };
+    // Everything that reads the environment has read it (LISTEN_*,
+    // NOTIFY_SOCKET, WATCHDOG_*); still single-threaded.
+    let kept = match sandbox::inherited::clear_environment() {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Software;
+        }
+    };
+    let opened = match &origin {
+        Origin::Systemd => "configuration read; listening socket inherited from systemd".to_owned(),
+        Origin::Created(path) => format!(
+            "configuration read; listening socket created at {}",
+            path.display()
+        ),
+    };
+    let opened = format!(
+        "{opened}; {} inherited file descriptors closed; environment cleared to {}",
+        closed.len(),
+        if kept.is_empty() {
+            "nothing".to_owned()
+        } else {
+            kept.join(", ")
+        }
+    );
+    lockdown.set_environment(kept);
+    if let Err(e) = lockdown.before_threads(opened) {
+        tracing::error!("{e}");
+        return Exit::Sandbox;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return Exit::Software;
+        }
+    };
+    let exit = runtime.block_on(run(
+        config, database, access, listener, lockdown, auditor, notifier,
+    ));
+    // A model load still running in a blocking thread must not hold up exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    tracing::info!(code = exit as u8, "exiting");
+    exit
+}
+
+async fn run(
+    config: Config,
+    database: Option<Vec<Entry>>,
+    access: AccessPolicy,
+    listener: std::os::unix::net::UnixListener,
+    mut lockdown: sandbox::Lockdown,
+    auditor: Option<std::os::unix::net::UnixStream>,
+    notifier: notify::Notifier,
+) -> Exit {
+    let audit = match auditor.map(|s| {
+        audit::AuditClient::start(
+            s,
+            config.audit.socket.clone(),
+            Duration::from_millis(config.audit.timeout_ms.get()),
+            config.audit.required,
+        )
+    }) {
+        Some(Ok(client)) => client,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot use the connection to the auditor");
+            return Exit::Runtime;
+        }
+        None => audit::AuditClient::disabled(),
+    };
+    let audit_required = config.audit.required;
+    let record_content = config.audit.record_content;
+    if record_content && config.models.iter().any(crate::config::ModelConfig::is_causal_lm) {
+        tracing::warn!(
+            "audit.record_content applies to KServe requests only: /v1 requests are recorded with \
+             digests and token counts, never their text"
+        );
+    }
+    let config_sha256 = config.source_sha256.clone();
+    let config_start_timeout = config.audit.start_timeout_secs.get();
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the socket with the async runtime");
+            return Exit::Socket;
+        }
+    };
+    tracing::info!(models = config.models.len(), "loading models");
+    notifier.status(&format!(
+        "locked down (user, capabilities, no_new_privs, Landlock); loading {} models",
+        config.models.len()
+    ));
+    let serving = format!(
+        "serving {} models on {}; locked down; {}",
+        config.models.len(),
+        config.server.socket.display(),
+        if config.audit.required {
+            "every request audited"
+        } else {
+            "AUDIT NOT REQUIRED"
+        }
+    );
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let max_connections = config.server.max_connections.get();
+    let denied_peer_interval = Duration::from_secs(config.server.denied_peer_interval_secs.get());
+    let max_body_bytes = config.server.max_body_bytes.get();
+    let max_response_bytes = config.server.max_response_bytes.get();
+    let started = std::time::Instant::now();
+    // Clients that connect meanwhile wait in the listen backlog: nothing is
+    // read from a client before the whole lockdown is in place.
+    let model_files: Vec<(String, std::path::PathBuf)> = config
+        .models
+        .iter()
+        .map(|m| (m.name.get_ref().as_str().to_owned(), m.onnx()))
+        .collect();
+    let loading = tokio::task::spawn_blocking(move || load_engine(&config, database.as_deref()));
+    let engine = tokio::select! {
+        loaded = loading => match loaded {
+            Ok(Ok(engine)) => engine,
+            Ok(Err((exit, refused))) => {
+                if let Some(refused) = refused
+                    && let Err(e) = audit.record(*refused).await
+                {
+                    tracing::error!(error = %e, "the refused model could not be recorded");
+                }
+                return exit;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the model loader failed");
+                return Exit::Software;
+            }
+        },
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down before the models finished loading");
+            return Exit::Ok;
+        }
+    };
+    // Computed from the bytes each model was loaded from, not copied from
+    // the database: `model_load` says what runs.
+    let model_loads = records::model_loads(&model_files, engine.digests());
+    if let Err(e) = lockdown.after_load() {
+        tracing::error!("{e}");
+        return Exit::Sandbox;
+    }
+    let start = records::start(config_sha256, lockdown.audit_details());
+    let mut events = vec![start];
+    events.extend(model_loads);
+    // The auditor answers once it has verified its log, which takes as long
+    // as the log is large: the start-up records wait for that.
+    let start_timeout = Duration::from_secs(config_start_timeout);
+    tracing::info!(
+        timeout_secs = config_start_timeout,
+        "recording the start (the auditor answers once its log is verified)"
+    );
+    for event in events {
+        if let Err(e) = audit.record_within(event, start_timeout).await
+            && audit_required
+        {
+            tracing::error!(error = %e, "the auditor did not record the start; refusing to serve (audit.required = true)");
+            return Exit::Runtime;
+        }
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis(),
+        audited = audit.is_enabled(),
+        "all models loaded, lockdown complete; ready"
+    );
+    let gate = server::Gate {
+        access,
+        refusals: Refusals::new(audit.clone(), denied_peer_interval),
+    };
+    let state = Arc::new(AppState {
+        engine,
+        max_body_bytes,
+        max_response_bytes,
+        draining: AtomicBool::new(false),
+        lockdown,
+        audit: audit.clone(),
+        audit_required,
+        record_content,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    notifier.send(&format!("READY=1\nSTATUS={serving}"));
+    let notifier = Arc::new(notifier);
+    let watchdog = tokio::spawn(watchdog(Arc::clone(&notifier), Arc::clone(&state), serving));
+    let drained = server::serve(
+        listener,
+        router::router(Arc::clone(&state)),
+        gate,
+        async {
+            let signal = shutdown_signal().await;
+            tracing::info!(signal, "shutting down");
+            state.draining.store(true, Ordering::Relaxed);
+            notifier.send(&format!(
+                "STOPPING=1\nSTATUS={signal}: finishing in-flight requests (up to {} s)",
+                grace.as_secs()
+            ));
+        },
+        grace,
+        max_connections,
+    )
+    .await;
+    watchdog.abort();
+    if let Err(e) = state
+        .audit
+        .record(records::shutdown())
+        .await
+    {
+        tracing::error!(error = %e, "the shutdown could not be recorded");
+    }
+    state.audit.close();
+    if drained == server::Drained::TimedOut {
+        tracing::error!(
+            grace_secs = grace.as_secs(),
+            "requests still running when the grace period ended"
+        );
+        return Exit::ShutdownTimedOut;
+    }
+    Exit::Ok
+}
