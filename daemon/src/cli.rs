@@ -1,4 +1,5 @@
 //! Command-line interface.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

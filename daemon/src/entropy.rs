@@ -1,5 +1,6 @@
 //! Random bytes and the clock, for completion ids and unseeded sampling
 //! (never for secrets).
+#![forbid(unsafe_code)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -4,6 +4,7 @@
 //! OpenAI request. Each target takes arbitrary bytes, must never panic, and
 //! asserts the parser's invariants itself. docs/development/fuzzing.md has
 //! the list; proptest drives them in `cargo test`, libFuzzer in `make fuzz`.
+#![forbid(unsafe_code)]
 
 pub use crate::server::kserve::fuzz::{KSERVE_JSON, kserve_body, kserve_request, sample_kserve};
 pub use crate::server::openai::fuzz::{OPENAI_SAMPLES, openai_request};

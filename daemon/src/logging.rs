@@ -1,5 +1,6 @@
 //! Structured logs on stderr, where journald collects them. Request content
 //! is never logged: only who asked what endpoint, the status and the latency.
+#![forbid(unsafe_code)]
 
 use tracing_subscriber::EnvFilter;
 

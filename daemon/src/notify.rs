@@ -7,6 +7,7 @@
 //! single-threaded and unconfined: afterwards the seccomp filter refuses new
 //! `AF_UNIX` datagram sockets and Landlock scopes abstract sockets. That is
 //! why this is not the `sd-notify` crate, which opens a socket per message.
+#![forbid(unsafe_code)]
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;

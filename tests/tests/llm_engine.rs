@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 
 use deepseek_tests::{llm_expected, llm_fixture, ort_library, token_ids};
 use deepseekd::config::RuntimeConfig;
+use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, KvType, Slot};
 use deepseekd::engine::llm::files::ModelFiles;
 use deepseekd::engine::llm::generate::{FinishReason, GenerateRequest, generate};
-use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, KvType, Slot};
 use deepseekd::engine::llm::sampling::{Sampler, SamplingParams};
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use ort::environment::Environment;

@@ -2,6 +2,7 @@
 //! causal LMs, their sessions and pools. The engine takes and returns
 //! domain types (tensors, prompts, generation requests) and knows nothing
 //! of HTTP or of any protocol's wire format.
+#![forbid(unsafe_code)]
 
 mod error;
 pub mod llm;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 
 use ort::environment::Environment;
 
-pub use llm::CausalLm;
 pub use error::{InferError, LoadError};
+pub use llm::CausalLm;
 pub(crate) use tensor::{DataType, TensorData};
 pub(crate) use tensor_model::{Model, NamedTensor};
 

@@ -45,7 +45,9 @@ pub enum RuntimeError {
 ///   backoff, starting about 9 s after the environment is created (seen
 ///   with strace). This variable stops both; seccomp refuses its sockets too.
 /// - `CUDA_CACHE_PATH`: the writable JIT cache (`sandbox.cuda_cache_dir`).
-pub(crate) fn prepare_environment(config: &Config) -> Result<(), crate::sys::env::NotSingleThreaded> {
+pub(crate) fn prepare_environment(
+    config: &Config,
+) -> Result<(), crate::sys::env::NotSingleThreaded> {
     crate::sys::env::set("ORT_DISABLE_TELEMETRY", "1")?;
     if let Some(dir) = &config.sandbox.cuda_cache_dir {
         crate::sys::env::set("CUDA_CACHE_PATH", dir)?;

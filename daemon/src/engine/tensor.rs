@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use ort::value::IntoTensorElementType;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 /// Calls `$m!` with every numeric variant and its Rust element type, so each
 /// per-type `match` is written once.

@@ -3,7 +3,7 @@
 
 use caps::CapSet;
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 const STEP: &str = "4 drop capabilities";
 

@@ -15,7 +15,7 @@ use landlock::{
 };
 use serde::Serialize;
 
-use super::SandboxError;
+use super::error::SandboxError;
 use super::status::StatusFile;
 use crate::config::{Config, Device, ModelConfig};
 

@@ -1,13 +1,17 @@
 //! The lockdown: the daemon confines itself however it is started, in the
 //! order `docs/hardening.md` gives and explains. Every step is verified and
 //! a failed step is fatal, naming the step and the kernel's error.
+#![forbid(unsafe_code)]
 
-pub mod caps;
+mod caps;
+mod error;
 pub mod inherited;
-pub mod landlock;
-pub mod privileges;
-pub mod seccomp;
-pub mod status;
+mod landlock;
+mod privileges;
+mod seccomp;
+mod status;
+
+pub use error::{PrepareError, SandboxError};
 
 use std::fmt::Write as _;
 
@@ -19,20 +23,6 @@ use self::privileges::Account;
 use self::seccomp::SeccompReport;
 use self::status::StatusFile;
 use crate::config::{Config, Device, SeccompMode};
-
-/// A lockdown step that could not be applied.
-#[derive(Debug, thiserror::Error)]
-#[error("lockdown step {step} failed: {reason}")]
-pub struct SandboxError {
-    pub step: &'static str,
-    pub reason: String,
-}
-
-impl SandboxError {
-    pub fn new(step: &'static str, reason: String) -> Self {
-        Self { step, reason }
-    }
-}
 
 /// One step as done.
 #[derive(Debug, Clone, Serialize)]
@@ -70,11 +60,18 @@ pub struct Lockdown {
 impl Lockdown {
     /// Looks up `sandbox.user` (when root) and opens `/proc/self/status`.
     /// The error is a configuration problem: it names the key.
-    pub fn prepare(config: &Config) -> Result<Self, (&'static str, String)> {
-        let status = StatusFile::open()
-            .map_err(|e| ("sandbox", format!("cannot open /proc/self/status: {e}")))?;
+    pub fn prepare(config: &Config) -> Result<Self, PrepareError> {
+        let status = StatusFile::open().map_err(|e| PrepareError {
+            key: "sandbox",
+            message: format!("cannot open /proc/self/status: {e}"),
+        })?;
         let account = if config.sandbox.enforce && Uid::effective().is_root() {
-            Some(privileges::account(&config.sandbox.user).map_err(|e| ("sandbox.user", e))?)
+            Some(
+                privileges::account(&config.sandbox.user).map_err(|e| PrepareError {
+                    key: "sandbox.user",
+                    message: e.to_string(),
+                })?,
+            )
         } else {
             None
         };

@@ -5,7 +5,7 @@ use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, Uid, User, getresgid, getresuid, setgid, setgroups, setuid};
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 /// The account the daemon switches to, looked up while still root.
 #[derive(Debug, Clone)]
@@ -15,17 +15,33 @@ pub struct Account {
     pub gid: Gid,
 }
 
+/// Why `sandbox.user` cannot be switched to.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("cannot look up user {name:?}: {source}")]
+    Lookup { name: String, source: nix::Error },
+    #[error(
+        "user {name:?} does not exist (create it with `useradd --system --no-create-home {name}`, or set sandbox.user)"
+    )]
+    Missing { name: String },
+    #[error("user {name:?} is root; the daemon must not run as root")]
+    Root { name: String },
+}
+
 /// Looks up `sandbox.user`; root itself is refused.
-pub fn account(name: &str) -> Result<Account, String> {
+pub fn account(name: &str) -> Result<Account, AccountError> {
     let user = User::from_name(name)
-        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
-        .ok_or_else(|| {
-            format!("user {name:?} does not exist (create it with `useradd --system --no-create-home {name}`, or set sandbox.user)")
+        .map_err(|source| AccountError::Lookup {
+            name: name.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| AccountError::Missing {
+            name: name.to_owned(),
         })?;
     if user.uid.is_root() {
-        return Err(format!(
-            "user {name:?} is root; the daemon must not run as root"
-        ));
+        return Err(AccountError::Root {
+            name: name.to_owned(),
+        });
     }
     Ok(Account {
         name: name.to_owned(),

@@ -6,7 +6,7 @@ use seccompiler::{BpfProgram, sock_filter};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::SandboxError;
+use super::error::SandboxError;
 use crate::config::SeccompMode;
 
 /// The reviewed policy, embedded for `print-policy` and the report.

@@ -2,6 +2,7 @@
 //! peer credentials, and graceful shutdown. Each protocol is an adapter of
 //! its own over the engine (`kserve/`, `openai/`), neither importing the
 //! other; `http/` is what they share, `router` puts them together.
+#![forbid(unsafe_code)]
 
 pub(crate) mod http;
 pub(crate) mod kserve;

@@ -11,10 +11,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 
-use super::peer::Peer;
 use super::http::audit_peer;
-use crate::audit::records;
+use super::peer::Peer;
 use crate::audit::AuditClient;
+use crate::audit::records;
 
 /// At most this many `denied_peer` records per interval, whatever the uids:
 /// root can connect under as many uids as it likes.

@@ -13,8 +13,8 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use super::http::{ApiError, AppState};
-use super::openai::{self, OpenAiError};
 use super::kserve;
+use super::openai::{self, OpenAiError};
 use super::peer::Peer;
 
 /// Builds the router with the allow-list and access log in front.

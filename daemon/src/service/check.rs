@@ -57,10 +57,10 @@ pub(super) fn prepare_lockdown(
     path: &Path,
     config: &Config,
 ) -> Result<sandbox::Lockdown, ConfigError> {
-    sandbox::Lockdown::prepare(config).map_err(|(key, message)| ConfigError::Semantic {
+    sandbox::Lockdown::prepare(config).map_err(|e| ConfigError::Semantic {
         path: path.to_owned(),
-        key: key.to_owned(),
-        message,
+        key: e.key.to_owned(),
+        message: e.message,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Running the daemon: everything that needs privileges or a single thread
 //! first, then the lockdown, then the runtime and the models, then seccomp,
 //! and only then the first client (docs/guide/hardening.md).
+#![forbid(unsafe_code)]
 
 pub(crate) mod check;
 mod signals;
@@ -178,7 +179,12 @@ async fn run(
     };
     let audit_required = config.audit.required;
     let record_content = config.audit.record_content;
-    if record_content && config.models.iter().any(crate::config::ModelConfig::is_causal_lm) {
+    if record_content
+        && config
+            .models
+            .iter()
+            .any(crate::config::ModelConfig::is_causal_lm)
+    {
         tracing::warn!(
             "audit.record_content applies to KServe requests only: /v1 requests are recorded with \
              digests and token counts, never their text"
@@ -311,11 +317,7 @@ async fn run(
     )
     .await;
     watchdog.abort();
-    if let Err(e) = state
-        .audit
-        .record(records::shutdown())
-        .await
-    {
+    if let Err(e) = state.audit.record(records::shutdown()).await {
         tracing::error!(error = %e, "the shutdown could not be recorded");
     }
     state.audit.close();

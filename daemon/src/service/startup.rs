@@ -37,7 +37,9 @@ pub(super) fn load_database(
 /// Opens the connection to the auditor. With `audit.required` (the default)
 /// an unreachable auditor stops the daemon; without it, the daemon says
 /// loudly that it serves unaudited and records what it can.
-pub(super) fn connect_auditor(config: &Config) -> Result<Option<std::os::unix::net::UnixStream>, Exit> {
+pub(super) fn connect_auditor(
+    config: &Config,
+) -> Result<Option<std::os::unix::net::UnixStream>, Exit> {
     let audit = &config.audit;
     let connected = std::os::unix::net::UnixStream::connect(&audit.socket);
     if !audit.required {

@@ -4,31 +4,17 @@
 //! chose ([`Overrides`]); what the model says fills in the rest.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::CausalLm;
+use super::causal_lm::CausalLm;
 use super::generate::GenerateRequest;
 use super::sampling::SamplingParams;
 use super::template::{ChatTemplate, Message, TemplateError};
 use super::tokenizer::{Tokenizer, TokenizerError};
-use crate::engine::InferError;
-
-/// Prompts rendered and tokenized at once, for every causal LM of the
-/// daemon together: one per CPU the daemon may use when the first model
-/// loads (counted then, before seccomp). Tokenizing takes some 200 bytes
-/// of memory per byte of text, so this and the byte bound of each prompt
-/// ([`CausalLm::max_prompt_bytes`]) bound that memory.
-static PREPARING: OnceLock<Arc<Semaphore>> = OnceLock::new();
-
-pub(super) fn preparing() -> Arc<Semaphore> {
-    Arc::clone(PREPARING.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Arc::new(Semaphore::new(cpus))
-    }))
-}
+use crate::engine::error::InferError;
 
 /// Why a prompt could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +32,6 @@ pub enum PromptError {
     #[error("tokenizing the prompt failed: {0}")]
     Tokenizer(#[from] TokenizerError),
 }
-
 
 /// The prompt before it is rendered and tokenized.
 #[derive(Debug)]
@@ -132,7 +117,7 @@ impl CausalLm {
     }
 
     /// Renders and tokenizes `prompt` once a turn of the preparation
-    /// semaphore is free ([`PREPARING`]), checks it against the context,
+    /// semaphore is free ([`super::causal_lm::PREPARING`]), checks it against the context,
     /// and fills what `overrides` leaves out from the model's defaults.
     pub async fn prepare(
         self: &Arc<Self>,
@@ -206,7 +191,7 @@ impl CausalLm {
         check_length(bytes, self.max_prompt_bytes(), self.info.context_length)
     }
 
-    /// Waits for a turn to render and tokenize a prompt ([`PREPARING`]).
+    /// Waits for a turn to render and tokenize a prompt ([`super::causal_lm::PREPARING`]).
     async fn preparing(&self) -> Result<OwnedSemaphorePermit, InferError> {
         Arc::clone(&self.preparing)
             .acquire_owned()
@@ -238,11 +223,7 @@ impl CausalLm {
 
     /// A completion's prompt ids, BOS added as the post-processor says;
     /// added tokens are parsed only with `parse_special`.
-    fn completion_prompt(
-        &self,
-        text: &str,
-        parse_special: bool,
-    ) -> Result<Vec<u32>, PromptError> {
+    fn completion_prompt(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, PromptError> {
         self.check_length(text.len())?;
         let ids = if parse_special {
             self.tokenizer.encode(text, true)?
@@ -308,8 +289,8 @@ impl Chat<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::llm::test_support::{self as fixture, ids, messages};
     use super::*;
+    use crate::engine::llm::test_support::{self as fixture, ids, messages};
 
     /// A reasoning model's chat over a context of `context_length` tokens,
     /// the prompt text bounded only by what that context can hold.

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// How long a client may take to send its request body (408 after that), so
 /// a stalled client cannot hold a connection slot for ever.
@@ -52,4 +52,3 @@ pub(crate) async fn read_body(
         )),
     }
 }
-

@@ -51,4 +51,3 @@ pub(crate) fn cancelled() -> ApiError {
     )
     .with_code("cancelled")
 }
-

@@ -9,7 +9,8 @@ use deepseek_audit::entry::{Entry, Peer as AuditPeer};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::audit::records;
 use crate::server::peer::Peer;
 

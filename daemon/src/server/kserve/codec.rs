@@ -281,7 +281,11 @@ fn read_strings(mut bytes: &[u8]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-pub(super) fn decode_json_data(datatype: DataType, json: &str, count: usize) -> Result<TensorData, String> {
+pub(super) fn decode_json_data(
+    datatype: DataType,
+    json: &str,
+    count: usize,
+) -> Result<TensorData, String> {
     macro_rules! decode {
         ($($variant:ident: $ty:ty = $name:literal,)*) => {
             match datatype {

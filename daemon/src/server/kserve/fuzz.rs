@@ -158,5 +158,3 @@ fn has_nan(tensor: &NamedTensor) -> bool {
         _ => false,
     }
 }
-
-

@@ -23,7 +23,9 @@ use deepseek_audit::entry::Event;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::http::{ApiError, AppState, audit_peer, cancelled, read_body, record_or_refuse, sha256_hex};
+use super::http::{
+    ApiError, AppState, audit_peer, cancelled, read_body, record_or_refuse, sha256_hex,
+};
 use super::peer::Peer;
 use crate::audit::records;
 use crate::engine::{InferError, Model};
@@ -145,7 +147,9 @@ async fn drive_inference(
     let (status, error_code, response_sha256, response_content, response) = match outcome {
         Ok(encoded) => {
             let digest = sha256_hex(&encoded.body);
-            let content = state.record_content.then(|| records::content(&encoded.body));
+            let content = state
+                .record_content
+                .then(|| records::content(&encoded.body));
             (
                 StatusCode::OK,
                 None,
@@ -284,13 +288,14 @@ async fn run_inference(
     })
 }
 
-
 /// KServe's status for each way an inference fails: the protocol's one
 /// mapping of engine errors.
 fn infer_error(model: &str, error: InferError) -> ApiError {
     match error {
         InferError::BadRequest(message) => ApiError::new(StatusCode::BAD_REQUEST, message),
-        InferError::QueueFull(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+        InferError::QueueFull(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
         InferError::Runtime(detail) => {
             tracing::error!(model = %model, error = %detail, "inference failed");
             ApiError::new(

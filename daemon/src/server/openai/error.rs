@@ -93,4 +93,3 @@ pub(super) async fn audit(state: &AppState, entry: Entry) -> Result<Recorded, Op
             ..refused.into()
         })
 }
-

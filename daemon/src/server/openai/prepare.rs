@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use axum::http::StatusCode;
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::Endpoint;
 use super::error::OpenAiError;
 use super::wire::{
-    ApiRequest, ChatMessage, MAX_MODEL_BYTES, MAX_ROLE_BYTES, MAX_STOP_BYTES, ROLES,
+    ApiRequest, ChatMessage, Endpoint, MAX_MODEL_BYTES, MAX_ROLE_BYTES, MAX_STOP_BYTES, ROLES,
     ReasoningFormat, TextOr, parse_body,
 };
 use crate::engine::llm::generate::GenerateRequest;
@@ -158,7 +158,7 @@ pub(super) async fn prepare(
         ));
     }
     *model_name = Some(body.model.clone());
-    let model = Arc::clone(super::find(state, &body.model)?);
+    let model = Arc::clone(find(state, &body.model)?);
     refuse_unsupported(&body)?;
     check_range("temperature", body.temperature, 0.0, 2.0)?;
     if body.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
@@ -264,7 +264,9 @@ pub(super) async fn prepare(
         max_tokens,
         temperature: body.temperature,
         top_p: body.top_p,
-        top_k: body.top_k.map(|k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
+        top_k: body
+            .top_k
+            .map(|k| u32::try_from(k.max(0)).unwrap_or(u32::MAX)),
         min_p: body.min_p,
         presence_penalty: body.presence_penalty,
         frequency_penalty: body.frequency_penalty,
@@ -396,4 +398,25 @@ fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError
         message.role
     };
     Ok(Message { role, content })
+}
+
+/// The causal LM a request names, or 404 `model_not_found` naming those
+/// there are.
+pub(super) fn find<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<CausalLm>, OpenAiError> {
+    state.engine.causal_lm(name).ok_or_else(|| {
+        let served: Vec<String> = state
+            .engine
+            .causal_lms()
+            .map(|lm| lm.info().name.clone())
+            .collect();
+        OpenAiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "The model {name:?} does not exist; this daemon serves: {}",
+                served.join(", ")
+            ),
+            param: Some("model".to_owned()),
+            code: Some("model_not_found"),
+        }
+    })
 }

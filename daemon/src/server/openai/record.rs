@@ -6,8 +6,8 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use deepseek_audit::entry::{Entry, Event, Peer};
 
-use super::Endpoint;
 use super::prepare::Prepared;
+use super::wire::Endpoint;
 use crate::audit::records;
 use crate::entropy::random_bytes;
 use crate::server::http::AppState;

@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::Endpoint;
 use super::error::{OpenAiError, audit};
 use super::prepare::Prepared;
 use super::record::Record;
 use super::whole::{finish, start, usage};
+use super::wire::Endpoint;
 use crate::audit::records;
 use crate::engine::llm::generate::{Delta, FinishReason};
 use crate::entropy::unix_time_nanos;

@@ -8,10 +8,10 @@ use deepseek_audit::entry::Event;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::Endpoint;
 use super::error::{OpenAiError, audit};
 use super::prepare::Prepared;
 use super::record::Record;
+use super::wire::Endpoint;
 use crate::audit::records;
 use crate::engine::InferError;
 use crate::engine::llm::generate::{Delta, FinishReason, Finished};

@@ -13,6 +13,38 @@ use serde_json::value::RawValue;
 
 use super::error::OpenAiError;
 
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    Chat,
+    Completions,
+}
+
+impl Endpoint {
+    pub(super) fn id_prefix(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chatcmpl-",
+            Endpoint::Completions => "cmpl-",
+        }
+    }
+
+    /// The path the endpoint is served at, as records name it.
+    pub(super) fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        }
+    }
+
+    pub(super) fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completions, _) => "text_completion",
+        }
+    }
+}
+
 /// Limits on what a client sends, so that no field can make the daemon
 /// allocate much more than the body itself (docs/api.md, "Limits"). Arrays
 /// are refused as soon as they run over, before the rest is parsed.
@@ -251,4 +283,3 @@ pub(super) fn parse_body(bytes: &[u8]) -> Result<ApiRequest, OpenAiError> {
         }
     })
 }
-

@@ -1,0 +1,197 @@
+//! One `[[model]]` table: what it serves, where and how, with its defaults
+//! and limits.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// One `[[model]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients use in `/v2/models/{name}` (tensor models) or in
+    /// the `model` field of `/v1` requests (causal LMs).
+    pub name: Spanned<ModelName>,
+    /// What the model is and which API serves it.
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// The `.onnx` file of a tensor model; the directory of a causal LM
+    /// (Hugging Face Optimum's layout, docs/config.md).
+    pub path: PathBuf,
+    /// Causal LMs: the graph's file name inside `path`, such as
+    /// onnx-community's `model_fp16.onnx`.
+    #[serde(default)]
+    pub model_file: Option<String>,
+    /// Causal LMs: the longest prompt plus completion, in tokens; default
+    /// `max_position_embeddings` from `config.json` (or a smaller
+    /// `model_max_length` from `tokenizer_config.json`).
+    #[serde(default)]
+    pub context_length: Option<NonZeroUsize>,
+    /// Causal LMs: the most bytes of prompt text tokenized for one request
+    /// (tokenizing costs some 200 bytes of memory per byte); unset is
+    /// [`DEFAULT_MAX_PROMPT_BYTES`]. Text the context cannot hold is refused
+    /// below this too.
+    #[serde(default)]
+    pub max_prompt_bytes: Option<NonZeroUsize>,
+    #[serde(default)]
+    pub device: Device,
+    /// CUDA device ordinal when `device = "cuda"`.
+    #[serde(default)]
+    pub device_id: u32,
+    /// Run on the CPU when the CUDA provider cannot be registered, instead of failing.
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+    /// Threads ONNX Runtime uses inside one operator; unset means its default
+    /// (one per physical core).
+    #[serde(default)]
+    pub intra_op_threads: Option<NonZeroUsize>,
+    /// Sessions in the pool, i.e. how many requests run at once.
+    #[serde(default = "one")]
+    pub sessions: NonZeroUsize,
+    /// Requests that may wait for a free session; more get 503.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Run each session once on zero-valued inputs at load, and refuse the
+    /// model if that fails. Turn off for models whose inputs cannot be zeros
+    /// (shape or index tensors).
+    #[serde(default = "yes")]
+    pub warm_up: bool,
+    /// Tensor models: how long one inference may take, from admission to
+    /// its outputs (the wait for a session included), before it is stopped
+    /// and answered 504; unset is [`DEFAULT_INFER_TIMEOUT_MS`].
+    #[serde(default)]
+    pub infer_timeout_ms: Option<std::num::NonZeroU64>,
+}
+
+/// A causal LM's `max_prompt_bytes` when unset: 32 bytes for each token of
+/// a 128k context (natural text averages about 4), some 800 MB of
+/// tokenizer memory at most.
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 4 << 20;
+
+/// A tensor model's inference deadline when `infer_timeout_ms` is not set:
+/// long enough for any sensible model, short enough that a runaway request
+/// frees its session.
+pub const DEFAULT_INFER_TIMEOUT_MS: u64 = 60_000;
+
+/// What a `[[model]]` table serves.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Any ONNX graph, over KServe v2 (`/v2/models/{name}/infer`).
+    #[default]
+    Tensor,
+    /// A decoder-only language model with a KV cache, over the OpenAI API
+    /// (`/v1/chat/completions`, `/v1/completions`).
+    CausalLm,
+}
+
+/// The graph file of a causal LM when `model_file` is not set.
+pub const DEFAULT_MODEL_FILE: &str = "model.onnx";
+
+impl ModelConfig {
+    pub fn is_causal_lm(&self) -> bool {
+        self.kind == ModelKind::CausalLm
+    }
+
+    /// The inference deadline of a tensor model (`infer_timeout_ms`).
+    pub fn infer_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.infer_timeout_ms
+                .map_or(DEFAULT_INFER_TIMEOUT_MS, std::num::NonZeroU64::get),
+        )
+    }
+
+    /// The directory holding the model's files: verified as a whole against
+    /// the integrity database and granted (read-only) by Landlock.
+    pub fn dir(&self) -> &Path {
+        if self.is_causal_lm() {
+            &self.path
+        } else {
+            self.path.parent().unwrap_or(Path::new("/"))
+        }
+    }
+
+    /// The ONNX graph file.
+    pub fn onnx(&self) -> PathBuf {
+        if self.is_causal_lm() {
+            self.path
+                .join(self.model_file.as_deref().unwrap_or(DEFAULT_MODEL_FILE))
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> NonZeroUsize {
+    NonZeroUsize::MIN
+}
+
+fn default_queue_depth() -> usize {
+    64
+}
+
+/// The most `sessions` a model may have: each is a copy of the weights (and
+/// for a causal LM a KV cache), loaded and warmed up at start, so a typo
+/// such as 100000 would exhaust memory or stall the start instead of
+/// failing `check-config`.
+pub const MAX_SESSIONS: usize = 256;
+
+/// The most `queue_depth` a model may have: far beyond any useful queue,
+/// and well within what a semaphore can count.
+pub const MAX_QUEUE_DEPTH: usize = 65_536;
+
+/// Where a model runs.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+/// A model name that is safe in a URL path segment and a log line.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(try_from = "String")]
+pub struct ModelName(String);
+
+impl ModelName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ModelName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !name.starts_with('.');
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "invalid model name {name:?}: expected 1 to 64 characters from [A-Za-z0-9._-], not starting with '.'"
+            ))
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! A loaded causal LM: its tokenizer, chat template, sampling defaults and
+//! stop ids, and the slots (one ONNX Runtime session and KV cache each)
+//! its generations run in.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use ort::environment::Environment;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::decoder::{GraphSpec, KvPlacement, Slot};
+use super::files::{self, ModelFiles};
+use super::generate::{self, Delta, FinishReason, Finished, GenerateRequest};
+use super::sampling::SamplingParams;
+use super::template::{ChatTemplate, Message, TemplateError};
+use super::tokenizer::Tokenizer;
+use crate::config::{Device, ModelConfig};
+use crate::engine::error::{InferError, LoadError};
+use crate::engine::pool::Pool;
+use crate::engine::sessions::{Sessions, admit};
+
+/// Prompts rendered and tokenized at once, for every causal LM of the
+/// daemon together: one per CPU the daemon may use when the first model
+/// loads (counted then, before seccomp). Tokenizing takes some 200 bytes
+/// of memory per byte of text, so this and the byte bound of each prompt
+/// ([`CausalLm::max_prompt_bytes`]) bound that memory.
+pub(super) static PREPARING: OnceLock<Arc<Semaphore>> = OnceLock::new();
+
+fn preparing() -> Arc<Semaphore> {
+    Arc::clone(PREPARING.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Arc::new(Semaphore::new(cpus))
+    }))
+}
+
+/// What the daemon knows about a loaded causal LM.
+#[derive(Debug, Clone)]
+pub struct LmInfo {
+    pub name: String,
+    pub dir: PathBuf,
+    pub graph: PathBuf,
+    pub device: Device,
+    pub cpu_fallback_reason: Option<String>,
+    pub slots: usize,
+    pub queue_depth: usize,
+    /// Prompt plus completion tokens, at most.
+    pub context_length: usize,
+    /// Longer prompt text is refused before it is tokenized: the smaller of
+    /// what the context can hold and `max_prompt_bytes`.
+    pub max_prompt_bytes: usize,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Where the KV cache is kept between steps: `host` (fed back),
+    /// `device` (I/O binding, never copied to the host) or `shared` (one
+    /// buffer per layer, appended in place).
+    pub kv_cache: &'static str,
+}
+
+/// A loaded causal LM and its slots.
+#[derive(Debug)]
+pub struct CausalLm {
+    pub(super) info: LmInfo,
+    pub(super) tokenizer: Tokenizer,
+    pub(super) template: ChatTemplate,
+    pub(super) spec: GraphSpec,
+    /// The sampling `generation_config.json` asks for when a request does
+    /// not say.
+    pub(super) defaults: SamplingParams,
+    /// EOS from `generation_config.json`, `config.json` and the tokenizer.
+    pub(super) stop_ids: HashSet<u32>,
+    /// The tokenizer has `<think>` and `</think>`: split the reasoning.
+    pub(super) reasoning: bool,
+    pub(super) pool: Arc<Pool<Slot>>,
+    pub(super) admission: Arc<Semaphore>,
+    /// Shared by every causal LM ([`PREPARING`]).
+    pub(super) preparing: Arc<Semaphore>,
+}
+
+impl CausalLm {
+    /// Loads the model directory; `verified` holds the bytes read (and, with
+    /// a database, hashed) by path, the graph's among them; `external`, the
+    /// external data the graph names.
+    pub fn load(
+        environment: &Environment,
+        index: usize,
+        config: &ModelConfig,
+        verified: BTreeMap<PathBuf, Vec<u8>>,
+        external: &[(PathBuf, Arc<[u8]>)],
+    ) -> Result<Self, LoadError> {
+        let name = config.name.get_ref().as_str().to_owned();
+        let fail = |reason: String| LoadError::CausalLm {
+            model: name.clone(),
+            reason,
+        };
+        let graph_path = config.onnx();
+        let (files, tokenizer, template) = read_files(config, verified).map_err(fail)?;
+        let context_length = context_length(index, config, &files).map_err(fail)?;
+        // `Engine::load` always passes the graph's bytes among `verified`.
+        let files::Graph::Bytes(graph) = &files.graph else {
+            return Err(fail(format!(
+                "{}: the graph was not read with its directory",
+                graph_path.display()
+            )));
+        };
+        let Sessions {
+            sessions,
+            device,
+            cpu_fallback_reason,
+        } = Sessions::build(environment, config, graph, external)?;
+        let spec = GraphSpec::read(&sessions[0], &files.arch)
+            .map_err(|e| fail(format!("{}: {e}", graph_path.display())))?;
+        let mut stop_ids: HashSet<u32> = [&files.generation.eos_token_id, &files.arch.eos_token_id]
+            .into_iter()
+            .flatten()
+            .flat_map(files::TokenIds::ids)
+            .collect();
+        stop_ids.extend(
+            files
+                .tokenizer
+                .eos_token
+                .as_deref()
+                .and_then(|t| tokenizer.token_to_id(t)),
+        );
+        let generation = &files.generation;
+        let defaults = if generation.do_sample {
+            SamplingParams {
+                temperature: generation.temperature.unwrap_or(1.0),
+                top_p: generation.top_p.unwrap_or(1.0),
+                top_k: generation.top_k.unwrap_or(0),
+                ..SamplingParams::greedy()
+            }
+        } else {
+            SamplingParams::greedy()
+        };
+        let memory = match device {
+            Device::Cuda => Slot::cuda_memory(config.device_id).map_err(|e| fail(e.to_string()))?,
+            Device::Cpu => Slot::host_memory(),
+        };
+        let placement = match (files.share_kv_buffer, device) {
+            (true, _) => KvPlacement::Shared {
+                memory,
+                capacity: context_length,
+            },
+            (false, Device::Cuda) => KvPlacement::Device(memory),
+            (false, Device::Cpu) => KvPlacement::Host,
+        };
+        let kv_cache = placement.name();
+        let mut slots = sessions
+            .into_iter()
+            .map(|session| Slot::new(session, &spec, placement.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("cannot set up the KV cache ({kv_cache}): {e}")))?;
+        if config.warm_up {
+            let bos = files
+                .tokenizer
+                .bos_token
+                .as_deref()
+                .and_then(|t| tokenizer.token_to_id(t))
+                .unwrap_or(0);
+            let mut logits = Vec::new();
+            for slot in &mut slots {
+                slot.reset(&spec)
+                    .and_then(|()| slot.forward(&spec, &[bos], &mut logits))
+                    .and_then(|()| slot.forward(&spec, &[bos], &mut logits))
+                    .map_err(|e| {
+                        fail(format!(
+                            "the warm-up (prefill and one decode step) failed: {e}; \
+                             set warm_up = false in its [[model]] table to load it anyway"
+                        ))
+                    })?;
+                slot.reset(&spec).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        let reasoning = tokenizer.token_to_id("<think>").is_some()
+            && tokenizer.token_to_id("</think>").is_some();
+        let info = LmInfo {
+            name,
+            dir: config.dir().to_owned(),
+            graph: graph_path,
+            device,
+            cpu_fallback_reason,
+            slots: slots.len(),
+            queue_depth: config.queue_depth,
+            context_length,
+            max_prompt_bytes: tokenizer.max_text_bytes(context_length).min(
+                config.max_prompt_bytes.map_or(
+                    crate::config::DEFAULT_MAX_PROMPT_BYTES,
+                    std::num::NonZeroUsize::get,
+                ),
+            ),
+            layers: spec.layers,
+            kv_heads: spec.kv_heads,
+            head_dim: spec.head_dim,
+            kv_cache,
+        };
+        Ok(Self {
+            admission: Arc::new(Semaphore::new(slots.len() + config.queue_depth)),
+            preparing: preparing(),
+            pool: Arc::new(Pool::new(slots)),
+            info,
+            tokenizer,
+            template,
+            spec,
+            defaults,
+            stop_ids,
+            reasoning,
+        })
+    }
+
+    pub fn info(&self) -> &LmInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The sampling a request gets for what it leaves out.
+    pub fn defaults(&self) -> SamplingParams {
+        self.defaults
+    }
+
+    /// The ids that end every generation.
+    pub fn stop_ids(&self) -> &HashSet<u32> {
+        &self.stop_ids
+    }
+
+    /// Whether the model reasons in `<think>` ... `</think>` first.
+    pub fn reasons(&self) -> bool {
+        self.reasoning
+    }
+
+    /// The chat prompt, as the model's template writes it.
+    pub fn render(&self, messages: &[Message]) -> Result<String, TemplateError> {
+        self.template.render(messages)
+    }
+
+    /// The most bytes of prompt text tokenized ([`LmInfo::max_prompt_bytes`]).
+    pub fn max_prompt_bytes(&self) -> usize {
+        self.info.max_prompt_bytes
+    }
+
+    /// A place among the running and queued generations, or
+    /// [`InferError::QueueFull`] at once.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
+        admit(&self.admission, &self.info.name)
+    }
+
+    /// Runs one generation once a slot is free, sending its text to
+    /// `events`. A closed `events` (the client left) cancels it, also while
+    /// it waits for a slot.
+    pub async fn generate(
+        self: Arc<Self>,
+        admitted: OwnedSemaphorePermit,
+        request: GenerateRequest,
+        events: mpsc::Sender<Delta>,
+    ) -> Result<Finished, InferError> {
+        let mut slot = tokio::select! {
+            lease = self.pool.acquire() => lease.map_err(|e| InferError::Runtime(e.to_string()))?,
+            () = events.closed() => return Ok(Finished::cancelled_before_start()),
+        };
+        let model = Arc::clone(&self);
+        tokio::task::spawn_blocking(move || {
+            let _admitted = admitted;
+            let result =
+                generate::generate(&mut slot, &model.spec, &model.tokenizer, &request, &events);
+            // The cache of this request is dropped before the slot is lent again.
+            if let Err(e) = slot.reset(&model.spec) {
+                tracing::warn!(error = %e, "cannot clear a slot's KV cache");
+            }
+            result
+        })
+        .await
+        .map_err(|e| InferError::Runtime(format!("generation task failed: {e}")))?
+        .map_err(|e| InferError::Runtime(e.to_string()))
+    }
+}
+
+/// The context length `config` asks for, within what the model supports.
+/// `deepseekd check-config` runs it too.
+pub fn context_length(
+    index: usize,
+    config: &ModelConfig,
+    files: &ModelFiles,
+) -> Result<usize, String> {
+    let max_positions = files.arch.max_position_embeddings;
+    match config.context_length {
+        Some(n) if n.get() > max_positions => Err(format!(
+            "model[{index}].context_length = {n} exceeds max_position_embeddings = {max_positions} in {}",
+            files.dir.join("config.json").display()
+        )),
+        Some(n) => Ok(n.get()),
+        None => Ok(files
+            .tokenizer
+            .model_max_length
+            .map_or(max_positions, |m| m.min(max_positions))),
+    }
+}
+
+/// Reads a causal LM's directory and builds its tokenizer and chat template,
+/// each error naming the file at fault; `verified` as for
+/// [`ModelFiles::read`]. `deepseekd check-config` runs it too.
+pub fn read_files(
+    config: &ModelConfig,
+    verified: BTreeMap<PathBuf, Vec<u8>>,
+) -> Result<(ModelFiles, Tokenizer, ChatTemplate), String> {
+    let files =
+        ModelFiles::read(config.dir(), &config.onnx(), verified).map_err(|e| e.to_string())?;
+    let in_dir = |file: &str| files.dir.join(file).display().to_string();
+    let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json)
+        .map_err(|e| format!("{}: {e}", in_dir("tokenizer.json")))?;
+    let template = ChatTemplate::new(
+        files.tokenizer.chat_template.clone(),
+        files.tokenizer.bos_token.clone(),
+        files.tokenizer.eos_token.clone(),
+    )
+    .map_err(|e| format!("{}: {e}", in_dir("tokenizer_config.json")))?;
+    Ok((files, tokenizer, template))
+}
+
+impl Finished {
+    fn cancelled_before_start() -> Self {
+        Self {
+            reason: FinishReason::Cancelled,
+            completion_tokens: 0,
+            completion_sha256: deepseek_integrity::digest::hex(
+                &<sha2::Sha256 as sha2::Digest>::digest(b""),
+            ),
+            reasoning_closed: false,
+        }
+    }
+}
