@@ -111,10 +111,10 @@ pub(crate) fn check_config(path: &Path) -> Exit {
         }
         let checked = engine::llm::read_files(model, std::collections::BTreeMap::new())
             .and_then(|(files, ..)| engine::llm::context_length(index, model, &files));
-        if let Err(reason) = checked {
+        if let Err(e) = checked {
             report(&engine::LoadError::CausalLm {
                 model: model.name.get_ref().as_str().to_owned(),
-                reason,
+                reason: e.to_string(),
             });
             return Exit::Model;
         }

@@ -95,8 +95,10 @@ impl CausalLm {
             reason,
         };
         let graph_path = config.onnx();
-        let (files, tokenizer, template) = read_files(config, verified).map_err(fail)?;
-        let context_length = context_length(index, config, &files).map_err(fail)?;
+        let (files, tokenizer, template) =
+            read_files(config, verified).map_err(|e| fail(e.to_string()))?;
+        let context_length =
+            context_length(index, config, &files).map_err(|e| fail(e.to_string()))?;
         // `Engine::load` always passes the graph's bytes among `verified`.
         let files::Graph::Bytes(graph) = &files.graph else {
             return Err(fail(format!(
@@ -284,13 +286,15 @@ pub fn context_length(
     index: usize,
     config: &ModelConfig,
     files: &ModelFiles,
-) -> Result<usize, String> {
+) -> Result<usize, DirectoryError> {
     let max_positions = files.arch.max_position_embeddings;
     match config.context_length {
-        Some(n) if n.get() > max_positions => Err(format!(
-            "model[{index}].context_length = {n} exceeds max_position_embeddings = {max_positions} in {}",
-            files.dir.join("config.json").display()
-        )),
+        Some(n) if n.get() > max_positions => Err(DirectoryError::ContextLength {
+            index,
+            asked: n.get(),
+            max_positions,
+            file: files.dir.join("config.json"),
+        }),
         Some(n) => Ok(n.get()),
         None => Ok(files
             .tokenizer
@@ -299,24 +303,56 @@ pub fn context_length(
     }
 }
 
+/// What is wrong with a causal LM's directory, naming the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error(transparent)]
+    Files(#[from] files::FileError),
+    #[error("{}: {source}", file.display())]
+    Tokenizer {
+        file: PathBuf,
+        source: super::tokenizer::TokenizerError,
+    },
+    #[error("{}: {source}", file.display())]
+    Template {
+        file: PathBuf,
+        source: TemplateError,
+    },
+    #[error(
+        "model[{index}].context_length = {asked} exceeds max_position_embeddings = {max_positions} in {}",
+        file.display()
+    )]
+    ContextLength {
+        index: usize,
+        asked: usize,
+        max_positions: usize,
+        file: PathBuf,
+    },
+}
+
 /// Reads a causal LM's directory and builds its tokenizer and chat template,
 /// each error naming the file at fault; `verified` as for
 /// [`ModelFiles::read`]. `deepseekd check-config` runs it too.
 pub fn read_files(
     config: &ModelConfig,
     verified: BTreeMap<PathBuf, Vec<u8>>,
-) -> Result<(ModelFiles, Tokenizer, ChatTemplate), String> {
-    let files =
-        ModelFiles::read(config.dir(), &config.onnx(), verified).map_err(|e| e.to_string())?;
-    let in_dir = |file: &str| files.dir.join(file).display().to_string();
-    let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json)
-        .map_err(|e| format!("{}: {e}", in_dir("tokenizer.json")))?;
+) -> Result<(ModelFiles, Tokenizer, ChatTemplate), DirectoryError> {
+    let files = ModelFiles::read(config.dir(), &config.onnx(), verified)?;
+    let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json).map_err(|source| {
+        DirectoryError::Tokenizer {
+            file: files.dir.join("tokenizer.json"),
+            source,
+        }
+    })?;
     let template = ChatTemplate::new(
         files.tokenizer.chat_template.clone(),
         files.tokenizer.bos_token.clone(),
         files.tokenizer.eos_token.clone(),
     )
-    .map_err(|e| format!("{}: {e}", in_dir("tokenizer_config.json")))?;
+    .map_err(|source| DirectoryError::Template {
+        file: files.dir.join("tokenizer_config.json"),
+        source,
+    })?;
     Ok((files, tokenizer, template))
 }
 

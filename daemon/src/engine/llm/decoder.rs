@@ -53,9 +53,19 @@ const LAYOUT: &str = "a causal-lm graph needs input_ids, attention_mask, optiona
                       past_key_values.N.key/value in, logits and present.N.key/value out \
                       (Hugging Face Optimum's layout with a KV cache)";
 
+/// The graph does not have the inputs and outputs of a decoder with a KV
+/// cache that `config.json` describes; the message says what does not fit.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GraphMismatch(String);
+
 impl GraphSpec {
     /// Reads the spec from the session, or says what does not fit.
-    pub fn read(session: &Session, arch: &ArchConfig) -> Result<Self, String> {
+    pub fn read(session: &Session, arch: &ArchConfig) -> Result<Self, GraphMismatch> {
+        Self::read_outlets(session, arch).map_err(GraphMismatch)
+    }
+
+    fn read_outlets(session: &Session, arch: &ArchConfig) -> Result<Self, String> {
         let find = |outlets: &[Outlet], name: &str| {
             outlets
                 .iter()

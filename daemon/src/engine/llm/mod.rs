@@ -7,14 +7,14 @@ mod causal_lm;
 pub mod decoder;
 pub mod files;
 pub mod generate;
-pub mod prepare;
-pub mod reasoning;
+pub(crate) mod prepare;
+pub(crate) mod reasoning;
 pub mod sampling;
-pub mod stop;
-pub mod template;
+pub(crate) mod stop;
+pub(crate) mod template;
 pub mod tokenizer;
 
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use causal_lm::{CausalLm, LmInfo, context_length, read_files};
+pub use causal_lm::{CausalLm, DirectoryError, LmInfo, context_length, read_files};
