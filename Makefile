@@ -145,7 +145,7 @@ run-config: FORCE
 		'path = "$(CURDIR)/fixtures/llm/tiny-r1"' \
 		'intra_op_threads = 1' > $(RUN_DIR)/deepseekd.toml
 	printf '%s\n' \
-		'# Written by `make run`: deepseek-audit verify on the demo (docs/compliance.md).' \
+		'# Written by `make run`: deepseek-audit verify on the demo (docs/guide/compliance.md).' \
 		'[files]' \
 		'daemon_config = "$(RUN_DIR)/deepseekd.toml"' \
 		'integrity_config = "$(RUN_DIR)/integrity.toml"' \

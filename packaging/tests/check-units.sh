@@ -9,7 +9,7 @@
 # 1. `systemd-analyze verify` of every unit. It exits 0 on unknown keys and
 #    bad values and only warns, so any output at all is a failure.
 # 2. `systemd-analyze security --offline=true` exposure of each service,
-#    against the limits below (docs/operations.md lists what remains).
+#    against the limits below (docs/guide/operations.md lists what remains).
 # 3. sysusers.d and tmpfiles.d applied to a scratch root: the users, groups
 #    and every directory's owner and mode.
 # Exit 0 when all pass, 1 otherwise; 77 (skipped) without systemd-analyze.
@@ -21,7 +21,7 @@ deepseek-integrity-check.service deepseek-integrity-check.timer"
 # Exposure limits, as `--threshold` takes them (score x 10).
 declare -A LIMIT=(
     # Without PrivateUsers= (it would hide every client's uid from the
-    # audit log: docs/operations.md), 0.2 above systemd's ideal.
+    # audit log: docs/guide/operations.md), 0.2 above systemd's ideal.
     [deepseekd.service]=5          # the GPU unit: NVIDIA devices allowed
     [deepseekd.service+cpu]=3      # with cpu-only.conf
     [deepseek-audit.service]=3
