@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::entry::{Entry, Event};
 
 /// Shown after `integrity-check --help`; the same table is in
-/// docs/exit-codes.md.
+/// docs/guide/exit-codes.md.
 pub const EXIT_CODES: &str = "\
 Exit codes (deepseek-integrity check's own, once the result is recorded):
   0   no differences; recorded

@@ -60,7 +60,7 @@ enum Command {
     /// Run the audit service.
     Serve,
     /// The compliance check: air gap, integrity, audit log and the daemon's
-    /// hardening, each with the evidence read (docs/compliance.md).
+    /// hardening, each with the evidence read (docs/guide/compliance.md).
     ///
     /// Changes nothing and needs no network. Run it as root, or as the
     /// audit user (then the checks that need root are reported `notchecked`).
@@ -87,12 +87,12 @@ enum Command {
     ///
     /// For the daily timer, run as root. The `integrity_check` entry holds
     /// the exit code, the counts and the changed, removed and added paths,
-    /// or, when the check could not run, its error (docs/audit.md). The
+    /// or, when the check could not run, its error (docs/guide/audit.md). The
     /// record goes through the service at `socket` in audit.toml, which
     /// must allow this user (uid 0 in allowed_uids for root).
     #[command(after_help = integrity_check::EXIT_CODES)]
     IntegrityCheck {
-        /// deepseek-integrity's configuration (docs/integrity.md).
+        /// deepseek-integrity's configuration (docs/guide/integrity.md).
         #[arg(long, value_name = "PATH", default_value = deepseek_integrity::config::DEFAULT_CONFIG_PATH)]
         integrity_config: PathBuf,
         /// Report format, as deepseek-integrity's; the entry records the
@@ -146,7 +146,7 @@ enum LogCommand {
     },
 }
 
-/// Shown after `verify --help`; the same table is in docs/exit-codes.md.
+/// Shown after `verify --help`; the same table is in docs/guide/exit-codes.md.
 const VERIFY_EXIT_CODES: &str = "\
 Exit codes (the OpenSCAP convention):
   0   every selected check passed (or does not apply here)

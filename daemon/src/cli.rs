@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
-/// Shown after `--help`; the same table is in docs/exit-codes.md.
+/// Shown after `--help`; the same table is in docs/guide/exit-codes.md.
 const EXIT_CODES: &str = "\
 Exit codes:
   0   stopped cleanly, or check-config found the configuration valid
@@ -31,7 +31,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "deepseekd", version, about, long_about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Configuration file (TOML; every key is documented in docs/config.md).
+    /// Configuration file (TOML; every key is documented in docs/guide/config.md).
     #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_CONFIG_PATH, global = true)]
     pub config: PathBuf,
 

@@ -1,6 +1,6 @@
 //! The daemon's exit codes, sysexits-style so that systemd units and scripts
 //! can tell a bad configuration from a missing runtime. Documented in
-//! `docs/exit-codes.md`; keep the two in step.
+//! `docs/guide/exit-codes.md`; keep the two in step.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;

@@ -40,7 +40,7 @@ pub enum CheckError {
 }
 
 impl CheckError {
-    /// The exit code `check` ends with (docs/exit-codes.md).
+    /// The exit code `check` ends with (docs/guide/exit-codes.md).
     pub fn exit(&self) -> Exit {
         match self {
             Self::Config(_) => Exit::Config,

@@ -1,6 +1,6 @@
 //! `integrity.toml`: where the database and keys are, and the rules that
 //! select paths and the attributes to record for them (AIDE's selection
-//! lines, as TOML). Every key is documented in docs/integrity.md.
+//! lines, as TOML). Every key is documented in docs/guide/integrity.md.
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,6 @@
 //! `deepseek-integrity`'s exit codes, compatible with AIDE's where they
 //! overlap so that existing monitoring keeps working. Documented in
-//! docs/exit-codes.md.
+//! docs/guide/exit-codes.md.
 
 /// A finding or failure, as an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

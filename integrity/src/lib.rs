@@ -28,7 +28,7 @@ use config::{Config, DEFAULT_CONFIG_PATH};
 use entry::Entry;
 use exit::Exit;
 
-/// Shown after `--help`; the same table is in docs/exit-codes.md.
+/// Shown after `--help`; the same table is in docs/guide/exit-codes.md.
 const EXIT_CODES: &str = "\
 Exit codes (check; AIDE-compatible where they overlap):
   0   no differences (other commands: success)
@@ -49,7 +49,7 @@ Exit codes (check; AIDE-compatible where they overlap):
 #[derive(Debug, Parser)]
 #[command(name = "deepseek-integrity", version, about, long_about, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Configuration file (docs/integrity.md documents every key).
+    /// Configuration file (docs/guide/integrity.md documents every key).
     #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_CONFIG_PATH, global = true)]
     pub config: PathBuf,
     /// Report format.

@@ -178,7 +178,7 @@ fn references(names: &[String]) -> Vec<clap_mangen::roff::Inline> {
 
 /// An `after_help` exit code table as an EXIT STATUS section, one `.TP`
 /// entry per code, the text refilled to the reader's width. The table is
-/// what the binaries print (docs/exit-codes.md):
+/// what the binaries print (docs/guide/exit-codes.md):
 ///
 /// ```text
 /// Exit codes (a note):

@@ -1,7 +1,7 @@
 //! The compliance profile (`policies/compliance.toml`, installed as
 //! `/etc/deepseek/compliance.toml`): which checks run, where the other
 //! components' configurations are, and the thresholds. Every key is in
-//! docs/compliance.md.
+//! docs/guide/compliance.md.
 
 use std::path::{Path, PathBuf};
 

@@ -19,7 +19,7 @@ pub struct ModelConfig {
     #[serde(default)]
     pub kind: ModelKind,
     /// The `.onnx` file of a tensor model; the directory of a causal LM
-    /// (Hugging Face Optimum's layout, docs/config.md).
+    /// (Hugging Face Optimum's layout, docs/guide/config.md).
     pub path: PathBuf,
     /// Causal LMs: the graph's file name inside `path`, such as
     /// onnx-community's `model_fp16.onnx`.

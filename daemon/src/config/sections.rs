@@ -75,7 +75,7 @@ pub struct RuntimeConfig {
 }
 
 /// `[integrity]`: the signed database every model is verified against
-/// before it is loaded (docs/integrity.md).
+/// before it is loaded (docs/guide/integrity.md).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntegrityConfig {
@@ -109,7 +109,7 @@ impl Default for IntegrityConfig {
 }
 
 /// `[audit]`: the audit service every request is recorded with before its
-/// answer leaves the daemon (docs/audit.md).
+/// answer leaves the daemon (docs/guide/audit.md).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
@@ -140,7 +140,7 @@ impl Default for AuditConfig {
     }
 }
 
-/// `[sandbox]`: how the daemon locks itself down (docs/hardening.md).
+/// `[sandbox]`: how the daemon locks itself down (docs/guide/hardening.md).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {

@@ -166,7 +166,7 @@ pub fn plan(config: &Config) -> Plan {
     let mut scopes = BitFlags::from(Scope::Signal);
     if !cuda {
         // CUDA creates and uses an abstract socket of its own; scoping them
-        // is enabled only once that is verified on a GPU (docs/hardening.md).
+        // is enabled only once that is verified on a GPU (docs/guide/hardening.md).
         scopes |= Scope::AbstractUnixSocket;
     }
     Plan { grants, scopes }

@@ -1,5 +1,5 @@
 //! The lockdown: the daemon confines itself however it is started, in the
-//! order `docs/hardening.md` gives and explains. Every step is verified and
+//! order `docs/guide/hardening.md` gives and explains. Every step is verified and
 //! a failed step is fatal, naming the step and the kernel's error.
 #![forbid(unsafe_code)]
 

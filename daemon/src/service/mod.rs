@@ -27,7 +27,7 @@ use signals::{shutdown_signal, watchdog};
 use startup::{connect_auditor, load_database, load_engine, warn_unless_reconnectable};
 
 /// Runs the daemon until SIGTERM or SIGINT, in the order of
-/// docs/hardening.md: everything that needs privileges or a single thread
+/// docs/guide/hardening.md: everything that needs privileges or a single thread
 /// first, then the lockdown, then the runtime and the models, then seccomp,
 /// and only then the first client.
 pub(crate) fn serve(path: &std::path::Path) -> Exit {

@@ -86,7 +86,7 @@ pub(super) fn warn_unless_reconnectable(socket: &Path, uid: Uid, gid: Gid) {
             group = meta.gid(),
             service_uid = uid.as_raw(),
             "after an auditor restart the daemon could not reconnect: audit.socket is not writable by sandbox.user; \
-             give the socket to that user's group with mode 0660 (docs/hardening.md, Regaining the auditor)"
+             give the socket to that user's group with mode 0660 (docs/guide/hardening.md, Regaining the auditor)"
         );
     }
 }

@@ -46,7 +46,7 @@ impl Endpoint {
 }
 
 /// Limits on what a client sends, so that no field can make the daemon
-/// allocate much more than the body itself (docs/api.md, "Limits"). Arrays
+/// allocate much more than the body itself (docs/guide/api.md, "Limits"). Arrays
 /// are refused as soon as they run over, before the rest is parsed.
 pub(super) const MAX_MODEL_BYTES: usize = 256;
 pub(super) const MAX_MESSAGES: usize = 4096;
