@@ -18,7 +18,7 @@ const MAX_REPLY: usize = 64 * 1024;
 
 /// Why a record was not acknowledged. Every variant names the socket.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("cannot connect to the auditor at {}: {source}", socket.display())]
     Connect {
         socket: PathBuf,
@@ -50,7 +50,7 @@ pub enum ClientError {
 
 /// One connection to the service.
 #[derive(Debug)]
-pub struct Client {
+pub(crate) struct Client {
     stream: UnixStream,
     socket: PathBuf,
     timeout: Duration,
@@ -60,7 +60,7 @@ pub struct Client {
 impl Client {
     /// Connects to the service listening at `socket`. Each record must then
     /// be acknowledged within `timeout`.
-    pub fn connect(socket: &Path, timeout: Duration) -> Result<Self, ClientError> {
+    pub(crate) fn connect(socket: &Path, timeout: Duration) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
             socket: socket.to_owned(),
             source,
@@ -76,7 +76,7 @@ impl Client {
     /// Sends `entry` and waits until the service has written and synced it;
     /// returns its sequence number in the log. The service sets `seq`,
     /// `prev` and `time_ns` itself.
-    pub fn append(&mut self, entry: &Entry) -> Result<u64, ClientError> {
+    pub(crate) fn append(&mut self, entry: &Entry) -> Result<u64, ClientError> {
         let tag = self.next_tag;
         self.next_tag += 1;
         let deadline = Instant::now() + self.timeout;
@@ -159,7 +159,7 @@ impl Client {
 
 /// Connects, records `entry`, and waits for its acknowledgement (at most
 /// `timeout` for each step): the sequence number it got in the log.
-pub fn append(socket: &Path, entry: &Entry, timeout: Duration) -> Result<u64, ClientError> {
+pub(crate) fn append(socket: &Path, entry: &Entry, timeout: Duration) -> Result<u64, ClientError> {
     Client::connect(socket, timeout)?.append(entry)
 }
 

@@ -6,6 +6,8 @@
 //! the parser's invariants itself. docs/development/fuzzing.md has the list;
 //! proptest drives them in `cargo test`, libFuzzer in `make fuzz`.
 
+use deepseek_integrity::digest::hex;
+
 use crate::checkpoint::Checkpoint;
 use crate::entry::Entry;
 use crate::merkle::{self, Hash};
@@ -43,7 +45,7 @@ pub fn sample_entries(count: u64) -> Vec<Entry> {
         .map(|seq| {
             let mut entry = Entry::event(crate::entry::Event::Request);
             entry.seq = seq;
-            entry.prev = previous.map(|h| crate::hex(&h));
+            entry.prev = previous.map(|h| hex(&h));
             entry.time_ns = 1_795_000_000_123_456_789 + u128::from(seq);
             entry.peer = Some(crate::entry::Peer {
                 uid: 1000,
@@ -93,7 +95,7 @@ pub fn audit_frames(data: &[u8]) {
             Ok(request) => {
                 let mut entry = request.entry;
                 entry.seq = seq;
-                entry.prev = previous.map(|h| crate::hex(&h));
+                entry.prev = previous.map(|h| hex(&h));
                 entry.time_ns = 1_795_000_000_000_000_000;
                 let line = entry.encode();
                 assert!(!line.contains(&b'\n'), "an entry spans two lines");

@@ -13,7 +13,7 @@ use crate::note::{NoteError, NoteSigner};
 
 /// Why the key cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error("{path}: {source}")]
@@ -23,7 +23,7 @@ pub enum KeyError {
 /// Makes a key named `name` and writes it to `path` (0600), and its
 /// verifier key to `verifier_out` (0644) when given; neither file is ever
 /// written over an existing one.
-pub fn generate(
+pub(crate) fn generate(
     name: &str,
     path: &Path,
     verifier_out: Option<&Path>,
@@ -41,7 +41,7 @@ pub fn generate(
 }
 
 /// Loads the key.
-pub fn load(path: &Path) -> Result<NoteSigner, KeyError> {
+pub(crate) fn load(path: &Path) -> Result<NoteSigner, KeyError> {
     let text = read_secret(path)?;
     NoteSigner::parse(&text).map_err(|source| KeyError::Malformed {
         path: path.to_owned(),

@@ -6,10 +6,10 @@
 use sha2::{Digest, Sha256};
 
 /// A SHA-256 hash.
-pub type Hash = [u8; 32];
+pub(crate) type Hash = [u8; 32];
 
 /// `SHA-256(0x00 || entry)`.
-pub fn leaf_hash(entry: &[u8]) -> Hash {
+pub(crate) fn leaf_hash(entry: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
     h.update(entry);
@@ -17,7 +17,7 @@ pub fn leaf_hash(entry: &[u8]) -> Hash {
 }
 
 /// `SHA-256(0x01 || left || right)`.
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+pub(crate) fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update([1u8]);
     h.update(left);
@@ -26,7 +26,7 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 }
 
 /// The hash of the empty tree: `SHA-256()`.
-pub fn empty_root() -> Hash {
+pub(crate) fn empty_root() -> Hash {
     Sha256::digest([]).into()
 }
 
@@ -37,7 +37,7 @@ fn split(n: u64) -> u64 {
 }
 
 /// MTH(D[0:n]) over leaf hashes.
-pub fn root(leaves: &[Hash]) -> Hash {
+pub(crate) fn root(leaves: &[Hash]) -> Hash {
     match leaves.len() {
         0 => empty_root(),
         1 => leaves[0],
@@ -49,7 +49,7 @@ pub fn root(leaves: &[Hash]) -> Hash {
 }
 
 /// PATH(m, D[0:n]): the inclusion proof of leaf `m` in the first `n` leaves.
-pub fn inclusion_proof(m: u64, leaves: &[Hash]) -> Vec<Hash> {
+pub(crate) fn inclusion_proof(m: u64, leaves: &[Hash]) -> Vec<Hash> {
     let n = leaves.len() as u64;
     assert!(m < n, "leaf {m} is outside a tree of {n}");
     if n == 1 {
@@ -70,7 +70,14 @@ pub fn inclusion_proof(m: u64, leaves: &[Hash]) -> Vec<Hash> {
 
 /// PROOF(m, D[0:n]): the consistency proof between the trees of `m` and
 /// `n = leaves.len()` leaves (0 < m <= n).
-pub fn consistency_proof(m: u64, leaves: &[Hash]) -> Vec<Hash> {
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "RFC 6962 consistency proofs, kept tested for a log monitor; `log verify` recomputes roots"
+    )
+)]
+pub(crate) fn consistency_proof(m: u64, leaves: &[Hash]) -> Vec<Hash> {
     fn subproof(m: u64, leaves: &[Hash], complete: bool) -> Vec<Hash> {
         let n = leaves.len() as u64;
         if m == n {
@@ -98,7 +105,13 @@ pub fn consistency_proof(m: u64, leaves: &[Hash]) -> Vec<Hash> {
 }
 
 /// Checks that `leaf` is entry `index` of the tree of `size` with `root`.
-pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
+pub(crate) fn verify_inclusion(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> bool {
     if index >= size {
         return false;
     }
@@ -127,7 +140,14 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
 
 /// Checks that the tree of `size2` with `root2` extends the tree of `size1`
 /// with `root1`.
-pub fn verify_consistency(
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "RFC 6962 consistency proofs, kept tested for a log monitor; `log verify` recomputes roots"
+    )
+)]
+pub(crate) fn verify_consistency(
     size1: u64,
     size2: u64,
     proof: &[Hash],
@@ -183,10 +203,7 @@ mod tests {
     use super::*;
 
     fn unhex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-            .collect()
+        deepseek_integrity::digest::unhex(text).expect("hex")
     }
 
     /// The Certificate Transparency test inputs (RFC 6962 reference tests).

@@ -13,7 +13,7 @@ use crate::note::NoteVerifier;
 /// A self-contained inclusion proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InclusionProof {
+pub(crate) struct InclusionProof {
     /// The entry's canonical line.
     pub entry: String,
     pub seq: u64,
@@ -25,7 +25,7 @@ pub struct InclusionProof {
 
 /// Why a proof does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProofError {
+pub(crate) enum ProofError {
     #[error("the checkpoint is not signed by {0}")]
     Signature(String),
     #[error("the checkpoint is malformed: {0}")]
@@ -39,7 +39,7 @@ pub enum ProofError {
 impl InclusionProof {
     /// Builds the proof of entry `seq` from the log's `leaves`, against a
     /// checkpoint note signing the first `size` of them.
-    pub fn build(
+    pub(crate) fn build(
         entry: &[u8],
         seq: u64,
         leaves: &[Hash],
@@ -57,7 +57,7 @@ impl InclusionProof {
     }
 
     /// Checks the signature and the inclusion; returns the checkpoint.
-    pub fn check(&self, verifier: &NoteVerifier) -> Result<Checkpoint, ProofError> {
+    pub(crate) fn check(&self, verifier: &NoteVerifier) -> Result<Checkpoint, ProofError> {
         let text = verifier
             .open(&self.checkpoint)
             .map_err(|_| ProofError::Signature(verifier.to_string()))?;

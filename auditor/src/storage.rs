@@ -9,6 +9,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use deepseek_integrity::digest::hex;
+
 use crate::entry::Entry;
 use crate::merkle::{self, Hash};
 
@@ -134,9 +136,7 @@ impl LogFile {
                 reason,
             };
             let entry = Entry::decode(line).map_err(|e| damaged(e.to_string()))?;
-            if entry.seq != leaves.len() as u64
-                || entry.prev != leaves.last().map(|h| crate::hex(h))
-            {
+            if entry.seq != leaves.len() as u64 || entry.prev != leaves.last().map(|h| hex(h)) {
                 return Err(damaged(
                     "out of sequence or not chained to the entry before".to_owned(),
                 ));
@@ -174,10 +174,7 @@ impl LogFile {
         let mut leaves = Vec::with_capacity(batch.len());
         for mut entry in batch {
             entry.seq = self.leaves.len() as u64 + leaves.len() as u64;
-            entry.prev = leaves
-                .last()
-                .or(self.leaves.last())
-                .map(|h: &Hash| crate::hex(h));
+            entry.prev = leaves.last().or(self.leaves.last()).map(|h: &Hash| hex(h));
             let line = entry.encode();
             leaves.push(merkle::leaf_hash(&line));
             seqs.push(entry.seq);

@@ -3,6 +3,8 @@
 //! entry when something was changed. Entries after the last checkpoint are
 //! reported as the unsealed tail, separately from tampering.
 
+use deepseek_integrity::digest::unhex32;
+
 use crate::checkpoint::Checkpoint;
 use crate::entry::Entry;
 use crate::merkle::{self, Hash};
@@ -82,7 +84,7 @@ fn decode_all(lines: &[&[u8]]) -> Vec<DecodedLine> {
                             let prev = match entry.prev {
                                 None => None,
                                 Some(text) => {
-                                    Some(crate::unhex32(&text).ok_or("prev is not 64 hex digits")?)
+                                    Some(unhex32(&text).ok_or("prev is not 64 hex digits")?)
                                 }
                             };
                             Ok((entry.seq, prev, merkle::leaf_hash(line)))
@@ -200,6 +202,8 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    use deepseek_integrity::digest::hex;
+
     use super::*;
     use crate::entry::Event;
     use crate::note::NoteSigner;
@@ -221,7 +225,7 @@ mod tests {
         for seq in 0..n {
             let entry = Entry {
                 seq,
-                prev: leaves.last().map(|h: &Hash| crate::hex(h)),
+                prev: leaves.last().map(|h: &Hash| hex(h)),
                 time_ns: 1_000 + u128::from(seq),
                 event: Event::Request,
                 peer: None,

@@ -238,7 +238,7 @@ fn every_result_is_recorded_failed_checks_included_and_the_log_verifies() {
     assert_eq!(details[0]["entries"], "4");
     assert_eq!(details[0]["changed"], "0");
     assert!(details[0].get("changed_paths").is_none());
-    let sha = deepseek_audit::hex(&Sha256::digest(json.as_bytes()));
+    let sha = deepseek_integrity::digest::hex(&Sha256::digest(json.as_bytes()));
     assert_eq!(details[0]["report_sha256"], sha);
     // The same state gives the same report.
     assert_eq!(details[1]["report_sha256"], sha);

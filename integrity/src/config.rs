@@ -159,7 +159,7 @@ impl Rule {
 
 /// A rule whose globs are compiled.
 #[derive(Debug)]
-pub struct CompiledRule<'a> {
+pub(crate) struct CompiledRule<'a> {
     pub rule: &'a Rule,
     pub exclude: GlobSet,
 }
@@ -245,7 +245,8 @@ impl Config {
                     format!("expected an absolute path, got {:?}", rule.path.display()),
                 ));
             }
-            compile_globs(&rule.exclude).map_err(|e| invalid(format!("rule[{i}].exclude"), e))?;
+            compile_globs(&rule.exclude)
+                .map_err(|e| invalid(format!("rule[{i}].exclude"), e.to_string()))?;
         }
         Ok(config)
     }
@@ -257,7 +258,7 @@ impl Config {
 
     /// The rules with their globs compiled, most specific path first, so a
     /// path covered by several rules follows the deepest one.
-    pub fn compiled_rules(&self) -> Vec<CompiledRule<'_>> {
+    pub(crate) fn compiled_rules(&self) -> Vec<CompiledRule<'_>> {
         let mut rules: Vec<CompiledRule<'_>> = self
             .rules
             .iter()
@@ -304,12 +305,27 @@ pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
     })
 }
 
-fn compile_globs(patterns: &[String]) -> Result<GlobSet, String> {
+/// Why a rule's `exclude` patterns do not compile.
+#[derive(Debug, thiserror::Error)]
+enum GlobError {
+    #[error("invalid glob {pattern:?}: {source}")]
+    Pattern {
+        pattern: String,
+        source: globset::Error,
+    },
+    #[error("{0}")]
+    Set(globset::Error),
+}
+
+fn compile_globs(patterns: &[String]) -> Result<GlobSet, GlobError> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
-        builder.add(Glob::new(pattern).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?);
+        builder.add(Glob::new(pattern).map_err(|source| GlobError::Pattern {
+            pattern: pattern.clone(),
+            source,
+        })?);
     }
-    builder.build().map_err(|e| e.to_string())
+    builder.build().map_err(GlobError::Set)
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ pub struct Entry {
 }
 
 /// Seconds and nanoseconds since the epoch, as `1700000000.123456789`.
-pub fn time_text(ns: i128) -> String {
+pub(crate) fn time_text(ns: i128) -> String {
     format!(
         "{}.{:09}",
         ns.div_euclid(1_000_000_000),

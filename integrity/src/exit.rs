@@ -25,6 +25,6 @@ pub enum Exit {
 
 /// Bits summed into `check`'s exit code, as AIDE does: 1 added, 2 removed,
 /// 4 changed (so 7 means all three).
-pub const ADDED: u8 = 1;
-pub const REMOVED: u8 = 2;
-pub const CHANGED: u8 = 4;
+pub(crate) const ADDED: u8 = 1;
+pub(crate) const REMOVED: u8 = 2;
+pub(crate) const CHANGED: u8 = 4;

@@ -136,7 +136,7 @@ pub fn key() -> &'static Signer25519 {
 /// `body` signed as `database::encode` signs (a final newline added when
 /// it lacks one), so that the entries' parser behind the signature is
 /// reached.
-pub fn sign_database(body: &[u8], key: &Signer25519) -> Vec<u8> {
+pub(crate) fn sign_database(body: &[u8], key: &Signer25519) -> Vec<u8> {
     let mut text = String::from_utf8_lossy(body).into_owned();
     if !text.ends_with('\n') {
         text.push('\n');
@@ -146,7 +146,7 @@ pub fn sign_database(body: &[u8], key: &Signer25519) -> Vec<u8> {
 }
 
 /// A valid database of a few entries, the seed the mutations start from.
-pub fn sample_database(key: &Signer25519) -> Vec<u8> {
+pub(crate) fn sample_database(key: &Signer25519) -> Vec<u8> {
     let mut xattrs = BTreeMap::new();
     xattrs.insert("security.selinux".to_owned(), b"system_u\0".to_vec());
     let entries = [
@@ -257,7 +257,10 @@ pub fn integrity_verifier_key(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(key) = VerifierKey::parse(&text) {
         let printed = key.to_string();
-        assert_eq!(VerifierKey::parse(&printed).as_ref(), Ok(&key));
+        assert_eq!(
+            VerifierKey::parse(&printed).map_err(|e| e.to_string()),
+            Ok(key.clone())
+        );
     }
 }
 

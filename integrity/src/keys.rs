@@ -18,28 +18,34 @@ pub struct VerifierKey(pub VerifyingKey);
 const PREFIX: &str = "ed25519:";
 const KEY_FILE_HEADER: &str = "deepseek-integrity signing key v1";
 
+/// Why a verifier key's text is not a key.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierKeyError {
+    #[error("expected \"ed25519:\" followed by base64, got {0:?}")]
+    Prefix(String),
+    #[error("invalid base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("expected 32 bytes of public key, got {0}")]
+    Length(usize),
+    #[error("not an Ed25519 public key: {0}")]
+    Curve(#[from] ed25519_dalek::SignatureError),
+}
+
 impl VerifierKey {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, VerifierKeyError> {
         let encoded = text
             .strip_prefix(PREFIX)
-            .ok_or_else(|| format!("expected \"{PREFIX}\" followed by base64, got {text:?}"))?;
-        let bytes = BASE64
-            .decode(encoded)
-            .map_err(|e| format!("invalid base64: {e}"))?;
-        let bytes: [u8; 32] = bytes
+            .ok_or_else(|| VerifierKeyError::Prefix(text.to_owned()))?;
+        let bytes: [u8; 32] = BASE64
+            .decode(encoded)?
             .try_into()
-            .map_err(|b: Vec<u8>| format!("expected 32 bytes of public key, got {}", b.len()))?;
-        VerifyingKey::from_bytes(&bytes)
-            .map(Self)
-            .map_err(|e| format!("not an Ed25519 public key: {e}"))
+            .map_err(|b: Vec<u8>| VerifierKeyError::Length(b.len()))?;
+        Ok(Self(VerifyingKey::from_bytes(&bytes)?))
     }
 
     /// A short identifier for reports: the first 8 bytes of the key, in hex.
     pub fn id(&self) -> String {
-        self.0.as_bytes()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::digest::hex(&self.0.as_bytes()[..8])
     }
 
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {

@@ -159,22 +159,13 @@ fn compare(
     }
 }
 
-/// Verifies every file in `dir` against `entries`. The files in `keep` are
-/// read once into memory, and those very bytes are hashed and returned, so
-/// what is used is what was verified.
-pub fn verify_directory(
-    entries: &[Entry],
-    dir: &Path,
-    keep: &[&Path],
-) -> Result<Verified, VerifyError> {
-    verify_directory_with(entries, dir, keep, &|_, _| false)
-}
-
 /// Decides, given a file and the bytes kept so far by path, whether to keep
 /// that file too.
 pub type AlsoKeep<'a> = dyn Fn(&Path, &BTreeMap<PathBuf, Vec<u8>>) -> bool + 'a;
 
-/// Like [`verify_directory`], and also keeps every other file for which
+/// Verifies every file in `dir` against `entries`. The files in `keep` are
+/// read once into memory, and those very bytes are hashed and returned, so
+/// what is used is what was verified. So is every other file for which
 /// `also_keep` holds, asked once the `keep` files are read (so that a model
 /// graph can name the external data files it needs kept).
 pub fn verify_directory_with(

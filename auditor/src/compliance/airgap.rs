@@ -7,9 +7,12 @@ use std::path::Path;
 
 use nix::net::if_::InterfaceFlags;
 
-use super::{Check, Context, Evidence, Finding, Undecided, procfs};
+use super::check::Check;
+use super::context::Context;
+use super::finding::{Evidence, Finding, Undecided};
+use super::procfs;
 
-pub static CHECKS: &[Check] = &[
+pub(crate) static CHECKS: &[Check] = &[
     Check {
         id: "AIRGAP-INTERFACES",
         title: "No network interface other than loopback is up",

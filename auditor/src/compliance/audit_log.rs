@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Group, User};
 
-use super::{Check, Context, Evidence, Finding, Undecided, procfs};
+use super::check::Check;
+use super::context::Context;
+use super::finding::{Evidence, Finding, Undecided};
+use super::procfs;
 
-pub static CHECKS: &[Check] = &[
+pub(crate) static CHECKS: &[Check] = &[
     Check {
         id: "AUDIT-LOG",
         title: "The audit log verifies",
@@ -63,10 +66,10 @@ fn log(context: &Context) -> Result<Finding, Undecided> {
             )],
         ),
         Err(e) => Finding::fail(
-            e.clone(),
+            e.to_string(),
             vec![Evidence::new(
                 source,
-                e.clone(),
+                e.to_string(),
                 "tree, entry chain and every checkpoint verify",
             )],
         ),

@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Profile, Undecided, procfs};
+use super::finding::Undecided;
+use super::procfs;
+use super::profile::Profile;
 use crate::entry::{Entry, Event};
 use crate::service::ServiceConfig;
-use crate::verify::Verified;
+use crate::verify::{Tamper, Verified};
 
 /// The part of `deepseekd.toml` the checks read. Unknown keys are ignored:
 /// the daemon validates its own file strictly (`deepseekd check-config`);
 /// the defaults here are the daemon's.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct DaemonView {
+pub(crate) struct DaemonView {
     #[serde(default)]
     pub server: ServerView,
     #[serde(default)]
@@ -25,7 +27,7 @@ pub struct DaemonView {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct ServerView {
+pub(crate) struct ServerView {
     pub socket: PathBuf,
     pub socket_mode: u32,
     pub socket_group: Option<String>,
@@ -43,7 +45,7 @@ impl Default for ServerView {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct SandboxView {
+pub(crate) struct SandboxView {
     pub user: String,
 }
 
@@ -57,7 +59,7 @@ impl Default for SandboxView {
 
 /// The integrity configuration and what loading its database gave.
 #[derive(Debug)]
-pub struct Integrity {
+pub(crate) struct Integrity {
     pub config: deepseek_integrity::config::Config,
     pub database:
         Result<Vec<deepseek_integrity::entry::Entry>, deepseek_integrity::database::DatabaseError>,
@@ -65,21 +67,21 @@ pub struct Integrity {
 
 /// The audit log as read and verified.
 #[derive(Debug)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     pub entries: Vec<Entry>,
-    pub verified: Result<Verified, String>,
+    pub verified: Result<Verified, Tamper>,
 }
 
 /// The running daemon and how it was found.
 #[derive(Debug, Clone)]
-pub struct DaemonProcess {
+pub(crate) struct DaemonProcess {
     pub pid: i32,
     pub found_by: String,
 }
 
 /// Everything a run of the checks reads.
 #[derive(Debug)]
-pub struct Context {
+pub(crate) struct Context {
     pub profile: Profile,
     pub profile_path: PathBuf,
     pub audit_config_path: PathBuf,
@@ -101,7 +103,7 @@ fn shared<T>(
 }
 
 impl Context {
-    pub fn new(
+    pub(crate) fn new(
         profile: Profile,
         profile_path: PathBuf,
         audit_config_path: PathBuf,
@@ -122,7 +124,7 @@ impl Context {
     }
 
     /// `audit.toml`.
-    pub fn audit_config(&self) -> Result<&ServiceConfig, Undecided> {
+    pub(crate) fn audit_config(&self) -> Result<&ServiceConfig, Undecided> {
         shared(&self.audit_config, || {
             ServiceConfig::load(&self.audit_config_path)
                 .map_err(|e| Undecided::Error(format!("{e} (the audit configuration, --config)")))
@@ -130,7 +132,7 @@ impl Context {
     }
 
     /// `deepseekd.toml` (`files.daemon_config`).
-    pub fn daemon_config(&self) -> Result<&DaemonView, Undecided> {
+    pub(crate) fn daemon_config(&self) -> Result<&DaemonView, Undecided> {
         shared(&self.daemon_config, || {
             let path = &self.profile.files.daemon_config;
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -145,7 +147,7 @@ impl Context {
 
     /// `integrity.toml` (`files.integrity_config`) and its database, loaded
     /// with the pinned key.
-    pub fn integrity(&self) -> Result<&Integrity, Undecided> {
+    pub(crate) fn integrity(&self) -> Result<&Integrity, Undecided> {
         shared(&self.integrity, || {
             let config =
                 deepseek_integrity::config::Config::load(&self.profile.files.integrity_config)
@@ -158,10 +160,12 @@ impl Context {
     }
 
     /// The audit log, read and verified against the configured key.
-    pub fn log(&self) -> Result<&AuditLog, Undecided> {
+    pub(crate) fn log(&self) -> Result<&AuditLog, Undecided> {
         shared(&self.log, || {
             let config = self.audit_config()?;
-            let verifier = crate::verifier_of(None, config).map_err(Undecided::Error)?;
+            let verifier = config
+                .verifier_or(None)
+                .map_err(|e| Undecided::Error(e.to_string()))?;
             let (log, checkpoints) =
                 crate::storage::read_log(&config.log_dir).map_err(|e| match e {
                     crate::storage::StorageError::Io { path, source, .. } => {
@@ -169,8 +173,7 @@ impl Context {
                     }
                     other => Undecided::Error(other.to_string()),
                 })?;
-            let verified = crate::verify::verify(&log, &checkpoints, &verifier, None)
-                .map_err(|e| e.to_string());
+            let verified = crate::verify::verify(&log, &checkpoints, &verifier, None);
             let entries = log
                 .split(|&b| b == b'\n')
                 .filter_map(|line| Entry::decode(line).ok())
@@ -181,7 +184,7 @@ impl Context {
 
     /// The log's records, but only once the log verified: records from a
     /// log that does not verify are not evidence.
-    pub fn verified_entries(&self) -> Result<&[Entry], Undecided> {
+    pub(crate) fn verified_entries(&self) -> Result<&[Entry], Undecided> {
         let log = self.log()?;
         match &log.verified {
             Ok(_) => Ok(&log.entries),
@@ -194,7 +197,7 @@ impl Context {
     /// The daemon's last start record with this pid, and the records after
     /// it. A record written before the process started (an earlier daemon
     /// that had the same pid) does not count.
-    pub fn start_record(&self, pid: i32) -> Result<Option<(&Entry, &[Entry])>, Undecided> {
+    pub(crate) fn start_record(&self, pid: i32) -> Result<Option<(&Entry, &[Entry])>, Undecided> {
         let entries = self.verified_entries()?;
         let started = procfs::start_time_ns(pid)?;
         let pid = pid.to_string();
@@ -211,7 +214,7 @@ impl Context {
     /// The running daemon: `--pid`, then `daemon.pidfile`, then the unit's
     /// `MainPID` when systemd is PID 1, then the process holding the
     /// daemon's listening socket.
-    pub fn daemon(&self) -> Result<&DaemonProcess, Undecided> {
+    pub(crate) fn daemon(&self) -> Result<&DaemonProcess, Undecided> {
         shared(&self.daemon, || self.find_daemon())
     }
 
@@ -302,6 +305,6 @@ impl Context {
 }
 
 /// Whether systemd is the init system (`sd_booted(3)`'s test).
-pub fn systemd_booted() -> bool {
+pub(crate) fn systemd_booted() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }

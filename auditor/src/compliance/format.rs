@@ -10,11 +10,14 @@ use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use serde_json::{Value, json};
 
-use super::{Check, Outcome, Report};
+use super::check::Check;
+use super::finding::Outcome;
+use super::profile::GROUPS;
+use super::{Outcomes, Report};
 
 /// `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
     Junit,
@@ -31,7 +34,7 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 /// "FAIL: 2 of 20 checks failed, 1 error; 15 passed, 2 not applicable".
-pub fn verdict(report: &Report) -> String {
+pub(crate) fn verdict(report: &Report) -> String {
     let counts = report.counts();
     let total = report.results.len();
     let parts: Vec<String> = counts
@@ -57,7 +60,7 @@ fn style(outcome: Outcome) -> Style {
 }
 
 /// The text report; `colour` only when writing to a terminal.
-pub fn text(report: &Report, colour: bool) -> String {
+pub(crate) fn text(report: &Report, colour: bool) -> String {
     let paint = |outcome: Outcome, text: &str| {
         if colour {
             format!(
@@ -146,13 +149,13 @@ fn check_json(check: &Check) -> Value {
 }
 
 /// `verify --list --format json`: the catalog.
-pub fn catalog_json(catalog: &[&Check]) -> String {
+pub(crate) fn catalog_json(catalog: &[&Check]) -> String {
     let checks: Vec<Value> = catalog.iter().map(|c| check_json(c)).collect();
     serde_json::to_string_pretty(&checks).unwrap_or_default()
 }
 
 /// `verify --list`: the catalog as a table.
-pub fn catalog_text(catalog: &[&Check]) -> String {
+pub(crate) fn catalog_text(catalog: &[&Check]) -> String {
     let width = catalog.iter().map(|c| c.id.len()).max().unwrap_or(0);
     catalog
         .iter()
@@ -168,7 +171,7 @@ pub fn catalog_text(catalog: &[&Check]) -> String {
 }
 
 /// The JSON report.
-pub fn json(report: &Report) -> String {
+pub(crate) fn json(report: &Report) -> String {
     let counts: serde_json::Map<String, Value> = report
         .counts()
         .iter()
@@ -202,7 +205,7 @@ pub fn json(report: &Report) -> String {
     serde_json::to_string_pretty(&value).unwrap_or_default()
 }
 
-fn evidence_text(r: &super::Outcomes) -> String {
+fn evidence_text(r: &Outcomes) -> String {
     let mut text = format!("{}\n", r.finding.summary);
     for e in &r.finding.evidence {
         text.push_str(&format!(
@@ -222,25 +225,25 @@ fn evidence_text(r: &super::Outcomes) -> String {
 /// case per check; fail is a failure, error an error, notapplicable and
 /// notchecked are skipped. The evidence goes in the message body and
 /// `system-out`.
-pub fn junit(report: &Report) -> Result<String, quick_xml::Error> {
+pub(crate) fn junit(report: &Report) -> Result<String, quick_xml::Error> {
     let mut writer = Writer::new_with_indent(Vec::new(), b' ', 2);
     writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
-    let count = |results: &[&super::Outcomes], outcomes: &[Outcome]| {
+    let count = |results: &[&Outcomes], outcomes: &[Outcome]| {
         results
             .iter()
             .filter(|r| outcomes.contains(&r.finding.result))
             .count()
             .to_string()
     };
-    let all: Vec<&super::Outcomes> = report.results.iter().collect();
+    let all: Vec<&Outcomes> = report.results.iter().collect();
     let mut root = BytesStart::new("testsuites");
     root.push_attribute(("name", TOOL));
     root.push_attribute(("tests", all.len().to_string().as_str()));
     root.push_attribute(("failures", count(&all, &[Outcome::Fail]).as_str()));
     root.push_attribute(("errors", count(&all, &[Outcome::Error]).as_str()));
     writer.write_event(Event::Start(root))?;
-    for group in super::GROUPS {
-        let results: Vec<&super::Outcomes> = all
+    for group in GROUPS {
+        let results: Vec<&Outcomes> = all
             .iter()
             .copied()
             .filter(|r| r.check.group() == group)
@@ -319,7 +322,7 @@ pub fn junit(report: &Report) -> Result<String, quick_xml::Error> {
 /// `kind` (`pass`, `fail`, `notApplicable`, or `open` when it could not be
 /// decided); only failures carry `level: error`, as the spec requires. The
 /// XCCDF result and the evidence are in the result's property bag.
-pub fn sarif(report: &Report) -> String {
+pub(crate) fn sarif(report: &Report) -> String {
     let rules: Vec<Value> = report
         .results
         .iter()

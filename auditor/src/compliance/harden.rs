@@ -7,9 +7,12 @@ use std::path::PathBuf;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-use super::{Check, Context, Evidence, Finding, Undecided, procfs};
+use super::check::Check;
+use super::context::Context;
+use super::finding::{Evidence, Finding, Undecided};
+use super::procfs;
 
-pub static CHECKS: &[Check] = &[
+pub(crate) static CHECKS: &[Check] = &[
     Check {
         id: "HARDEN-CAPS",
         title: "The daemon holds no capability in any set",
@@ -158,7 +161,7 @@ fn seccomp(context: &Context) -> Result<Finding, Undecided> {
             (format!("unknown: {e}"), "audit log".to_owned())
         }
     };
-    if observed == "log" && finding.result == super::Outcome::Pass {
+    if observed == "log" && finding.result == super::finding::Outcome::Pass {
         finding = Finding::fail(
             format!("pid {pid}: the seccomp filter only logs (sandbox.seccomp = \"log\")"),
             finding.evidence,

@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use super::{Check, Context, Evidence, Finding, Undecided, procfs};
+use super::check::Check;
+use super::context::Context;
+use super::finding::{Evidence, Finding, Undecided};
+use super::procfs;
 use crate::entry::Event;
 
-pub static CHECKS: &[Check] = &[
+pub(crate) static CHECKS: &[Check] = &[
     Check {
         id: "INTEG-SIGNATURE",
         title: "The integrity database is signed by the pinned key",

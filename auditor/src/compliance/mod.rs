@@ -7,196 +7,28 @@
 //! read `/proc`, `/sys`, the configuration files and the log, and connect
 //! to the auditor's Unix socket.
 
-pub mod airgap;
-pub mod audit_log;
-pub mod context;
-pub mod format;
-pub mod harden;
-pub mod integ;
-pub mod procfs;
-pub mod profile;
+pub(crate) mod airgap;
+pub(crate) mod audit_log;
+pub(crate) mod check;
+pub(crate) mod context;
+pub(crate) mod finding;
+pub(crate) mod format;
+pub(crate) mod harden;
+pub(crate) mod integ;
+pub(crate) mod procfs;
+pub(crate) mod profile;
 
+use std::path::Path;
 use std::time::SystemTime;
 
-use serde::Serialize;
-
-pub use context::Context;
-pub use profile::{Profile, ProfileError};
-
-/// A check's result, named as XCCDF 1.2 names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Pass,
-    Fail,
-    /// The check could not be decided: something it must read is missing
-    /// or unreadable.
-    Error,
-    /// The check does not apply here (no radios, systemd not PID 1).
-    #[serde(rename = "notapplicable")]
-    NotApplicable,
-    /// The check was not run although selected: it needs root.
-    #[serde(rename = "notchecked")]
-    NotChecked,
-    /// The profile does not select the check.
-    #[serde(rename = "notselected")]
-    NotSelected,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Fail => "fail",
-            Outcome::Error => "error",
-            Outcome::NotApplicable => "notapplicable",
-            Outcome::NotChecked => "notchecked",
-            Outcome::NotSelected => "notselected",
-        }
-    }
-
-    /// Whether this result lets `verify` exit 0.
-    pub fn is_acceptable(self) -> bool {
-        matches!(
-            self,
-            Outcome::Pass | Outcome::NotApplicable | Outcome::NotSelected
-        )
-    }
-}
-
-/// One thing a check read: where, what it found, and what it expected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Evidence {
-    pub source: String,
-    pub observed: String,
-    pub expected: String,
-}
-
-impl Evidence {
-    pub fn new(
-        source: impl Into<String>,
-        observed: impl Into<String>,
-        expected: impl Into<String>,
-    ) -> Self {
-        Self {
-            source: source.into(),
-            observed: observed.into(),
-            expected: expected.into(),
-        }
-    }
-}
-
-/// What one check concluded.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub result: Outcome,
-    /// One line for the table.
-    pub summary: String,
-    pub evidence: Vec<Evidence>,
-}
-
-impl Finding {
-    fn new(result: Outcome, summary: impl Into<String>, evidence: Vec<Evidence>) -> Self {
-        Self {
-            result,
-            summary: summary.into(),
-            evidence,
-        }
-    }
-
-    pub fn pass(summary: impl Into<String>, evidence: Vec<Evidence>) -> Self {
-        Self::new(Outcome::Pass, summary, evidence)
-    }
-
-    pub fn fail(summary: impl Into<String>, evidence: Vec<Evidence>) -> Self {
-        Self::new(Outcome::Fail, summary, evidence)
-    }
-
-    /// Passes when `failed` is false, with the matching summary.
-    pub fn verdict(
-        failed: bool,
-        pass: impl Into<String>,
-        fail: impl Into<String>,
-        evidence: Vec<Evidence>,
-    ) -> Self {
-        if failed {
-            Self::fail(fail, evidence)
-        } else {
-            Self::pass(pass, evidence)
-        }
-    }
-
-    pub fn error(summary: impl Into<String>) -> Self {
-        Self::new(Outcome::Error, summary, Vec::new())
-    }
-
-    pub fn not_applicable(summary: impl Into<String>, evidence: Vec<Evidence>) -> Self {
-        Self::new(Outcome::NotApplicable, summary, evidence)
-    }
-
-    pub fn not_checked(summary: impl Into<String>) -> Self {
-        Self::new(Outcome::NotChecked, summary, Vec::new())
-    }
-
-    /// The daemon with this pid wrote no start record to the audit log.
-    pub fn no_start_record(pid: i32) -> Self {
-        Self::fail(
-            format!("the audit log has no start record of pid {pid}"),
-            vec![Evidence::new(
-                "audit log",
-                "no start event with this details.pid written after the process started",
-                format!("a start event of pid {pid}"),
-            )],
-        )
-    }
-}
-
-/// A check that could not be decided, and why: the `?` of the checks.
-#[derive(Debug, Clone)]
-pub enum Undecided {
-    /// Something the check must read is missing, unreadable or malformed.
-    Error(String),
-    /// It needs root (another user's `/proc/PID/fd`, say).
-    NeedsRoot(String),
-}
-
-impl From<Undecided> for Finding {
-    fn from(undecided: Undecided) -> Self {
-        match undecided {
-            Undecided::Error(message) => Finding::error(message),
-            Undecided::NeedsRoot(message) => Finding::not_checked(format!("needs root: {message}")),
-        }
-    }
-}
-
-/// The catalog's groups, in report order.
-pub const GROUPS: [&str; 4] = ["AIRGAP", "INTEG", "AUDIT", "HARDEN"];
-
-/// One entry of the catalog.
-#[derive(Debug)]
-pub struct Check {
-    /// Stable: reports, profiles and tickets refer to it.
-    pub id: &'static str,
-    pub title: &'static str,
-    pub rationale: &'static str,
-    pub remediation: &'static str,
-    /// NIST SP 800-53 Rev. 5 controls.
-    pub references: &'static [&'static str],
-    pub run: fn(&Context) -> Result<Finding, Undecided>,
-}
-
-impl Check {
-    pub fn group(&self) -> &'static str {
-        GROUPS
-            .iter()
-            .copied()
-            .find(|g| self.id.starts_with(g))
-            .unwrap_or("")
-    }
-}
+use check::Check;
+pub(crate) use context::Context;
+use finding::{Finding, Outcome};
+pub(crate) use profile::Profile;
+use profile::ProfileError;
 
 /// Every check, in report order.
-pub fn catalog() -> Vec<&'static Check> {
+pub(crate) fn catalog() -> Vec<&'static Check> {
     airgap::CHECKS
         .iter()
         .chain(integ::CHECKS)
@@ -205,16 +37,27 @@ pub fn catalog() -> Vec<&'static Check> {
         .collect()
 }
 
+/// The profile at `path`, the names in its `[checks]` checked against
+/// the catalog so that a typo does not silently leave a check out.
+pub(crate) fn load_profile(path: &Path) -> Result<Profile, ProfileError> {
+    Profile::load(path, &check_ids())
+}
+
+/// The ID of every check in the catalog.
+fn check_ids() -> Vec<&'static str> {
+    catalog().iter().map(|c| c.id).collect()
+}
+
 /// One check as run.
 #[derive(Debug)]
-pub struct Outcomes {
+pub(crate) struct Outcomes {
     pub check: &'static Check,
     pub finding: Finding,
 }
 
 /// A whole run: what a report is made of.
 #[derive(Debug)]
-pub struct Report {
+pub(crate) struct Report {
     pub results: Vec<Outcomes>,
     pub profile: std::path::PathBuf,
     pub host: String,
@@ -226,7 +69,7 @@ pub struct Report {
 
 impl Report {
     /// How many results of each kind, in `Outcome` order.
-    pub fn counts(&self) -> [(Outcome, usize); 6] {
+    pub(crate) fn counts(&self) -> [(Outcome, usize); 6] {
         [
             Outcome::Pass,
             Outcome::Fail,
@@ -247,19 +90,19 @@ impl Report {
     }
 
     /// `pass` when every selected check passed or does not apply, else `fail`.
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.results
             .iter()
             .all(|r| r.finding.result.is_acceptable())
     }
 
     /// 0 when every selected check passed, 2 otherwise (OpenSCAP's codes).
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         if self.passed() { 0 } else { 2 }
     }
 
     /// The checks that were not run because they need root.
-    pub fn needing_root(&self) -> Vec<&'static str> {
+    pub(crate) fn needing_root(&self) -> Vec<&'static str> {
         self.results
             .iter()
             .filter(|r| {
@@ -273,7 +116,7 @@ impl Report {
 
 /// Runs the checks the profile selects; the others are reported as
 /// `notselected` so that a report always lists the whole catalog.
-pub fn run(context: &Context) -> Report {
+pub(crate) fn run(context: &Context) -> Report {
     let started = SystemTime::now();
     let results = catalog()
         .into_iter()

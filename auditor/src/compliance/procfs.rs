@@ -5,20 +5,20 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use super::Undecided;
+use super::finding::Undecided;
 
 /// The socket tables of `/proc/net` (or `/proc/PID/net`) that show inet and
 /// raw link-layer sockets: any line in them is a way off the host.
-pub const INET_TABLES: [&str; 7] = ["tcp", "tcp6", "udp", "udp6", "raw", "raw6", "packet"];
+pub(crate) const INET_TABLES: [&str; 7] = ["tcp", "tcp6", "udp", "udp6", "raw", "raw6", "packet"];
 
 /// Reads a file of `/proc`; "permission denied" means the check needs root
 /// (another user's non-dumpable process), anything else is an error.
-pub fn read(path: &Path) -> Result<String, Undecided> {
+pub(crate) fn read(path: &Path) -> Result<String, Undecided> {
     std::fs::read_to_string(path).map_err(|e| denied_or_error(path, &e))
 }
 
 /// Maps an I/O error on `path` to the right undecided result.
-pub fn denied_or_error(path: &Path, e: &std::io::Error) -> Undecided {
+pub(crate) fn denied_or_error(path: &Path, e: &std::io::Error) -> Undecided {
     if e.kind() == std::io::ErrorKind::PermissionDenied {
         Undecided::NeedsRoot(format!("{} is not readable: {e}", path.display()))
     } else {
@@ -27,7 +27,7 @@ pub fn denied_or_error(path: &Path, e: &std::io::Error) -> Undecided {
 }
 
 /// `/proc/PID/status` as key-value pairs.
-pub type Status = BTreeMap<String, String>;
+pub(crate) type Status = BTreeMap<String, String>;
 
 fn parse_status(text: &str) -> Status {
     text.lines()
@@ -37,7 +37,7 @@ fn parse_status(text: &str) -> Status {
 }
 
 /// `/proc/PID/task/TID/status` of every thread, by thread id.
-pub fn thread_statuses(pid: i32) -> Result<Vec<(i32, Status)>, Undecided> {
+pub(crate) fn thread_statuses(pid: i32) -> Result<Vec<(i32, Status)>, Undecided> {
     let dir = PathBuf::from(format!("/proc/{pid}/task"));
     let items = std::fs::read_dir(&dir).map_err(|e| denied_or_error(&dir, &e))?;
     let mut threads = Vec::new();
@@ -54,7 +54,7 @@ pub fn thread_statuses(pid: i32) -> Result<Vec<(i32, Status)>, Undecided> {
 }
 
 /// The inodes of the sockets process `pid` holds (`/proc/PID/fd`).
-pub fn socket_inodes(pid: i32) -> Result<Vec<u64>, Undecided> {
+pub(crate) fn socket_inodes(pid: i32) -> Result<Vec<u64>, Undecided> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let items = std::fs::read_dir(&dir).map_err(|e| denied_or_error(&dir, &e))?;
     let mut inodes: Vec<u64> = items
@@ -79,7 +79,7 @@ fn socket_inode(fd: &Path) -> Option<u64> {
 /// The processes holding any of these socket inodes, with their command
 /// names. Reading every process's `fd` directory needs root; without it,
 /// only this user's processes are seen.
-pub fn holders(inodes: &[u64]) -> Vec<(i32, String)> {
+pub(crate) fn holders(inodes: &[u64]) -> Vec<(i32, String)> {
     let mut found = Vec::new();
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return found;
@@ -104,7 +104,7 @@ pub fn holders(inodes: &[u64]) -> Vec<(i32, String)> {
 }
 
 /// `/proc/PID/comm`, or `?` when the process is gone.
-pub fn command_name(pid: i32) -> String {
+pub(crate) fn command_name(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_owned())
         .unwrap_or_else(|_| "?".to_owned())
@@ -112,7 +112,7 @@ pub fn command_name(pid: i32) -> String {
 
 /// When process `pid` started, in nanoseconds since the epoch, rounded
 /// down to the second (the boot time in `/proc/stat` has whole seconds).
-pub fn start_time_ns(pid: i32) -> Result<u128, Undecided> {
+pub(crate) fn start_time_ns(pid: i32) -> Result<u128, Undecided> {
     let stat_path = PathBuf::from(format!("/proc/{pid}/stat"));
     let stat = read(&stat_path)?;
     // Field 22, counted after the command name, which may hold spaces.
@@ -135,7 +135,7 @@ pub fn start_time_ns(pid: i32) -> Result<u128, Undecided> {
 
 /// One line of a socket table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InetSocket {
+pub(crate) struct InetSocket {
     pub table: &'static str,
     pub local: String,
     pub remote: String,
@@ -155,7 +155,7 @@ impl std::fmt::Display for InetSocket {
 
 /// Every socket in the tables of `net_dir` (`/proc/net` for this network
 /// namespace, `/proc/PID/net` for a process's).
-pub fn inet_sockets(net_dir: &Path) -> Result<Vec<InetSocket>, Undecided> {
+pub(crate) fn inet_sockets(net_dir: &Path) -> Result<Vec<InetSocket>, Undecided> {
     let mut sockets = Vec::new();
     for table in INET_TABLES {
         let path = net_dir.join(table);
@@ -257,7 +257,7 @@ fn address(text: &str) -> Option<String> {
 
 /// The inodes of the listening Unix sockets bound to `path`
 /// (`/proc/net/unix`, this network namespace).
-pub fn unix_listeners(path: &Path) -> Result<Vec<u64>, Undecided> {
+pub(crate) fn unix_listeners(path: &Path) -> Result<Vec<u64>, Undecided> {
     let table = Path::new("/proc/net/unix");
     let text = read(table)?;
     // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening.

@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The catalog's groups, in report order.
+pub(crate) const GROUPS: [&str; 4] = ["AIRGAP", "INTEG", "AUDIT", "HARDEN"];
+
 /// Where `verify` looks for the profile when `--profile` is not given.
-pub const DEFAULT_PROFILE_PATH: &str = "/etc/deepseek/compliance.toml";
+pub(crate) const DEFAULT_PROFILE_PATH: &str = "/etc/deepseek/compliance.toml";
 
 /// The profile file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Profile {
+pub(crate) struct Profile {
     #[serde(default)]
     pub files: Files,
     #[serde(default)]
@@ -29,7 +32,7 @@ pub struct Profile {
 /// `[files]`: the configurations the checks read.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Files {
+pub(crate) struct Files {
     pub daemon_config: PathBuf,
     pub integrity_config: PathBuf,
 }
@@ -46,7 +49,7 @@ impl Default for Files {
 /// `[daemon]`: how to find the running daemon.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DaemonSection {
+pub(crate) struct DaemonSection {
     /// Its systemd unit: its `MainPID` when systemd is PID 1, and the unit
     /// `systemd-analyze security` scores.
     pub unit: String,
@@ -67,7 +70,7 @@ impl Default for DaemonSection {
 /// `HARDEN`) to run, and to leave out.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Selection {
+pub(crate) struct Selection {
     pub select: Vec<String>,
     pub skip: Vec<String>,
 }
@@ -75,7 +78,7 @@ pub struct Selection {
 impl Default for Selection {
     fn default() -> Self {
         Self {
-            select: super::GROUPS.iter().map(|g| (*g).to_owned()).collect(),
+            select: GROUPS.iter().map(|g| (*g).to_owned()).collect(),
             skip: Vec::new(),
         }
     }
@@ -84,7 +87,7 @@ impl Default for Selection {
 /// `[thresholds]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Most entries allowed after the last checkpoint (default: the
     /// auditor's `checkpoint_every`).
     pub max_unsealed_entries: Option<u64>,
@@ -107,7 +110,7 @@ impl Default for Thresholds {
 /// `[users]`: who must own each signing key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Users {
+pub(crate) struct Users {
     /// Owner of the audit log's signing key (the auditor's user).
     pub audit: String,
     /// Owner of the integrity database's signing key.
@@ -125,7 +128,7 @@ impl Default for Users {
 
 /// A profile that cannot be used; names the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
+pub(crate) enum ProfileError {
     #[error("cannot read the profile {path}: {source}")]
     Read {
         path: PathBuf,
@@ -136,33 +139,32 @@ pub enum ProfileError {
 }
 
 impl Profile {
-    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+    pub(crate) fn load(path: &Path, known: &[&str]) -> Result<Self, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        Self::parse(path, &text, known)
     }
 
-    /// Parses and checks that every name in `[checks]` is a known check
-    /// or group, so that a typo does not silently leave a check out.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ProfileError> {
+    /// Parses and checks that every name in `[checks]` is a group or one
+    /// of the `known` check IDs, so that a typo does not silently leave a
+    /// check out.
+    pub(crate) fn parse(path: &Path, text: &str, known: &[&str]) -> Result<Self, ProfileError> {
         let invalid = |message: String| ProfileError::Invalid {
             path: path.to_owned(),
             message,
         };
         let profile: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let catalog = super::catalog();
         for (key, names) in [
             ("checks.select", &profile.checks.select),
             ("checks.skip", &profile.checks.skip),
         ] {
             for name in names {
-                if !super::GROUPS.contains(&name.as_str()) && !catalog.iter().any(|c| c.id == name)
-                {
+                if !GROUPS.contains(&name.as_str()) && !known.contains(&name.as_str()) {
                     return Err(invalid(format!(
                         "{key}: unknown check {name:?} (expected a group {} or a check ID; `deepseek-audit verify --list` prints them)",
-                        super::GROUPS.join(", ")
+                        GROUPS.join(", ")
                     )));
                 }
             }
@@ -178,7 +180,7 @@ impl Profile {
     }
 
     /// Whether the check with this ID runs.
-    pub fn selects(&self, id: &str) -> bool {
+    pub(crate) fn selects(&self, id: &str) -> bool {
         let matches = |name: &String| id == name || id.starts_with(&format!("{name}-"));
         self.checks.select.iter().any(matches) && !self.checks.skip.iter().any(matches)
     }
@@ -188,11 +190,16 @@ impl Profile {
 mod tests {
     use super::*;
 
+    fn known() -> Vec<&'static str> {
+        super::super::catalog().iter().map(|c| c.id).collect()
+    }
+
     #[test]
     fn selection_by_group_and_id() {
         let p = Profile::parse(
             Path::new("p.toml"),
             "[checks]\nselect = [\"AIRGAP\", \"AUDIT-LOG\"]\nskip = [\"AIRGAP-RADIOS\"]\n",
+            &known(),
         )
         .expect("valid");
         assert!(p.selects("AIRGAP-INTERFACES"));
@@ -207,16 +214,17 @@ mod tests {
         let p = Profile::parse(
             Path::new("policies/compliance.toml"),
             include_str!("../../../policies/compliance.toml"),
+            &known(),
         )
         .expect("policies/compliance.toml parses");
-        assert!(super::super::catalog().iter().all(|c| p.selects(c.id)));
+        assert!(known().iter().all(|id| p.selects(id)));
         assert_eq!(p.thresholds.min_landlock_abi, 6);
     }
 
     #[test]
     fn defaults_select_everything() {
-        let p = Profile::parse(Path::new("p.toml"), "").expect("valid");
-        assert!(super::super::catalog().iter().all(|c| p.selects(c.id)));
+        let p = Profile::parse(Path::new("p.toml"), "", &known()).expect("valid");
+        assert!(known().iter().all(|id| p.selects(id)));
     }
 
     #[test]
@@ -224,6 +232,7 @@ mod tests {
         let e = Profile::parse(
             Path::new("/etc/p.toml"),
             "[checks]\nselect = [\"AIRGAP-IFACES\"]\n",
+            &known(),
         )
         .expect_err("unknown check");
         let text = e.to_string();
@@ -231,12 +240,17 @@ mod tests {
             text.starts_with("/etc/p.toml: checks.select: unknown check \"AIRGAP-IFACES\""),
             "{text}"
         );
-        let e = Profile::parse(Path::new("/etc/p.toml"), "[thresholds]\nmax_unseald = 3\n")
-            .expect_err("unknown key");
+        let e = Profile::parse(
+            Path::new("/etc/p.toml"),
+            "[thresholds]\nmax_unseald = 3\n",
+            &known(),
+        )
+        .expect_err("unknown key");
         assert!(e.to_string().contains("max_unseald"), "{e}");
         let e = Profile::parse(
             Path::new("/etc/p.toml"),
             "[thresholds]\nmax_exposure = 11.0\n",
+            &known(),
         )
         .expect_err("out of range");
         assert!(e.to_string().contains("thresholds.max_exposure"), "{e}");

@@ -51,7 +51,10 @@ const DESCRIPTOR_SIZE: usize = 256;
 /// The fs-verity digest (SHA-256, no salt) of everything `reader` yields, with Merkle tree blocks
 /// of `block_size` bytes (a power of two, 1024..=65536). Reads sequentially with one pass; memory
 /// is O(tree levels * block_size).
-pub fn fsverity_sha256(reader: impl std::io::Read, block_size: usize) -> std::io::Result<[u8; 32]> {
+pub(crate) fn fsverity_sha256(
+    reader: impl std::io::Read,
+    block_size: usize,
+) -> std::io::Result<[u8; 32]> {
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -212,6 +215,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::fsverity_sha256;
+    use crate::digest::hex::hex;
     use std::io;
 
     /// The deterministic test pattern: byte `i` is `(i * 31 + 7) % 251`.
@@ -221,18 +225,8 @@ mod tests {
             .collect()
     }
 
-    fn to_hex(bytes: &[u8]) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(bytes.len() * 2);
-        for &b in bytes {
-            out.push(char::from(DIGITS[usize::from(b >> 4)]));
-            out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-        }
-        out
-    }
-
     fn digest_hex(data: &[u8], block_size: usize) -> String {
-        to_hex(&fsverity_sha256(data, block_size).expect("reading a slice cannot fail"))
+        hex(&fsverity_sha256(data, block_size).expect("reading a slice cannot fail"))
     }
 
     // The expected digests below were produced with fsverity-utils 1.5 (Debian package
@@ -369,7 +363,7 @@ mod tests {
             interrupt: false,
         };
         let digest = fsverity_sha256(reader, 1024).expect("the reader only fails with EINTR");
-        assert_eq!(to_hex(&digest), digest_hex(&data, 1024));
+        assert_eq!(hex(&digest), digest_hex(&data, 1024));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! mapped kills the reader with SIGBUS, which anyone who can write the file
 //! could trigger.
 
-pub mod fsverity;
+mod fsverity;
+mod hex;
+
+pub use hex::{hex, unhex, unhex32};
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -80,7 +83,7 @@ pub fn sha256_file(path: &Path) -> Result<[u8; 32], HashError> {
 }
 
 /// SHA-256 of one chunk of a file (a unit of parallel work).
-pub fn chunk_digest(
+pub(crate) fn chunk_digest(
     path: &Path,
     offset: u64,
     len: u64,
@@ -103,20 +106,24 @@ pub fn chunk_digest(
 }
 
 /// The size and mtime of a file, as `chunk_digest` checks them.
-pub fn file_stamp(path: &Path) -> Result<(u64, i64, i64), HashError> {
+pub(crate) fn file_stamp(path: &Path) -> Result<(u64, i64, i64), HashError> {
     let file = File::open(path).map_err(io(path))?;
     stamp(&file).map_err(io(path))
 }
 
 /// The chunk size of the chunked digest, fixed by the format so that the
 /// digest of a file is the same on every machine (and could be published).
-pub const CHUNK_SIZE: u64 = 64 << 20;
+pub(crate) const CHUNK_SIZE: u64 = 64 << 20;
 
 /// The chunked digest: SHA-256 of a domain tag, the chunk size and the file
 /// size (little-endian u64s), then the SHA-256 of each `chunk_size` chunk in
 /// order. A file of size 0 has no chunks. The chunks can be hashed on any
 /// number of threads; this combines their digests.
-pub fn combine_chunks(chunk_size: u64, file_size: u64, chunk_digests: &[[u8; 32]]) -> [u8; 32] {
+pub(crate) fn combine_chunks(
+    chunk_size: u64,
+    file_size: u64,
+    chunk_digests: &[[u8; 32]],
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(b"deepseek-integrity chunked-sha256 v1\n");
     hasher.update(chunk_size.to_le_bytes());
@@ -128,12 +135,12 @@ pub fn combine_chunks(chunk_size: u64, file_size: u64, chunk_digests: &[[u8; 32]
 }
 
 /// How many chunks a file of `size` bytes has.
-pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+pub(crate) fn chunk_count(size: u64, chunk_size: u64) -> u64 {
     size.div_ceil(chunk_size)
 }
 
 /// The fs-verity digest of a whole file (4 KiB blocks).
-pub fn fsverity_file(path: &Path) -> Result<[u8; 32], HashError> {
+pub(crate) fn fsverity_file(path: &Path) -> Result<[u8; 32], HashError> {
     let file = File::open(path).map_err(io(path))?;
     let before = stamp(&file).map_err(io(path))?;
     let digest = fsverity::fsverity_sha256(std::io::BufReader::with_capacity(BUFFER, &file), 4096)
@@ -144,23 +151,6 @@ pub fn fsverity_file(path: &Path) -> Result<[u8; 32], HashError> {
         });
     }
     Ok(digest)
-}
-
-/// Lower-case hex, as `sha256sum` prints.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses 64 hex digits.
-pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -200,12 +190,5 @@ mod tests {
         assert_ne!(a, combine_chunks(chunk * 2, data.len() as u64, &digests));
         assert_ne!(a, combine_chunks(chunk, data.len() as u64 + 1, &digests));
         assert_ne!(a, combine_chunks(chunk, data.len() as u64, &digests[..3]));
-    }
-
-    #[test]
-    fn hex_round_trips() {
-        let bytes = [0xabu8; 32];
-        assert_eq!(parse_hex32(&hex(&bytes)), Some(bytes));
-        assert_eq!(parse_hex32("zz"), None);
     }
 }

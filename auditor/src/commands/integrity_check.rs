@@ -13,13 +13,17 @@ use std::time::Duration;
 use deepseek_integrity::Format;
 use deepseek_integrity::check::{self, CheckError, Checked};
 use deepseek_integrity::config::Config;
+use deepseek_integrity::digest::hex;
 use sha2::{Digest, Sha256};
 
+use crate::client;
 use crate::entry::{Entry, Event};
+use crate::exit::{self, fail};
+use crate::service::ServiceConfig;
 
 /// Shown after `integrity-check --help`; the same table is in
 /// docs/guide/exit-codes.md.
-pub const EXIT_CODES: &str = "\
+pub(crate) const EXIT_CODES: &str = "\
 Exit codes (deepseek-integrity check's own, once the result is recorded):
   0   no differences; recorded
   1-7 differences; recorded: the sum of 1 added, 2 removed, 4 changed
@@ -36,7 +40,7 @@ Exit codes (deepseek-integrity check's own, once the result is recorded):
 
 /// Exit code when the result could not be recorded (EX_IOERR, as the
 /// auditor's other write failures).
-const NOT_RECORDED: u8 = 74;
+const NOT_RECORDED: u8 = exit::IO;
 
 /// At most this many paths, and this many bytes of them, go into one
 /// entry: the record stays far below the service's 1 MiB frame limit.
@@ -45,23 +49,23 @@ const MAX_PATH_BYTES: usize = 64 * 1024;
 
 /// How to run the check and record it.
 #[derive(Debug)]
-pub struct Options<'a> {
+pub(crate) struct Options<'a> {
     /// `deepseek-integrity`'s configuration.
-    pub integrity_config: &'a Path,
-    pub format: Format,
+    pub(crate) integrity_config: &'a Path,
+    pub(crate) format: Format,
     /// Hashing threads (default: one per CPU).
-    pub jobs: Option<usize>,
+    pub(crate) jobs: Option<usize>,
     /// How long the auditor may take to acknowledge the record.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Runs the subcommand; `audit_config` is `audit.toml` (for the socket).
-pub fn run(audit_config: &Path, options: &Options<'_>) -> ExitCode {
-    let service = match crate::service::ServiceConfig::load(audit_config) {
+pub(crate) fn run(audit_config: &Path, options: &Options<'_>) -> ExitCode {
+    let service = match ServiceConfig::load(audit_config) {
         Ok(service) => service,
         Err(e) => {
-            return crate::fail(
-                78,
+            return fail(
+                exit::CONFIG,
                 &format!("{e}: the integrity check was not run, as it could not be recorded"),
             );
         }
@@ -95,12 +99,12 @@ pub fn run(audit_config: &Path, options: &Options<'_>) -> ExitCode {
             }
         }
     };
-    match crate::client::append(&service.socket, &entry, options.timeout) {
+    match client::append(&service.socket, &entry, options.timeout) {
         Ok(seq) => {
             eprintln!("deepseek-audit: integrity check (exit {code}) recorded as entry {seq}");
             ExitCode::from(code)
         }
-        Err(e) => crate::fail(
+        Err(e) => fail(
             NOT_RECORDED,
             &format!("the integrity check (exit {code}) was NOT recorded in the audit log: {e}"),
         ),
@@ -152,7 +156,7 @@ fn checked_entry(
     details.insert("changed".to_owned(), d.changed.len().to_string());
     details.insert(
         "report_sha256".to_owned(),
-        crate::hex(&Sha256::digest(report.as_bytes())),
+        hex(&Sha256::digest(report.as_bytes())),
     );
     // Changed first: those are the files someone altered. The lists keep
     // the first paths that fit; `paths_omitted` counts the rest.

@@ -1,0 +1,128 @@
+//! The command line, as clap parses it and as the man pages show it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{integrity_check, verify};
+use crate::compliance;
+
+/// The deepseek appliance's auditor: the signed, tamper-evident audit log.
+#[derive(Debug, Parser)]
+#[command(name = "deepseek-audit", version, about, long_about)]
+pub(crate) struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "PATH",
+        default_value = "/etc/deepseek/audit.toml",
+        global = true
+    )]
+    pub(crate) config: PathBuf,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the checkpoint signing key (mode 0600) and print its verifier key.
+    Keygen {
+        /// The key's name, also the checkpoints' origin line.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Also write the verifier key to this file (mode 0644, never
+        /// overwritten), for `verifier_key_file` in the configuration.
+        #[arg(long, value_name = "PATH")]
+        verifier_out: Option<PathBuf>,
+    },
+    /// Run the audit service.
+    Serve,
+    /// The compliance check: air gap, integrity, audit log and the daemon's
+    /// hardening, each with the evidence read (docs/guide/compliance.md).
+    ///
+    /// Changes nothing and needs no network. Run it as root, or as the
+    /// audit user (then the checks that need root are reported `notchecked`).
+    #[command(after_help = verify::EXIT_CODES)]
+    Verify {
+        /// The profile: which checks run, the other components'
+        /// configurations, thresholds.
+        #[arg(long, value_name = "PATH", default_value = compliance::profile::DEFAULT_PROFILE_PATH)]
+        profile: PathBuf,
+        /// Report format; text uses colour only on a terminal.
+        #[arg(long, value_enum, default_value_t = compliance::format::Format::Text)]
+        format: compliance::format::Format,
+        /// Print the check catalog (ID, title, NIST SP 800-53 controls) and exit.
+        #[arg(long)]
+        list: bool,
+        /// The daemon's pid, instead of finding it (pidfile, systemd unit,
+        /// the process holding its socket).
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+    },
+    /// Run the integrity check (`deepseek-integrity check`: the signed
+    /// database, verified with the pinned key, against the system), print
+    /// its report, and record the result in the audit log.
+    ///
+    /// For the daily timer, run as root. The `integrity_check` entry holds
+    /// the exit code, the counts and the changed, removed and added paths,
+    /// or, when the check could not run, its error (docs/guide/audit.md). The
+    /// record goes through the service at `socket` in audit.toml, which
+    /// must allow this user (uid 0 in allowed_uids for root).
+    #[command(after_help = integrity_check::EXIT_CODES)]
+    IntegrityCheck {
+        /// deepseek-integrity's configuration (docs/guide/integrity.md).
+        #[arg(long, value_name = "PATH", default_value = deepseek_integrity::config::DEFAULT_CONFIG_PATH)]
+        integrity_config: PathBuf,
+        /// Report format, as deepseek-integrity's; the entry records the
+        /// SHA-256 of the JSON report whichever is printed.
+        #[arg(long, value_enum, default_value_t = deepseek_integrity::Format::Human)]
+        format: deepseek_integrity::Format,
+        /// Hashing threads (default: one per CPU).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// How long the auditor may take to acknowledge the record.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Work with the log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LogCommand {
+    /// Verify the entries, the tree and every checkpoint.
+    Verify {
+        /// The verifier key (default: the configuration's verifier_key or verifier_key_file).
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// A checkpoint kept elsewhere (e.g. from syslog) that the log must extend.
+        #[arg(long, value_name = "FILE")]
+        trusted_checkpoint: Option<PathBuf>,
+    },
+    /// Print the entries, one line each (time, event, peer, model, status;
+    /// `exit=N` for an integrity check).
+    Show,
+    /// Print the entries as a JSON array, for other tools.
+    Export {
+        #[arg(long, default_value = "json", value_parser = ["json"])]
+        format: String,
+    },
+    /// Print an inclusion proof of entry SEQ against the latest checkpoint:
+    /// the entry, the signed checkpoint and the proof hashes, as JSON that
+    /// `log check-proof` verifies without access to the log.
+    Prove { seq: u64 },
+    /// Verify a proof printed by `log prove` with only the verifier key.
+    CheckProof {
+        /// The proof file (`-` for standard input).
+        file: PathBuf,
+        /// The verifier key (default: the configuration's verifier_key or verifier_key_file).
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+    },
+}

@@ -1,0 +1,272 @@
+//! `deepseek-audit serve`: the audit service. Accepts records from allowed
+//! peers (SO_PEERCRED) on a Unix socket as length-prefixed frames, appends
+//! them with group commit (one `fdatasync` per batch, each writer waiting
+//! for its own batch), acknowledges each only once it is on disk, writes a
+//! signed checkpoint every N entries, every T seconds and at shutdown (to
+//! `checkpoints/` and to syslog), and stops on any write or sync failure
+//! or when free space falls under the floor.
+
+mod config;
+mod error;
+mod wire;
+mod writer;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{getsockopt, sockopt};
+
+pub(crate) use config::VerifierError;
+pub use config::{ConfigError, ServiceConfig};
+pub use error::ServiceError;
+pub use wire::{Reply, Request};
+pub(crate) use wire::{read_frame, write_frame};
+
+use crate::entry::{Entry, Event};
+use crate::note::NoteSigner;
+use crate::storage::{LogFile, TornTail};
+use wire::{Incoming, TagOnly, read_incoming};
+use writer::{Pending, writer};
+
+/// One client connection: reads records, queues them, and writes the
+/// replies as they come back (in order). A record that is too large or
+/// malformed is answered with an error under its tag (0 when even that is
+/// unreadable) and the connection goes on: one bad record must not cut off
+/// the records behind it.
+fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
+    let Ok(mut replies) = stream.try_clone() else {
+        return;
+    };
+    let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
+    let responder = std::thread::spawn(move || {
+        for reply in reply_rx {
+            let bytes = serde_json::to_vec(&reply).expect("replies serialize");
+            if write_frame(&mut replies, &bytes).is_err() {
+                return;
+            }
+        }
+    });
+    let refuse = |tag: Option<u64>, error: String| {
+        eprintln!("deepseek-audit: refused a record: {error}");
+        let _ = reply_tx.send(Reply {
+            tag: tag.unwrap_or(0),
+            seq: None,
+            error: Some(error),
+        });
+    };
+    while let Ok(Some(incoming)) = read_incoming(&mut stream, max) {
+        let frame = match incoming {
+            Incoming::Frame(frame) => frame,
+            Incoming::Oversized { length, tag } => {
+                refuse(
+                    tag,
+                    format!("record of {length} bytes over max_frame_bytes = {max}"),
+                );
+                continue;
+            }
+        };
+        match serde_json::from_slice::<Request>(&frame) {
+            Ok(request) => {
+                if queue
+                    .send(Pending {
+                        entry: request.entry,
+                        tag: request.tag,
+                        reply: reply_tx.clone(),
+                    })
+                    .is_err()
+                {
+                    let _ = reply_tx.send(Reply {
+                        tag: request.tag,
+                        seq: None,
+                        error: Some("the audit service is stopping".into()),
+                    });
+                    break;
+                }
+            }
+            Err(e) => refuse(
+                serde_json::from_slice::<TagOnly>(&frame)
+                    .ok()
+                    .map(|t| t.tag),
+                format!("malformed record: {e}"),
+            ),
+        }
+    }
+    drop(reply_tx);
+    let _ = responder.join();
+}
+
+/// The log, opened and verified against its checkpoints: what [`serve`]
+/// appends to. Opened before the socket is bound, so that a client can
+/// connect only once the service is ready to record.
+#[derive(Debug)]
+pub struct Opened {
+    log: LogFile,
+    torn: Option<TornTail>,
+    sealed: u64,
+}
+
+/// Opens the log and verifies it: the slow part of the start (the whole
+/// log is read), done before anything listens.
+pub fn open(config: &ServiceConfig, signer: &NoteSigner) -> Result<Opened, ServiceError> {
+    std::fs::create_dir_all(&config.log_dir).map_err(|source| ServiceError::Io {
+        action: "create",
+        path: config.log_dir.clone(),
+        source,
+    })?;
+    // Only the auditor's user may enter its log directory.
+    std::fs::set_permissions(
+        &config.log_dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+    )
+    .map_err(|source| ServiceError::Io {
+        action: "restrict the mode of",
+        path: config.log_dir.clone(),
+        source,
+    })?;
+    let (log, torn) = LogFile::open(&config.log_dir)?;
+    // Never sign on top of a log that does not verify against its own
+    // checkpoints: new checkpoints would otherwise bless a rewrite.
+    let verifier = signer.verifier();
+    if let Some(configured) = &config.verifier
+        && *configured != verifier
+    {
+        return Err(ServiceError::Tampered {
+            reason: format!(
+                "the configured verifier key {configured} is not the key of signing_key ({verifier})"
+            ),
+        });
+    }
+    let (bytes, checkpoints) = crate::storage::read_log(&config.log_dir)?;
+    let sealed = crate::verify::verify(&bytes, &checkpoints, &verifier, None)
+        .map_err(|e| ServiceError::Tampered {
+            reason: e.to_string(),
+        })?
+        .sealed;
+    Ok(Opened { log, torn, sealed })
+}
+
+/// Runs the service on the log [`open`] verified until `stop` is set
+/// (SIGTERM/SIGINT) or a write fails. `allowed` are the uids that may
+/// append ([`ServiceConfig::allowed_peers`]).
+pub fn serve(
+    config: &ServiceConfig,
+    opened: Opened,
+    allowed: Vec<u32>,
+    signer: NoteSigner,
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ServiceError> {
+    let Opened { log, torn, sealed } = opened;
+    let (queue_tx, queue_rx) = mpsc::channel::<Pending>();
+    if let Some(torn) = torn {
+        // Recorded like any event: the removal is part of the history.
+        let mut details = std::collections::BTreeMap::new();
+        details.insert("offset".to_owned(), torn.offset.to_string());
+        details.insert("bytes_dropped".to_owned(), torn.bytes.to_string());
+        let entry = Entry {
+            details,
+            ..Entry::event(Event::TornTailRemoved)
+        };
+        let (tx, _rx) = mpsc::channel();
+        queue_tx
+            .send(Pending {
+                entry,
+                tag: 0,
+                reply: tx,
+            })
+            .expect("queue open");
+        eprintln!(
+            "deepseek-audit: removed a torn last entry at offset {} ({} bytes, never acknowledged)",
+            torn.offset, torn.bytes
+        );
+    }
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServiceError::Io {
+            action: "configure",
+            path: config.socket.clone(),
+            source,
+        })?;
+    let max = config.max_frame_bytes;
+    // Under systemd (Type=notify): ready once the log is open and verified.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "recording; the log verified, sealed up to entry {sealed}"
+        )),
+    ]);
+    std::thread::scope(|scope| {
+        let accept_stop = Arc::clone(&stop);
+        let accept_queue = queue_tx.clone();
+        let mut refusals = RefusalLog::default();
+        scope.spawn(move || {
+            while !accept_stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        match getsockopt(&stream, sockopt::PeerCredentials) {
+                            Ok(cred) if allowed.contains(&cred.uid()) => {
+                                let queue = accept_queue.clone();
+                                std::thread::spawn(move || connection(stream, max, queue));
+                            }
+                            Ok(cred) => refusals.log(format_args!(
+                                "peer uid={} gid={} pid={}: not in allowed_uids or allowed_users",
+                                cred.uid(),
+                                cred.gid(),
+                                cred.pid()
+                            )),
+                            Err(e) => refusals.log(format_args!("a peer without credentials: {e}")),
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => eprintln!("deepseek-audit: accept failed: {e}"),
+                }
+            }
+        });
+        drop(queue_tx);
+        let result = writer(config, &signer, log, queue_rx, &stop, sealed);
+        stop.store(true, Ordering::Relaxed);
+        notify(&[sd_notify::NotifyState::Stopping]);
+        result
+    })
+}
+
+/// Refused peers, logged at most once a second with a count of those left
+/// out since: whoever can reach the socket cannot flood the journal.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn log(&mut self, who: std::fmt::Arguments<'_>) {
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let since = if unlogged > 0 {
+            format!(" ({unlogged} more refused since the last line)")
+        } else {
+            String::new()
+        };
+        eprintln!("deepseek-audit: refused {who}{since}");
+        self.last = Some(Instant::now());
+    }
+}
+
+/// Tells systemd, when it is listening; a failure is only reported.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        eprintln!("deepseek-audit: warning: cannot notify systemd: {e}");
+    }
+}
