@@ -13,8 +13,7 @@ use std::time::Duration;
 use deepseek_integrity::Format;
 use deepseek_integrity::check::{self, CheckError, Checked};
 use deepseek_integrity::config::Config;
-use deepseek_integrity::digest::hex;
-use sha2::{Digest, Sha256};
+use deepseek_integrity::digest::sha256_hex;
 
 use crate::client;
 use crate::entry::{Entry, Event};
@@ -154,10 +153,7 @@ fn checked_entry(
     details.insert("added".to_owned(), d.added.len().to_string());
     details.insert("removed".to_owned(), d.removed.len().to_string());
     details.insert("changed".to_owned(), d.changed.len().to_string());
-    details.insert(
-        "report_sha256".to_owned(),
-        hex(&Sha256::digest(report.as_bytes())),
-    );
+    details.insert("report_sha256".to_owned(), sha256_hex(report.as_bytes()));
     // Changed first: those are the files someone altered. The lists keep
     // the first paths that fit; `paths_omitted` counts the rest.
     let (mut count, mut bytes, mut omitted) = (0, 0, 0);

@@ -159,7 +159,7 @@ fn read_unverified(index: usize, config: &ModelConfig) -> Result<ModelBytes, Loa
         path: onnx.clone(),
         source,
     })?;
-    let digest = hex(&<sha2::Sha256 as sha2::Digest>::digest(&graph));
+    let digest = deepseek_integrity::digest::sha256_hex(&graph);
     Ok(ModelBytes {
         graph,
         external: Vec::new(),

@@ -12,6 +12,11 @@ mod hex;
 
 pub use hex::{hex, unhex, unhex32};
 
+/// The SHA-256 of `bytes` in [`hex`], as records and reports carry it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;

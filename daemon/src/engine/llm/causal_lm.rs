@@ -361,9 +361,7 @@ impl Finished {
         Self {
             reason: FinishReason::Cancelled,
             completion_tokens: 0,
-            completion_sha256: deepseek_integrity::digest::hex(
-                &<sha2::Sha256 as sha2::Digest>::digest(b""),
-            ),
+            completion_sha256: deepseek_integrity::digest::sha256_hex(b""),
             reasoning_closed: false,
         }
     }

@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::causal_lm::CausalLm;
@@ -140,7 +139,7 @@ impl CausalLm {
         })
         .await
         .map_err(|e| InferError::Runtime(e.to_string()))??;
-        let prompt_sha256 = deepseek_integrity::digest::hex(&Sha256::digest(text.as_bytes()));
+        let prompt_sha256 = deepseek_integrity::digest::sha256_hex(text.as_bytes());
         drop(text);
         if prompt_ids.is_empty() {
             return Err(PrepareError::Empty);

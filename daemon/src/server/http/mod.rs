@@ -8,6 +8,7 @@ mod recording;
 mod state;
 
 pub(crate) use body::read_body;
+pub(crate) use deepseek_integrity::digest::sha256_hex;
 pub(crate) use error::{ApiError, cancelled};
-pub(crate) use recording::{Recorded, audit_peer, record_or_refuse, sha256_hex};
+pub(crate) use recording::{Recorded, audit_peer, record_or_refuse};
 pub(crate) use state::AppState;

@@ -6,7 +6,6 @@
 use axum::http::StatusCode;
 use axum::response::Response;
 use deepseek_audit::entry::{Entry, Peer as AuditPeer};
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::error::ApiError;
@@ -82,9 +81,4 @@ pub(crate) fn audit_peer(peer: &Peer) -> AuditPeer {
         pid: peer.pid,
         exe: None,
     }
-}
-
-/// The SHA-256 of `bytes` in hex, as records carry digests.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    deepseek_integrity::digest::hex(&Sha256::digest(bytes))
 }
