@@ -196,6 +196,7 @@ $(VENV)/.deps-2: | $(VENV)/bin/python
 test: deps ort $(VENV)/.deps-2
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo run --quiet -p xtask -- structure
 	cargo test --workspace
 	$(MAKE) --no-print-directory check-units system-test
 

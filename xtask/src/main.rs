@@ -1,10 +1,12 @@
 //! Workspace tasks that are no part of any shipped binary, run as
-//! `cargo run -p xtask -- TASK`. The one task, `man OUT_DIR`, writes the
-//! Debian package's man pages from the binaries' own clap definitions, so
-//! they cannot drift from `--help`.
+//! `cargo run -p xtask -- TASK`: `man OUT_DIR` writes the Debian package's
+//! man pages from the binaries' own clap definitions, so they cannot drift
+//! from `--help`; `structure` checks the layout rules of
+//! docs/development/code-structure.md.
 #![forbid(unsafe_code)]
 
 mod man;
+mod structure;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -12,12 +14,19 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: cargo run -p xtask -- man OUT_DIR
+       cargo run -p xtask -- structure [ROOT]
 
 Tasks:
   man OUT_DIR  write the section-8 man pages of deepseekd, deepseek-audit and
                deepseek-integrity, one per command and subcommand, as plain
                roff files in OUT_DIR (created if missing). The date in the
-               pages is SOURCE_DATE_EPOCH's when it is set, else today's.";
+               pages is SOURCE_DATE_EPOCH's when it is set, else today's.
+  structure [ROOT]
+               check the layout rules of docs/development/code-structure.md
+               in the workspace at ROOT (this one by default): no source
+               file over 600 lines, no unsafe outside daemon/src/sys/, no
+               import cycle between the modules of a crate. Prints each
+               breach and exits 1 if there is one.";
 
 /// sysexits' EX_USAGE, as the shipped binaries use it.
 const EX_USAGE: u8 = 64;
@@ -37,6 +46,23 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        [task, root @ ..] if task == "structure" && root.len() <= 1 => {
+            let root = root.first().map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+                std::path::PathBuf::from,
+            );
+            match structure::check(&root) {
+                Ok(report) if report.is_empty() => ExitCode::SUCCESS,
+                Ok(report) => {
+                    eprint!("{report}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("xtask: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         [flag] if flag == "-h" || flag == "--help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
