@@ -54,6 +54,20 @@ trait Element: JsonScalar + Copy {
     fn serialize_json<S: Serializer>(self, serializer: S) -> Result<S::Ok, S::Error>;
 }
 
+/// The binary format's half of [`Element`] for a number: its
+/// little-endian bytes.
+macro_rules! little_endian {
+    ($ty:ty) => {
+        const SIZE: usize = size_of::<$ty>();
+        fn from_le(bytes: &[u8]) -> Option<Self> {
+            Some(Self::from_le_bytes(bytes.try_into().ok()?))
+        }
+        fn write_le(self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+    };
+}
+
 macro_rules! integer_element {
     ($($ty:ty => $ser:ident),* $(,)?) => {$(
         impl JsonScalar for $ty {
@@ -65,13 +79,7 @@ macro_rules! integer_element {
             }
         }
         impl Element for $ty {
-            const SIZE: usize = size_of::<$ty>();
-            fn from_le(bytes: &[u8]) -> Option<Self> {
-                Some(Self::from_le_bytes(bytes.try_into().ok()?))
-            }
-            fn write_le(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
+            little_endian!($ty);
             fn serialize_json<S: Serializer>(self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.$ser(self.into())
             }
@@ -126,13 +134,7 @@ macro_rules! float_element {
             }
         }
         impl Element for $ty {
-            const SIZE: usize = size_of::<$ty>();
-            fn from_le(bytes: &[u8]) -> Option<Self> {
-                Some(Self::from_le_bytes(bytes.try_into().ok()?))
-            }
-            fn write_le(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
+            little_endian!($ty);
             fn serialize_json<S: Serializer>(self, serializer: S) -> Result<S::Ok, S::Error> {
                 serialize_float($to(self), serializer, |s| $json(s, self))
             }

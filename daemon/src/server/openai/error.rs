@@ -85,7 +85,7 @@ impl IntoResponse for OpenAiError {
 
 /// Records `entry`; `Err` with the 503 (`audit_unavailable`) to answer when
 /// it was not acknowledged and audit is required.
-pub(super) async fn audit(state: &AppState, entry: Entry) -> Result<Recorded, OpenAiError> {
+pub(super) async fn record_entry(state: &AppState, entry: Entry) -> Result<Recorded, OpenAiError> {
     record_or_refuse(state, entry)
         .await
         .map_err(|refused| OpenAiError {

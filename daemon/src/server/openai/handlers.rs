@@ -13,7 +13,7 @@ use deepseek_audit::entry::Event;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::{OpenAiError, audit};
+use super::error::{OpenAiError, record_entry};
 use super::prepare::{find, prepare};
 use super::record::Record;
 use super::stream::drive_stream;
@@ -107,7 +107,7 @@ async fn handle(
     if prepared.stream {
         let mut entry = record.entry(&state, Event::Request, StatusCode::OK);
         Record::add_prepared(&mut entry, &prepared);
-        if let Err(error) = audit(&state, entry).await {
+        if let Err(error) = record_entry(&state, entry).await {
             return error.into_response();
         }
         let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
@@ -150,7 +150,7 @@ async fn handle(
 async fn refuse(state: &AppState, record: &Record, error: OpenAiError) -> Response {
     let mut entry = record.entry(state, Event::Request, error.status);
     records::refusal(&mut entry, error.code, error.param.as_deref());
-    match audit(state, entry).await {
+    match record_entry(state, entry).await {
         Ok(_) => error.into_response(),
         Err(unrecorded) => unrecorded.into_response(),
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::error::{OpenAiError, audit};
+use super::error::{OpenAiError, record_entry};
 use super::prepare::Prepared;
 use super::record::Record;
 use super::whole::{finish, start, usage};
@@ -150,7 +150,7 @@ pub(super) async fn drive_stream(
             let error = OpenAiError::from(e);
             entry.status = Some(error.status.as_u16());
             let _ = chunks.send(&error.body()).await;
-            let _ = audit(&state, entry).await;
+            let _ = record_entry(&state, entry).await;
             return;
         }
     };
@@ -175,7 +175,7 @@ pub(super) async fn drive_stream(
             FinishReason::Cancelled.as_str().to_owned(),
         );
     }
-    if let Err(error) = audit(&state, entry).await {
+    if let Err(error) = record_entry(&state, entry).await {
         // Unrecorded: the stream ends with the error, never with [DONE].
         let _ = chunks.send(&error.body()).await;
         return;

@@ -8,7 +8,7 @@ use deepseek_audit::entry::Event;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::error::{OpenAiError, audit};
+use super::error::{OpenAiError, record_entry};
 use super::prepare::Prepared;
 use super::record::Record;
 use super::wire::Endpoint;
@@ -94,7 +94,7 @@ pub(super) async fn drive_whole(
     if status == StatusCode::OK {
         entry.response_sha256 = Some(sha256_hex(&body));
     }
-    match audit(&state, entry).await {
+    match record_entry(&state, entry).await {
         Ok(recorded) => {
             let mut response = (status, body).into_response();
             response.headers_mut().insert(
