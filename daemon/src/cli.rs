@@ -30,7 +30,7 @@ Exit codes:
 /// are admitted by their kernel-reported uid and groups.
 #[derive(Debug, Parser)]
 #[command(name = "deepseekd", version, about, long_about, after_help = EXIT_CODES)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Configuration file (TOML; every key is documented in docs/guide/config.md).
     #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_CONFIG_PATH, global = true)]
     pub config: PathBuf,
@@ -40,7 +40,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon in the foreground (the default).
     Serve,
     /// Validate the configuration and exit: 0 when valid, 78 when invalid,

@@ -11,7 +11,7 @@ use crate::config::{LogConfig, LogFormat};
 /// ONNX Runtime logs every graph transformation at `info`; unless the
 /// configured filter has a directive for the `ort` target itself, its
 /// messages start at `warn`.
-pub fn init(config: &LogConfig) {
+pub(crate) fn init(config: &LogConfig) {
     let names_ort = config.level.split(',').any(|directive| {
         let target = directive.split(['=', '[']).next().unwrap_or("").trim();
         target == "ort" || target.starts_with("ort::")

@@ -16,14 +16,14 @@ use std::time::Duration;
 /// `NOTIFY_SOCKET` is set but cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to systemd's notification socket NOTIFY_SOCKET={address}: {source}")]
-pub struct NotifyError {
+pub(crate) struct NotifyError {
     address: String,
     source: std::io::Error,
 }
 
 /// The connection to systemd, or nothing when not started by systemd.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<UnixDatagram>,
     watchdog: Option<Duration>,
 }
@@ -32,7 +32,7 @@ impl Notifier {
     /// Connects to `$NOTIFY_SOCKET` (a path, or `@name` for an abstract
     /// socket) and reads `$WATCHDOG_USEC` (ignored when `$WATCHDOG_PID`
     /// names another process, as sd_watchdog_enabled(3) does).
-    pub fn from_env() -> Result<Self, NotifyError> {
+    pub(crate) fn from_env() -> Result<Self, NotifyError> {
         let watchdog = std::env::var("WATCHDOG_USEC")
             .ok()
             .and_then(|usec| usec.parse::<u64>().ok())
@@ -72,19 +72,19 @@ impl Notifier {
     }
 
     /// Whether systemd is listening.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.socket.is_some()
     }
 
     /// How often to ping: half of `WatchdogSec=`, as sd_watchdog_enabled(3)
     /// advises; `None` without a watchdog.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.filter(|_| self.is_enabled()).map(|w| w / 2)
     }
 
     /// Sends newline-separated `KEY=value` assignments. A failure is logged,
     /// never fatal: systemd's view of the daemon is not worth an outage.
-    pub fn send(&self, state: &str) {
+    pub(crate) fn send(&self, state: &str) {
         if let Some(socket) = &self.socket
             && let Err(e) = socket.send(state.as_bytes())
         {
@@ -93,7 +93,7 @@ impl Notifier {
     }
 
     /// A `STATUS=` line, shown by `systemctl status`.
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&format!("STATUS={}", status.replace('\n', " ")));
     }
 }

@@ -33,7 +33,7 @@ fn binaries() -> [Command; 3] {
 }
 
 /// Writes every page into `out_dir` (created if missing); returns their paths.
-pub fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let date = page_date()?;
     let binaries = binaries();

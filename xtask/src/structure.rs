@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 /// The longest a source file may be.
-pub const MAX_LINES: usize = 600;
+pub(crate) const MAX_LINES: usize = 600;
 
 /// The crates' source trees, relative to the workspace root.
 const CRATES: [&str; 5] = [
@@ -40,7 +40,7 @@ type ModulePath = Vec<String>;
 
 /// Checks the workspace at `root`; the text is the list of breaches, one
 /// per line, empty when there is none.
-pub fn check(root: &Path) -> Result<String> {
+pub(crate) fn check(root: &Path) -> Result<String> {
     let mut report = String::new();
     for krate in CRATES {
         let dir = root.join(krate);

@@ -33,10 +33,10 @@ const MAX_REPLY: usize = 64 * 1024;
 /// Largest record the daemon sends: the auditor's default `max_frame_bytes`.
 /// [`Entry::bound`] keeps every record far below it; a larger one is a bug,
 /// refused here rather than costing the connection.
-pub const MAX_FRAME: usize = 1 << 20;
+pub(super) const MAX_FRAME: usize = 1 << 20;
 
 /// How often a lost connection is tried again.
-pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+pub(super) const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 /// Corrections (`undelivered` entries) kept while the auditor is away;
 /// beyond this they are counted in `audit_reconnected`'s
@@ -47,14 +47,14 @@ const MAX_CORRECTIONS: usize = 2 * MAX_IN_FLIGHT;
 /// Records sent and not yet acknowledged, at most: past this (an auditor
 /// that stalls), a new record is refused at once (503) instead of queueing
 /// behind the others, so a stalled auditor costs bounded memory.
-pub const MAX_IN_FLIGHT: usize = 4096;
+pub(super) const MAX_IN_FLIGHT: usize = 4096;
 
 /// The same bound in bytes of the frames in flight.
-pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+pub(super) const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Why a record was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
+pub(crate) enum AuditError {
     #[error("the auditor did not acknowledge within {0:?}")]
     Timeout(Duration),
     #[error("the connection to the auditor is lost")]
@@ -146,25 +146,25 @@ struct Inner {
 
 /// A handle to the auditor; cheap to share.
 #[derive(Debug, Clone)]
-pub struct AuditClient {
+pub(crate) struct AuditClient {
     inner: Option<Arc<Inner>>,
 }
 
 impl AuditClient {
     /// A client that records nothing (`audit.required = false` without an
     /// auditor).
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self { inner: None }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.inner.is_some()
     }
 
     /// Whether records can reach the auditor now. While this is false the
     /// daemon reconnects, readiness is false and systemd's watchdog is not
     /// pinged (a daemon that cannot reconnect is restarted).
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.inner
             .as_ref()
             .is_some_and(|inner| inner.connected.load(Ordering::Acquire))
@@ -172,7 +172,7 @@ impl AuditClient {
 
     /// Whether records are waiting past their timeout: the auditor is
     /// connected but does not keep up (stopped, or its disk stalls).
-    pub fn is_stalled(&self) -> bool {
+    pub(crate) fn is_stalled(&self) -> bool {
         self.inner
             .as_ref()
             .is_some_and(|inner| inner.lock().abandoned > 0)
@@ -180,7 +180,7 @@ impl AuditClient {
 
     /// Starts recording over `stream`, a connection to `socket` opened
     /// earlier; `socket` is connected again whenever the connection is lost.
-    pub fn start(
+    pub(crate) fn start(
         stream: std::os::unix::net::UnixStream,
         socket: PathBuf,
         timeout: Duration,
@@ -203,14 +203,14 @@ impl AuditClient {
 
     /// Sends `entry` and waits for its acknowledgement (its sequence
     /// number) for `audit.timeout_ms`.
-    pub async fn record(&self, entry: Entry) -> Result<u64, AuditError> {
+    pub(crate) async fn record(&self, entry: Entry) -> Result<u64, AuditError> {
         let timeout = self.inner.as_ref().map_or(Duration::ZERO, |i| i.timeout);
         self.record_within(entry, timeout).await
     }
 
     /// [`Self::record`] with its own wait: the start-up records wait for an
     /// auditor that is still verifying its log.
-    pub async fn record_within(
+    pub(crate) async fn record_within(
         &self,
         mut entry: Entry,
         timeout: Duration,
@@ -280,7 +280,7 @@ impl AuditClient {
 
     /// Ends recording (at shutdown): the connection closing is then no
     /// loss, and is not made again.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         if let Some(inner) = &self.inner {
             inner.closing.store(true, Ordering::Release);
             inner.lock().sender = None;

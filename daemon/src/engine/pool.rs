@@ -8,7 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Items not currently lent, and one permit per idle item.
 #[derive(Debug)]
-pub struct Pool<T> {
+pub(super) struct Pool<T> {
     idle: Mutex<Vec<T>>,
     free: Arc<Semaphore>,
 }
@@ -16,7 +16,7 @@ pub struct Pool<T> {
 /// An item lent by a pool; it goes back when the lease is dropped, so a
 /// request that fails or is cancelled cannot leak it.
 #[derive(Debug)]
-pub struct Lease<T> {
+pub(super) struct Lease<T> {
     item: Option<T>,
     pool: Arc<Pool<T>>,
     _permit: OwnedSemaphorePermit,
@@ -25,10 +25,10 @@ pub struct Lease<T> {
 /// The pool was closed (never, while the daemon serves).
 #[derive(Debug, thiserror::Error)]
 #[error("the session pool is closed")]
-pub struct Closed;
+pub(super) struct Closed;
 
 impl<T> Pool<T> {
-    pub fn new(items: Vec<T>) -> Self {
+    pub(super) fn new(items: Vec<T>) -> Self {
         Self {
             free: Arc::new(Semaphore::new(items.len())),
             idle: Mutex::new(items),
@@ -36,7 +36,7 @@ impl<T> Pool<T> {
     }
 
     /// Waits for an idle item.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease<T>, Closed> {
+    pub(super) async fn acquire(self: &Arc<Self>) -> Result<Lease<T>, Closed> {
         let permit = Arc::clone(&self.free)
             .acquire_owned()
             .await

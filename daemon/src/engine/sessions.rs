@@ -40,7 +40,7 @@ impl Sessions {
     /// names that is not there is looked for in the model's directory,
     /// where only an unverified model (`integrity.enforce = false`) can
     /// have it, since a verified graph's named files are all in `external`.
-    pub fn build(
+    pub(super) fn build(
         environment: &Environment,
         config: &ModelConfig,
         graph: &[u8],

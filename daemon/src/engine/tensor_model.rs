@@ -367,7 +367,7 @@ fn names(specs: &[TensorSpec]) -> String {
 }
 
 /// `[-1, 4]` style, as the metadata shows shapes.
-pub fn shape_text(shape: &[i64]) -> String {
+pub(super) fn shape_text(shape: &[i64]) -> String {
     format!("{shape:?}")
 }
 

@@ -8,7 +8,7 @@ use super::error::SandboxError;
 const STEP: &str = "4 drop capabilities";
 
 /// Empties the bounding set. Needs CAP_SETPCAP unless it is already empty.
-pub fn drop_bounding() -> Result<(), SandboxError> {
+pub(super) fn drop_bounding() -> Result<(), SandboxError> {
     let bounding =
         caps::read(None, CapSet::Bounding).map_err(|e| SandboxError::new(STEP, e.to_string()))?;
     if bounding.is_empty() {
@@ -32,7 +32,7 @@ fn held(set: CapSet) -> Result<caps::CapsHashSet, SandboxError> {
 /// Empties the ambient, inheritable, effective and permitted sets, skipping
 /// any already empty (systemd may have removed `capset` from the syscalls
 /// the daemon may make), then checks that all five sets are empty.
-pub fn drop_all() -> Result<String, SandboxError> {
+pub(super) fn drop_all() -> Result<String, SandboxError> {
     drop_bounding()?;
     let sets = [
         CapSet::Ambient,

@@ -22,13 +22,13 @@ use crate::config::{Config, Device, ModelConfig};
 /// The ABI whose rights the daemon handles. Pinned, and required in full:
 /// best-effort mode would silently enforce less on an older kernel.
 /// V6 brings `IoctlDev` (V5), TCP rules (V4) and scoping (V6).
-pub const ABI_PINNED: ABI = ABI::V6;
+pub(super) const ABI_PINNED: ABI = ABI::V6;
 
 const STEP: &str = "6 landlock";
 
 /// One path the daemon keeps access to, and why.
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub(super) struct Grant {
     pub path: PathBuf,
     pub access: BitFlags<AccessFs>,
     pub why: &'static str,
@@ -38,7 +38,7 @@ pub struct Grant {
 
 /// Everything the Landlock ruleset will contain for a configuration.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(super) struct Plan {
     pub grants: Vec<Grant>,
     pub scopes: BitFlags<Scope>,
 }
@@ -68,7 +68,7 @@ fn read_only() -> BitFlags<AccessFs> {
 
 /// The rules for `config`: libraries and models read-only, the CUDA device
 /// nodes and caches read-write when a model uses CUDA, nothing else.
-pub fn plan(config: &Config) -> Plan {
+pub(super) fn plan(config: &Config) -> Plan {
     let mut grants = Vec::new();
     let mut grant = |path: &Path, access, why, required| {
         grants.push(Grant {
@@ -192,12 +192,12 @@ fn cuda_device_nodes() -> Vec<PathBuf> {
 }
 
 /// Names of the rights in a set, for reports.
-pub fn access_names(access: BitFlags<AccessFs>) -> Vec<String> {
+pub(super) fn access_names(access: BitFlags<AccessFs>) -> Vec<String> {
     access.iter().map(|a| format!("{a:?}")).collect()
 }
 
 /// Applies `plan` to this thread and every thread it creates later.
-pub fn apply(plan: &Plan, status: &StatusFile) -> Result<LandlockReport, SandboxError> {
+pub(super) fn apply(plan: &Plan, status: &StatusFile) -> Result<LandlockReport, SandboxError> {
     let fail =
         |what: &str, e: &dyn std::fmt::Display| SandboxError::new(STEP, format!("{what}: {e}"));
     let threads = status

@@ -9,7 +9,7 @@ use super::error::SandboxError;
 
 /// The account the daemon switches to, looked up while still root.
 #[derive(Debug, Clone)]
-pub struct Account {
+pub(super) struct Account {
     pub name: String,
     pub uid: Uid,
     pub gid: Gid,
@@ -17,7 +17,7 @@ pub struct Account {
 
 /// Why `sandbox.user` cannot be switched to.
 #[derive(Debug, thiserror::Error)]
-pub enum AccountError {
+pub(super) enum AccountError {
     #[error("cannot look up user {name:?}: {source}")]
     Lookup { name: String, source: nix::Error },
     #[error(
@@ -29,7 +29,7 @@ pub enum AccountError {
 }
 
 /// Looks up `sandbox.user`; root itself is refused.
-pub fn account(name: &str) -> Result<Account, AccountError> {
+pub(super) fn account(name: &str) -> Result<Account, AccountError> {
     let user = User::from_name(name)
         .map_err(|source| AccountError::Lookup {
             name: name.to_owned(),
@@ -52,7 +52,7 @@ pub fn account(name: &str) -> Result<Account, AccountError> {
 
 /// Step 2: when root, drop supplementary groups and switch gid and uid (real,
 /// effective and saved) to `account`, then prove there is no way back.
-pub fn switch_user(account: Option<&Account>) -> Result<String, SandboxError> {
+pub(super) fn switch_user(account: Option<&Account>) -> Result<String, SandboxError> {
     let step = "2 switch user";
     let Some(account) = account else {
         return Ok(format!(
@@ -88,7 +88,7 @@ pub fn switch_user(account: Option<&Account>) -> Result<String, SandboxError> {
 
 /// Step 3: not dumpable (no core files, no ptrace by the same uid, /proc
 /// entries owned by root), core size 0, umask 077.
-pub fn restrict_process() -> Result<String, SandboxError> {
+pub(super) fn restrict_process() -> Result<String, SandboxError> {
     let step = "3 no core dumps";
     nix::sys::prctl::set_dumpable(false)
         .map_err(|e| SandboxError::new(step, format!("prctl(PR_SET_DUMPABLE, 0): {e}")))?;
@@ -120,7 +120,7 @@ fn core_limit_is_zero() -> bool {
 }
 
 /// Step 5: no execve can ever grant privileges again.
-pub fn no_new_privs() -> Result<String, SandboxError> {
+pub(super) fn no_new_privs() -> Result<String, SandboxError> {
     let step = "5 no_new_privs";
     nix::sys::prctl::set_no_new_privs()
         .map_err(|e| SandboxError::new(step, format!("prctl(PR_SET_NO_NEW_PRIVS, 1): {e}")))?;

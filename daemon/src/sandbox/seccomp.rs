@@ -10,7 +10,8 @@ use super::error::SandboxError;
 use crate::config::SeccompMode;
 
 /// The reviewed policy, embedded for `print-policy` and the report.
-pub const POLICY_JSON: &str = include_str!("../../../policies/seccomp/deepseekd.x86_64.json");
+pub(super) const POLICY_JSON: &str =
+    include_str!("../../../policies/seccomp/deepseekd.x86_64.json");
 
 /// One BPF instruction as `build.rs` writes it: `(code, jt, jf, k)`.
 type Instruction = (u16, u8, u8, u32);
@@ -53,7 +54,7 @@ fn program(cuda: bool, mode: SeccompMode) -> &'static Program {
 }
 
 /// The policy's entries in `list`, as (syscall, has argument conditions, comment).
-pub fn entries(list: &str) -> Vec<(String, bool, String)> {
+pub(super) fn entries(list: &str) -> Vec<(String, bool, String)> {
     let policy: Value = serde_json::from_str(POLICY_JSON).expect("build.rs validated the policy");
     policy[list]
         .as_array()
@@ -74,7 +75,7 @@ pub fn entries(list: &str) -> Vec<(String, bool, String)> {
 
 /// Installs the filters on every thread. The allow-list goes last: once it
 /// is in, `seccomp` itself is no longer allowed.
-pub fn apply(cuda: bool, mode: SeccompMode) -> Result<SeccompReport, SandboxError> {
+pub(super) fn apply(cuda: bool, mode: SeccompMode) -> Result<SeccompReport, SandboxError> {
     let program = program(cuda, mode);
     let mut filters = Vec::new();
     for name in ["enosys", "eafnosupport", "allow"] {

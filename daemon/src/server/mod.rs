@@ -34,7 +34,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How serving ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Drained {
+pub(crate) enum Drained {
     /// Every in-flight request finished.
     Clean,
     /// The grace period ran out with requests still running.
@@ -43,7 +43,7 @@ pub enum Drained {
 
 /// Who may connect, checked at `accept`.
 #[derive(Debug)]
-pub struct Gate {
+pub(crate) struct Gate {
     pub access: AccessPolicy,
     pub refusals: Refusals,
 }
@@ -52,7 +52,7 @@ pub struct Gate {
 /// resolves, then stops accepting and waits up to `grace` for in-flight
 /// requests to finish. A peer the `gate` refuses is answered and closed at
 /// `accept`: it never holds a slot, and its request is never read.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     app: Router,
     gate: Gate,

@@ -12,7 +12,7 @@ use crate::config::ServerConfig;
 
 /// The credentials of a connected client, read once when it connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
@@ -31,7 +31,7 @@ impl Peer {
     /// Reads `SO_PEERCRED` and `SO_PEERGROUPS` from a connected Unix socket.
     /// These are the credentials the client had when it called `connect`, so
     /// a client cannot change them afterwards.
-    pub fn of(socket: &impl AsFd) -> std::io::Result<Self> {
+    pub(crate) fn of(socket: &impl AsFd) -> std::io::Result<Self> {
         let cred = getsockopt(socket, sockopt::PeerCredentials)?;
         let groups = crate::sys::peer::groups(socket)?;
         Ok(Self {
@@ -45,7 +45,7 @@ impl Peer {
 
 /// The uids and gids allowed to use the API, resolved once at startup.
 #[derive(Debug, Clone)]
-pub struct AccessPolicy {
+pub(crate) struct AccessPolicy {
     uids: BTreeSet<u32>,
     gids: BTreeSet<u32>,
 }
@@ -53,7 +53,7 @@ pub struct AccessPolicy {
 /// A group named in the configuration does not exist on this system.
 #[derive(Debug, thiserror::Error)]
 #[error("group {group:?} does not exist on this system{hint}")]
-pub struct UnknownGroup {
+pub(crate) struct UnknownGroup {
     /// The configuration key that named it, e.g. `server.allowed_groups`.
     pub key: &'static str,
     pub group: String,
@@ -76,7 +76,7 @@ impl UnknownGroup {
 }
 
 /// Looks a group up by name.
-pub fn resolve_group(key: &'static str, name: &str) -> Result<Gid, UnknownGroup> {
+pub(crate) fn resolve_group(key: &'static str, name: &str) -> Result<Gid, UnknownGroup> {
     match Group::from_name(name) {
         Ok(Some(group)) => Ok(group.gid),
         _ => Err(UnknownGroup::new(key, name)),
@@ -87,7 +87,7 @@ impl AccessPolicy {
     /// Builds the policy from `[server]`: `allowed_uids` (default: `own_uid`,
     /// the uid the daemon runs as once locked down) and the gids of
     /// `allowed_groups`.
-    pub fn from_config(config: &ServerConfig, own_uid: Uid) -> Result<Self, UnknownGroup> {
+    pub(crate) fn from_config(config: &ServerConfig, own_uid: Uid) -> Result<Self, UnknownGroup> {
         let uids = match &config.allowed_uids {
             Some(uids) => uids.iter().copied().collect(),
             None => BTreeSet::from([own_uid.as_raw()]),
@@ -102,7 +102,7 @@ impl AccessPolicy {
 
     /// A peer is admitted when its uid is listed, or its primary or any
     /// supplementary group is.
-    pub fn admits(&self, peer: &Peer) -> bool {
+    pub(crate) fn admits(&self, peer: &Peer) -> bool {
         self.uids.contains(&peer.uid)
             || self.gids.contains(&peer.gid)
             || peer.groups.iter().any(|g| self.gids.contains(g))

@@ -51,7 +51,7 @@ struct Tally {
 /// at most [`GLOBAL_RECORDS_PER_INTERVAL`] in all, each carrying the count
 /// of that uid's refusals left unrecorded since its previous record.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     interval: Duration,
     uids: HashMap<u32, Tally>,
     window_start: Option<Instant>,
@@ -62,7 +62,7 @@ pub struct RateLimit {
 
 /// A refusal to record, with what was left out before it.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Record {
+pub(crate) struct Record {
     /// This uid's refusals not recorded since its previous record.
     pub suppressed: u64,
     /// Other uids' refusals that could not be counted per uid.
@@ -70,7 +70,7 @@ pub struct Record {
 }
 
 impl RateLimit {
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
             uids: HashMap::new(),
@@ -81,7 +81,7 @@ impl RateLimit {
     }
 
     /// Counts one refusal of `uid` at `now`; `Some` when it is to be recorded.
-    pub fn refused(&mut self, uid: u32, now: Instant) -> Option<Record> {
+    pub(crate) fn refused(&mut self, uid: u32, now: Instant) -> Option<Record> {
         let interval = self.interval;
         let recent = |at: Option<Instant>| at.is_some_and(|at| now.duration_since(at) < interval);
         if !recent(self.window_start) {
@@ -113,7 +113,7 @@ impl RateLimit {
 
 /// Refuses peers the allow-list does not admit.
 #[derive(Debug)]
-pub struct Refusals {
+pub(crate) struct Refusals {
     audit: AuditClient,
     limit: Mutex<RateLimit>,
     answering: Arc<Semaphore>,
@@ -121,7 +121,7 @@ pub struct Refusals {
 
 impl Refusals {
     /// `interval`: `server.denied_peer_interval_secs`.
-    pub fn new(audit: AuditClient, interval: Duration) -> Self {
+    pub(crate) fn new(audit: AuditClient, interval: Duration) -> Self {
         Self {
             audit,
             limit: Mutex::new(RateLimit::new(interval)),
@@ -132,7 +132,7 @@ impl Refusals {
     /// Answers a refused connection with a fixed 403 and closes it, without
     /// reading its request; records the refusal when the rate limit allows.
     /// Returns at once: the answer and the record run in their own tasks.
-    pub fn refuse(&self, stream: UnixStream, peer: &Peer) {
+    pub(crate) fn refuse(&self, stream: UnixStream, peer: &Peer) {
         let record = self
             .limit
             .lock()

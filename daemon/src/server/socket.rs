@@ -15,7 +15,7 @@ use crate::config::ServerConfig;
 
 /// Where the listening socket came from.
 #[derive(Debug)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Passed by systemd (`LISTEN_FDS`); systemd owns the file.
     Systemd,
     /// Created by the daemon at this path. It is left in place on exit (a
@@ -25,7 +25,7 @@ pub enum Origin {
 
 /// Why the listening socket could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     #[error("the socket systemd passed (LISTEN_FDS) is unusable: {0}")]
     Inherited(io::Error),
     #[error("{path} (server.socket) exists and is not a socket; refusing to remove it")]
@@ -46,7 +46,7 @@ pub enum SocketError {
 ///
 /// Must run before any thread exists: it reads and clears `LISTEN_FDS` and
 /// changes the process umask for the duration of `bind`.
-pub fn open(
+pub(crate) fn open(
     config: &ServerConfig,
     owner: Option<Uid>,
     group: Option<Gid>,

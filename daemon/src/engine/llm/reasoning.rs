@@ -13,7 +13,7 @@ const CLOSE: &str = "</think>";
 
 /// Streams one completion's text into reasoning and content.
 #[derive(Debug)]
-pub struct ReasoningSplitter {
+pub(crate) struct ReasoningSplitter {
     state: State,
     /// Text not yet decided: a possible start of "<think>\n" or of "</think>".
     held: String,
@@ -43,7 +43,7 @@ impl ReasoningSplitter {
     /// starts INSIDE reasoning (the R1 template ends the prompt with
     /// "<think>\n"), as vLLM's deepseek_r1 parser assumes. Disabled:
     /// everything is content.
-    pub fn new(enabled: bool) -> Self {
+    pub(crate) fn new(enabled: bool) -> Self {
         Self {
             state: if enabled {
                 State::Start
@@ -55,7 +55,7 @@ impl ReasoningSplitter {
     }
 
     /// Feeds the next piece of decoded text; returns what is now decided.
-    pub fn push(&mut self, text: &str) -> Split {
+    pub(crate) fn push(&mut self, text: &str) -> Split {
         let mut out = Split::default();
         match self.state {
             State::Disabled | State::Content => out.content.push_str(text),
@@ -73,7 +73,7 @@ impl ReasoningSplitter {
 
     /// Flushes what was held back, to reasoning if it is still open, else
     /// to content.
-    pub fn finish(&mut self) -> Split {
+    pub(crate) fn finish(&mut self) -> Split {
         let mut out = Split::default();
         if self.state == State::Start {
             self.leave_start(true, &mut out);
@@ -88,7 +88,7 @@ impl ReasoningSplitter {
 
     /// True once "</think>" was seen (so the caller can tell "no </think>
     /// at all" → content null).
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.state == State::Content
     }
 

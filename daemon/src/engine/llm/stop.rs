@@ -11,7 +11,7 @@
 
 /// Streams text through a set of stop strings.
 #[derive(Debug)]
-pub struct StopMatcher {
+pub(crate) struct StopMatcher {
     stops: Vec<String>,
     /// Text not yet emitted: it may still be the start of a match.
     pending: String,
@@ -23,7 +23,7 @@ pub struct StopMatcher {
 
 /// What a [`StopMatcher::push`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopOutcome {
+pub(crate) enum StopOutcome {
     /// Text that is safe to emit now (may be empty: a suffix is held back
     /// because it could be the start of a stop string).
     Continue(String),
@@ -35,7 +35,7 @@ pub enum StopOutcome {
 impl StopMatcher {
     /// Empty strings are ignored (they would match before any text); with
     /// no stop strings the matcher passes text straight through.
-    pub fn new(stops: Vec<String>) -> Self {
+    pub(crate) fn new(stops: Vec<String>) -> Self {
         let mut stops: Vec<String> = stops.into_iter().filter(|s| !s.is_empty()).collect();
         stops.sort_unstable();
         stops.dedup();
@@ -50,7 +50,7 @@ impl StopMatcher {
 
     /// Feeds the next piece of decoded text. After `Stopped`, every later
     /// call answers `Stopped("")`.
-    pub fn push(&mut self, text: &str) -> StopOutcome {
+    pub(crate) fn push(&mut self, text: &str) -> StopOutcome {
         if self.done {
             return StopOutcome::Stopped(String::new());
         }
@@ -78,7 +78,7 @@ impl StopMatcher {
     /// End of generation without a match: the held-back text. (A match
     /// that was only held because a longer stop string might still have
     /// completed is cut here too.)
-    pub fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         if self.done {
             return String::new();
         }

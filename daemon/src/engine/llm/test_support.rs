@@ -8,18 +8,18 @@ use serde_json::Value;
 use super::template::{ChatTemplate, Message};
 use super::tokenizer::Tokenizer;
 
-pub fn dir() -> PathBuf {
+pub(crate) fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llm/tiny-r1")
 }
 
 /// `dir()/name`, parsed.
-pub fn json(name: &str) -> Value {
+pub(crate) fn json(name: &str) -> Value {
     let bytes = std::fs::read(dir().join(name)).expect("fixture file");
     serde_json::from_slice(&bytes).expect("fixture JSON")
 }
 
 /// The fixture's chat template, from `tokenizer_config.json`.
-pub fn template() -> ChatTemplate {
+pub(crate) fn template() -> ChatTemplate {
     let config = json("tokenizer_config.json");
     let text = |key: &str| config[key].as_str().map(str::to_owned);
     ChatTemplate::new(
@@ -31,13 +31,13 @@ pub fn template() -> ChatTemplate {
 }
 
 /// The fixture's `tokenizer.json`, loaded.
-pub fn tokenizer() -> Tokenizer {
+pub(crate) fn tokenizer() -> Tokenizer {
     let bytes = std::fs::read(dir().join("tokenizer.json")).expect("tokenizer.json");
     Tokenizer::from_bytes(&bytes).expect("tokenizer")
 }
 
 /// A chat's messages as `expected.json` lists them.
-pub fn messages(value: &Value) -> Vec<Message> {
+pub(crate) fn messages(value: &Value) -> Vec<Message> {
     value
         .as_array()
         .expect("messages")
@@ -50,7 +50,7 @@ pub fn messages(value: &Value) -> Vec<Message> {
 }
 
 /// Token ids as `expected.json` lists them.
-pub fn ids(value: &Value) -> Vec<u32> {
+pub(crate) fn ids(value: &Value) -> Vec<u32> {
     value
         .as_array()
         .expect("ids")
@@ -61,7 +61,7 @@ pub fn ids(value: &Value) -> Vec<u32> {
 
 /// `text` cut before the characters at the indices `cuts` (those past the
 /// end ignored): the chunkings the streaming property tests try.
-pub fn split_at_chars<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
+pub(crate) fn split_at_chars<'a>(text: &'a str, cuts: &[usize]) -> Vec<&'a str> {
     let mut bounds: Vec<usize> = cuts
         .iter()
         .filter_map(|&c| text.char_indices().nth(c).map(|(i, _)| i))
