@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Barrier;
 use std::time::Instant;
 
+use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, Slot};
 use deepseekd::engine::llm::files::ModelFiles;
 use deepseekd::engine::llm::generate::{Delta, GenerateRequest, generate};
-use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, Slot};
 use deepseekd::engine::llm::sampling::SamplingParams;
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use ort::environment::Environment;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::timing::{Batch, Timing};
 
 /// The engine without the daemon: what `CausalLm::load` builds, by hand.
-pub struct InProcess {
+pub(crate) struct InProcess {
     spec: GraphSpec,
     tokenizer: Tokenizer,
 }
@@ -26,7 +26,7 @@ pub struct InProcess {
 impl InProcess {
     /// The fixture's files and `slots` sessions with one intra-op thread,
     /// as the daemon builds them, each warmed up as the daemon does.
-    pub fn load(environment: &Environment, dir: &Path, slots: usize) -> (Self, Vec<Slot>) {
+    pub(crate) fn load(environment: &Environment, dir: &Path, slots: usize) -> (Self, Vec<Slot>) {
         let graph_path = dir.join("model.onnx");
         let files = ModelFiles::read(dir, &graph_path, BTreeMap::new()).expect("fixture files");
         let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json).expect("tokenizer");
@@ -66,7 +66,7 @@ impl InProcess {
     }
 
     /// A completion prompt of exactly `tokens` tokens, BOS included.
-    pub fn prompt_of(&self, tokens: usize) -> String {
+    pub(crate) fn prompt_of(&self, tokens: usize) -> String {
         let words = [
             "the", "model", "serves", "tokens", "over", "a", "socket", "and", "every", "request",
             "is", "audited", "first", "then", "answered", "in", "order",
@@ -95,14 +95,14 @@ impl InProcess {
         text
     }
 
-    pub fn encode(&self, text: &str) -> Vec<u32> {
+    pub(crate) fn encode(&self, text: &str) -> Vec<u32> {
         // Completions are encoded with special tokens (BOS), as the daemon does.
         self.tokenizer.encode(text, true).expect("encode")
     }
 
     /// The forward passes alone: prefill, then argmax and one step per
     /// token, as `generate()` does without sampling and detokenizing.
-    pub fn forward_loop(&self, slot: &mut Slot, prompt: &str, max_tokens: usize) -> Timing {
+    pub(crate) fn forward_loop(&self, slot: &mut Slot, prompt: &str, max_tokens: usize) -> Timing {
         let start = Instant::now();
         let ids = self.encode(prompt);
         let mut logits = Vec::with_capacity(self.spec.vocab);
@@ -146,7 +146,7 @@ impl InProcess {
 
     /// The daemon's `generate()` on `slot`, its events read by another
     /// thread as the daemon's stream task reads them.
-    pub fn generate(&self, slot: &mut Slot, prompt: &str, max_tokens: usize) -> Timing {
+    pub(crate) fn generate(&self, slot: &mut Slot, prompt: &str, max_tokens: usize) -> Timing {
         let start = Instant::now();
         let request = self.request(prompt, max_tokens);
         let prompt_tokens = request.prompt_ids.len();
@@ -191,7 +191,12 @@ impl InProcess {
     /// reading until it ends: no thread is woken per token. There is no
     /// first event to time, so `first` is the start: only `end - start`
     /// means anything.
-    pub fn generate_buffered(&self, slot: &mut Slot, prompt: &str, max_tokens: usize) -> Timing {
+    pub(crate) fn generate_buffered(
+        &self,
+        slot: &mut Slot,
+        prompt: &str,
+        max_tokens: usize,
+    ) -> Timing {
         let start = Instant::now();
         let request = self.request(prompt, max_tokens);
         // One event per step and the last one.
@@ -230,7 +235,10 @@ fn argmax(logits: &[f32], vocab: usize) -> u32 {
 }
 
 /// Runs `run` on each slot at once, one thread per slot.
-pub fn in_process_batch(slots: &mut [Slot], run: &(dyn Fn(&mut Slot) -> Timing + Sync)) -> Batch {
+pub(crate) fn in_process_batch(
+    slots: &mut [Slot],
+    run: &(dyn Fn(&mut Slot) -> Timing + Sync),
+) -> Batch {
     if let [slot] = slots {
         return Batch(vec![run(slot)]);
     }

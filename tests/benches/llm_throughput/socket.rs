@@ -84,7 +84,7 @@ async fn stream_completion(
 
 /// `clients` concurrent streamed completions of `body`, each on its own
 /// connection, opened before they start together.
-pub async fn socket_batch(socket: PathBuf, body: Bytes, clients: usize) -> Batch {
+pub(crate) async fn socket_batch(socket: PathBuf, body: Bytes, clients: usize) -> Batch {
     let barrier = Arc::new(tokio::sync::Barrier::new(clients));
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
