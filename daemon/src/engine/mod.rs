@@ -169,7 +169,7 @@ fn read_unverified(index: usize, config: &ModelConfig) -> Result<ModelBytes, Loa
 
 /// Every configured model, loaded; built once at startup.
 #[derive(Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     models: BTreeMap<String, Arc<Model>>,
     causal_lms: BTreeMap<String, Arc<CausalLm>>,
     /// Each model's digest, of the bytes it was loaded from.
@@ -183,7 +183,7 @@ impl Engine {
     /// Loads every model in configuration order; the first failure stops the
     /// daemon, which never serves a partial set of models. With `database`,
     /// each model's directory is verified against it first.
-    pub fn load(
+    pub(crate) fn load(
         environment: Environment,
         runtime_version: String,
         configs: &[ModelConfig],
@@ -241,31 +241,31 @@ impl Engine {
     }
 
     /// The version string ONNX Runtime reported, e.g. `1.31.1`.
-    pub fn runtime_version(&self) -> &str {
+    pub(crate) fn runtime_version(&self) -> &str {
         &self.runtime_version
     }
 
     /// Every model's digest by name, computed from the bytes it was loaded
     /// from: what `model_load` and each request's record carry.
-    pub fn digests(&self) -> &BTreeMap<String, String> {
+    pub(crate) fn digests(&self) -> &BTreeMap<String, String> {
         &self.digests
     }
 
-    pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
+    pub(crate) fn model(&self, name: &str) -> Option<&Arc<Model>> {
         self.models.get(name)
     }
 
-    pub fn causal_lm(&self, name: &str) -> Option<&Arc<CausalLm>> {
+    pub(crate) fn causal_lm(&self, name: &str) -> Option<&Arc<CausalLm>> {
         self.causal_lms.get(name)
     }
 
     /// The tensor models' names, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.models.keys().map(String::as_str)
     }
 
     /// The causal LMs, sorted by name.
-    pub fn causal_lms(&self) -> impl Iterator<Item = &Arc<CausalLm>> {
+    pub(crate) fn causal_lms(&self) -> impl Iterator<Item = &Arc<CausalLm>> {
         self.causal_lms.values()
     }
 }

@@ -36,7 +36,7 @@ macro_rules! define_types {
     ($($variant:ident: $ty:ty = $name:literal,)*) => {
         /// A KServe v2 tensor datatype.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum DataType {
+        pub(crate) enum DataType {
             $($variant,)*
             /// UTF-8 strings (ONNX `string`).
             Bytes,
@@ -44,10 +44,10 @@ macro_rules! define_types {
 
         impl DataType {
             /// Every datatype, in the order the protocol lists them.
-            pub const ALL: &[DataType] = &[$(DataType::$variant,)* DataType::Bytes];
+            pub(crate) const ALL: &[DataType] = &[$(DataType::$variant,)* DataType::Bytes];
 
             /// The protocol's name, e.g. `FP32`.
-            pub fn name(self) -> &'static str {
+            pub(crate) fn name(self) -> &'static str {
                 match self {
                     $(DataType::$variant => $name,)*
                     DataType::Bytes => "BYTES",
@@ -65,32 +65,28 @@ macro_rules! define_types {
 
         /// The elements of one tensor, in row-major order.
         #[derive(Debug, Clone, PartialEq)]
-        pub enum TensorData {
+        pub(crate) enum TensorData {
             $($variant(Vec<$ty>),)*
             Bytes(Vec<String>),
         }
 
         impl TensorData {
-            pub fn datatype(&self) -> DataType {
+            pub(crate) fn datatype(&self) -> DataType {
                 match self {
                     $(TensorData::$variant(_) => DataType::$variant,)*
                     TensorData::Bytes(_) => DataType::Bytes,
                 }
             }
 
-            pub fn len(&self) -> usize {
+            pub(crate) fn len(&self) -> usize {
                 match self {
                     $(TensorData::$variant(v) => v.len(),)*
                     TensorData::Bytes(v) => v.len(),
                 }
             }
 
-            pub fn is_empty(&self) -> bool {
-                self.len() == 0
-            }
-
             /// `len` default elements (zeros, `false`, empty strings): warm-up input.
-            pub fn zeros(datatype: DataType, len: usize) -> Self {
+            pub(crate) fn zeros(datatype: DataType, len: usize) -> Self {
                 match datatype {
                     $(DataType::$variant => TensorData::$variant(vec![<$ty>::default(); len]),)*
                     DataType::Bytes => TensorData::Bytes(vec![String::new(); len]),
@@ -98,7 +94,7 @@ macro_rules! define_types {
             }
 
             /// Wraps the elements as an ONNX Runtime tensor of `shape`.
-            pub fn into_value(self, shape: Vec<i64>) -> ort::Result<DynValue> {
+            pub(crate) fn into_value(self, shape: Vec<i64>) -> ort::Result<DynValue> {
                 Ok(match self {
                     $(TensorData::$variant(v) => Tensor::from_array((shape, v))?.into_dyn(),)*
                     TensorData::Bytes(v) => Tensor::from_string_array((shape, v.as_slice()))?.into_dyn(),
@@ -106,7 +102,7 @@ macro_rules! define_types {
             }
 
             /// Copies an ONNX Runtime tensor out, with its shape.
-            pub fn from_value(value: &DynValue) -> Result<(Vec<i64>, Self), String> {
+            pub(crate) fn from_value(value: &DynValue) -> Result<(Vec<i64>, Self), String> {
                 let ValueType::Tensor { ty, .. } = value.dtype() else {
                     return Err(format!("output is a {}, not a tensor", value.dtype()));
                 };
@@ -133,13 +129,13 @@ with_numeric_types!(define_types);
 
 impl DataType {
     /// Looks a datatype up by its protocol name (`FP32`, `BYTES`, ...).
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|d| d.name() == name)
     }
 
     /// The datatype, shape (-1 where dynamic) and dimension names of a model
     /// input or output, if it is a tensor the API can carry.
-    pub fn of_value_type(value_type: &ValueType) -> Option<(Self, Vec<i64>, Vec<String>)> {
+    pub(crate) fn of_value_type(value_type: &ValueType) -> Option<(Self, Vec<i64>, Vec<String>)> {
         match value_type {
             ValueType::Tensor {
                 ty,

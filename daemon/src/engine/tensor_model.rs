@@ -20,7 +20,7 @@ use crate::config::{Device, ModelConfig};
 
 /// The declared type of a model input or output.
 #[derive(Debug, Clone, Serialize)]
-pub struct TensorSpec {
+pub(crate) struct TensorSpec {
     pub name: String,
     pub datatype: DataType,
     /// -1 where the dimension is dynamic.
@@ -38,7 +38,7 @@ impl Serialize for DataType {
 
 /// What the daemon knows about a loaded model, shown in its metadata.
 #[derive(Debug, Clone)]
-pub struct ModelInfo {
+pub(crate) struct ModelInfo {
     pub name: String,
     pub path: PathBuf,
     pub inputs: Vec<TensorSpec>,
@@ -57,7 +57,7 @@ pub struct ModelInfo {
 
 /// A named tensor in a request or a response.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NamedTensor {
+pub(crate) struct NamedTensor {
     pub name: String,
     pub shape: Vec<i64>,
     pub data: TensorData,
@@ -65,7 +65,7 @@ pub struct NamedTensor {
 
 /// A loaded model and its pool of sessions.
 #[derive(Debug)]
-pub struct Model {
+pub(crate) struct Model {
     info: ModelInfo,
     pool: Arc<Pool<Session>>,
     /// Admits running plus queued requests; when none is left the model answers 503.
@@ -76,7 +76,7 @@ impl Model {
     /// Builds `sessions` ONNX Runtime sessions for the model from `graph`
     /// and its `external` data (the bytes whose digests were checked; see
     /// [`Sessions::build`]) and warms each up.
-    pub fn load(
+    pub(crate) fn load(
         environment: &Environment,
         config: &ModelConfig,
         graph: &[u8],
@@ -119,14 +119,14 @@ impl Model {
         })
     }
 
-    pub fn info(&self) -> &ModelInfo {
+    pub(crate) fn info(&self) -> &ModelInfo {
         &self.info
     }
 
     /// Runs one request: waits for a free session (or fails at once with
     /// [`InferError::QueueFull`]), runs it on a blocking thread, and returns
     /// the `outputs` asked for (all of them when empty), in that order.
-    pub async fn infer(
+    pub(crate) async fn infer(
         &self,
         inputs: Vec<NamedTensor>,
         outputs: Vec<String>,

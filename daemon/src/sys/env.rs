@@ -7,31 +7,38 @@ use std::ffi::OsStr;
 /// The environment was to be changed while other threads ran.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the environment can be changed only while the daemon has one thread; it has {threads} (a bug: this runs first thing in main)"
+    "the environment can be changed only while the daemon has one thread; it has {threads} (a bug in the start-up order)"
 )]
 pub(crate) struct NotSingleThreaded {
     threads: usize,
 }
 
-/// The threads of this process, as `/proc/self/task` lists them (0 when it
-/// cannot be read, which is not one).
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count)
+/// The threads of this process, as `/proc/self/task` lists them; `None`
+/// without a readable `/proc`.
+fn threads() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(Iterator::count)
 }
 
+/// Refuses when the kernel lists other threads. Without `/proc` nothing can
+/// be counted, and the call sites' order (the start of `serve`, before any
+/// thread) is all there is; the daemon then stops at its lockdown, which
+/// needs `/proc/self/status` (exit 78).
 fn single_threaded() -> Result<(), NotSingleThreaded> {
     match threads() {
-        1 => Ok(()),
-        threads => Err(NotSingleThreaded { threads }),
+        None | Some(1) => Ok(()),
+        Some(threads) => Err(NotSingleThreaded { threads }),
     }
 }
 
 /// Sets `name` to `value`, if the process has a single thread.
 pub(crate) fn set(name: &str, value: impl AsRef<OsStr>) -> Result<(), NotSingleThreaded> {
     single_threaded()?;
-    // SAFETY: the kernel lists exactly one thread, this one, so no other
-    // thread can read the environment while it changes; the daemon creates
-    // no thread behind the caller's back between the check and the call.
+    // SAFETY: the kernel lists exactly one thread, this one (or, without
+    // /proc, the caller runs before the daemon starts any), so no other
+    // thread can read the environment while it changes; nothing creates a
+    // thread between the check and the call.
     unsafe { std::env::set_var(name, value) };
     Ok(())
 }

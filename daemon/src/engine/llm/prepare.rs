@@ -250,7 +250,7 @@ struct Chat<'a> {
     tokenizer: &'a Tokenizer,
     reasoning: bool,
     context_length: usize,
-    /// [`LmInfo::max_prompt_bytes`].
+    /// [`super::LmInfo::max_prompt_bytes`].
     limit: usize,
 }
 
