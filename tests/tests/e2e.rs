@@ -28,3 +28,4 @@ mod llm_engine;
 mod notify;
 mod openai_client;
 mod sandbox;
+mod smollm2;
