@@ -9,6 +9,8 @@
 #   make bench  the socket-overhead benchmark (BENCHMARKS.md)
 #   make bench-llm  tiny-r1 prefill and decode tokens/s, socket against in
 #               process (BENCHMARKS.md)
+#   make check-llamacpp  the converted SmolLM2 against llama.cpp on its GGUF
+#               (builds llama.cpp from source first: ~20 minutes)
 #   make bench-integrity  deepseek-integrity against AIDE and sha256sum
 #               (BENCHMARKS.md; root, ~9 GiB free under BENCH_DIR)
 #   make deb    the Debian package (CPU ONNX Runtime) in target/debian/;
@@ -24,7 +26,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity ort models deps clean FORCE man deb deb-cuda check-units system-test release
+.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models deps clean FORCE man deb deb-cuda check-units system-test release
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -220,6 +222,26 @@ $(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py fixtures
 	$(CONVERT_VENV)/bin/python packaging/convert-gguf.py $(SMOLLM2_GGUF) $(MODELS)
 	cd $(MODELS) && sha256sum --quiet --check $(CURDIR)/fixtures/llm/smollm2/SHA256SUMS
 	touch $@
+
+# llama.cpp (llama-cpp-python, built from source: ~20 minutes on 2 cores),
+# the independent implementation the converted model is checked against.
+# Not part of `make test`.
+LLAMACPP_VENV := $(CURDIR)/.venv-llamacpp
+SMOLLM2_F32_GGUF := $(MODELS)/smollm2/SmolLM2-135M-Instruct.f32.gguf
+
+$(LLAMACPP_VENV)/.deps-1: packaging/llamacpp-requirements.txt | deps
+	python3 -m venv $(LLAMACPP_VENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -r packaging/llamacpp-requirements.txt
+	touch $@
+
+$(SMOLLM2_F32_GGUF): $(SMOLLM2_GGUF) packaging/gguf-f32.py | $(CONVERT_VENV)/.deps-1
+	$(CONVERT_VENV)/bin/python packaging/gguf-f32.py $(SMOLLM2_GGUF) $@
+
+# The converted SmolLM2 against llama.cpp on its GGUF (and on the same
+# weights in float32): tokenizer ids, teacher-forced top-1 agreement, first
+# greedy tokens (packaging/check-llamacpp.py says what must hold).
+check-llamacpp: models $(SMOLLM2_F32_GGUF) $(LLAMACPP_VENV)/.deps-1
+	$(LLAMACPP_VENV)/bin/python packaging/check-llamacpp.py --models $(MODELS)
 
 # Python tools the tests use, pinned, in a virtual environment.
 VENV := $(CURDIR)/.venv
