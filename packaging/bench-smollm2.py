@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""SmolLM2-135M-Instruct: deepseekd against llama.cpp on the same cores.
+
+    python packaging/bench-smollm2.py --release target/release --ort LIB [--rounds 15] [--threads 2]
+
+Starts the release deepseek-audit and deepseekd (locked down when run as
+root, every request audited, the model directories checked against a
+signed integrity database) serving the converted fp32 and int4 variants,
+one slot each on THREADS intra-op threads; loads llama.cpp
+(llama-cpp-python) in this process on the Q4_1 GGUF with the same number of
+threads. Each round measures every row once, in a fresh random order:
+
+  prefill  a prompt of about 200 tokens, one completion token; tokens/s =
+           prompt tokens / time to the first token (the daemon: streamed
+           /v1/completions over the socket, from the request to the first
+           event with text; llama.cpp: eval() of the prompt)
+  decode   200 tokens after a short prompt, greedy, EOS ignored; tokens/s =
+           (tokens - 1) / (time from the first token to the last)
+
+It prints medians and, paired per round, each daemon row over llama.cpp.
+`make bench-llm` runs it after the tiny-r1 benchmark (BENCHMARKS.md).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from llama_cpp import Llama
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = os.path.join(ROOT, ".models")
+GGUF = os.path.join(MODELS, "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+VARIANTS = {"smollm2": "smollm2-135m", "smollm2-int4": "smollm2-135m-int4"}
+DECODE_PROMPT = "The capital of France is"
+DECODE_TOKENS = 200
+# About 200 tokens of plain English.
+PREFILL_PROMPT = " ".join(
+    ["The appliance serves models on a locked-down server with no network, and every request is recorded in a signed audit log before its answer leaves."] * 7
+)
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost")
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def stream(sock, model, prompt, max_tokens):
+    """(prompt tokens, completion tokens, time to first text, total time)."""
+    body = json.dumps({
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+    })
+    connection = UnixConnection(sock)
+    connection.connect()
+    started = time.perf_counter()
+    connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    first = usage = None
+    buffer = b""
+    while True:
+        chunk = response.read1(65536)
+        if not chunk:
+            break
+        buffer += chunk
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            data = event[len(b"data: "):]
+            if data == b"[DONE]":
+                continue
+            parsed = json.loads(data)
+            if first is None and parsed["choices"] and parsed["choices"][0].get("text"):
+                first = time.perf_counter() - started
+            if parsed.get("usage"):
+                usage = parsed["usage"]
+    total = time.perf_counter() - started
+    connection.close()
+    return usage["prompt_tokens"], usage["completion_tokens"], first, total
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs).stdout
+
+
+def start_appliance(release, ort, threads, work):
+    """The auditor and the daemon, ready; returns (socket, processes)."""
+    audit = os.path.join(work, "audit")
+    os.makedirs(os.path.join(audit, "log"))
+    os.chmod(work, 0o755)
+    verifier = run([os.path.join(release, "deepseek-audit"), "keygen", "--name", "bench", "--out", os.path.join(audit, "audit.key")]).strip()
+    uids = [os.getuid()] + ([65534] if os.getuid() == 0 else [])
+    with open(os.path.join(audit, "audit.toml"), "w") as f:
+        f.write(f'socket = "{audit}/audit.sock"\nlog_dir = "{audit}/log"\nsigning_key = "{audit}/audit.key"\n{verifier}\nallowed_uids = {uids}\nsyslog = false\n')
+    auditor = subprocess.Popen([os.path.join(release, "deepseek-audit"), "--config", os.path.join(audit, "audit.toml"), "serve"], stderr=subprocess.DEVNULL)
+    key = os.path.join(work, "integrity.key")
+    pinned = run([os.path.join(release, "deepseek-integrity"), "keygen", "--out", key]).split("verifier_key = ")[1].strip()
+    rules = "".join(f'[[rule]]\npath = "{os.path.join(MODELS, d)}"\nrecursive = false\npreset = "model"\ndigest = "sha256"\n\n' for d in VARIANTS.values())
+    with open(os.path.join(work, "integrity.toml"), "w") as f:
+        f.write(f'database = "{work}/integrity.db"\nsigning_key = "{key}"\nverifier_key = {pinned}\n\n{rules}')
+    run([os.path.join(release, "deepseek-integrity"), "--config", os.path.join(work, "integrity.toml"), "init"])
+    while not os.path.exists(os.path.join(audit, "audit.sock")):
+        time.sleep(0.1)
+    os.chmod(os.path.join(audit, "audit.sock"), 0o666)
+    sock = os.path.join(work, "deepseekd.sock")
+    models = "".join(
+        f'[[model]]\nname = "{name}"\nkind = "causal-lm"\npath = "{os.path.join(MODELS, d)}"\nintra_op_threads = {threads}\n\n'
+        for name, d in VARIANTS.items()
+    )
+    sandbox = '[sandbox]\nuser = "nobody"\n' if os.getuid() == 0 else "[sandbox]\nenforce = false\n"
+    with open(os.path.join(work, "deepseekd.toml"), "w") as f:
+        f.write(
+            f'[server]\nsocket = "{sock}"\nallowed_uids = [{os.getuid()}]\nallowed_groups = []\n\n{sandbox}\n'
+            f'[audit]\nsocket = "{audit}/audit.sock"\n\n[integrity]\ndatabase = "{work}/integrity.db"\nverifier_key = {pinned}\n\n'
+            f'[runtime]\nlibrary = "{ort}"\n\n{models}'
+        )
+    daemon = subprocess.Popen([os.path.join(release, "deepseekd"), "--config", os.path.join(work, "deepseekd.toml")], stderr=open(os.path.join(work, "deepseekd.log"), "w"))
+    for _ in range(600):
+        try:
+            connection = UnixConnection(sock)
+            connection.connect()
+            connection.request("GET", "/v2/health/ready")
+            if connection.getresponse().status == 200:
+                return sock, [daemon, auditor]
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"deepseekd did not get ready; see {work}/deepseekd.log")
+
+
+def llama_prefill(llm, ids):
+    llm.reset()
+    started = time.perf_counter()
+    llm.eval(ids)
+    return len(ids) / (time.perf_counter() - started)
+
+
+def llama_decode(llm, ids, tokens):
+    llm.reset()
+    llm.eval(ids)
+    token = llm.sample(temp=0.0, top_k=1)
+    started = time.perf_counter()
+    for _ in range(tokens - 1):
+        llm.eval([token])
+        token = llm.sample(temp=0.0, top_k=1)
+    return (tokens - 1) / (time.perf_counter() - started)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--release", default=os.path.join(ROOT, "target", "release"))
+    parser.add_argument("--ort", required=True)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    llm = Llama(model_path=GGUF, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, n_batch=512, verbose=False)
+    prefill_ids = llm.tokenize(PREFILL_PROMPT.encode(), add_bos=False)
+    decode_ids = llm.tokenize(DECODE_PROMPT.encode(), add_bos=False)
+    with tempfile.TemporaryDirectory() as work:
+        sock, processes = start_appliance(args.release, args.ort, args.threads, work)
+        try:
+            rows = {}
+            measures = []
+            for model in VARIANTS:
+                measures.append((f"deepseekd {model}", "prefill", lambda m=model: (lambda r: r[0] / r[2])(stream(sock, m, PREFILL_PROMPT, 1))))
+                measures.append((f"deepseekd {model}", "decode", lambda m=model: (lambda r: (r[1] - 1) / (r[3] - r[2]))(stream(sock, m, DECODE_PROMPT, DECODE_TOKENS))))
+            measures.append(("llama.cpp Q4_1", "prefill", lambda: llama_prefill(llm, prefill_ids)))
+            measures.append(("llama.cpp Q4_1", "decode", lambda: llama_decode(llm, decode_ids, DECODE_TOKENS)))
+            for _, _, measure in measures:
+                measure()  # warm-up
+            for _ in range(args.rounds):
+                random.shuffle(measures)
+                for row, kind, measure in measures:
+                    rows.setdefault((row, kind), []).append(measure())
+            rss = {}
+            with open(f"/proc/{processes[0].pid}/status") as f:
+                for line in f:
+                    if line.startswith(("VmRSS", "VmHWM")):
+                        key, value = line.split(":")
+                        rss[key] = value.strip()
+            with open(f"/proc/{os.getpid()}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS"):
+                        rss["llama.cpp process (with ORT loaded: no)"] = line.split(":")[1].strip()
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait()
+    print(f"SmolLM2-135M-Instruct, {args.rounds} rounds, {args.threads} threads each, prompt {len(prefill_ids)} tokens (prefill), {DECODE_TOKENS} tokens (decode)")
+    print(f"{'row':<26} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    for row in dict.fromkeys(r for r, _ in rows):
+        print(f"{row:<26} {statistics.median(rows[(row, 'prefill')]):>14.1f} {statistics.median(rows[(row, 'decode')]):>13.1f}")
+    for model in VARIANTS:
+        for kind in ("prefill", "decode"):
+            ratios = [a / b for a, b in zip(rows[(f"deepseekd {model}", kind)], rows[("llama.cpp Q4_1", kind)])]
+            print(f"{kind} {model} / llama.cpp: median of paired ratios {statistics.median(ratios):.2f}")
+    print("deepseekd memory after the run:", rss)
+
+
+if __name__ == "__main__":
+    main()
