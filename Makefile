@@ -8,7 +8,8 @@
 #               FUZZ_SECONDS each (default 60; docs/development/fuzzing.md)
 #   make bench  the socket-overhead benchmark (BENCHMARKS.md)
 #   make bench-llm  tiny-r1 prefill and decode tokens/s, socket against in
-#               process (BENCHMARKS.md)
+#               process; SmolLM2 through the socket against llama.cpp, and
+#               the daemon's memory serving it (BENCHMARKS.md)
 #   make check-llamacpp  the converted SmolLM2 against llama.cpp on its GGUF
 #               (builds llama.cpp from source first: ~20 minutes)
 #   make bench-integrity  deepseek-integrity against AIDE and sha256sum
@@ -337,9 +338,11 @@ bench: ort
 # The causal-LM fixture through the OpenAI API (streamed, audited, locked
 # down as root) against the daemon's engine in process, interleaved rounds.
 # BENCH_ARGS="--rounds 200" for longer measurements (default 60).
-bench-llm: ort
-	cargo build --release --bin deepseekd --bin deepseek-audit
+bench-llm: ort models $(LLAMACPP_VENV)/.deps-1
+	cargo build --release --bin deepseekd --bin deepseek-audit --bin deepseek-integrity
 	cargo bench -p deepseek-tests --bench llm_throughput -- $(BENCH_ARGS)
+	$(LLAMACPP_VENV)/bin/python packaging/bench-smollm2.py --ort $(ORT_LIB) $(SMOLLM2_BENCH_ARGS)
+	$(LLAMACPP_VENV)/bin/python packaging/bench-smollm2.py --ort $(ORT_LIB) --memory
 
 # BENCH_DIR=/somewhere/else for the scratch trees (default /var/tmp/deepseek-bench);
 # REPS_WARM, REPS_COLD and the other knobs are listed in the script.

@@ -18,6 +18,9 @@ threads. Each round measures every row once, in a fresh random order:
            (tokens - 1) / (time from the first token to the last)
 
 It prints medians and, paired per round, each daemon row over llama.cpp.
+With --memory it instead serves the int4 variant alone with 1, then 2
+slots, and prints the daemon's resident memory after one answer, beside
+the size of the model's files.
 `make bench-llm` runs it after the tiny-r1 benchmark (BENCHMARKS.md).
 """
 
@@ -95,7 +98,7 @@ def run(cmd, **kwargs):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs).stdout
 
 
-def start_appliance(release, ort, threads, work):
+def start_appliance(release, ort, threads, work, variants=VARIANTS, sessions=1):
     """The auditor and the daemon, ready; returns (socket, processes)."""
     audit = os.path.join(work, "audit")
     os.makedirs(os.path.join(audit, "log"))
@@ -107,7 +110,7 @@ def start_appliance(release, ort, threads, work):
     auditor = subprocess.Popen([os.path.join(release, "deepseek-audit"), "--config", os.path.join(audit, "audit.toml"), "serve"], stderr=subprocess.DEVNULL)
     key = os.path.join(work, "integrity.key")
     pinned = run([os.path.join(release, "deepseek-integrity"), "keygen", "--out", key]).split("verifier_key = ")[1].strip()
-    rules = "".join(f'[[rule]]\npath = "{os.path.join(MODELS, d)}"\nrecursive = false\npreset = "model"\ndigest = "sha256"\n\n' for d in VARIANTS.values())
+    rules = "".join(f'[[rule]]\npath = "{os.path.join(MODELS, d)}"\nrecursive = false\npreset = "model"\ndigest = "sha256"\n\n' for d in variants.values())
     with open(os.path.join(work, "integrity.toml"), "w") as f:
         f.write(f'database = "{work}/integrity.db"\nsigning_key = "{key}"\nverifier_key = {pinned}\n\n{rules}')
     run([os.path.join(release, "deepseek-integrity"), "--config", os.path.join(work, "integrity.toml"), "init"])
@@ -116,8 +119,8 @@ def start_appliance(release, ort, threads, work):
     os.chmod(os.path.join(audit, "audit.sock"), 0o666)
     sock = os.path.join(work, "deepseekd.sock")
     models = "".join(
-        f'[[model]]\nname = "{name}"\nkind = "causal-lm"\npath = "{os.path.join(MODELS, d)}"\nintra_op_threads = {threads}\n\n'
-        for name, d in VARIANTS.items()
+        f'[[model]]\nname = "{name}"\nkind = "causal-lm"\npath = "{os.path.join(MODELS, d)}"\nintra_op_threads = {threads}\nsessions = {sessions}\n\n'
+        for name, d in variants.items()
     )
     sandbox = '[sandbox]\nuser = "nobody"\n' if os.getuid() == 0 else "[sandbox]\nenforce = false\n"
     with open(os.path.join(work, "deepseekd.toml"), "w") as f:
@@ -128,6 +131,8 @@ def start_appliance(release, ort, threads, work):
         )
     daemon = subprocess.Popen([os.path.join(release, "deepseekd"), "--config", os.path.join(work, "deepseekd.toml")], stderr=open(os.path.join(work, "deepseekd.log"), "w"))
     for _ in range(600):
+        if daemon.poll() is not None:
+            break
         try:
             connection = UnixConnection(sock)
             connection.connect()
@@ -137,7 +142,11 @@ def start_appliance(release, ort, threads, work):
         except OSError:
             pass
         time.sleep(0.2)
-    sys.exit(f"deepseekd did not get ready; see {work}/deepseekd.log")
+    for process in (daemon, auditor):
+        process.kill()
+        process.wait()
+    with open(os.path.join(work, "deepseekd.log")) as log:
+        sys.exit("deepseekd did not get ready:\n" + log.read()[-3000:])
 
 
 def llama_prefill(llm, ids):
@@ -158,13 +167,47 @@ def llama_decode(llm, ids, tokens):
     return (tokens - 1) / (time.perf_counter() - started)
 
 
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def memory(args):
+    directory = os.path.join(MODELS, VARIANTS["smollm2-int4"])
+    files = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
+    print(f"int4 model directory: {files / 2**20:.1f} MiB")
+    for sessions in (1, 2):
+        with tempfile.TemporaryDirectory() as work:
+            sock, processes = start_appliance(
+                args.release, args.ort, args.threads, work, {"smollm2-int4": VARIANTS["smollm2-int4"]}, sessions
+            )
+            try:
+                stream(sock, "smollm2-int4", DECODE_PROMPT, 32)
+                pid = processes[0].pid
+                print(
+                    f"sessions = {sessions}: deepseekd VmRSS {status_kib(pid, 'VmRSS') / 1024:.1f} MiB, "
+                    f"peak VmHWM {status_kib(pid, 'VmHWM') / 1024:.1f} MiB"
+                )
+            finally:
+                for process in processes:
+                    process.terminate()
+                    process.wait()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--release", default=os.path.join(ROOT, "target", "release"))
     parser.add_argument("--ort", required=True)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory", action="store_true")
     args = parser.parse_args()
+    args.ort = os.path.abspath(args.ort)
+    if args.memory:
+        return memory(args)
     llm = Llama(model_path=GGUF, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, n_batch=512, verbose=False)
     prefill_ids = llm.tokenize(PREFILL_PROMPT.encode(), add_bos=False)
     decode_ids = llm.tokenize(DECODE_PROMPT.encode(), add_bos=False)
