@@ -236,7 +236,7 @@ def main():
             with open(f"/proc/{os.getpid()}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS"):
-                        rss["llama.cpp process (with ORT loaded: no)"] = line.split(":")[1].strip()
+                        rss["bench process, llama.cpp inside"] = line.split(":")[1].strip()
         finally:
             for process in processes:
                 process.terminate()
