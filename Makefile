@@ -22,12 +22,14 @@
 #               throwaway Debian root (root, debootstrap, systemd-nspawn)
 
 SHELL := /bin/bash
+# A recipe that fails leaves no half-written target behind for the next make.
+.DELETE_ON_ERROR:
 ORT_DIR := $(CURDIR)/.ort/cpu
 ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models deps clean FORCE man deb deb-cuda check-units system-test release
+.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models pyvenv deps clean FORCE man deb deb-cuda check-units system-test release
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -209,19 +211,34 @@ SMOLLM2 := $(MODELS)/smollm2-135m
 SMOLLM2_INT4 := $(MODELS)/smollm2-135m-int4
 CONVERT_VENV := $(CURDIR)/.venv-convert
 
+# Checked at every use, not only when converted: the GGUF against its pinned
+# digest (the fetch script does nothing more when it matches), and the two
+# directories against SHA256SUMS, exactly those files and no other (a
+# stray chat_template.jinja would change every prompt).
 models: $(MODELS)/.smollm2-converted
+	packaging/fetch-smollm2.sh $(MODELS)/smollm2
+	cd $(MODELS) && sha256sum --strict --quiet --check $(CURDIR)/fixtures/llm/smollm2/SHA256SUMS
+	[ "$$(cd $(MODELS) && find smollm2-135m smollm2-135m-int4 -type f | sort)" = "$$(awk '{print $$2}' fixtures/llm/smollm2/SHA256SUMS | sort)" ] || \
+		{ echo "error: $(MODELS)/smollm2-135m* holds files SHA256SUMS does not list; run: rm -r $(MODELS)/smollm2-135m* $(MODELS)/.smollm2-converted; make models" >&2; exit 1; }
 
-$(SMOLLM2_GGUF):
+$(SMOLLM2_GGUF): packaging/fetch-smollm2.sh
 	packaging/fetch-smollm2.sh $(MODELS)/smollm2
 
-$(CONVERT_VENV)/.deps-1: packaging/convert-requirements.txt | deps
+# Python's venv module (Debian's python3-venv): all the model tools need
+# from apt, so that `make run` installs nothing else.
+pyvenv:
+	@python3 -c 'import ensurepip' 2>/dev/null || { \
+		echo "installing: python3-venv"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+
+$(CONVERT_VENV)/.deps-1: packaging/convert-requirements.txt | pyvenv
 	python3 -m venv $(CONVERT_VENV)
 	$(CONVERT_VENV)/bin/pip install --quiet --disable-pip-version-check -r packaging/convert-requirements.txt
 	touch $@
 
 $(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py fixtures/llm/smollm2/SHA256SUMS | $(CONVERT_VENV)/.deps-1
+	rm -rf $(SMOLLM2) $(SMOLLM2_INT4)
 	$(CONVERT_VENV)/bin/python packaging/convert-gguf.py $(SMOLLM2_GGUF) $(MODELS)
-	cd $(MODELS) && sha256sum --quiet --check $(CURDIR)/fixtures/llm/smollm2/SHA256SUMS
 	touch $@
 
 # llama.cpp (llama-cpp-python, built from source: ~20 minutes on 2 cores),
@@ -230,13 +247,14 @@ $(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py fixtures
 LLAMACPP_VENV := $(CURDIR)/.venv-llamacpp
 SMOLLM2_F32_GGUF := $(MODELS)/smollm2/SmolLM2-135M-Instruct.f32.gguf
 
-$(LLAMACPP_VENV)/.deps-1: packaging/llamacpp-requirements.txt | deps
+$(LLAMACPP_VENV)/.deps-1: packaging/llamacpp-requirements.txt | pyvenv
 	python3 -m venv $(LLAMACPP_VENV)
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -r packaging/llamacpp-requirements.txt
 	touch $@
 
 $(SMOLLM2_F32_GGUF): $(SMOLLM2_GGUF) packaging/gguf-f32.py | $(CONVERT_VENV)/.deps-1
-	$(CONVERT_VENV)/bin/python packaging/gguf-f32.py $(SMOLLM2_GGUF) $@
+	$(CONVERT_VENV)/bin/python packaging/gguf-f32.py $(SMOLLM2_GGUF) $@.tmp
+	mv $@.tmp $@
 
 # The converted SmolLM2 against llama.cpp on its GGUF (and on the same
 # weights in float32): tokenizer ids, teacher-forced top-1 agreement, first

@@ -15,7 +15,7 @@ threads. Each round measures every row once, in a fresh random order:
            /v1/completions over the socket, from the request to the first
            event with text; llama.cpp: eval() of the prompt)
   decode   200 tokens after a short prompt, greedy, EOS ignored; tokens/s =
-           (tokens - 1) / (time from the first token to the last)
+           (tokens - 1) / (time from the first text event to the last)
 
 It prints medians and, paired per round, each daemon row over llama.cpp.
 With --memory it instead serves the int4 variant alone with 1, then 2
@@ -61,7 +61,8 @@ class UnixConnection(http.client.HTTPConnection):
 
 
 def stream(sock, model, prompt, max_tokens):
-    """(prompt tokens, completion tokens, time to first text, total time)."""
+    """(prompt tokens, completion tokens, time to the first text event, time
+    to the last one), from sending the request."""
     body = json.dumps({
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
         "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
@@ -71,8 +72,9 @@ def stream(sock, model, prompt, max_tokens):
     started = time.perf_counter()
     connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     response = connection.getresponse()
-    assert response.status == 200, response.read()
-    first = usage = None
+    if response.status != 200:
+        sys.exit(f"{model}: HTTP {response.status}: {response.read()[:1000]!r}")
+    first = last = usage = None
     buffer = b""
     while True:
         chunk = response.read1(65536)
@@ -85,13 +87,16 @@ def stream(sock, model, prompt, max_tokens):
             if data == b"[DONE]":
                 continue
             parsed = json.loads(data)
-            if first is None and parsed["choices"] and parsed["choices"][0].get("text"):
-                first = time.perf_counter() - started
+            if parsed["choices"] and parsed["choices"][0].get("text"):
+                last = time.perf_counter() - started
+                if first is None:
+                    first = last
             if parsed.get("usage"):
                 usage = parsed["usage"]
-    total = time.perf_counter() - started
     connection.close()
-    return usage["prompt_tokens"], usage["completion_tokens"], first, total
+    if first is None or usage is None or last is None:
+        sys.exit(f"{model}: the stream had no text or no usage")
+    return usage["prompt_tokens"], usage["completion_tokens"], first, last
 
 
 def run(cmd, **kwargs):
@@ -107,14 +112,32 @@ def start_appliance(release, ort, threads, work, variants=VARIANTS, sessions=1):
     uids = [os.getuid()] + ([65534] if os.getuid() == 0 else [])
     with open(os.path.join(audit, "audit.toml"), "w") as f:
         f.write(f'socket = "{audit}/audit.sock"\nlog_dir = "{audit}/log"\nsigning_key = "{audit}/audit.key"\n{verifier}\nallowed_uids = {uids}\nsyslog = false\n')
-    auditor = subprocess.Popen([os.path.join(release, "deepseek-audit"), "--config", os.path.join(audit, "audit.toml"), "serve"], stderr=subprocess.DEVNULL)
+    auditor = subprocess.Popen(
+        [os.path.join(release, "deepseek-audit"), "--config", os.path.join(audit, "audit.toml"), "serve"],
+        stderr=open(os.path.join(work, "deepseek-audit.log"), "w"),
+    )
+    try:
+        return start_daemon(release, ort, threads, work, variants, sessions, auditor)
+    except BaseException:
+        auditor.kill()
+        auditor.wait()
+        raise
+
+
+def start_daemon(release, ort, threads, work, variants, sessions, auditor):
+    """The daemon, once the auditor is listening; returns (socket, processes)."""
+    audit = os.path.join(work, "audit")
     key = os.path.join(work, "integrity.key")
     pinned = run([os.path.join(release, "deepseek-integrity"), "keygen", "--out", key]).split("verifier_key = ")[1].strip()
     rules = "".join(f'[[rule]]\npath = "{os.path.join(MODELS, d)}"\nrecursive = false\npreset = "model"\ndigest = "sha256"\n\n' for d in variants.values())
     with open(os.path.join(work, "integrity.toml"), "w") as f:
         f.write(f'database = "{work}/integrity.db"\nsigning_key = "{key}"\nverifier_key = {pinned}\n\n{rules}')
     run([os.path.join(release, "deepseek-integrity"), "--config", os.path.join(work, "integrity.toml"), "init"])
+    deadline = time.monotonic() + 60
     while not os.path.exists(os.path.join(audit, "audit.sock")):
+        if auditor.poll() is not None or time.monotonic() > deadline:
+            with open(os.path.join(work, "deepseek-audit.log")) as log:
+                sys.exit("deepseek-audit did not start:\n" + log.read()[-3000:])
         time.sleep(0.1)
     os.chmod(os.path.join(audit, "audit.sock"), 0o666)
     sock = os.path.join(work, "deepseekd.sock")
@@ -133,18 +156,19 @@ def start_appliance(release, ort, threads, work, variants=VARIANTS, sessions=1):
     for _ in range(600):
         if daemon.poll() is not None:
             break
+        connection = UnixConnection(sock)
         try:
-            connection = UnixConnection(sock)
             connection.connect()
             connection.request("GET", "/v2/health/ready")
             if connection.getresponse().status == 200:
                 return sock, [daemon, auditor]
         except OSError:
             pass
+        finally:
+            connection.close()
         time.sleep(0.2)
-    for process in (daemon, auditor):
-        process.kill()
-        process.wait()
+    daemon.kill()
+    daemon.wait()
     with open(os.path.join(work, "deepseekd.log")) as log:
         sys.exit("deepseekd did not get ready:\n" + log.read()[-3000:])
 

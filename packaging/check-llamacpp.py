@@ -21,7 +21,9 @@ fixtures/llm/smollm2/expected.json:
   - the first 8 greedy tokens of each variant (recorded in expected.json,
     which the daemon's tests hold it to) against llama.cpp's first 8.
 
-It prints the figures for fp32 and int4 and exits 1 unless fp32 agrees at
+It prints the figures for fp32 and int4 and exits 1 unless fp32 answers the
+README's question (capital_of_france) with llama.cpp's tokens on both GGUFs,
+agrees at
 95 % of the positions or more with both, and has the first 8 tokens
 identical for at least 4 of the 5 prompts with the float32 GGUF (issue
 14's bar; on Q4_1 the count is printed: llama.cpp's 8-bit activations flip
@@ -107,6 +109,8 @@ def compare(path, threads, models, expected, strings, judge_first):
     for variant in VARIANTS:
         directory = os.path.join(models, variant)
         config = json.load(open(os.path.join(directory, "config.json")))
+        eos = json.load(open(os.path.join(directory, "generation_config.json")))["eos_token_id"]
+        eos = set(eos if isinstance(eos, list) else [eos])
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(
@@ -128,8 +132,11 @@ def compare(path, threads, models, expected, strings, judge_first):
             agree += same
             positions += len(reference)
             greedy = expected["greedy"][variant][p["name"]]["ids"][:FIRST]
-            first = greedy == reference[: len(greedy)] and len(greedy) >= min(FIRST, len(reference))
+            # A shorter answer counts when it ends at EOS where llama.cpp's does.
+            first = greedy == reference[: len(greedy)] and (len(greedy) == FIRST or greedy[-1] in eos)
             first_same += first
+            if variant == VARIANTS[0] and p["name"] == "capital_of_france" and not first:
+                failures.append("fp32 does not answer the README's question as llama.cpp does")
             rows.append(f"    {p['name']:<18} top-1 {same:>2}/{len(reference)}  first {FIRST} greedy {'same' if first else 'differ'}")
         share = agree / positions
         print(f"  {variant}: teacher-forced top-1 agreement {agree}/{positions} = {share:.1%}; first {FIRST} greedy tokens identical for {first_same}/{len(prompts)} prompts")

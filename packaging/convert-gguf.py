@@ -44,6 +44,7 @@ import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -211,7 +212,10 @@ def build_graph(a, w, name, doc):
     g.const("const_shape_hidden", np.array([0, 0, a.hidden], dtype=np.int64))
     g.const("const_shape_rows", np.array([-1, a.hidden], dtype=np.int64))
     g.const("const_vocab", np.array([a.vocab], dtype=np.int64))
-    inv_freq = (1.0 / (a.rope_theta ** (np.arange(0, hd, 2, dtype=np.int64).astype(np.float32) / hd))).astype(np.float32)
+    # In float64 with the C library's pow, one scalar at a time, then rounded
+    # to float32: numpy's float32 power takes a vectorised path on AVX-512
+    # machines that rounds otherwise, which made the bytes depend on the CPU.
+    inv_freq = np.array([1.0 / math.pow(a.rope_theta, i / hd) for i in range(0, hd, 2)], dtype=np.float64).astype(np.float32)
     g.const("rotary_emb.inv_freq", inv_freq.reshape(1, 1, hd // 2))
 
     # ---- attention mask: causal over cache positions AND attention_mask -> [B,1,1,S,T]
