@@ -233,7 +233,7 @@ pyvenv:
 
 $(CONVERT_VENV)/.deps-1: packaging/convert-requirements.txt | pyvenv
 	python3 -m venv $(CONVERT_VENV)
-	$(CONVERT_VENV)/bin/pip install --quiet --disable-pip-version-check -r packaging/convert-requirements.txt
+	$(CONVERT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r packaging/convert-requirements.txt
 	touch $@
 
 $(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py fixtures/llm/smollm2/SHA256SUMS | $(CONVERT_VENV)/.deps-1
@@ -249,7 +249,7 @@ SMOLLM2_F32_GGUF := $(MODELS)/smollm2/SmolLM2-135M-Instruct.f32.gguf
 
 $(LLAMACPP_VENV)/.deps-1: packaging/llamacpp-requirements.txt | pyvenv
 	python3 -m venv $(LLAMACPP_VENV)
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(LLAMACPP_VENV)/bin/pip install --quiet --disable-pip-version-check -r packaging/llamacpp-requirements.txt
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(LLAMACPP_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r packaging/llamacpp-requirements.txt
 	touch $@
 
 $(SMOLLM2_F32_GGUF): $(SMOLLM2_GGUF) packaging/gguf-f32.py | $(CONVERT_VENV)/.deps-1
