@@ -95,6 +95,16 @@ pub fn llm_expected() -> Value {
     serde_json::from_slice(&bytes).expect("expected.json is JSON")
 }
 
+/// The entry of `list` (an `expected.json` array) named `name`.
+pub fn named(list: &Value, name: &str) -> Value {
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .find(|entry| entry["name"] == name)
+        .unwrap_or_else(|| panic!("no entry named {name:?}"))
+        .clone()
+}
+
 /// Token ids as `expected.json` lists them.
 pub fn token_ids(value: &Value) -> Vec<u32> {
     value

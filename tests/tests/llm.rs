@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Daemon, get, llm_expected, llm_fixture, llm_table, model_table, openai_error, post_json,
+    Daemon, get, llm_expected, llm_fixture, llm_table, model_table, named, openai_error, post_json,
     request, run_daemon, run_with_models, shared_tempdir, write_config,
 };
 use serde_json::{Value, json};
@@ -22,13 +22,7 @@ fn daemon(extra: &str) -> Daemon {
 }
 
 fn expected(name: &str) -> Value {
-    llm_expected()["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .find(|p| p["name"] == name)
-        .expect("prompt")
-        .clone()
+    named(&llm_expected()["prompts"], name)
 }
 
 fn greedy_text(name: &str) -> String {

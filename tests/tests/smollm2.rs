@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Daemon, llm_table, post_json, run_daemon, shared_tempdir, token_ids, workspace, write_config,
+    Daemon, llm_table, named, post_json, run_daemon, shared_tempdir, token_ids, workspace,
+    write_config,
 };
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use serde_json::{Value, json};
@@ -33,16 +34,6 @@ fn model_dir(variant: &str) -> PathBuf {
 fn reference(file: &str) -> Value {
     let path = workspace().join("fixtures/llm/smollm2").join(file);
     serde_json::from_slice(&std::fs::read(&path).expect("reference file")).expect("JSON")
-}
-
-fn prompt(expected: &Value, name: &str) -> Value {
-    expected["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .find(|p| p["name"] == name)
-        .expect("prompt")
-        .clone()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -79,7 +70,7 @@ fn both_variants_answer_as_python_onnxruntime_did_on_the_converted_model() {
             if greedy["min_top1_top2_margin"].as_f64().expect("margin") < 0.2 {
                 continue;
             }
-            let p = prompt(&expected, name);
+            let p = named(&expected["prompts"], name);
             if p["kind"] != "chat" {
                 continue;
             }

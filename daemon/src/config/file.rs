@@ -59,9 +59,7 @@ impl Config {
             source: Box::new(source),
         })?;
         config.validate(path, text)?;
-        config.source_sha256 = deepseek_integrity::digest::hex(
-            &<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()),
-        );
+        config.source_sha256 = deepseek_integrity::digest::sha256_hex(text.as_bytes());
         Ok(config)
     }
 
