@@ -169,6 +169,8 @@ impl Config {
                     ("model_file", model.model_file.is_some()),
                     ("context_length", model.context_length.is_some()),
                     ("max_prompt_bytes", model.max_prompt_bytes.is_some()),
+                    ("kv_cache_tokens", model.kv_cache_tokens.is_some()),
+                    ("batching", !model.batching),
                 ] {
                     if set {
                         return Err(semantic(

@@ -48,9 +48,24 @@ pub struct ModelConfig {
     /// (one per physical core).
     #[serde(default)]
     pub intra_op_threads: Option<NonZeroUsize>,
-    /// Sessions in the pool, i.e. how many requests run at once.
+    /// How many requests run at once. A tensor model has one session (a
+    /// copy of the weights) for each; a causal LM decodes this many
+    /// sequences together in one batch over one session (or, with
+    /// `batching = false` or a graph that cannot batch, has one session
+    /// each).
     #[serde(default = "one")]
     pub sessions: NonZeroUsize,
+    /// Causal LMs: decode the running requests together, one step for all
+    /// of them, over one copy of the weights (continuous batching). Off
+    /// gives each of the `sessions` its own session, as before.
+    #[serde(default = "yes")]
+    pub batching: bool,
+    /// Causal LMs with batching: the KV cache pool, in positions (tokens)
+    /// across all running requests, padding included; unset is `sessions ×
+    /// context_length`. At least `context_length`. Requests that would not
+    /// fit wait in the queue.
+    #[serde(default)]
+    pub kv_cache_tokens: Option<NonZeroUsize>,
     /// Requests that may wait for a free session; more get 503.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: usize,

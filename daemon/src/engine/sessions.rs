@@ -24,8 +24,7 @@ pub(crate) fn admit(
         .map_err(|_| InferError::QueueFull(model.to_owned()))
 }
 
-/// A model's ONNX Runtime sessions, one per `sessions`, on the device they
-/// ended up on.
+/// A model's ONNX Runtime sessions, on the device they ended up on.
 #[derive(Debug)]
 pub(crate) struct Sessions {
     pub sessions: Vec<Session>,
@@ -34,7 +33,7 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// Builds the sessions from `graph` in memory, never from its path: the
+    /// Builds `count` sessions from `graph` in memory, never from its path: the
     /// caller read it once (and hashed those bytes). The graph's external
     /// data comes from `external`, by the name the graph gives it; one it
     /// names that is not there is looked for in the model's directory,
@@ -45,6 +44,7 @@ impl Sessions {
         config: &ModelConfig,
         graph: &[u8],
         external: &[(PathBuf, Arc<[u8]>)],
+        count: usize,
     ) -> Result<Self, LoadError> {
         let name = config.name.get_ref().as_str();
         let path = config.onnx();
@@ -74,7 +74,7 @@ impl Sessions {
             Device::Cpu => (builder, Device::Cpu, None),
             Device::Cuda => register_cuda(builder, name, config)?,
         };
-        let sessions = (0..config.sessions.get())
+        let sessions = (0..count)
             .map(|_| builder.commit_from_memory(graph))
             .collect::<Result<Vec<_>, _>>()
             .map_err(session_error)?;

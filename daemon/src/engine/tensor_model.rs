@@ -87,7 +87,7 @@ impl Model {
             sessions,
             device,
             cpu_fallback_reason,
-        } = Sessions::build(environment, config, graph, external)?;
+        } = Sessions::build(environment, config, graph, external, config.sessions.get())?;
         let first = &sessions[0];
         let inputs = specs(&name, "input", first.inputs())?;
         let outputs = specs(&name, "output", first.outputs())?;

@@ -151,7 +151,7 @@ impl InProcess {
         let request = self.request(prompt, max_tokens);
         let prompt_tokens = request.prompt_ids.len();
         // The daemon's channel between the generation and its stream.
-        let (events, mut received) = mpsc::channel::<Delta>(16);
+        let (events, mut received) = mpsc::unbounded_channel::<Delta>();
         let (finished, first, last, text) = std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
                 let mut first = None;
@@ -169,8 +169,7 @@ impl InProcess {
                 (first, last, text)
             });
             let finished =
-                generate(slot, &self.spec, &self.tokenizer, &request, &events).expect("generate");
-            drop(events);
+                generate(slot, &self.spec, &self.tokenizer, request, events).expect("generate");
             let (first, last, text) = reader.join().expect("event reader");
             (finished, first, last, text)
         });
@@ -187,8 +186,7 @@ impl InProcess {
         }
     }
 
-    /// `generate()` with room in the channel for every event and nobody
-    /// reading until it ends: no thread is woken per token. There is no
+    /// `generate()` with nobody reading its events until it ends: no thread is woken per token. There is no
     /// first event to time, so `first` is the start: only `end - start`
     /// means anything.
     pub(crate) fn generate_buffered(
@@ -199,11 +197,10 @@ impl InProcess {
     ) -> Timing {
         let start = Instant::now();
         let request = self.request(prompt, max_tokens);
-        // One event per step and the last one.
-        let (events, mut received) = mpsc::channel::<Delta>(max_tokens + 1);
+        let prompt_tokens = request.prompt_ids.len();
+        let (events, mut received) = mpsc::unbounded_channel::<Delta>();
         let finished =
-            generate(slot, &self.spec, &self.tokenizer, &request, &events).expect("generate");
-        drop(events);
+            generate(slot, &self.spec, &self.tokenizer, request, events).expect("generate");
         let mut text = String::new();
         while let Ok(delta) = received.try_recv() {
             text.push_str(&delta.reasoning);
@@ -216,7 +213,7 @@ impl InProcess {
             first: start,
             last: end,
             end,
-            prompt_tokens: request.prompt_ids.len(),
+            prompt_tokens,
             completion_tokens: finished.completion_tokens,
             text,
         }

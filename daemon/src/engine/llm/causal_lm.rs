@@ -1,17 +1,20 @@
 //! A loaded causal LM: its tokenizer, chat template, sampling defaults and
-//! stop ids, and the slots (one ONNX Runtime session and KV cache each)
-//! its generations run in.
+//! stop ids, and what runs its generations: a batch scheduler over one
+//! ONNX Runtime session, or (graphs that cannot batch, `batching = false`)
+//! slots with a session and KV cache each.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use ort::environment::Environment;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::batch::BatchSnapshot;
+use super::batch::scheduler::{Batcher, Job, Limits, Setup};
 use super::decoder::{GraphSpec, KvPlacement, Slot};
 use super::files::{self, ModelFiles};
-use super::generate::{self, Delta, FinishReason, Finished, GenerateRequest};
+use super::generate::{self, Delta, Finished, GenerateRequest};
 use super::sampling::SamplingParams;
 use super::template::{ChatTemplate, Message, TemplateError};
 use super::tokenizer::Tokenizer;
@@ -42,8 +45,15 @@ pub struct LmInfo {
     pub graph: PathBuf,
     pub device: Device,
     pub cpu_fallback_reason: Option<String>,
+    /// Requests generated at once (`sessions`).
     pub slots: usize,
     pub queue_depth: usize,
+    /// Why the running requests are not decoded together in one batch;
+    /// `None` when they are.
+    pub batching_off: Option<&'static str>,
+    /// The batch's KV cache pool in positions (`kv_cache_tokens`); `None`
+    /// without batching, where each slot holds up to `context_length`.
+    pub kv_cache_tokens: Option<usize>,
     /// Prompt plus completion tokens, at most.
     pub context_length: usize,
     /// Longer prompt text is refused before it is tokenized: the smaller of
@@ -58,11 +68,29 @@ pub struct LmInfo {
     pub kv_cache: &'static str,
 }
 
-/// A loaded causal LM and its slots.
+/// What runs a model's generations.
+#[derive(Debug)]
+enum Runner {
+    /// One session; every running request decoded in one batch.
+    Batch(Batcher),
+    /// A session and cache per slot, one request each.
+    Slots(Arc<Pool<Slot>>),
+}
+
+/// Why a graph with a shared past/present buffer is served a slot per
+/// request (docs/development/llm-serving.md).
+const SHARED_BUFFER_CANNOT_BATCH: &str = "the graph shares its past/present buffer \
+     (GroupQueryAttention): ONNX Runtime 1.31 refuses a prefill beside decoding rows, \
+     so each slot runs one request";
+
+/// Why batching is off when the configuration turns it off.
+const BATCHING_FALSE: &str = "batching = false in its [[model]] table";
+
+/// A loaded causal LM and what runs its generations.
 #[derive(Debug)]
 pub struct CausalLm {
     pub(super) info: LmInfo,
-    pub(super) tokenizer: Tokenizer,
+    pub(super) tokenizer: Arc<Tokenizer>,
     pub(super) template: ChatTemplate,
     pub(super) spec: GraphSpec,
     /// The sampling `generation_config.json` asks for when a request does
@@ -72,7 +100,7 @@ pub struct CausalLm {
     pub(super) stop_ids: HashSet<u32>,
     /// The tokenizer has `<think>` and `</think>`: split the reasoning.
     pub(super) reasoning: bool,
-    pub(super) pool: Arc<Pool<Slot>>,
+    runner: Runner,
     pub(super) admission: Arc<Semaphore>,
     /// Shared by every causal LM ([`PREPARING`]).
     pub(super) preparing: Arc<Semaphore>,
@@ -106,11 +134,23 @@ impl CausalLm {
                 graph_path.display()
             )));
         };
+        let batching_off = if !config.batching {
+            Some(BATCHING_FALSE)
+        } else if files.share_kv_buffer {
+            Some(SHARED_BUFFER_CANNOT_BATCH)
+        } else {
+            None
+        };
+        let count = if batching_off.is_none() {
+            1
+        } else {
+            config.sessions.get()
+        };
         let Sessions {
-            sessions,
+            mut sessions,
             device,
             cpu_fallback_reason,
-        } = Sessions::build(environment, config, graph, external)?;
+        } = Sessions::build(environment, config, graph, external, count)?;
         let spec = GraphSpec::read(&sessions[0], &files.arch)
             .map_err(|e| fail(format!("{}: {e}", graph_path.display())))?;
         let mut stop_ids: HashSet<u32> = [&files.generation.eos_token_id, &files.arch.eos_token_id]
@@ -149,32 +189,37 @@ impl CausalLm {
             (false, Device::Cpu) => KvPlacement::Host,
         };
         let kv_cache = placement.name();
-        let mut slots = sessions
-            .into_iter()
-            .map(|session| Slot::new(session, &spec, placement.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(format!("cannot set up the KV cache ({kv_cache}): {e}")))?;
-        if config.warm_up {
-            let bos = files
-                .tokenizer
-                .bos_token
-                .as_deref()
-                .and_then(|t| tokenizer.token_to_id(t))
-                .unwrap_or(0);
-            let mut logits = Vec::new();
-            for slot in &mut slots {
-                slot.reset(&spec)
-                    .and_then(|()| slot.forward(&spec, &[bos], &mut logits))
-                    .and_then(|()| slot.forward(&spec, &[bos], &mut logits))
-                    .map_err(|e| {
-                        fail(format!(
-                            "the warm-up (prefill and one decode step) failed: {e}; \
-                             set warm_up = false in its [[model]] table to load it anyway"
-                        ))
-                    })?;
-                slot.reset(&spec).map_err(|e| fail(e.to_string()))?;
-            }
-        }
+        let bos = files
+            .tokenizer
+            .bos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_to_id(t))
+            .unwrap_or(0);
+        let tokenizer = Arc::new(tokenizer);
+        let (runner, kv_cache_tokens) = if batching_off.is_none() {
+            let cache_tokens =
+                kv_cache_tokens(index, config, context_length).map_err(|e| fail(e.to_string()))?;
+            let session = sessions
+                .pop()
+                .ok_or_else(|| fail("no session was built".to_owned()))?;
+            let batcher = Batcher::start(Setup {
+                session,
+                spec: spec.clone(),
+                tokenizer: Arc::clone(&tokenizer),
+                placement,
+                limits: Limits {
+                    sequences: config.sessions.get(),
+                    cache_tokens,
+                },
+                warm_up: config.warm_up.then_some(bos),
+            })
+            .map_err(|e| fail(e.to_string()))?;
+            (Runner::Batch(batcher), Some(cache_tokens))
+        } else {
+            let slots = load_slots(sessions, &spec, &placement, config.warm_up.then_some(bos))
+                .map_err(fail)?;
+            (Runner::Slots(Arc::new(Pool::new(slots))), None)
+        };
         let reasoning = tokenizer.token_to_id("<think>").is_some()
             && tokenizer.token_to_id("</think>").is_some();
         let info = LmInfo {
@@ -183,8 +228,10 @@ impl CausalLm {
             graph: graph_path,
             device,
             cpu_fallback_reason,
-            slots: slots.len(),
+            slots: config.sessions.get(),
             queue_depth: config.queue_depth,
+            batching_off,
+            kv_cache_tokens,
             context_length,
             max_prompt_bytes: tokenizer.max_text_bytes(context_length).min(
                 config.max_prompt_bytes.map_or(
@@ -198,9 +245,9 @@ impl CausalLm {
             kv_cache,
         };
         Ok(Self {
-            admission: Arc::new(Semaphore::new(slots.len() + config.queue_depth)),
+            admission: Arc::new(Semaphore::new(config.sessions.get() + config.queue_depth)),
             preparing: preparing(),
-            pool: Arc::new(Pool::new(slots)),
+            runner,
             info,
             tokenizer,
             template,
@@ -250,24 +297,53 @@ impl CausalLm {
         admit(&self.admission, &self.info.name)
     }
 
-    /// Runs one generation once a slot is free, sending its text to
+    /// What the batch scheduler is doing; `None` without batching.
+    pub fn batch_stats(&self) -> Option<BatchSnapshot> {
+        match &self.runner {
+            Runner::Batch(batcher) => Some(batcher.stats()),
+            Runner::Slots(_) => None,
+        }
+    }
+
+    /// Runs one generation once there is room for it, sending its text to
     /// `events`. A closed `events` (the client left) cancels it, also while
-    /// it waits for a slot.
+    /// it waits.
     pub async fn generate(
         self: Arc<Self>,
         admitted: OwnedSemaphorePermit,
         request: GenerateRequest,
-        events: mpsc::Sender<Delta>,
+        events: mpsc::UnboundedSender<Delta>,
     ) -> Result<Finished, InferError> {
+        let pool = match &self.runner {
+            Runner::Slots(pool) => Arc::clone(pool),
+            Runner::Batch(batcher) => {
+                let (done, finished) = oneshot::channel();
+                let job = Job {
+                    request,
+                    events,
+                    done,
+                    admitted,
+                };
+                batcher
+                    .submit(job)
+                    .map_err(|e| InferError::Runtime(e.to_string()))?;
+                return finished
+                    .await
+                    .map_err(|_| {
+                        InferError::Runtime("the batch scheduler dropped the request".to_owned())
+                    })?
+                    .map_err(|e| InferError::Runtime(e.to_string()));
+            }
+        };
         let mut slot = tokio::select! {
-            lease = self.pool.acquire() => lease.map_err(|e| InferError::Runtime(e.to_string()))?,
+            lease = pool.acquire() => lease.map_err(|e| InferError::Runtime(e.to_string()))?,
             () = events.closed() => return Ok(Finished::cancelled_before_start()),
         };
         let model = Arc::clone(&self);
         tokio::task::spawn_blocking(move || {
             let _admitted = admitted;
             let result =
-                generate::generate(&mut slot, &model.spec, &model.tokenizer, &request, &events);
+                generate::generate(&mut slot, &model.spec, &model.tokenizer, request, events);
             // The cache of this request is dropped before the slot is lent again.
             if let Err(e) = slot.reset(&model.spec) {
                 tracing::warn!(error = %e, "cannot clear a slot's KV cache");
@@ -277,6 +353,56 @@ impl CausalLm {
         .await
         .map_err(|e| InferError::Runtime(format!("generation task failed: {e}")))?
         .map_err(|e| InferError::Runtime(e.to_string()))
+    }
+}
+
+/// The per-slot engine's slots, each warmed up on `warm_up` when given.
+fn load_slots(
+    sessions: Vec<ort::session::Session>,
+    spec: &GraphSpec,
+    placement: &KvPlacement,
+    warm_up: Option<u32>,
+) -> Result<Vec<Slot>, String> {
+    let kv_cache = placement.name();
+    let mut slots = sessions
+        .into_iter()
+        .map(|session| Slot::new(session, spec, placement.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot set up the KV cache ({kv_cache}): {e}"))?;
+    if let Some(bos) = warm_up {
+        let mut logits = Vec::new();
+        for slot in &mut slots {
+            slot.reset(spec)
+                .and_then(|()| slot.forward(spec, &[bos], &mut logits))
+                .and_then(|()| slot.forward(spec, &[bos], &mut logits))
+                .map_err(|e| {
+                    format!(
+                        "the warm-up (prefill and one decode step) failed: {e}; \
+                         set warm_up = false in its [[model]] table to load it anyway"
+                    )
+                })?;
+            slot.reset(spec).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(slots)
+}
+
+/// The batch's KV cache pool `config` asks for (`kv_cache_tokens`, or
+/// `sessions × context_length`), which must hold the longest request.
+/// `deepseekd check-config` runs it too.
+pub fn kv_cache_tokens(
+    index: usize,
+    config: &ModelConfig,
+    context_length: usize,
+) -> Result<usize, DirectoryError> {
+    match config.kv_cache_tokens {
+        Some(n) if n.get() < context_length => Err(DirectoryError::CachePool {
+            index,
+            asked: n.get(),
+            context_length,
+        }),
+        Some(n) => Ok(n.get()),
+        None => Ok(config.sessions.get().saturating_mul(context_length)),
     }
 }
 
@@ -328,6 +454,15 @@ pub enum DirectoryError {
         max_positions: usize,
         file: PathBuf,
     },
+    #[error(
+        "model[{index}].kv_cache_tokens = {asked} is less than context_length = {context_length}: \
+         the cache pool must hold the longest request"
+    )]
+    CachePool {
+        index: usize,
+        asked: usize,
+        context_length: usize,
+    },
 }
 
 /// Reads a causal LM's directory and builds its tokenizer and chat template,
@@ -354,15 +489,4 @@ pub fn read_files(
         source,
     })?;
     Ok((files, tokenizer, template))
-}
-
-impl Finished {
-    fn cancelled_before_start() -> Self {
-        Self {
-            reason: FinishReason::Cancelled,
-            completion_tokens: 0,
-            completion_sha256: deepseek_integrity::digest::sha256_hex(b""),
-            reasoning_closed: false,
-        }
-    }
 }

@@ -222,16 +222,12 @@ enum Mode {
     },
 }
 
-/// One session with the state of the generation it is running.
+/// One session with the state of the generation it is running (the
+/// per-slot engine).
 #[derive(Debug)]
 pub struct Slot {
     session: Session,
-    mode: Mode,
-    /// The cache so far, one value per `GraphSpec::past` name (not used by
-    /// shared buffers).
-    past: Vec<DynValue>,
-    /// Tokens in the cache.
-    len: usize,
+    cache: SequenceCache,
 }
 
 impl Slot {
@@ -241,36 +237,8 @@ impl Slot {
         spec: &GraphSpec,
         placement: KvPlacement,
     ) -> Result<Self, ort::Error> {
-        let mode = match placement {
-            KvPlacement::Host => Mode::Run,
-            KvPlacement::Device(memory) => Mode::Bind {
-                binding: session.create_binding()?,
-                memory,
-            },
-            KvPlacement::Shared { memory, capacity } => {
-                let allocator = Allocator::new(&session, memory)?;
-                let shape = [1, spec.kv_heads, capacity, spec.head_dim];
-                let buffers = (0..spec.past.len())
-                    .map(|_| {
-                        Ok(match spec.kv_type {
-                            KvType::F32 => Tensor::<f32>::new(&allocator, shape)?.into_dyn(),
-                            KvType::F16 => Tensor::<f16>::new(&allocator, shape)?.into_dyn(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, ort::Error>>()?;
-                Mode::Shared {
-                    binding: session.create_binding()?,
-                    buffers,
-                    capacity,
-                }
-            }
-        };
-        Ok(Self {
-            session,
-            mode,
-            past: Vec::new(),
-            len: 0,
-        })
+        let cache = SequenceCache::new(&session, spec, placement)?;
+        Ok(Self { session, cache })
     }
 
     /// The CUDA device's memory, for [`Slot::new`].
@@ -290,7 +258,99 @@ impl Slot {
     }
 
     pub fn uses_binding(&self) -> bool {
-        !matches!(self.mode, Mode::Run)
+        !matches!(self.cache.mode, Mode::Run)
+    }
+
+    /// See [`SequenceCache::reset`].
+    pub fn reset(&mut self, spec: &GraphSpec) -> Result<(), ort::Error> {
+        self.cache.reset(spec)
+    }
+
+    /// See [`SequenceCache::prefill`].
+    pub fn prefill(
+        &mut self,
+        spec: &GraphSpec,
+        ids: &[u32],
+        chunk: usize,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ort::Error> {
+        self.cache
+            .prefill(&mut self.session, spec, ids, chunk, logits)
+    }
+
+    /// See [`SequenceCache::forward`].
+    pub fn forward(
+        &mut self,
+        spec: &GraphSpec,
+        ids: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ort::Error> {
+        self.cache.forward(&mut self.session, spec, ids, logits)
+    }
+}
+
+/// The KV cache of one sequence, run through a session it does not own:
+/// a slot's own session, or the one session a batch scheduler shares
+/// between prefills and decode steps.
+#[derive(Debug)]
+pub struct SequenceCache {
+    mode: Mode,
+    /// The cache so far, one value per `GraphSpec::past` name (not used by
+    /// shared buffers).
+    past: Vec<DynValue>,
+    /// Tokens in the cache.
+    len: usize,
+}
+
+impl SequenceCache {
+    /// An empty cache for `session`'s graph, kept as `placement` says;
+    /// call [`SequenceCache::reset`] before the first forward pass.
+    pub fn new(
+        session: &Session,
+        spec: &GraphSpec,
+        placement: KvPlacement,
+    ) -> Result<Self, ort::Error> {
+        let mode = match placement {
+            KvPlacement::Host => Mode::Run,
+            KvPlacement::Device(memory) => Mode::Bind {
+                binding: session.create_binding()?,
+                memory,
+            },
+            KvPlacement::Shared { memory, capacity } => {
+                let allocator = Allocator::new(session, memory)?;
+                let shape = [1, spec.kv_heads, capacity, spec.head_dim];
+                let buffers = (0..spec.past.len())
+                    .map(|_| {
+                        Ok(match spec.kv_type {
+                            KvType::F32 => Tensor::<f32>::new(&allocator, shape)?.into_dyn(),
+                            KvType::F16 => Tensor::<f16>::new(&allocator, shape)?.into_dyn(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ort::Error>>()?;
+                Mode::Shared {
+                    binding: session.create_binding()?,
+                    buffers,
+                    capacity,
+                }
+            }
+        };
+        Ok(Self {
+            mode,
+            past: Vec::new(),
+            len: 0,
+        })
+    }
+
+    /// Tokens in the cache.
+    pub fn cached(&self) -> usize {
+        self.len
+    }
+
+    /// Hands over the growing cache (one value per `GraphSpec::past` name,
+    /// `[1, kv_heads, len, head_dim]`), leaving this one empty.
+    pub fn take(&mut self) -> Vec<DynValue> {
+        self.len = 0;
+        std::mem::take(&mut self.past)
     }
 
     /// Forgets the previous generation's cache and starts an empty one. A
@@ -327,13 +387,14 @@ impl Slot {
     /// length, and give the same cache as one run.
     pub fn prefill(
         &mut self,
+        session: &mut Session,
         spec: &GraphSpec,
         ids: &[u32],
         chunk: usize,
         logits: &mut Vec<f32>,
     ) -> Result<(), ort::Error> {
         for piece in ids.chunks(chunk.max(1)) {
-            self.forward(spec, piece, logits)?;
+            self.forward(session, spec, piece, logits)?;
         }
         Ok(())
     }
@@ -342,6 +403,7 @@ impl Slot {
     /// position into `logits` (as f32).
     pub fn forward(
         &mut self,
+        session: &mut Session,
         spec: &GraphSpec,
         ids: &[u32],
         logits: &mut Vec<f32>,
@@ -359,16 +421,7 @@ impl Slot {
         let shared = matches!(self.mode, Mode::Shared { .. });
         let past = std::mem::take(&mut self.past);
         let mut outputs = match &mut self.mode {
-            Mode::Run => {
-                let mut inputs: Vec<(String, DynValue)> = Vec::with_capacity(3 + past.len());
-                inputs.push(("input_ids".to_owned(), input_ids.into_dyn()));
-                inputs.push(("attention_mask".to_owned(), mask.into_dyn()));
-                if spec.position_ids {
-                    inputs.push(("position_ids".to_owned(), positions.into_dyn()));
-                }
-                inputs.extend(spec.past.iter().cloned().zip(past));
-                self.session.run(inputs)?
-            }
+            Mode::Run => run_values(session, spec, [input_ids, mask, positions], past)?,
             Mode::Shared {
                 binding, capacity, ..
             } => {
@@ -378,42 +431,76 @@ impl Slot {
                     )));
                 }
                 // The buffers stay bound as past and present (`reset`).
-                let step = [&input_ids, &mask, &positions];
-                run_bound(&mut self.session, binding, spec, step)?
+                run_bound(session, binding, spec, [&input_ids, &mask, &positions])?
             }
             Mode::Bind { binding, memory } => {
-                for (name, value) in spec.past.iter().zip(&past) {
-                    binding.bind_input(name.as_str(), value)?;
-                }
-                // Output shapes grow every step, so outputs are bound anew
-                // each time: the presents on the device.
-                for name in &spec.present {
-                    binding.bind_output_to_device(name.as_str(), memory)?;
-                }
-                let step = [&input_ids, &mask, &positions];
-                run_bound(&mut self.session, binding, spec, step)?
+                bind_past_and_presents(binding, memory, spec, &past)?;
+                run_bound(session, binding, spec, [&input_ids, &mask, &positions])?
             }
         };
-        last_logits(spec, &outputs, n, logits)?;
+        rows_logits(spec, &outputs, 1, n, logits)?;
         if !shared {
-            self.past = spec
-                .present
-                .iter()
-                .map(|name| {
-                    outputs.remove(name).ok_or_else(|| {
-                        ort::Error::new(format!("output {name:?} missing from the run"))
-                    })
-                })
-                .collect::<Result<_, _>>()?;
+            self.past = take_presents(spec, &mut outputs)?;
         }
         self.len = total;
         Ok(())
     }
 }
 
+/// Runs a step with its inputs and past as session values (the host path).
+pub(crate) fn run_values<'s>(
+    session: &'s mut Session,
+    spec: &GraphSpec,
+    [input_ids, mask, positions]: [Tensor<i64>; 3],
+    past: Vec<DynValue>,
+) -> Result<SessionOutputs<'s>, ort::Error> {
+    let mut inputs: Vec<(String, DynValue)> = Vec::with_capacity(3 + past.len());
+    inputs.push(("input_ids".to_owned(), input_ids.into_dyn()));
+    inputs.push(("attention_mask".to_owned(), mask.into_dyn()));
+    if spec.position_ids {
+        inputs.push(("position_ids".to_owned(), positions.into_dyn()));
+    }
+    inputs.extend(spec.past.iter().cloned().zip(past));
+    session.run(inputs)
+}
+
+/// Binds `past` as the step's past, and the presents to be allocated in
+/// `memory`. Output shapes grow every step, so outputs are bound anew each
+/// time.
+pub(crate) fn bind_past_and_presents(
+    binding: &mut IoBinding,
+    memory: &MemoryInfo<'static>,
+    spec: &GraphSpec,
+    past: &[DynValue],
+) -> Result<(), ort::Error> {
+    for (name, value) in spec.past.iter().zip(past) {
+        binding.bind_input(name.as_str(), value)?;
+    }
+    for name in &spec.present {
+        binding.bind_output_to_device(name.as_str(), memory)?;
+    }
+    Ok(())
+}
+
+/// Takes the presents out of a run, in `GraphSpec::present` order: the
+/// next step's past.
+pub(crate) fn take_presents(
+    spec: &GraphSpec,
+    outputs: &mut SessionOutputs<'_>,
+) -> Result<Vec<DynValue>, ort::Error> {
+    spec.present
+        .iter()
+        .map(|name| {
+            outputs
+                .remove(name)
+                .ok_or_else(|| ort::Error::new(format!("output {name:?} missing from the run")))
+        })
+        .collect()
+}
+
 /// Binds a step's `[input_ids, attention_mask, position_ids]` (the last
 /// only when the graph takes it) and the logits, on the host, then runs.
-fn run_bound<'b>(
+pub(crate) fn run_bound<'b>(
     session: &'b mut Session,
     binding: &'b mut IoBinding,
     spec: &GraphSpec,
@@ -430,7 +517,7 @@ fn run_bound<'b>(
     Ok(outputs)
 }
 
-fn empty_past(spec: &GraphSpec) -> Result<DynValue, ort::Error> {
+pub(crate) fn empty_past(spec: &GraphSpec) -> Result<DynValue, ort::Error> {
     let shape = [1, spec.kv_heads, 0, spec.head_dim];
     Ok(match spec.kv_type {
         KvType::F32 => Tensor::from_array((shape, Vec::<f32>::new()))?.into_dyn(),
@@ -438,10 +525,12 @@ fn empty_past(spec: &GraphSpec) -> Result<DynValue, ort::Error> {
     })
 }
 
-/// Copies the last position's row of `logits [1, n, V]`.
-fn last_logits(
+/// Copies the last position's logits of each of `rows` rows of
+/// `logits [rows, n, V]`, one after the other, into `into`.
+pub(crate) fn rows_logits(
     spec: &GraphSpec,
     outputs: &SessionOutputs<'_>,
+    rows: usize,
     n: usize,
     into: &mut Vec<f32>,
 ) -> Result<(), ort::Error> {
@@ -450,24 +539,24 @@ fn last_logits(
         .ok_or_else(|| ort::Error::new("output \"logits\" missing from the run"))?;
     into.clear();
     let v = spec.vocab;
-    let row = (n - 1) * v..n * v;
     let bad = |len: usize| {
         ort::Error::new(format!(
             "output \"logits\" has {len} values, expected {}",
-            n * v
+            rows * n * v
         ))
     };
+    let last = |row: usize| (row * n + n - 1) * v..(row * n + n) * v;
     if spec.logits_f16 {
         let (_, data) = value.try_extract_tensor::<f16>()?;
-        into.extend(
-            data.get(row)
-                .ok_or_else(|| bad(data.len()))?
-                .iter()
-                .map(|x| x.to_f32()),
-        );
+        for row in 0..rows {
+            let slice = data.get(last(row)).ok_or_else(|| bad(data.len()))?;
+            into.extend(slice.iter().map(|x| x.to_f32()));
+        }
     } else {
         let (_, data) = value.try_extract_tensor::<f32>()?;
-        into.extend_from_slice(data.get(row).ok_or_else(|| bad(data.len()))?);
+        for row in 0..rows {
+            into.extend_from_slice(data.get(last(row)).ok_or_else(|| bad(data.len()))?);
+        }
     }
     Ok(())
 }

@@ -1,17 +1,17 @@
-//! One generation: prefill, then the decode loop, on a blocking thread that
+//! What a generation is asked for and how it ends, and the per-slot engine's
+//! loop: prefill, then one decode step at a time, on a blocking thread that
 //! holds a slot. Each step's text goes out as an event as soon as it is
-//! decided (whole characters, stop strings cut, reasoning split); a closed
-//! channel (the client left) ends the loop within one step.
+//! decided ([`Generation`]); a closed channel (the client left) ends the
+//! loop within one step.
 
 use std::collections::HashSet;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::decoder::{GraphSpec, Slot};
-use super::reasoning::{ReasoningSplitter, Split};
-use super::sampling::{Sampler, SamplingParams};
-use super::stop::{StopMatcher, StopOutcome};
+use super::generation::{Generation, Next};
+use super::reasoning::Split;
+use super::sampling::SamplingParams;
 use super::tokenizer::Tokenizer;
 
 /// The most prompt tokens run at once (see [`Slot::prefill`]).
@@ -65,6 +65,18 @@ pub struct Finished {
     pub reasoning_closed: bool,
 }
 
+impl Finished {
+    /// A request whose client left before it started.
+    pub(crate) fn cancelled_before_start() -> Self {
+        Self {
+            reason: FinishReason::Cancelled,
+            completion_tokens: 0,
+            completion_sha256: deepseek_integrity::digest::sha256_hex(b""),
+            reasoning_closed: false,
+        }
+    }
+}
+
 /// The pieces of text one step decided; either may be empty.
 pub type Delta = Split;
 
@@ -77,82 +89,28 @@ pub enum GenerateError {
     Tokenizer(#[from] super::tokenizer::TokenizerError),
 }
 
-/// Runs one generation on `slot`, sending a [`Delta`] per step to `events`.
+/// Runs one generation on `slot` (the per-slot engine), sending a
+/// [`Delta`] per step to `events`.
 pub fn generate(
     slot: &mut Slot,
     spec: &GraphSpec,
     tokenizer: &Tokenizer,
-    request: &GenerateRequest,
-    events: &mpsc::Sender<Delta>,
+    request: GenerateRequest,
+    events: mpsc::UnboundedSender<Delta>,
 ) -> Result<Finished, GenerateError> {
     let runtime = |step: usize| move |source| GenerateError::Runtime { step, source };
     slot.reset(spec).map_err(runtime(0))?;
-    let mut sampler = Sampler::new(request.sampling, request.seed, tokenizer.vocab_size());
-    let mut text = tokenizer.stream();
-    let mut stop = StopMatcher::new(request.stop.clone());
-    let mut split = ReasoningSplitter::new(request.split_reasoning);
-    let mut digest = Sha256::new();
     let mut logits = Vec::with_capacity(spec.vocab);
-    let mut generated = 0;
-    let send = |piece: String, digest: &mut Sha256, split: &mut ReasoningSplitter| {
-        digest.update(piece.as_bytes());
-        events.blocking_send(split.push(&piece)).is_ok()
-    };
     slot.prefill(spec, &request.prompt_ids, PREFILL_CHUNK, &mut logits)
         .map_err(runtime(0))?;
-    // A stop string matched: what the decoder still holds comes after it.
-    let mut matched = false;
-    let mut last = 0;
+    let mut generation = Generation::new(tokenizer, request, events);
     let reason = loop {
-        if generated == request.max_tokens {
-            break FinishReason::Length;
+        match generation.step(&logits)? {
+            Next::Done(reason) => break reason,
+            Next::Token(id) => slot
+                .forward(spec, &[id], &mut logits)
+                .map_err(runtime(generation.generated()))?,
         }
-        if generated > 0 {
-            slot.forward(spec, &[last], &mut logits)
-                .map_err(runtime(generated))?;
-        }
-        let id = sampler.sample(&logits);
-        generated += 1;
-        if request.stop_ids.contains(&id) {
-            break FinishReason::Stop;
-        }
-        let piece = match stop.push(&text.push(id)?) {
-            StopOutcome::Stopped(piece) => {
-                matched = true;
-                piece
-            }
-            StopOutcome::Continue(piece) => piece,
-        };
-        if !send(piece, &mut digest, &mut split) {
-            break FinishReason::Cancelled;
-        }
-        if matched {
-            break FinishReason::Stop;
-        }
-        last = id;
     };
-    if reason != FinishReason::Cancelled {
-        let mut rest = String::new();
-        if !matched {
-            match stop.push(&text.finish()?) {
-                StopOutcome::Stopped(piece) => rest.push_str(&piece),
-                StopOutcome::Continue(piece) => {
-                    rest.push_str(&piece);
-                    rest.push_str(&stop.finish());
-                }
-            }
-        }
-        digest.update(rest.as_bytes());
-        let mut last = split.push(&rest);
-        let tail = split.finish();
-        last.reasoning.push_str(&tail.reasoning);
-        last.content.push_str(&tail.content);
-        let _ = events.blocking_send(last);
-    }
-    Ok(Finished {
-        reason,
-        completion_tokens: generated,
-        completion_sha256: deepseek_integrity::digest::hex(&digest.finalize()),
-        reasoning_closed: split.closed(),
-    })
+    generation.finish(reason)
 }

@@ -3,10 +3,12 @@
 //! tokenizer, chat template and sampling live here; the KV cache stays with
 //! the slot (one ONNX Runtime session each) that runs a generation.
 
+pub mod batch;
 mod causal_lm;
 pub mod decoder;
 pub mod files;
 pub mod generate;
+pub(crate) mod generation;
 pub(crate) mod prepare;
 pub(crate) mod reasoning;
 pub mod sampling;
@@ -17,4 +19,6 @@ pub mod tokenizer;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use causal_lm::{CausalLm, DirectoryError, LmInfo, context_length, read_files};
+pub use causal_lm::{
+    CausalLm, DirectoryError, LmInfo, context_length, kv_cache_tokens, read_files,
+};

@@ -23,10 +23,12 @@ pub(super) fn start(
     prepared: &Prepared,
     admitted: OwnedSemaphorePermit,
 ) -> (
-    mpsc::Receiver<Delta>,
+    mpsc::UnboundedReceiver<Delta>,
     tokio::task::JoinHandle<Result<Finished, InferError>>,
 ) {
-    let (tx, rx) = mpsc::channel(16);
+    // Unbounded, so that a client slow to read never holds up the batch
+    // its request decodes in: it holds at most `max_tokens` small deltas.
+    let (tx, rx) = mpsc::unbounded_channel();
     let task =
         tokio::spawn(Arc::clone(&prepared.model).generate(admitted, prepared.generate.clone(), tx));
     (rx, task)

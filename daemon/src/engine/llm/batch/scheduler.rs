@@ -1,0 +1,530 @@
+//! Continuous batching: one thread per causal LM owns its one session and
+//! runs, turn after turn, one prefill chunk of the request being admitted
+//! and one decode step of every running request together. Requests join
+//! between steps, once their prompt is in the cache, and leave at once
+//! when they finish or their client goes; nobody else's output changes.
+//!
+//! Admission is bounded twice: by `sequences` rows and by the cache pool.
+//! The batch's cache holds `rows × longest row` positions (rows are padded
+//! to the longest, [`super::cache`]), so a request is admitted only while
+//! `rows × the longest reservation` stays within `kv_cache_tokens`, a
+//! reservation being the prompt plus `max_tokens`. A request that does not
+//! fit waits, first come first served; a running one is never evicted.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+
+use ort::session::Session;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::cache::{BatchCache, BatchPlacement, Joining};
+use crate::engine::llm::decoder::{GraphSpec, KvPlacement, SequenceCache};
+use crate::engine::llm::generate::{
+    Delta, FinishReason, Finished, GenerateError, GenerateRequest, PREFILL_CHUNK,
+};
+use crate::engine::llm::generation::{Generation, Next};
+use crate::engine::llm::tokenizer::Tokenizer;
+
+/// How much a batch may hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Rows decoded at once (`sessions`).
+    pub sequences: usize,
+    /// Cache positions, padding included (`kv_cache_tokens`).
+    pub cache_tokens: usize,
+}
+
+/// A request handed to the scheduler.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub request: GenerateRequest,
+    pub events: mpsc::UnboundedSender<Delta>,
+    pub done: oneshot::Sender<Result<Finished, GenerateError>>,
+    /// The request's place in the model's admission, given back when it
+    /// ends.
+    pub admitted: OwnedSemaphorePermit,
+}
+
+/// What the scheduler is doing, for `/v1/models`.
+#[derive(Debug, Default)]
+pub(crate) struct BatchStats {
+    running: AtomicUsize,
+    queued: AtomicUsize,
+    last_batch: AtomicUsize,
+    steps: AtomicU64,
+    cache_positions: AtomicUsize,
+    cache_reserved: AtomicUsize,
+}
+
+/// A moment's copy of [`BatchStats`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BatchSnapshot {
+    /// Requests in the batch or having their prompt prefilled.
+    pub running: usize,
+    /// Admitted requests waiting for a row or for room in the cache.
+    pub queued: usize,
+    /// Rows of the last decode step.
+    pub last_batch: usize,
+    /// Decode steps run since the start.
+    pub steps: u64,
+    /// Cache positions held now, padding included.
+    pub cache_positions: usize,
+    /// What the running requests may grow to (`rows × longest reservation`).
+    pub cache_reserved: usize,
+}
+
+impl BatchStats {
+    pub(crate) fn snapshot(&self) -> BatchSnapshot {
+        BatchSnapshot {
+            running: self.running.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            last_batch: self.last_batch.load(Ordering::Relaxed),
+            steps: self.steps.load(Ordering::Relaxed),
+            cache_positions: self.cache_positions.load(Ordering::Relaxed),
+            cache_reserved: self.cache_reserved.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The handle requests are submitted through.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    jobs: std_mpsc::Sender<Job>,
+    stats: Arc<BatchStats>,
+}
+
+/// The scheduler thread is gone (it never ends while the daemon serves).
+#[derive(Debug, thiserror::Error)]
+#[error("the batch scheduler has stopped")]
+pub(crate) struct Stopped;
+
+/// What starting a scheduler can fail on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("cannot start the batch scheduler thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("{0}")]
+    Runtime(#[from] ort::Error),
+    #[error(
+        "the warm-up (two prefills joining a batch, one batched decode step, one leaving) failed: {0}; \
+         set warm_up = false in its [[model]] table to load it anyway"
+    )]
+    WarmUp(ort::Error),
+}
+
+/// What the scheduler thread is started with.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub session: Session,
+    pub spec: GraphSpec,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Host or device (`KvPlacement::Host` or `Device`).
+    pub placement: KvPlacement,
+    pub limits: Limits,
+    /// Warm up on this token before serving.
+    pub warm_up: Option<u32>,
+}
+
+impl Batcher {
+    /// Starts the scheduler thread and waits for its warm-up.
+    pub(crate) fn start(setup: Setup) -> Result<Self, StartError> {
+        let stats = Arc::new(BatchStats::default());
+        let (jobs, receiver) = std_mpsc::channel();
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let thread_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("llm-batch".to_owned())
+            .spawn(move || {
+                let Setup {
+                    session,
+                    spec,
+                    tokenizer,
+                    placement,
+                    limits,
+                    warm_up,
+                } = setup;
+                let started =
+                    Scheduler::new(session, spec, &tokenizer, placement, limits, thread_stats)
+                        .and_then(|mut scheduler| {
+                            if let Some(token) = warm_up {
+                                scheduler.warm_up(token).map_err(StartError::WarmUp)?;
+                            }
+                            Ok(scheduler)
+                        });
+                match started {
+                    Ok(mut scheduler) => {
+                        let _ = ready_tx.send(Ok(()));
+                        scheduler.serve(&receiver);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })?;
+        ready_rx.recv().map_err(|_| {
+            StartError::Runtime(ort::Error::new("the batch scheduler thread died"))
+        })??;
+        Ok(Self { jobs, stats })
+    }
+
+    /// Queues a request; it is admitted when a row and room in the cache
+    /// are free.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Stopped> {
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.jobs.send(job).map_err(|_| {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            Stopped
+        })
+    }
+
+    pub(crate) fn stats(&self) -> BatchSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+/// A request in the batch.
+struct Row<'t> {
+    generation: Generation<'t>,
+    /// The token its next step feeds.
+    next: u32,
+    reserve: usize,
+    done: oneshot::Sender<Result<Finished, GenerateError>>,
+    _admitted: OwnedSemaphorePermit,
+}
+
+/// The request whose prompt is being prefilled, chunk by chunk.
+struct Prefill<'t> {
+    generation: Generation<'t>,
+    /// Prompt tokens already in its cache.
+    offset: usize,
+    reserve: usize,
+    done: oneshot::Sender<Result<Finished, GenerateError>>,
+    admitted: OwnedSemaphorePermit,
+}
+
+struct Scheduler<'t> {
+    session: Session,
+    spec: GraphSpec,
+    tokenizer: &'t Tokenizer,
+    limits: Limits,
+    stats: Arc<BatchStats>,
+    batch: BatchCache,
+    rows: Vec<Row<'t>>,
+    /// The cache a prompt is prefilled into before it joins the batch.
+    sequence: SequenceCache,
+    prefill: Option<Prefill<'t>>,
+    waiting: VecDeque<Job>,
+    logits: Vec<f32>,
+}
+
+impl std::fmt::Debug for Scheduler<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("rows", &self.rows.len())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Answers a request that is over.
+fn respond(
+    done: oneshot::Sender<Result<Finished, GenerateError>>,
+    generation: Generation<'_>,
+    ended: Result<FinishReason, GenerateError>,
+) {
+    let _ = done.send(ended.and_then(|reason| generation.finish(reason)));
+}
+
+impl<'t> Scheduler<'t> {
+    fn new(
+        session: Session,
+        spec: GraphSpec,
+        tokenizer: &'t Tokenizer,
+        placement: KvPlacement,
+        limits: Limits,
+        stats: Arc<BatchStats>,
+    ) -> Result<Self, StartError> {
+        let batch_placement = match &placement {
+            KvPlacement::Device(memory) => BatchPlacement::Device(memory.clone()),
+            KvPlacement::Host | KvPlacement::Shared { .. } => BatchPlacement::Host,
+        };
+        let batch = BatchCache::new(&session, batch_placement)?;
+        let mut sequence = SequenceCache::new(&session, &spec, placement)?;
+        sequence.reset(&spec)?;
+        Ok(Self {
+            logits: Vec::with_capacity(spec.vocab),
+            session,
+            spec,
+            tokenizer,
+            limits,
+            stats,
+            batch,
+            rows: Vec::new(),
+            sequence,
+            prefill: None,
+            waiting: VecDeque::new(),
+        })
+    }
+
+    /// Two one-token prefills join, one step decodes both, one leaves: every
+    /// path a request takes, run before the daemon locks itself down.
+    fn warm_up(&mut self, token: u32) -> Result<(), ort::Error> {
+        for _ in 0..2 {
+            self.sequence.reset(&self.spec)?;
+            self.sequence
+                .forward(&mut self.session, &self.spec, &[token], &mut self.logits)?;
+            let joining = self.joining();
+            let keep: Vec<usize> = (0..self.batch.rows()).collect();
+            self.batch.relayout(&self.spec, &keep, Some(joining))?;
+        }
+        self.batch.step(
+            &mut self.session,
+            &self.spec,
+            &[token, token],
+            &mut self.logits,
+        )?;
+        self.batch.relayout(&self.spec, &[1], None)?;
+        self.batch.clear();
+        self.sequence.reset(&self.spec)
+    }
+
+    /// The prefilled sequence, handed over to the batch.
+    fn joining(&mut self) -> Joining {
+        let len = self.sequence.cached();
+        Joining {
+            past: self.sequence.take(),
+            len,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.rows.is_empty() && self.prefill.is_none() && self.waiting.is_empty()
+    }
+
+    /// Serves until every [`Batcher`] is dropped.
+    fn serve(&mut self, jobs: &std_mpsc::Receiver<Job>) {
+        loop {
+            if self.idle() {
+                match jobs.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            self.waiting.extend(jobs.try_iter());
+            if std::panic::catch_unwind(AssertUnwindSafe(|| self.turn())).is_err() {
+                tracing::error!(
+                    running = self.rows.len() + usize::from(self.prefill.is_some()),
+                    "the batch scheduler failed; its running requests are ended with an error"
+                );
+                self.rows.clear();
+                self.prefill = None;
+                self.batch.clear();
+            }
+            self.publish();
+        }
+    }
+
+    /// One prefill chunk and one decode step.
+    fn turn(&mut self) {
+        self.drop_abandoned();
+        if self.prefill.is_none() {
+            self.admit();
+        }
+        if self.prefill.is_some() {
+            self.prefill_chunk();
+        }
+        if self.batch.rows() > 0 {
+            self.decode_step();
+        }
+    }
+
+    fn publish(&self) {
+        let stats = &self.stats;
+        let running = self.rows.len() + usize::from(self.prefill.is_some());
+        stats.running.store(running, Ordering::Relaxed);
+        stats.cache_positions.store(
+            self.batch.positions() + self.sequence.cached(),
+            Ordering::Relaxed,
+        );
+        stats
+            .cache_reserved
+            .store(running * self.longest_reservation(0), Ordering::Relaxed);
+    }
+
+    fn longest_reservation(&self, with: usize) -> usize {
+        self.rows
+            .iter()
+            .map(|row| row.reserve)
+            .chain(self.prefill.as_ref().map(|p| p.reserve))
+            .fold(with, usize::max)
+    }
+
+    /// Waiting requests whose client left are answered `cancelled` at once.
+    fn drop_abandoned(&mut self) {
+        let (gone, waiting) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition::<VecDeque<_>, _>(|job| job.events.is_closed());
+        self.waiting = waiting;
+        self.stats.queued.fetch_sub(gone.len(), Ordering::Relaxed);
+        for job in gone {
+            let _ = job.done.send(Ok(Finished::cancelled_before_start()));
+        }
+    }
+
+    /// Starts prefilling the first waiting request if a row and room in
+    /// the cache are free.
+    fn admit(&mut self) {
+        let Some(head) = self.waiting.front() else {
+            return;
+        };
+        let request = &head.request;
+        let reserve = (request.prompt_ids.len() + request.max_tokens).min(self.limits.cache_tokens);
+        let rows = self.rows.len() + 1;
+        if rows > self.limits.sequences
+            || rows * self.longest_reservation(reserve) > self.limits.cache_tokens
+        {
+            return;
+        }
+        let Some(job) = self.waiting.pop_front() else {
+            return;
+        };
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        let generation = Generation::new(self.tokenizer, job.request, job.events);
+        if let Err(source) = self.sequence.reset(&self.spec) {
+            respond(
+                job.done,
+                generation,
+                Err(GenerateError::Runtime { step: 0, source }),
+            );
+            return;
+        }
+        self.prefill = Some(Prefill {
+            generation,
+            offset: 0,
+            reserve,
+            done: job.done,
+            admitted: job.admitted,
+        });
+    }
+
+    /// Runs the next chunk of the prompt being prefilled; once the whole
+    /// prompt is in, samples its first token and joins it to the batch.
+    fn prefill_chunk(&mut self) {
+        let Some(prefill) = self.prefill.as_mut() else {
+            return;
+        };
+        if prefill.generation.abandoned() {
+            if let Some(p) = self.prefill.take() {
+                respond(p.done, p.generation, Ok(FinishReason::Cancelled));
+            }
+            return;
+        }
+        let prompt = &prefill.generation.request().prompt_ids;
+        let end = (prefill.offset + PREFILL_CHUNK).min(prompt.len());
+        let ran = self.sequence.forward(
+            &mut self.session,
+            &self.spec,
+            &prompt[prefill.offset..end],
+            &mut self.logits,
+        );
+        prefill.offset = end;
+        let complete = end == prompt.len();
+        if ran.is_ok() && !complete {
+            return;
+        }
+        let Some(Prefill {
+            mut generation,
+            reserve,
+            done,
+            admitted,
+            ..
+        }) = self.prefill.take()
+        else {
+            return;
+        };
+        if let Err(source) = ran {
+            respond(
+                done,
+                generation,
+                Err(GenerateError::Runtime { step: 0, source }),
+            );
+            return;
+        }
+        let next = match generation.step(&self.logits) {
+            Ok(Next::Token(id)) => id,
+            Ok(Next::Done(reason)) => return respond(done, generation, Ok(reason)),
+            Err(e) => return respond(done, generation, Err(e)),
+        };
+        let joining = self.joining();
+        let keep: Vec<usize> = (0..self.rows.len()).collect();
+        self.rows.push(Row {
+            generation,
+            next,
+            reserve,
+            done,
+            _admitted: admitted,
+        });
+        if let Err(source) = self.batch.relayout(&self.spec, &keep, Some(joining)) {
+            self.fail_all(&source);
+        }
+    }
+
+    /// One decode step of every row; rows that finish leave the batch.
+    fn decode_step(&mut self) {
+        let ids: Vec<u32> = self.rows.iter().map(|row| row.next).collect();
+        if let Err(source) = self
+            .batch
+            .step(&mut self.session, &self.spec, &ids, &mut self.logits)
+        {
+            return self.fail_all(&source);
+        }
+        self.stats.last_batch.store(ids.len(), Ordering::Relaxed);
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let vocab = self.spec.vocab;
+        let mut keep = Vec::with_capacity(self.rows.len());
+        let mut ended = Vec::new();
+        for (index, row) in self.rows.iter_mut().enumerate() {
+            let logits = &self.logits[index * vocab..(index + 1) * vocab];
+            match row.generation.step(logits) {
+                Ok(Next::Token(id)) => {
+                    row.next = id;
+                    keep.push(index);
+                }
+                Ok(Next::Done(reason)) => ended.push((index, Ok(reason))),
+                Err(e) => ended.push((index, Err(e))),
+            }
+        }
+        if ended.is_empty() {
+            return;
+        }
+        let relaid = self.batch.relayout(&self.spec, &keep, None);
+        let mut rows: Vec<Option<Row<'t>>> = self.rows.drain(..).map(Some).collect();
+        for (index, result) in ended {
+            if let Some(row) = rows[index].take() {
+                respond(row.done, row.generation, result);
+            }
+        }
+        self.rows = rows.into_iter().flatten().collect();
+        if let Err(source) = relaid {
+            self.fail_all(&source);
+        }
+    }
+
+    /// A batched run failed: the cache is lost, and every row ends with
+    /// the error.
+    fn fail_all(&mut self, source: &ort::Error) {
+        tracing::error!(error = %source, rows = self.rows.len(), "a batched decode step failed");
+        for row in self.rows.drain(..) {
+            let step = row.generation.generated();
+            let error = GenerateError::Runtime {
+                step,
+                source: ort::Error::new(source.to_string()),
+            };
+            respond(row.done, row.generation, Err(error));
+        }
+        self.batch.clear();
+    }
+}

@@ -1,0 +1,138 @@
+//! One request's side of a generation, whichever engine runs its forward
+//! passes: it turns each step's logits into the next token, the text that
+//! token completes (whole characters, stop strings cut, reasoning split)
+//! and an event to the client, and says when the generation ends. The
+//! per-slot loop ([`super::generate::generate`]) and the batch scheduler
+//! ([`super::batch`]) both drive it, so a request's output does not depend
+//! on which one ran it.
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::generate::{Delta, FinishReason, Finished, GenerateError, GenerateRequest};
+use super::reasoning::ReasoningSplitter;
+use super::sampling::Sampler;
+use super::stop::{StopMatcher, StopOutcome};
+use super::tokenizer::{TextStream, Tokenizer};
+
+/// What to do after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Run this token through the model and call [`Generation::step`] with
+    /// the logits of its position.
+    Token(u32),
+    /// The generation is over; [`Generation::finish`] flushes it.
+    Done(FinishReason),
+}
+
+/// The sampling, detokenizing and stop state of one generation.
+#[derive(Debug)]
+pub(crate) struct Generation<'t> {
+    request: GenerateRequest,
+    sampler: Sampler,
+    text: TextStream<'t>,
+    stop: StopMatcher,
+    split: ReasoningSplitter,
+    digest: Sha256,
+    generated: usize,
+    /// A stop string matched: what the decoder still holds comes after it.
+    matched: bool,
+    events: mpsc::UnboundedSender<Delta>,
+}
+
+impl<'t> Generation<'t> {
+    pub(crate) fn new(
+        tokenizer: &'t Tokenizer,
+        request: GenerateRequest,
+        events: mpsc::UnboundedSender<Delta>,
+    ) -> Self {
+        Self {
+            sampler: Sampler::new(request.sampling, request.seed, tokenizer.vocab_size()),
+            text: tokenizer.stream(),
+            stop: StopMatcher::new(request.stop.clone()),
+            split: ReasoningSplitter::new(request.split_reasoning),
+            digest: Sha256::new(),
+            generated: 0,
+            matched: false,
+            events,
+            request,
+        }
+    }
+
+    /// The request being generated.
+    pub(crate) fn request(&self) -> &GenerateRequest {
+        &self.request
+    }
+
+    /// Completion tokens so far.
+    pub(crate) fn generated(&self) -> usize {
+        self.generated
+    }
+
+    /// Whether the client is gone (its events are no longer read).
+    pub(crate) fn abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Samples the next token from the logits of the last position, sends
+    /// the text it completes, and says what comes next. An event goes out
+    /// every step, empty or not, so a client that left is noticed within
+    /// one step.
+    pub(crate) fn step(&mut self, logits: &[f32]) -> Result<Next, GenerateError> {
+        if self.generated == self.request.max_tokens {
+            return Ok(Next::Done(FinishReason::Length));
+        }
+        let id = self.sampler.sample(logits);
+        self.generated += 1;
+        if self.request.stop_ids.contains(&id) {
+            return Ok(Next::Done(FinishReason::Stop));
+        }
+        let piece = match self.stop.push(&self.text.push(id)?) {
+            StopOutcome::Stopped(piece) => {
+                self.matched = true;
+                piece
+            }
+            StopOutcome::Continue(piece) => piece,
+        };
+        self.digest.update(piece.as_bytes());
+        if self.events.send(self.split.push(&piece)).is_err() {
+            return Ok(Next::Done(FinishReason::Cancelled));
+        }
+        if self.matched {
+            return Ok(Next::Done(FinishReason::Stop));
+        }
+        if self.generated == self.request.max_tokens {
+            return Ok(Next::Done(FinishReason::Length));
+        }
+        Ok(Next::Token(id))
+    }
+
+    /// Sends what the decoders still hold (unless the client left) and
+    /// says how the generation ended.
+    pub(crate) fn finish(mut self, reason: FinishReason) -> Result<Finished, GenerateError> {
+        if reason != FinishReason::Cancelled {
+            let mut rest = String::new();
+            if !self.matched {
+                match self.stop.push(&self.text.finish()?) {
+                    StopOutcome::Stopped(piece) => rest.push_str(&piece),
+                    StopOutcome::Continue(piece) => {
+                        rest.push_str(&piece);
+                        rest.push_str(&self.stop.finish());
+                    }
+                }
+            }
+            self.digest.update(rest.as_bytes());
+            let mut last = self.split.push(&rest);
+            let tail = self.split.finish();
+            last.reasoning.push_str(&tail.reasoning);
+            last.content.push_str(&tail.content);
+            let _ = self.events.send(last);
+        }
+        Ok(Finished {
+            reason,
+            completion_tokens: self.generated,
+            completion_sha256: deepseek_integrity::digest::hex(&self.digest.finalize()),
+            reasoning_closed: self.split.closed(),
+        })
+    }
+}
