@@ -24,6 +24,7 @@ mod integrity_check;
 mod kserve;
 mod lifecycle;
 mod llm;
+mod llm_batch;
 mod llm_engine;
 mod notify;
 mod openai_client;

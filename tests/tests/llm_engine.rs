@@ -12,13 +12,14 @@ use deepseek_tests::{llm_expected, llm_fixture, ort_library, token_ids};
 use deepseekd::config::RuntimeConfig;
 use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, KvType, Slot};
 use deepseekd::engine::llm::files::ModelFiles;
-use deepseekd::engine::llm::generate::{FinishReason, GenerateRequest, generate};
+use deepseekd::engine::llm::generate::{FinishReason, GenerateRequest};
+use deepseekd::engine::llm::generation::generate;
 use deepseekd::engine::llm::sampling::{Sampler, SamplingParams};
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use ort::environment::Environment;
 use ort::session::Session;
 
-fn environment() -> &'static Environment {
+pub(crate) fn environment() -> &'static Environment {
     static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
     ENVIRONMENT.get_or_init(|| {
         let config = RuntimeConfig {

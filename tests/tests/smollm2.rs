@@ -17,11 +17,11 @@ use deepseekd::engine::llm::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const FP32: &str = "smollm2-135m";
-const INT4: &str = "smollm2-135m-int4";
+pub(crate) const FP32: &str = "smollm2-135m";
+pub(crate) const INT4: &str = "smollm2-135m-int4";
 
 /// A converted variant's directory, which `make models` writes.
-fn model_dir(variant: &str) -> PathBuf {
+pub(crate) fn model_dir(variant: &str) -> PathBuf {
     let dir = workspace().join(".models").join(variant);
     assert!(
         dir.join("model.onnx").is_file(),

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, Slot};
 use deepseekd::engine::llm::files::ModelFiles;
-use deepseekd::engine::llm::generate::{Delta, GenerateRequest, generate};
+use deepseekd::engine::llm::generate::{Delta, GenerateRequest};
+use deepseekd::engine::llm::generation::generate;
 use deepseekd::engine::llm::sampling::SamplingParams;
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use ort::environment::Environment;

@@ -14,7 +14,8 @@ use super::batch::BatchSnapshot;
 use super::batch::scheduler::{Batcher, Job, Limits, Setup};
 use super::decoder::{GraphSpec, KvPlacement, Slot};
 use super::files::{self, ModelFiles};
-use super::generate::{self, Delta, Finished, GenerateRequest};
+use super::generate::{Delta, Finished, GenerateRequest};
+use super::generation;
 use super::sampling::SamplingParams;
 use super::template::{ChatTemplate, Message, TemplateError};
 use super::tokenizer::Tokenizer;
@@ -343,7 +344,7 @@ impl CausalLm {
         tokio::task::spawn_blocking(move || {
             let _admitted = admitted;
             let result =
-                generate::generate(&mut slot, &model.spec, &model.tokenizer, request, events);
+                generation::generate(&mut slot, &model.spec, &model.tokenizer, request, events);
             // The cache of this request is dropped before the slot is lent again.
             if let Err(e) = slot.reset(&model.spec) {
                 tracing::warn!(error = %e, "cannot clear a slot's KV cache");

@@ -1,20 +1,12 @@
-//! What a generation is asked for and how it ends, and the per-slot engine's
-//! loop: prefill, then one decode step at a time, on a blocking thread that
-//! holds a slot. Each step's text goes out as an event as soon as it is
-//! decided ([`Generation`]); a closed channel (the client left) ends the
-//! loop within one step.
+//! What a generation is asked for and how it ends, whichever engine runs
+//! it.
 
 use std::collections::HashSet;
 
-use tokio::sync::mpsc;
-
-use super::decoder::{GraphSpec, Slot};
-use super::generation::{Generation, Next};
 use super::reasoning::Split;
 use super::sampling::SamplingParams;
-use super::tokenizer::Tokenizer;
 
-/// The most prompt tokens run at once (see [`Slot::prefill`]).
+/// The most prompt tokens run at once (see [`super::decoder::Slot::prefill`]).
 pub const PREFILL_CHUNK: usize = 512;
 
 /// What to generate.
@@ -87,30 +79,4 @@ pub enum GenerateError {
     Runtime { step: usize, source: ort::Error },
     #[error("detokenizing failed: {0}")]
     Tokenizer(#[from] super::tokenizer::TokenizerError),
-}
-
-/// Runs one generation on `slot` (the per-slot engine), sending a
-/// [`Delta`] per step to `events`.
-pub fn generate(
-    slot: &mut Slot,
-    spec: &GraphSpec,
-    tokenizer: &Tokenizer,
-    request: GenerateRequest,
-    events: mpsc::UnboundedSender<Delta>,
-) -> Result<Finished, GenerateError> {
-    let runtime = |step: usize| move |source| GenerateError::Runtime { step, source };
-    slot.reset(spec).map_err(runtime(0))?;
-    let mut logits = Vec::with_capacity(spec.vocab);
-    slot.prefill(spec, &request.prompt_ids, PREFILL_CHUNK, &mut logits)
-        .map_err(runtime(0))?;
-    let mut generation = Generation::new(tokenizer, request, events);
-    let reason = loop {
-        match generation.step(&logits)? {
-            Next::Done(reason) => break reason,
-            Next::Token(id) => slot
-                .forward(spec, &[id], &mut logits)
-                .map_err(runtime(generation.generated()))?,
-        }
-    };
-    generation.finish(reason)
 }

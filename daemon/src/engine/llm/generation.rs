@@ -2,14 +2,17 @@
 //! passes: it turns each step's logits into the next token, the text that
 //! token completes (whole characters, stop strings cut, reasoning split)
 //! and an event to the client, and says when the generation ends. The
-//! per-slot loop ([`super::generate::generate`]) and the batch scheduler
-//! ([`super::batch`]) both drive it, so a request's output does not depend
-//! on which one ran it.
+//! per-slot loop ([`generate`], on a blocking thread that holds a slot) and
+//! the batch scheduler ([`super::batch`]) both drive it, so a request's
+//! output does not depend on which one ran it.
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::generate::{Delta, FinishReason, Finished, GenerateError, GenerateRequest};
+use super::decoder::{GraphSpec, Slot};
+use super::generate::{
+    Delta, FinishReason, Finished, GenerateError, GenerateRequest, PREFILL_CHUNK,
+};
 use super::reasoning::ReasoningSplitter;
 use super::sampling::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
@@ -135,4 +138,30 @@ impl<'t> Generation<'t> {
             reasoning_closed: self.split.closed(),
         })
     }
+}
+
+/// Runs one generation on `slot` (the per-slot engine), sending a
+/// [`Delta`] per step to `events`.
+pub fn generate(
+    slot: &mut Slot,
+    spec: &GraphSpec,
+    tokenizer: &Tokenizer,
+    request: GenerateRequest,
+    events: mpsc::UnboundedSender<Delta>,
+) -> Result<Finished, GenerateError> {
+    let runtime = |step: usize| move |source| GenerateError::Runtime { step, source };
+    slot.reset(spec).map_err(runtime(0))?;
+    let mut logits = Vec::with_capacity(spec.vocab);
+    slot.prefill(spec, &request.prompt_ids, PREFILL_CHUNK, &mut logits)
+        .map_err(runtime(0))?;
+    let mut generation = Generation::new(tokenizer, request, events);
+    let reason = loop {
+        match generation.step(&logits)? {
+            Next::Done(reason) => break reason,
+            Next::Token(id) => slot
+                .forward(spec, &[id], &mut logits)
+                .map_err(runtime(generation.generated()))?,
+        }
+    };
+    generation.finish(reason)
 }

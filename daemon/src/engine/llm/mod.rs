@@ -8,7 +8,7 @@ mod causal_lm;
 pub mod decoder;
 pub mod files;
 pub mod generate;
-pub(crate) mod generation;
+pub mod generation;
 pub(crate) mod prepare;
 pub(crate) mod reasoning;
 pub mod sampling;

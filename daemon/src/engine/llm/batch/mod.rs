@@ -3,6 +3,6 @@
 //! ([`scheduler`]), over a cache that holds all their rows ([`cache`]).
 
 pub(crate) mod cache;
-pub(crate) mod scheduler;
+pub mod scheduler;
 
-pub use scheduler::BatchSnapshot;
+pub use scheduler::{BatchSnapshot, Job, Limits, Scheduler};

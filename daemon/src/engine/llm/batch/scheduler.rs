@@ -30,7 +30,7 @@ use crate::engine::llm::tokenizer::Tokenizer;
 
 /// How much a batch may hold.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Rows decoded at once (`sessions`).
     pub sequences: usize,
     /// Cache positions, padding included (`kv_cache_tokens`).
@@ -39,7 +39,7 @@ pub(crate) struct Limits {
 
 /// A request handed to the scheduler.
 #[derive(Debug)]
-pub(crate) struct Job {
+pub struct Job {
     pub request: GenerateRequest,
     pub events: mpsc::UnboundedSender<Delta>,
     pub done: oneshot::Sender<Result<Finished, GenerateError>>,
@@ -50,7 +50,7 @@ pub(crate) struct Job {
 
 /// What the scheduler is doing, for `/v1/models`.
 #[derive(Debug, Default)]
-pub(crate) struct BatchStats {
+struct BatchStats {
     running: AtomicUsize,
     queued: AtomicUsize,
     last_batch: AtomicUsize,
@@ -77,7 +77,7 @@ pub struct BatchSnapshot {
 }
 
 impl BatchStats {
-    pub(crate) fn snapshot(&self) -> BatchSnapshot {
+    fn snapshot(&self) -> BatchSnapshot {
         BatchSnapshot {
             running: self.running.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
@@ -103,7 +103,7 @@ pub(crate) struct Stopped;
 
 /// What starting a scheduler can fail on.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StartError {
+pub enum StartError {
     #[error("cannot start the batch scheduler thread: {0}")]
     Thread(#[from] std::io::Error),
     #[error("{0}")]
@@ -131,10 +131,8 @@ pub(crate) struct Setup {
 impl Batcher {
     /// Starts the scheduler thread and waits for its warm-up.
     pub(crate) fn start(setup: Setup) -> Result<Self, StartError> {
-        let stats = Arc::new(BatchStats::default());
         let (jobs, receiver) = std_mpsc::channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
-        let thread_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("llm-batch".to_owned())
             .spawn(move || {
@@ -146,17 +144,16 @@ impl Batcher {
                     limits,
                     warm_up,
                 } = setup;
-                let started =
-                    Scheduler::new(session, spec, &tokenizer, placement, limits, thread_stats)
-                        .and_then(|mut scheduler| {
-                            if let Some(token) = warm_up {
-                                scheduler.warm_up(token).map_err(StartError::WarmUp)?;
-                            }
-                            Ok(scheduler)
-                        });
+                let started = Scheduler::new(session, spec, &tokenizer, placement, limits)
+                    .and_then(|mut scheduler| {
+                        if let Some(token) = warm_up {
+                            scheduler.warm_up(token).map_err(StartError::WarmUp)?;
+                        }
+                        Ok(scheduler)
+                    });
                 match started {
                     Ok(mut scheduler) => {
-                        let _ = ready_tx.send(Ok(()));
+                        let _ = ready_tx.send(Ok(Arc::clone(&scheduler.stats)));
                         scheduler.serve(&receiver);
                     }
                     Err(e) => {
@@ -164,7 +161,7 @@ impl Batcher {
                     }
                 }
             })?;
-        ready_rx.recv().map_err(|_| {
+        let stats = ready_rx.recv().map_err(|_| {
             StartError::Runtime(ort::Error::new("the batch scheduler thread died"))
         })??;
         Ok(Self { jobs, stats })
@@ -173,11 +170,7 @@ impl Batcher {
     /// Queues a request; it is admitted when a row and room in the cache
     /// are free.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Stopped> {
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        self.jobs.send(job).map_err(|_| {
-            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            Stopped
-        })
+        self.jobs.send(job).map_err(|_| Stopped)
     }
 
     pub(crate) fn stats(&self) -> BatchSnapshot {
@@ -205,7 +198,10 @@ struct Prefill<'t> {
     admitted: OwnedSemaphorePermit,
 }
 
-struct Scheduler<'t> {
+/// The batch of one model and the requests waiting to join it. The
+/// [`Batcher`]'s thread runs [`Scheduler::turn`] while there is work; tests
+/// drive it turn by turn.
+pub struct Scheduler<'t> {
     session: Session,
     spec: GraphSpec,
     tokenizer: &'t Tokenizer,
@@ -239,13 +235,14 @@ fn respond(
 }
 
 impl<'t> Scheduler<'t> {
-    fn new(
+    /// A scheduler running `session`, its caches kept as `placement` says
+    /// (a shared buffer is treated as the host).
+    pub fn new(
         session: Session,
         spec: GraphSpec,
         tokenizer: &'t Tokenizer,
         placement: KvPlacement,
         limits: Limits,
-        stats: Arc<BatchStats>,
     ) -> Result<Self, StartError> {
         let batch_placement = match &placement {
             KvPlacement::Device(memory) => BatchPlacement::Device(memory.clone()),
@@ -260,7 +257,7 @@ impl<'t> Scheduler<'t> {
             spec,
             tokenizer,
             limits,
-            stats,
+            stats: Arc::default(),
             batch,
             rows: Vec::new(),
             sequence,
@@ -300,7 +297,8 @@ impl<'t> Scheduler<'t> {
         }
     }
 
-    fn idle(&self) -> bool {
+    /// Nothing is running or waiting.
+    pub fn idle(&self) -> bool {
         self.rows.is_empty() && self.prefill.is_none() && self.waiting.is_empty()
     }
 
@@ -309,11 +307,13 @@ impl<'t> Scheduler<'t> {
         loop {
             if self.idle() {
                 match jobs.recv() {
-                    Ok(job) => self.waiting.push_back(job),
+                    Ok(job) => self.enqueue(job),
                     Err(_) => return,
                 }
             }
-            self.waiting.extend(jobs.try_iter());
+            for job in jobs.try_iter() {
+                self.enqueue(job);
+            }
             if std::panic::catch_unwind(AssertUnwindSafe(|| self.turn())).is_err() {
                 tracing::error!(
                     running = self.rows.len() + usize::from(self.prefill.is_some()),
@@ -322,13 +322,26 @@ impl<'t> Scheduler<'t> {
                 self.rows.clear();
                 self.prefill = None;
                 self.batch.clear();
+                self.publish();
             }
-            self.publish();
         }
     }
 
-    /// One prefill chunk and one decode step.
-    fn turn(&mut self) {
+    /// Adds a request to the end of the queue.
+    pub fn enqueue(&mut self, job: Job) {
+        self.waiting.push_back(job);
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the scheduler is doing.
+    pub fn stats(&self) -> BatchSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// One turn: waiting requests whose client left are answered, the
+    /// first waiting one starts its prefill if it fits, one chunk of the
+    /// prefill runs, then one decode step of every row.
+    pub fn turn(&mut self) {
         self.drop_abandoned();
         if self.prefill.is_none() {
             self.admit();
@@ -339,6 +352,7 @@ impl<'t> Scheduler<'t> {
         if self.batch.rows() > 0 {
             self.decode_step();
         }
+        self.publish();
     }
 
     fn publish(&self) {
