@@ -13,6 +13,7 @@
 //! meanwhile close any descriptor they inherit (`hardening_peers`).
 
 mod audit;
+mod batching;
 mod compliance;
 mod compliance_reports;
 mod hardening_audit;

@@ -334,11 +334,20 @@ fn causal_lm_keys_are_checked() {
         parse(&tensor).expect_err("tensor").to_string(),
         "/etc/deepseek/deepseekd.toml: model[0].context_length: only for kind = \"causal-lm\" models"
     );
-    let tensor = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nmax_prompt_bytes = 64");
-    assert_eq!(
-        parse(&tensor).expect_err("tensor").to_string(),
-        "/etc/deepseek/deepseekd.toml: model[0].max_prompt_bytes: only for kind = \"causal-lm\" models"
-    );
+    for key in [
+        "max_prompt_bytes = 64",
+        "kv_cache_tokens = 64",
+        "batching = false",
+    ] {
+        let tensor = MINIMAL.replace("name = \"demo\"", &format!("name = \"demo\"\n{key}"));
+        let name = key.split(' ').next().expect("key");
+        assert_eq!(
+            parse(&tensor).expect_err("tensor").to_string(),
+            format!(
+                "/etc/deepseek/deepseekd.toml: model[0].{name}: only for kind = \"causal-lm\" models"
+            )
+        );
+    }
     let escape = MINIMAL.replace(
         "name = \"demo\"",
         "name = \"demo\"\nkind = \"causal-lm\"\nmodel_file = \"../x.onnx\"",
