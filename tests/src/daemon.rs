@@ -20,11 +20,19 @@ use crate::fixtures::{binary, ort_library, shared_tempdir};
 /// `dir`, runs the daemon on it and returns its exit code and stderr: for
 /// tests of what makes it refuse to start.
 pub fn run_with_models(dir: &Path, library: &Path, models: &str) -> (i32, String) {
+    run_configured(dir, library, models, &[])
+}
+
+/// [`run_with_models`] for `deepseekd check-config`.
+pub fn check_config_with_models(dir: &Path, library: &Path, models: &str) -> (i32, String) {
+    run_configured(dir, library, models, &["check-config"])
+}
+
+fn run_configured(dir: &Path, library: &Path, models: &str, command: &[&str]) -> (i32, String) {
     let config = write_config(dir, &dir.join("d.sock"), library, "", "", models);
-    run_daemon(
-        &["--config", config.to_str().expect("utf8")],
-        Duration::from_secs(30),
-    )
+    let mut args = vec!["--config", config.to_str().expect("utf8")];
+    args.extend(command);
+    run_daemon(&args, Duration::from_secs(30))
 }
 
 /// Where [`Daemon::start_traced`] has strace write, in the daemon's directory.

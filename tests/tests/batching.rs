@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use deepseek_tests::{
-    Daemon, get, llm_expected, llm_fixture, llm_table, ort_library, post_json, run_daemon,
-    shared_tempdir, write_config,
+    Daemon, check_config_with_models, get, llm_expected, llm_fixture, llm_table, ort_library,
+    post_json, run_with_models, shared_tempdir,
 };
 use serde_json::{Value, json};
 
@@ -211,23 +211,14 @@ async fn a_full_cache_pool_queues_a_request_then_a_full_queue_refuses_with_503()
 
 #[test]
 fn a_cache_pool_smaller_than_the_context_is_refused_naming_the_keys() {
-    let dir = shared_tempdir();
     let table = llm_table("tiny-r1", &llm_fixture(), "kv_cache_tokens = 100");
-    let config = write_config(
-        dir.path(),
-        &dir.path().join("d.sock"),
-        &ort_library(),
-        "",
-        "",
-        &table,
-    );
-    let (code, output) = run_daemon(
-        &["check-config", "--config", config.to_str().expect("utf8")],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, 65, "{output}");
-    assert!(
-        output.contains("model[0].kv_cache_tokens = 100 is less than context_length = 256"),
-        "{output}"
-    );
+    for run in [check_config_with_models, run_with_models] {
+        let dir = shared_tempdir();
+        let (code, output) = run(dir.path(), &ort_library(), &table);
+        assert_eq!(code, 65, "{output}");
+        assert!(
+            output.contains("model[0].kv_cache_tokens = 100 is less than context_length = 256"),
+            "{output}"
+        );
+    }
 }

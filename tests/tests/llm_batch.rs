@@ -23,7 +23,7 @@ use ort::session::Session;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::llm_engine::environment;
+use crate::llm_engine::session;
 use crate::smollm2::{FP32, INT4, model_dir};
 
 /// A model's session, graph and tokenizer, loaded as the daemon does.
@@ -35,12 +35,7 @@ struct Model {
 
 fn model(dir: &Path) -> Model {
     let files = ModelFiles::read(dir, &dir.join("model.onnx"), BTreeMap::new()).expect("files");
-    let session = Session::builder(environment())
-        .expect("builder")
-        .with_intra_threads(1)
-        .expect("threads")
-        .commit_from_file(dir.join("model.onnx"))
-        .expect("session");
+    let session = session(dir);
     Model {
         spec: GraphSpec::read(&session, &files.arch).expect("graph spec"),
         tokenizer: Tokenizer::from_bytes(&files.tokenizer_json).expect("tokenizer"),

@@ -42,14 +42,19 @@ fn files() -> ModelFiles {
     ModelFiles::read(&dir, &dir.join("model.onnx"), BTreeMap::new()).expect("fixture files")
 }
 
-fn slot_in(dir: &std::path::Path, placement: KvPlacement) -> (Slot, GraphSpec) {
-    let files = files();
-    let session = Session::builder(environment())
+/// A session of `dir/model.onnx` on one thread.
+pub(crate) fn session(dir: &std::path::Path) -> Session {
+    Session::builder(environment())
         .expect("builder")
         .with_intra_threads(1)
         .expect("threads")
         .commit_from_file(dir.join("model.onnx"))
-        .expect("session");
+        .expect("session")
+}
+
+fn slot_in(dir: &std::path::Path, placement: KvPlacement) -> (Slot, GraphSpec) {
+    let files = files();
+    let session = session(dir);
     let spec = GraphSpec::read(&session, &files.arch).expect("graph spec");
     (Slot::new(session, &spec, placement).expect("slot"), spec)
 }

@@ -213,6 +213,9 @@ impl Engine {
                     kv_heads = info.kv_heads,
                     head_dim = info.head_dim,
                     kv_cache = info.kv_cache,
+                    batching = info.batching_off.is_none(),
+                    kv_cache_tokens = info.kv_cache_tokens,
+                    batching_off = info.batching_off,
                     elapsed_ms = started.elapsed().as_millis(),
                     "causal LM loaded and warmed up"
                 );

@@ -178,24 +178,38 @@ impl Batcher {
     }
 }
 
-/// A request in the batch.
-struct Row<'t> {
+/// A request that has left the queue: its generation, the cache positions
+/// it may grow to, and where its answer goes.
+struct Started<'t> {
     generation: Generation<'t>,
-    /// The token its next step feeds.
-    next: u32,
+    /// Prompt plus `max_tokens`.
     reserve: usize,
     done: oneshot::Sender<Result<Finished, GenerateError>>,
     _admitted: OwnedSemaphorePermit,
 }
 
+impl Started<'_> {
+    /// Answers it: the flushed generation, or the error.
+    fn respond(self, ended: Result<FinishReason, GenerateError>) {
+        let generation = self.generation;
+        let _ = self
+            .done
+            .send(ended.and_then(|reason| generation.finish(reason)));
+    }
+}
+
+/// A request in the batch.
+struct Row<'t> {
+    request: Started<'t>,
+    /// The token its next step feeds.
+    next: u32,
+}
+
 /// The request whose prompt is being prefilled, chunk by chunk.
 struct Prefill<'t> {
-    generation: Generation<'t>,
+    request: Started<'t>,
     /// Prompt tokens already in its cache.
     offset: usize,
-    reserve: usize,
-    done: oneshot::Sender<Result<Finished, GenerateError>>,
-    admitted: OwnedSemaphorePermit,
 }
 
 /// The batch of one model and the requests waiting to join it. The
@@ -223,15 +237,6 @@ impl std::fmt::Debug for Scheduler<'_> {
             .field("waiting", &self.waiting.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Answers a request that is over.
-fn respond(
-    done: oneshot::Sender<Result<Finished, GenerateError>>,
-    generation: Generation<'_>,
-    ended: Result<FinishReason, GenerateError>,
-) {
-    let _ = done.send(ended.and_then(|reason| generation.finish(reason)));
 }
 
 impl<'t> Scheduler<'t> {
@@ -371,8 +376,8 @@ impl<'t> Scheduler<'t> {
     fn longest_reservation(&self, with: usize) -> usize {
         self.rows
             .iter()
-            .map(|row| row.reserve)
-            .chain(self.prefill.as_ref().map(|p| p.reserve))
+            .map(|row| row.request.reserve)
+            .chain(self.prefill.as_ref().map(|p| p.request.reserve))
             .fold(with, usize::max)
     }
 
@@ -406,22 +411,16 @@ impl<'t> Scheduler<'t> {
             return;
         };
         self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-        let generation = Generation::new(self.tokenizer, job.request, job.events);
-        if let Err(source) = self.sequence.reset(&self.spec) {
-            respond(
-                job.done,
-                generation,
-                Err(GenerateError::Runtime { step: 0, source }),
-            );
-            return;
-        }
-        self.prefill = Some(Prefill {
-            generation,
-            offset: 0,
+        let request = Started {
+            generation: Generation::new(self.tokenizer, job.request, job.events),
             reserve,
             done: job.done,
-            admitted: job.admitted,
-        });
+            _admitted: job.admitted,
+        };
+        if let Err(source) = self.sequence.reset(&self.spec) {
+            return request.respond(Err(GenerateError::Runtime { step: 0, source }));
+        }
+        self.prefill = Some(Prefill { request, offset: 0 });
     }
 
     /// Runs the next chunk of the prompt being prefilled; once the whole
@@ -430,13 +429,13 @@ impl<'t> Scheduler<'t> {
         let Some(prefill) = self.prefill.as_mut() else {
             return;
         };
-        if prefill.generation.abandoned() {
+        if prefill.request.generation.abandoned() {
             if let Some(p) = self.prefill.take() {
-                respond(p.done, p.generation, Ok(FinishReason::Cancelled));
+                p.request.respond(Ok(FinishReason::Cancelled));
             }
             return;
         }
-        let prompt = &prefill.generation.request().prompt_ids;
+        let prompt = &prefill.request.generation.request().prompt_ids;
         let end = (prefill.offset + PREFILL_CHUNK).min(prompt.len());
         let ran = self.sequence.forward(
             &mut self.session,
@@ -449,38 +448,20 @@ impl<'t> Scheduler<'t> {
         if ran.is_ok() && !complete {
             return;
         }
-        let Some(Prefill {
-            mut generation,
-            reserve,
-            done,
-            admitted,
-            ..
-        }) = self.prefill.take()
-        else {
+        let Some(Prefill { mut request, .. }) = self.prefill.take() else {
             return;
         };
         if let Err(source) = ran {
-            respond(
-                done,
-                generation,
-                Err(GenerateError::Runtime { step: 0, source }),
-            );
-            return;
+            return request.respond(Err(GenerateError::Runtime { step: 0, source }));
         }
-        let next = match generation.step(&self.logits) {
+        let next = match request.generation.step(&self.logits) {
             Ok(Next::Token(id)) => id,
-            Ok(Next::Done(reason)) => return respond(done, generation, Ok(reason)),
-            Err(e) => return respond(done, generation, Err(e)),
+            Ok(Next::Done(reason)) => return request.respond(Ok(reason)),
+            Err(e) => return request.respond(Err(e)),
         };
         let joining = self.joining();
         let keep: Vec<usize> = (0..self.rows.len()).collect();
-        self.rows.push(Row {
-            generation,
-            next,
-            reserve,
-            done,
-            _admitted: admitted,
-        });
+        self.rows.push(Row { request, next });
         if let Err(source) = self.batch.relayout(&self.spec, &keep, Some(joining)) {
             self.fail_all(&source);
         }
@@ -502,7 +483,7 @@ impl<'t> Scheduler<'t> {
         let mut ended = Vec::new();
         for (index, row) in self.rows.iter_mut().enumerate() {
             let logits = &self.logits[index * vocab..(index + 1) * vocab];
-            match row.generation.step(logits) {
+            match row.request.generation.step(logits) {
                 Ok(Next::Token(id)) => {
                     row.next = id;
                     keep.push(index);
@@ -518,7 +499,7 @@ impl<'t> Scheduler<'t> {
         let mut rows: Vec<Option<Row<'t>>> = self.rows.drain(..).map(Some).collect();
         for (index, result) in ended {
             if let Some(row) = rows[index].take() {
-                respond(row.done, row.generation, result);
+                row.request.respond(result);
             }
         }
         self.rows = rows.into_iter().flatten().collect();
@@ -532,12 +513,11 @@ impl<'t> Scheduler<'t> {
     fn fail_all(&mut self, source: &ort::Error) {
         tracing::error!(error = %source, rows = self.rows.len(), "a batched decode step failed");
         for row in self.rows.drain(..) {
-            let step = row.generation.generated();
             let error = GenerateError::Runtime {
-                step,
+                step: row.request.generation.generated(),
                 source: ort::Error::new(source.to_string()),
             };
-            respond(row.done, row.generation, Err(error));
+            row.request.respond(Err(error));
         }
         self.batch.clear();
     }
