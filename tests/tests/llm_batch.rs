@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use deepseek_tests::{llm_expected, llm_fixture, token_ids, workspace};
 use deepseekd::engine::llm::batch::{Job, Limits, Scheduler};
-use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement};
+use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, Slot};
 use deepseekd::engine::llm::files::ModelFiles;
 use deepseekd::engine::llm::generate::{
     Delta, FinishReason, Finished, GenerateError, GenerateRequest,
@@ -23,7 +23,7 @@ use ort::session::Session;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::llm_engine::session;
+use crate::llm_engine::{environment, session};
 use crate::smollm2::{FP32, INT4, model_dir};
 
 /// A model's session, graph and tokenizer, loaded as the daemon does.
@@ -43,15 +43,25 @@ fn model(dir: &Path) -> Model {
     }
 }
 
-/// A scheduler over `dir`'s model with room for `limits`.
+/// A scheduler over `dir`'s model with room for `limits`, its caches on
+/// the host.
 fn with_scheduler<R>(dir: &Path, limits: Limits, test: impl FnOnce(&mut Scheduler<'_>) -> R) -> R {
+    with_scheduler_in(dir, KvPlacement::Host, limits, test)
+}
+
+fn with_scheduler_in<R>(
+    dir: &Path,
+    placement: KvPlacement,
+    limits: Limits,
+    test: impl FnOnce(&mut Scheduler<'_>) -> R,
+) -> R {
     let Model {
         session,
         spec,
         tokenizer,
     } = model(dir);
     let mut scheduler =
-        Scheduler::new(session, spec, &tokenizer, KvPlacement::Host, limits).expect("scheduler");
+        Scheduler::new(session, spec, &tokenizer, placement, limits).expect("scheduler");
     test(&mut scheduler)
 }
 
@@ -184,7 +194,16 @@ fn eight(prompts: &[Value], max_tokens: usize) -> Vec<GenerateRequest> {
 /// Each request alone, then all eight submitted at once: the same outputs,
 /// and one decode step ran all eight.
 fn assert_batched_equals_alone(dir: &Path, prompts: &[Value], max_tokens: usize) {
-    with_scheduler(dir, ROOMY, |scheduler| {
+    assert_batched_equals_alone_in(dir, KvPlacement::Host, prompts, max_tokens);
+}
+
+fn assert_batched_equals_alone_in(
+    dir: &Path,
+    placement: KvPlacement,
+    prompts: &[Value],
+    max_tokens: usize,
+) {
+    with_scheduler_in(dir, placement, ROOMY, |scheduler| {
         let requests = eight(prompts, max_tokens);
         let alone: Vec<Outcome> = requests.iter().map(|r| alone(scheduler, r)).collect();
         let pending: Vec<Pending> = requests.iter().map(|r| submit(scheduler, r)).collect();
@@ -223,6 +242,20 @@ fn tiny_prompts() -> Vec<Value> {
 #[test]
 fn tiny_r1_gives_the_same_outputs_alone_and_beside_seven_others() {
     assert_batched_equals_alone(&llm_fixture(), &tiny_prompts(), 32);
+}
+
+#[test]
+fn the_device_path_gives_the_same_outputs_alone_and_beside_seven_others() {
+    // The GPU's path (presents bound to the device, a new layout copied in
+    // by the next step), with host memory standing in for the device.
+    // Memory descriptions are made by ONNX Runtime: load it first.
+    environment();
+    assert_batched_equals_alone_in(
+        &llm_fixture(),
+        KvPlacement::Device(Slot::host_memory()),
+        &tiny_prompts(),
+        32,
+    );
 }
 
 #[test]
