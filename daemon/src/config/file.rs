@@ -170,7 +170,7 @@ impl Config {
                     ("context_length", model.context_length.is_some()),
                     ("max_prompt_bytes", model.max_prompt_bytes.is_some()),
                     ("kv_cache_tokens", model.kv_cache_tokens.is_some()),
-                    ("batching", !model.batching),
+                    ("batching", model.batching.is_some()),
                 ] {
                     if set {
                         return Err(semantic(
@@ -179,6 +179,14 @@ impl Config {
                         ));
                     }
                 }
+            }
+            if !model.batching() && model.kv_cache_tokens.is_some() {
+                return Err(semantic(
+                    &key("kv_cache_tokens"),
+                    "only with batching: with batching = false each slot holds its own cache \
+                     of up to context_length positions"
+                        .to_owned(),
+                ));
             }
             if model.is_causal_lm() && model.infer_timeout_ms.is_some() {
                 return Err(semantic(

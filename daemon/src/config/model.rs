@@ -58,8 +58,8 @@ pub struct ModelConfig {
     /// Causal LMs: decode the running requests together, one step for all
     /// of them, over one copy of the weights (continuous batching). Off
     /// gives each of the `sessions` its own session, as before.
-    #[serde(default = "yes")]
-    pub batching: bool,
+    #[serde(default)]
+    pub batching: Option<bool>,
     /// Causal LMs with batching: the KV cache pool, in positions (tokens)
     /// across all running requests, padding included; unset is `sessions ×
     /// context_length`. At least `context_length`. Requests that would not
@@ -109,6 +109,11 @@ pub const DEFAULT_MODEL_FILE: &str = "model.onnx";
 impl ModelConfig {
     pub fn is_causal_lm(&self) -> bool {
         self.kind == ModelKind::CausalLm
+    }
+
+    /// `batching`, on unless set to `false`.
+    pub fn batching(&self) -> bool {
+        self.batching.unwrap_or(true)
     }
 
     /// The inference deadline of a tensor model (`infer_timeout_ms`).

@@ -328,6 +328,23 @@ fn causal_lm_models_are_directories() {
 }
 
 #[test]
+fn a_cache_pool_needs_batching() {
+    let text = MINIMAL.replace(
+        "path = \"/models/demo.onnx\"",
+        "kind = \"causal-lm\"\npath = \"/models/r1\"\nbatching = false\nkv_cache_tokens = 4096",
+    );
+    assert_eq!(
+        parse(&text).expect_err("refused").to_string(),
+        "/etc/deepseek/deepseekd.toml: model[0].kv_cache_tokens: only with batching: with \
+         batching = false each slot holds its own cache of up to context_length positions"
+    );
+    let batched = text.replace("batching = false\n", "");
+    let model = &parse(&batched).expect("batched").models[0];
+    assert!(model.batching());
+    assert_eq!(model.kv_cache_tokens.map(NonZeroUsize::get), Some(4096));
+}
+
+#[test]
 fn causal_lm_keys_are_checked() {
     let tensor = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\ncontext_length = 64");
     assert_eq!(
@@ -337,7 +354,7 @@ fn causal_lm_keys_are_checked() {
     for key in [
         "max_prompt_bytes = 64",
         "kv_cache_tokens = 64",
-        "batching = false",
+        "batching = true",
     ] {
         let tensor = MINIMAL.replace("name = \"demo\"", &format!("name = \"demo\"\n{key}"));
         let name = key.split(' ').next().expect("key");

@@ -104,15 +104,21 @@ pub(crate) fn check_config(path: &Path) -> Exit {
         }
     }
     // A causal LM's configuration, tokenizer and template are parsed as at
-    // load, and its cache pool checked against its context (the graph itself
-    // is left to the daemon).
+    // load, and, when it is batched, its cache pool checked against its
+    // context (the graph itself is left to the daemon).
     for (index, model) in config.models.iter().enumerate() {
         if !model.is_causal_lm() {
             continue;
         }
-        let checked = engine::llm::read_files(model, std::collections::BTreeMap::new())
-            .and_then(|(files, ..)| engine::llm::context_length(index, model, &files))
-            .and_then(|context| engine::llm::kv_cache_tokens(index, model, context));
+        let checked = engine::llm::read_files(model, std::collections::BTreeMap::new()).and_then(
+            |(files, ..)| {
+                let context = engine::llm::context_length(index, model, &files)?;
+                match engine::llm::batching_off(model, &files) {
+                    None => engine::llm::kv_cache_tokens(index, model, context).map(drop),
+                    Some(_) => Ok(()),
+                }
+            },
+        );
         if let Err(e) = checked {
             report(&engine::LoadError::CausalLm {
                 model: model.name.get_ref().as_str().to_owned(),

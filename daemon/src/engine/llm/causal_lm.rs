@@ -81,8 +81,9 @@ enum Runner {
 /// Why a graph with a shared past/present buffer is served a slot per
 /// request (docs/development/llm-serving.md).
 const SHARED_BUFFER_CANNOT_BATCH: &str = "the graph shares its past/present buffer \
-     (GroupQueryAttention): ONNX Runtime 1.31 refuses a prefill beside decoding rows, \
-     so each slot runs one request";
+     (GroupQueryAttention), which this daemon does not batch: a prefilled sequence would \
+     have to be copied into a row of the shared buffer, which ort does not expose; \
+     each slot runs one request";
 
 /// Why batching is off when the configuration turns it off.
 const BATCHING_FALSE: &str = "batching = false in its [[model]] table";
@@ -135,12 +136,21 @@ impl CausalLm {
                 graph_path.display()
             )));
         };
-        let batching_off = if !config.batching {
-            Some(BATCHING_FALSE)
-        } else if files.share_kv_buffer {
-            Some(SHARED_BUFFER_CANNOT_BATCH)
-        } else {
-            None
+        let batching_off = batching_off(config, &files);
+        let cache_tokens = match batching_off {
+            None => Some(
+                kv_cache_tokens(index, config, context_length).map_err(|e| fail(e.to_string()))?,
+            ),
+            Some(reason) => {
+                if config.kv_cache_tokens.is_some() {
+                    tracing::warn!(
+                        model = %name,
+                        reason,
+                        "kv_cache_tokens is ignored: the model is not batched"
+                    );
+                }
+                None
+            }
         };
         let count = if batching_off.is_none() {
             1
@@ -197,9 +207,7 @@ impl CausalLm {
             .and_then(|t| tokenizer.token_to_id(t))
             .unwrap_or(0);
         let tokenizer = Arc::new(tokenizer);
-        let (runner, kv_cache_tokens) = if batching_off.is_none() {
-            let cache_tokens =
-                kv_cache_tokens(index, config, context_length).map_err(|e| fail(e.to_string()))?;
+        let (runner, kv_cache_tokens) = if let Some(cache_tokens) = cache_tokens {
             let session = sessions
                 .pop()
                 .ok_or_else(|| fail("no session was built".to_owned()))?;
@@ -386,6 +394,18 @@ fn load_slots(
         }
     }
     Ok(slots)
+}
+
+/// Why `config`'s model is not batched; `None` when it is. `deepseekd
+/// check-config` runs it too.
+pub fn batching_off(config: &ModelConfig, files: &ModelFiles) -> Option<&'static str> {
+    if !config.batching() {
+        Some(BATCHING_FALSE)
+    } else if files.share_kv_buffer {
+        Some(SHARED_BUFFER_CANNOT_BATCH)
+    } else {
+        None
+    }
 }
 
 /// The batch's KV cache pool `config` asks for (`kv_cache_tokens`, or

@@ -347,9 +347,13 @@ impl SequenceCache {
     }
 
     /// Hands over the growing cache (one value per `GraphSpec::past` name,
-    /// `[1, kv_heads, len, head_dim]`), leaving this one empty.
+    /// `[1, kv_heads, len, head_dim]`), leaving this one empty and holding
+    /// nothing (a binding lets go of the last step's values too).
     pub fn take(&mut self) -> Vec<DynValue> {
         self.len = 0;
+        if let Mode::Bind { binding, .. } = &mut self.mode {
+            binding.clear();
+        }
         std::mem::take(&mut self.past)
     }
 

@@ -20,5 +20,5 @@ pub mod tokenizer;
 pub(crate) mod test_support;
 
 pub use causal_lm::{
-    CausalLm, DirectoryError, LmInfo, context_length, kv_cache_tokens, read_files,
+    CausalLm, DirectoryError, LmInfo, batching_off, context_length, kv_cache_tokens, read_files,
 };

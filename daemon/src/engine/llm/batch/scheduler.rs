@@ -66,7 +66,7 @@ pub struct BatchSnapshot {
     pub running: usize,
     /// Admitted requests waiting for a row or for room in the cache.
     pub queued: usize,
-    /// Rows of the last decode step.
+    /// Rows of the last decode step; 0 once the batch is empty.
     pub last_batch: usize,
     /// Decode steps run since the start.
     pub steps: u64,
@@ -326,6 +326,7 @@ impl<'t> Scheduler<'t> {
                 );
                 self.rows.clear();
                 self.prefill = None;
+                self.sequence.take();
                 self.batch.clear();
                 self.publish();
             }
@@ -364,6 +365,9 @@ impl<'t> Scheduler<'t> {
         let stats = &self.stats;
         let running = self.rows.len() + usize::from(self.prefill.is_some());
         stats.running.store(running, Ordering::Relaxed);
+        if self.rows.is_empty() {
+            stats.last_batch.store(0, Ordering::Relaxed);
+        }
         stats.cache_positions.store(
             self.batch.positions() + self.sequence.cached(),
             Ordering::Relaxed,
@@ -431,6 +435,7 @@ impl<'t> Scheduler<'t> {
         };
         if prefill.request.generation.abandoned() {
             if let Some(p) = self.prefill.take() {
+                self.sequence.take();
                 p.request.respond(Ok(FinishReason::Cancelled));
             }
             return;
@@ -451,6 +456,8 @@ impl<'t> Scheduler<'t> {
         let Some(Prefill { mut request, .. }) = self.prefill.take() else {
             return;
         };
+        // The prompt's cache joins the batch, or is dropped with this turn.
+        let joining = self.joining();
         if let Err(source) = ran {
             return request.respond(Err(GenerateError::Runtime { step: 0, source }));
         }
@@ -459,7 +466,6 @@ impl<'t> Scheduler<'t> {
             Ok(Next::Done(reason)) => return request.respond(Ok(reason)),
             Err(e) => return request.respond(Err(e)),
         };
-        let joining = self.joining();
         let keep: Vec<usize> = (0..self.rows.len()).collect();
         self.rows.push(Row { request, next });
         if let Err(source) = self.batch.relayout(&self.spec, &keep, Some(joining)) {
