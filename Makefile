@@ -236,7 +236,7 @@ $(CONVERT_VENV)/.deps-1: packaging/convert-requirements.txt | pyvenv
 	$(CONVERT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r packaging/convert-requirements.txt
 	touch $@
 
-$(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py fixtures/llm/smollm2/SHA256SUMS | $(CONVERT_VENV)/.deps-1
+$(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py packaging/decoder_graph.py fixtures/llm/smollm2/SHA256SUMS | $(CONVERT_VENV)/.deps-1
 	rm -rf $(SMOLLM2) $(SMOLLM2_INT4)
 	$(CONVERT_VENV)/bin/python packaging/convert-gguf.py $(SMOLLM2_GGUF) $(MODELS)
 	touch $@
