@@ -20,6 +20,11 @@
 #   make check-units   systemd-analyze verify and security of the units
 #   make system-test   the package installed and driven under systemd in a
 #               throwaway Debian root (root, debootstrap, systemd-nspawn)
+#   make gpu-check-carry  release binaries and ONNX Runtime's CUDA provider
+#               packed into .gpu/c0..c3 for the four device calls of the GPU
+#               check; the last runs packaging/gpu-check/gpu-check.sh there
+#               (make gpu-check); make gpu-check-dry runs it here on the CPU
+#               with a tiny model (docs/development/gpu-check.md)
 
 SHELL := /bin/bash
 # A recipe that fails leaves no half-written target behind for the next make.
@@ -29,7 +34,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models pyvenv deps clean FORCE man deb deb-cuda check-units system-test release
+.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models pyvenv deps clean FORCE man deb deb-cuda check-units system-test release gpu-check gpu-check-carry gpu-check-dry
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -236,7 +241,7 @@ $(CONVERT_VENV)/.deps-1: packaging/convert-requirements.txt | pyvenv
 	$(CONVERT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r packaging/convert-requirements.txt
 	touch $@
 
-$(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py fixtures/llm/smollm2/SHA256SUMS | $(CONVERT_VENV)/.deps-1
+$(MODELS)/.smollm2-converted: $(SMOLLM2_GGUF) packaging/convert-gguf.py packaging/decoder_graph.py fixtures/llm/smollm2/SHA256SUMS | $(CONVERT_VENV)/.deps-1
 	rm -rf $(SMOLLM2) $(SMOLLM2_INT4)
 	$(CONVERT_VENV)/bin/python packaging/convert-gguf.py $(SMOLLM2_GGUF) $(MODELS)
 	touch $@
@@ -370,6 +375,41 @@ bench-audit:
 
 bench-integrity:
 	packaging/bench-integrity.sh $(BENCH_DIR)
+
+# The GPU check (docs/development/gpu-check.md). gpu-check-carry, here: the
+# release binaries, packed beside ONNX Runtime's CUDA provider by the shared
+# prepare-carry.sh into .gpu/c0..c3, one device call each (at most 64 MiB;
+# c0 is nearly full, so the binaries go in c3). gpu-check, on the GPU
+# machine after assemble.sh (the device call runs the script itself: make
+# may be missing there). gpu-check-dry, here: the same steps on the CPU,
+# tiny model, CPU ONNX Runtime, streams 1, 2 and 4, PyTorch in .venv-gpucheck.
+PREPARE_CARRY ?= ../shared/gpu/prepare-carry.sh
+GPU_CHECK_VENV := $(CURDIR)/.venv-gpucheck
+GPU_CHECK_OUT ?= $(CURDIR)/target/gpu-check/dry-run
+
+gpu-check-carry: release
+	mkdir -p target/gpu-check
+	tar -C target/release -cJf target/gpu-check/deepseek-bin.tar.xz deepseekd deepseek-audit deepseek-integrity
+	$(PREPARE_CARRY)
+	cp target/gpu-check/deepseek-bin.tar.xz .gpu/c3/
+	@for d in .gpu/c0 .gpu/c1 .gpu/c2 .gpu/c3; do \
+		bytes=$$(du -sb $$d | cut -f1); \
+		[ $$bytes -le 67108864 ] || { echo "error: $$d holds $$bytes bytes, over one device call's 64 MiB" >&2; exit 1; }; \
+		echo "$$d: $$bytes bytes"; \
+	done
+
+gpu-check:
+	packaging/gpu-check/gpu-check.sh $(GPU_CHECK_ARGS)
+
+$(GPU_CHECK_VENV)/.deps-1: packaging/gpu-check/requirements.txt | pyvenv
+	python3 -m venv $(GPU_CHECK_VENV)
+	$(GPU_CHECK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r packaging/gpu-check/requirements.txt
+	touch $@
+
+gpu-check-dry: ort release $(GPU_CHECK_VENV)/.deps-1
+	rm -rf $(GPU_CHECK_OUT)
+	$(GPU_CHECK_VENV)/bin/python packaging/gpu-check/gpu_check.py --release target/release --ort $(ORT_LIB) \
+		--out $(GPU_CHECK_OUT) --device cpu --shape tiny --streams 1,2,4 --tokens 16 --rounds 2 --copy-mib 64 $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(RUN_DIR)
