@@ -246,6 +246,26 @@ fn refuses_to_start_without_onnx_runtime() {
 }
 
 #[test]
+fn a_cuda_library_dir_without_the_libraries_exits_69_naming_it() {
+    // Before the fix the error was made before ONNX Runtime was loaded, and
+    // ort aborted looking for a default library.
+    let cuda = shared_tempdir();
+    let runtime = format!("cuda_library_dir = \"{}\"\n", cuda.path().display());
+    let (code, stderr) = start_failure(
+        ort_library().to_str().expect("utf8"),
+        &(runtime + &model_table("demo", "demo.onnx", "")),
+    );
+    assert_eq!(code, 69, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot preload CUDA libraries from {} (runtime.cuda_library_dir)",
+            cuda.path().display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn refuses_an_onnx_runtime_of_another_version() {
     // A stand-in library that reports version 1.20.0 through the real C ABI
     // entry point, compiled here so the check meets a real shared object.

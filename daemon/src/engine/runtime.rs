@@ -73,12 +73,16 @@ pub fn init(config: &RuntimeConfig) -> Result<(Environment, String), RuntimeErro
             found: version,
         });
     }
+    let builder = ort::init_from(path).map_err(|e| RuntimeError::Load {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    // After the library is loaded: a failed preload's error is made by
+    // ONNX Runtime, which would otherwise look for a default library and
+    // abort. The CUDA libraries are opened by the provider only when a
+    // session registers it, later.
     preload_cuda(config)?;
-    let environment = ort::init_from(path)
-        .map_err(|e| RuntimeError::Load {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?
+    let environment = builder
         .with_name("deepseekd")
         // Air-gapped: nothing may even try to phone home.
         .with_telemetry(false)
