@@ -1,11 +1,10 @@
 //! Continuous batching through the socket, with the real auditor and the
 //! lockdown: concurrent requests answer as they do alone, `/v1/models`
-//! shows the scheduler, and a full cache pool makes a request wait, then a
-//! full queue refuses one with 503, while the running request keeps its
-//! place. (`llm_batch` drives the scheduler turn by turn in process.)
+//! shows the scheduler, graphs that cannot batch say why, and a full cache
+//! pool runs requests one after the other while a full queue refuses with
+//! 503. (`llm_batch` drives the scheduler turn by turn in process.)
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use deepseek_tests::{
@@ -13,8 +12,6 @@ use deepseek_tests::{
     post_json, run_with_models, shared_tempdir,
 };
 use serde_json::{Value, json};
-
-use crate::smollm2::{INT4, model_dir};
 
 /// The eight requests: the fixture's chat prompts and its raw completion,
 /// greedy, then again sampled with a seed each.
@@ -85,19 +82,34 @@ async fn concurrent_requests_answer_as_they_do_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graphs_that_cannot_batch_and_batching_false_say_why() {
+    // tiny-r1-gqa without its genai_config.json: a growing cache, but
+    // GroupQueryAttention, which would read padded rows wrong.
+    let gqa = llm_fixture().with_file_name("tiny-r1-gqa");
+    let unflagged = shared_tempdir();
+    for entry in std::fs::read_dir(&gqa).expect("fixture") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n != "genai_config.json") {
+            std::fs::copy(
+                &path,
+                unflagged.path().join(path.file_name().expect("name")),
+            )
+            .expect("copy");
+        }
+    }
     let tables = [
-        llm_table(
-            "gqa",
-            &llm_fixture().with_file_name("tiny-r1-gqa"),
-            "sessions = 2",
-        ),
+        llm_table("gqa", &gqa, "sessions = 2"),
+        llm_table("gqa-unflagged", unflagged.path(), "sessions = 2"),
         llm_table("off", &llm_fixture(), "sessions = 2\nbatching = false"),
     ]
     .concat();
     let d = Daemon::start("", &tables);
     let models = get(&d.socket, "/v1/models").await.expect("models").json();
     let data = models["data"].as_array().expect("data");
-    for (name, reason) in [("gqa", "GroupQueryAttention"), ("off", "batching = false")] {
+    for (name, reason) in [
+        ("gqa", "shares its past/present buffer"),
+        ("gqa-unflagged", "GroupQueryAttention"),
+        ("off", "batching = false"),
+    ] {
         let model = data.iter().find(|m| m["id"] == name).expect("listed");
         assert_eq!(model["batching"], false);
         assert!(
@@ -118,95 +130,104 @@ async fn graphs_that_cannot_batch_and_batching_false_say_why() {
     }
 }
 
-/// Polls `/v1/models/{name}` until `until` holds of its `batch` (a
-/// condition that the test makes hold; the deadline only stops a hung run).
-async fn wait_for_batch(d: &Daemon, name: &str, until: impl Fn(&Value) -> bool) -> Value {
+/// Polls `/v1/models/{name}` until `until` holds of it: a state the test
+/// itself brings about (the deadline only ends a run that hangs).
+async fn wait_for_model(d: &Daemon, name: &str, until: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let model = get(&d.socket, &format!("/v1/models/{name}"))
             .await
             .expect("model")
             .json();
-        if until(&model["batch"]) {
+        if until(&model) {
             return model;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the scheduler never got there: {model}"
-        );
+        assert!(Instant::now() < deadline, "never got there: {model}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_cache_pool_queues_a_request_then_a_full_queue_refuses_with_503() {
-    // Two places (sessions 2 + queue_depth 0) and a pool of 2048 positions:
-    // a 2000-token request fills the pool, so the next waits.
-    let extra = "sessions = 2\nqueue_depth = 0\ncontext_length = 2048\nkv_cache_tokens = 2048";
-    let d = Daemon::start("", &llm_table("smol", &model_dir(INT4), extra));
-    let long = serde_json::to_vec(&json!({
-        "model": "smol", "prompt": "Once upon a time", "max_tokens": 2000,
+/// A streamed completion of `max_tokens` tokens, EOS ignored: its body.
+async fn stream(socket: PathBuf, prompt: &str, max_tokens: u64) -> (u16, String) {
+    let body = json!({
+        "model": "tiny-r1", "prompt": prompt, "max_tokens": max_tokens,
         "temperature": 0, "ignore_eos": true, "stream": true,
-    }))
-    .expect("json");
-    let mut running = UnixStream::connect(&d.socket).expect("connect");
-    write!(
-        running,
-        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        long.len()
-    )
-    .expect("headers");
-    running.write_all(&long).expect("body");
-    let mut first = [0u8; 64];
-    let n = running.read(&mut first).expect("first bytes");
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
-    wait_for_batch(&d, "smol", |b| b["running"] == 1 && b["last_batch"] == 1).await;
-
-    let socket = d.socket.clone();
-    let waiting = tokio::spawn(async move {
-        post_json(
-            &socket,
-            "/v1/completions",
-            &json!({"model": "smol", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}),
-        )
-        .await
     });
-    let model = wait_for_batch(&d, "smol", |b| b["queued"] == 1).await;
-    assert_eq!(model["batch"]["running"], 1, "{model}");
-    assert_eq!(model["kv_cache_tokens"], 2048);
-    assert!(model["batch"]["cache_reserved"].as_u64().expect("reserved") <= 2048);
-
-    let refused = post_json(
-        &d.socket,
-        "/v1/completions",
-        &json!({"model": "smol", "prompt": "Hello", "max_tokens": 4}),
+    let answer = post_json(&socket, "/v1/completions", &body).await;
+    (
+        answer.status,
+        String::from_utf8_lossy(&answer.body).into_owned(),
     )
-    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_cache_pool_runs_requests_one_after_the_other_and_a_full_queue_refuses_with_503() {
+    // Two places (sessions 2, queue_depth 0) and a pool of 256 positions,
+    // which holds one request of about 150 tokens at a time, not two. The
+    // auditor is paused so that both requests are admitted, and wait on
+    // their `request` records, before either starts: no timing involved.
+    let extra = "sessions = 2\nqueue_depth = 0\nkv_cache_tokens = 256";
+    let d = Daemon::spawn_full(
+        "",
+        "",
+        "timeout_ms = 600000",
+        &llm_table("tiny-r1", &llm_fixture(), extra),
+    );
+    d.wait_ready();
+    let auditor = d.auditor.as_ref().expect("auditor");
+    auditor.pause();
+    let first = tokio::spawn(stream(d.socket.clone(), "The", 150));
+    wait_for_model(&d, "tiny-r1", |m| m["admitted"] == 1).await;
+    let second = tokio::spawn(stream(d.socket.clone(), "Once upon a time", 150));
+    wait_for_model(&d, "tiny-r1", |m| m["admitted"] == 2).await;
+    let refused = tokio::spawn({
+        let socket = d.socket.clone();
+        async move {
+            post_json(
+                &socket,
+                "/v1/completions",
+                &json!({"model": "tiny-r1", "prompt": "Hello", "max_tokens": 4}),
+            )
+            .await
+        }
+    });
+    let model = wait_for_model(&d, "tiny-r1", |m| m["admitted"] == 2).await;
+    assert_eq!(model["batch"]["steps"], 0, "{model}");
+    auditor.signal(nix::sys::signal::Signal::SIGCONT);
+
+    let refused = refused.await.expect("task");
     assert_eq!(refused.status, 503, "{:?}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "queue_full");
-    assert!(
-        !waiting.is_finished(),
-        "the waiting request was answered while the pool was full"
-    );
+    for answer in [first.await.expect("task"), second.await.expect("task")] {
+        assert_eq!(answer.0, 200, "{}", answer.1);
+        assert!(
+            answer.1.contains("\"finish_reason\":\"length\""),
+            "{}",
+            answer.1
+        );
+    }
+    // Each request decodes 149 steps after its first token. Had they shared
+    // a step, there would be fewer than 2 × 149.
+    let model = wait_for_model(&d, "tiny-r1", |m| m["batch"]["running"] == 0).await;
+    assert_eq!(model["batch"]["steps"], 2 * 149, "{model}");
+    assert_eq!(model["batch"]["cache_positions"], 0, "{model}");
+    assert_eq!(model["admitted"], 0, "{model}");
 
-    // The running request leaves; the waiting one gets its place.
-    drop(running);
-    let answered = waiting.await.expect("task");
-    assert_eq!(answered.status, 200, "{:?}", answered.body);
-    assert_eq!(answered.json()["usage"]["completion_tokens"], 8);
-
-    let entries = d.auditor.as_ref().expect("auditor").entries();
+    let entries = auditor.entries();
     let refusal = entries
         .iter()
         .find(|e| e["status"] == 503)
         .expect("the refusal is audited");
     assert_eq!(refusal["details"]["error_code"], "queue_full");
-    let completion = entries
+    let completions: Vec<&Value> = entries
         .iter()
-        .find(|e| e["event"] == "completion")
-        .expect("the cancelled stream is audited");
-    assert_eq!(completion["details"]["finish_reason"], "cancelled");
-    assert!(completion["tokens_out"].as_u64().expect("tokens") < 2000);
+        .filter(|e| e["event"] == "completion")
+        .collect();
+    assert_eq!(completions.len(), 2);
+    for completion in completions {
+        assert_eq!(completion["details"]["finish_reason"], "length");
+        assert_eq!(completion["tokens_out"], 150);
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use deepseek_tests::{llm_expected, llm_fixture, token_ids, workspace};
-use deepseekd::engine::llm::batch::{Job, Limits, Scheduler};
+use deepseekd::engine::llm::batch::{Job, Limits, Scheduler, StartError};
 use deepseekd::engine::llm::decoder::{GraphSpec, KvPlacement, Slot};
 use deepseekd::engine::llm::files::ModelFiles;
 use deepseekd::engine::llm::generate::{
@@ -276,6 +276,29 @@ fn smollm2_gives_the_same_outputs_alone_and_beside_seven_others() {
     for variant in [FP32, INT4] {
         assert_batched_equals_alone(&model_dir(variant), &prompts, 16);
     }
+}
+
+#[test]
+fn the_warm_up_finds_a_graph_that_does_not_take_padded_rows() {
+    // tiny-r1's own graph passes; tiny-r1-gqa's GroupQueryAttention reads
+    // each row's past from the start of the cache, so its padded rows give
+    // other logits than the same sequences alone.
+    with_scheduler(&llm_fixture(), ROOMY, |scheduler| {
+        scheduler.warm_up(0).expect("tiny-r1 takes padded rows");
+    });
+    let gqa = llm_fixture().with_file_name("tiny-r1-gqa");
+    with_scheduler(&gqa, ROOMY, |scheduler| {
+        let refused = scheduler.warm_up(0).expect_err("GQA refused");
+        assert!(
+            matches!(refused, StartError::Unbatchable { .. }),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("the graph does not take padded rows")
+        );
+    });
 }
 
 #[test]

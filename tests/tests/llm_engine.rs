@@ -215,6 +215,7 @@ fn generate_streams_the_recorded_text_and_counts_tokens() {
         let mut events = 0;
         while let Ok(delta) = rx.try_recv() {
             assert!(delta.reasoning.is_empty());
+            assert!(!delta.content.is_empty(), "an empty event");
             text.push_str(&delta.content);
             events += 1;
         }
@@ -232,9 +233,13 @@ fn generate_streams_the_recorded_text_and_counts_tokens() {
             FinishReason::Length
         };
         assert_eq!(finished.reason, reason, "{}", prompt["name"]);
-        // One event per generated token (none for the EOS), plus the flush.
-        let eos = usize::from(reason == FinishReason::Stop);
-        assert_eq!(events, recorded - eos + 1, "{}", prompt["name"]);
+        // An event carries text, at most one per generated token plus the
+        // flush: a reader that lags holds text, not empty events.
+        assert!(
+            events <= recorded + 1,
+            "{}: {events} events",
+            prompt["name"]
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use ort::environment::Environment;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::batch::BatchSnapshot;
-use super::batch::scheduler::{Batcher, Job, Limits, Setup};
+use super::batch::scheduler::{Batcher, Job, Limits, Setup, StartError};
 use super::decoder::{GraphSpec, KvPlacement, Slot};
 use super::files::{self, ModelFiles};
 use super::generate::{Delta, Finished, GenerateRequest};
@@ -51,7 +51,7 @@ pub struct LmInfo {
     pub queue_depth: usize,
     /// Why the running requests are not decoded together in one batch;
     /// `None` when they are.
-    pub batching_off: Option<&'static str>,
+    pub batching_off: Option<String>,
     /// The batch's KV cache pool in positions (`kv_cache_tokens`); `None`
     /// without batching, where each slot holds up to `context_length`.
     pub kv_cache_tokens: Option<usize>,
@@ -87,6 +87,16 @@ const SHARED_BUFFER_CANNOT_BATCH: &str = "the graph shares its past/present buff
 
 /// Why batching is off when the configuration turns it off.
 const BATCHING_FALSE: &str = "batching = false in its [[model]] table";
+
+/// Why a graph without `position_ids` is served a slot per request.
+const NO_POSITION_IDS: &str = "the graph takes no position_ids: it counts positions from \
+     the start of its cache, which the padding of a batch's shorter rows would shift; \
+     each slot runs one request";
+
+/// Why a GroupQueryAttention graph is served a slot per request.
+const GROUP_QUERY_ATTENTION: &str = "the graph uses GroupQueryAttention, which reads each \
+     row's past from the start of the cache, not the padded rows of a batch; \
+     each slot runs one request";
 
 /// A loaded causal LM and what runs its generations.
 #[derive(Debug)]
@@ -164,6 +174,16 @@ impl CausalLm {
         } = Sessions::build(environment, config, graph, external, count)?;
         let spec = GraphSpec::read(&sessions[0], &files.arch)
             .map_err(|e| fail(format!("{}: {e}", graph_path.display())))?;
+        let mut batching_off = batching_off.map(str::to_owned);
+        if batching_off.is_none() && !spec.position_ids {
+            batching_off = Some(NO_POSITION_IDS.to_owned());
+        }
+        // The sessions the per-slot engine needs beyond the one built.
+        let more_sessions = |sessions: &mut Vec<ort::session::Session>| {
+            let missing = config.sessions.get().saturating_sub(sessions.len());
+            Sessions::build(environment, config, graph, external, missing)
+                .map(|built| sessions.extend(built.sessions))
+        };
         let mut stop_ids: HashSet<u32> = [&files.generation.eos_token_id, &files.arch.eos_token_id]
             .into_iter()
             .flatten()
@@ -207,27 +227,40 @@ impl CausalLm {
             .and_then(|t| tokenizer.token_to_id(t))
             .unwrap_or(0);
         let tokenizer = Arc::new(tokenizer);
-        let (runner, kv_cache_tokens) = if let Some(cache_tokens) = cache_tokens {
+        let mut batched = None;
+        if let (None, Some(cache_tokens)) = (&batching_off, cache_tokens) {
             let session = sessions
                 .pop()
                 .ok_or_else(|| fail("no session was built".to_owned()))?;
-            let batcher = Batcher::start(Setup {
+            let started = Batcher::start(Setup {
                 session,
                 spec: spec.clone(),
                 tokenizer: Arc::clone(&tokenizer),
-                placement,
+                placement: placement.clone(),
                 limits: Limits {
                     sequences: config.sessions.get(),
                     cache_tokens,
                 },
                 warm_up: config.warm_up.then_some(bos),
-            })
-            .map_err(|e| fail(e.to_string()))?;
-            (Runner::Batch(batcher), Some(cache_tokens))
-        } else {
-            let slots = load_slots(sessions, &spec, &placement, config.warm_up.then_some(bos))
-                .map_err(fail)?;
-            (Runner::Slots(Arc::new(Pool::new(slots))), None)
+            });
+            match started {
+                Ok(batcher) => batched = Some((batcher, cache_tokens)),
+                // The warm-up's self-test: serve it a slot per request.
+                Err(e @ StartError::Unbatchable { .. }) => {
+                    tracing::warn!(model = %name, reason = %e, "not batched");
+                    batching_off = Some(e.to_string());
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        let (runner, kv_cache_tokens) = match batched {
+            Some((batcher, cache_tokens)) => (Runner::Batch(batcher), Some(cache_tokens)),
+            None => {
+                more_sessions(&mut sessions)?;
+                let slots = load_slots(sessions, &spec, &placement, config.warm_up.then_some(bos))
+                    .map_err(fail)?;
+                (Runner::Slots(Arc::new(Pool::new(slots))), None)
+            }
         };
         let reasoning = tokenizer.token_to_id("<think>").is_some()
             && tokenizer.token_to_id("</think>").is_some();
@@ -304,6 +337,12 @@ impl CausalLm {
     /// [`InferError::QueueFull`] at once.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
         admit(&self.admission, &self.info.name)
+    }
+
+    /// Requests admitted now: running, waiting for room, or being prepared
+    /// and audited (at most `sessions + queue_depth`).
+    pub fn admitted(&self) -> usize {
+        (self.info.slots + self.info.queue_depth).saturating_sub(self.admission.available_permits())
     }
 
     /// What the batch scheduler is doing; `None` without batching.
@@ -399,10 +438,16 @@ fn load_slots(
 /// Why `config`'s model is not batched; `None` when it is. `deepseekd
 /// check-config` runs it too.
 pub fn batching_off(config: &ModelConfig, files: &ModelFiles) -> Option<&'static str> {
+    let group_query_attention = match &files.graph {
+        files::Graph::Bytes(graph) => memchr::memmem::find(graph, b"GroupQueryAttention").is_some(),
+        files::Graph::Path(_) => false,
+    };
     if !config.batching() {
         Some(BATCHING_FALSE)
     } else if files.share_kv_buffer {
         Some(SHARED_BUFFER_CANNOT_BATCH)
+    } else if group_query_attention {
+        Some(GROUP_QUERY_ATTENTION)
     } else {
         None
     }

@@ -550,14 +550,22 @@ pub(crate) fn rows_logits(
         ))
     };
     let last = |row: usize| (row * n + n - 1) * v..(row * n + n) * v;
+    // Exactly `rows × n × vocab`: a graph whose logits are wider than
+    // `config.json` says would otherwise shift every row after the first.
     if spec.logits_f16 {
         let (_, data) = value.try_extract_tensor::<f16>()?;
+        if data.len() != rows * n * v {
+            return Err(bad(data.len()));
+        }
         for row in 0..rows {
             let slice = data.get(last(row)).ok_or_else(|| bad(data.len()))?;
             into.extend(slice.iter().map(|x| x.to_f32()));
         }
     } else {
         let (_, data) = value.try_extract_tensor::<f32>()?;
+        if data.len() != rows * n * v {
+            return Err(bad(data.len()));
+        }
         for row in 0..rows {
             into.extend_from_slice(data.get(last(row)).ok_or_else(|| bad(data.len()))?);
         }

@@ -78,9 +78,9 @@ impl<'t> Generation<'t> {
     }
 
     /// Samples the next token from the logits of the last position, sends
-    /// the text it completes, and says what comes next. An event goes out
-    /// every step, empty or not, so a client that left is noticed within
-    /// one step.
+    /// the text it completes (when there is any: a client slow to read
+    /// holds only text), and says what comes next. A client that left is
+    /// noticed within one step.
     pub(crate) fn step(&mut self, logits: &[f32]) -> Result<Next, GenerateError> {
         if self.generated == self.request.max_tokens {
             return Ok(Next::Done(FinishReason::Length));
@@ -98,7 +98,13 @@ impl<'t> Generation<'t> {
             StopOutcome::Continue(piece) => piece,
         };
         self.digest.update(piece.as_bytes());
-        if self.events.send(self.split.push(&piece)).is_err() {
+        let delta = self.split.push(&piece);
+        let gone = if delta.reasoning.is_empty() && delta.content.is_empty() {
+            self.events.is_closed()
+        } else {
+            self.events.send(delta).is_err()
+        };
+        if gone {
             return Ok(Next::Done(FinishReason::Cancelled));
         }
         if self.matched {
@@ -129,7 +135,9 @@ impl<'t> Generation<'t> {
             let tail = self.split.finish();
             last.reasoning.push_str(&tail.reasoning);
             last.content.push_str(&tail.content);
-            let _ = self.events.send(last);
+            if !(last.reasoning.is_empty() && last.content.is_empty()) {
+                let _ = self.events.send(last);
+            }
         }
         Ok(Finished {
             reason,

@@ -60,6 +60,7 @@ fn model_object(state: &AppState, lm: &CausalLm) -> Value {
         "batching": info.batching_off.is_none(),
         "batching_off_reason": info.batching_off,
         "kv_cache_tokens": info.kv_cache_tokens,
+        "admitted": lm.admitted(),
         "batch": lm.batch_stats(),
         "graph": info.graph,
         "layers": info.layers,

@@ -5,4 +5,4 @@
 pub(crate) mod cache;
 pub mod scheduler;
 
-pub use scheduler::{BatchSnapshot, Job, Limits, Scheduler};
+pub use scheduler::{BatchSnapshot, Job, Limits, Scheduler, StartError};

@@ -12,7 +12,6 @@
 //! fit waits, first come first served; a running one is never evicted.
 
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -113,7 +112,22 @@ pub enum StartError {
          set warm_up = false in its [[model]] table to load it anyway"
     )]
     WarmUp(ort::Error),
+    /// The warm-up's rows did not give the logits their sequences give
+    /// alone: the graph does not take padded rows.
+    #[error(
+        "batched logits differ from the same sequences run alone (row {row}: {difference} apart, \
+         more than {SELF_TEST_TOLERANCE} of the largest logit): the graph does not take padded rows"
+    )]
+    Unbatchable { row: usize, difference: f32 },
+    #[error("a shared past/present buffer cannot be batched")]
+    SharedBuffer,
 }
+
+/// How far a batched row's logits may be from its sequence's alone, as a
+/// share of the largest logit, before the warm-up judges that the graph
+/// does not take padded rows. Rounding differences are orders of magnitude
+/// smaller; a graph that ignores the padding is off by whole logits.
+const SELF_TEST_TOLERANCE: f32 = 0.01;
 
 /// What the scheduler thread is started with.
 #[derive(Debug)]
@@ -147,7 +161,7 @@ impl Batcher {
                 let started = Scheduler::new(session, spec, &tokenizer, placement, limits)
                     .and_then(|mut scheduler| {
                         if let Some(token) = warm_up {
-                            scheduler.warm_up(token).map_err(StartError::WarmUp)?;
+                            scheduler.warm_up(token)?;
                         }
                         Ok(scheduler)
                     });
@@ -170,7 +184,11 @@ impl Batcher {
     /// Queues a request; it is admitted when a row and room in the cache
     /// are free.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Stopped> {
-        self.jobs.send(job).map_err(|_| Stopped)
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.jobs.send(job).map_err(|_| {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            Stopped
+        })
     }
 
     pub(crate) fn stats(&self) -> BatchSnapshot {
@@ -241,7 +259,7 @@ impl std::fmt::Debug for Scheduler<'_> {
 
 impl<'t> Scheduler<'t> {
     /// A scheduler running `session`, its caches kept as `placement` says
-    /// (a shared buffer is treated as the host).
+    /// (on the host, or on the device; a shared buffer cannot batch).
     pub fn new(
         session: Session,
         spec: GraphSpec,
@@ -251,7 +269,8 @@ impl<'t> Scheduler<'t> {
     ) -> Result<Self, StartError> {
         let batch_placement = match &placement {
             KvPlacement::Device(memory) => BatchPlacement::Device(memory.clone()),
-            KvPlacement::Host | KvPlacement::Shared { .. } => BatchPlacement::Host,
+            KvPlacement::Host => BatchPlacement::Host,
+            KvPlacement::Shared { .. } => return Err(StartError::SharedBuffer),
         };
         let batch = BatchCache::new(&session, batch_placement)?;
         let mut sequence = SequenceCache::new(&session, &spec, placement)?;
@@ -271,26 +290,59 @@ impl<'t> Scheduler<'t> {
         })
     }
 
-    /// Two one-token prefills join, one step decodes both, one leaves: every
-    /// path a request takes, run before the daemon locks itself down.
-    fn warm_up(&mut self, token: u32) -> Result<(), ort::Error> {
-        for _ in 0..2 {
-            self.sequence.reset(&self.spec)?;
+    /// Every path a request takes, run before the daemon locks itself
+    /// down, and a self-test of the graph: a 3-token and a 1-token
+    /// sequence join the batch, one step decodes both, the longer leaves
+    /// and one more step decodes the other; each row's logits must be its
+    /// sequence's alone, or the graph does not take padded rows.
+    pub fn warm_up(&mut self, token: u32) -> Result<(), StartError> {
+        let warm = StartError::WarmUp;
+        let long = self.alone(&[token; 3], &[token]).map_err(warm)?;
+        let short = self.alone(&[token], &[token]).map_err(warm)?;
+        let short_next = self.alone(&[token], &[token, token]).map_err(warm)?;
+        for prompt in [&[token; 3][..], &[token]] {
+            self.sequence.reset(&self.spec).map_err(warm)?;
             self.sequence
-                .forward(&mut self.session, &self.spec, &[token], &mut self.logits)?;
+                .forward(&mut self.session, &self.spec, prompt, &mut self.logits)
+                .map_err(warm)?;
             let joining = self.joining();
             let keep: Vec<usize> = (0..self.batch.rows()).collect();
-            self.batch.relayout(&self.spec, &keep, Some(joining))?;
+            self.batch
+                .relayout(&self.spec, &keep, Some(joining))
+                .map_err(warm)?;
         }
-        self.batch.step(
-            &mut self.session,
-            &self.spec,
-            &[token, token],
-            &mut self.logits,
-        )?;
-        self.batch.relayout(&self.spec, &[1], None)?;
+        self.batch
+            .step(
+                &mut self.session,
+                &self.spec,
+                &[token, token],
+                &mut self.logits,
+            )
+            .map_err(warm)?;
+        let vocab = self.spec.vocab;
+        self_test(0, &self.logits[..vocab], &long)?;
+        self_test(1, &self.logits[vocab..], &short)?;
+        self.batch.relayout(&self.spec, &[1], None).map_err(warm)?;
+        self.batch
+            .step(&mut self.session, &self.spec, &[token], &mut self.logits)
+            .map_err(warm)?;
+        self_test(1, &self.logits, &short_next)?;
         self.batch.clear();
-        self.sequence.reset(&self.spec)
+        self.sequence.reset(&self.spec).map_err(warm)
+    }
+
+    /// The logits of `prompt`'s sequence after `steps` fed one at a time,
+    /// alone.
+    fn alone(&mut self, prompt: &[u32], steps: &[u32]) -> Result<Vec<f32>, ort::Error> {
+        self.sequence.reset(&self.spec)?;
+        self.sequence
+            .forward(&mut self.session, &self.spec, prompt, &mut self.logits)?;
+        for &id in steps {
+            self.sequence
+                .forward(&mut self.session, &self.spec, &[id], &mut self.logits)?;
+        }
+        self.sequence.take();
+        Ok(self.logits.clone())
     }
 
     /// The prefilled sequence, handed over to the batch.
@@ -307,33 +359,23 @@ impl<'t> Scheduler<'t> {
         self.rows.is_empty() && self.prefill.is_none() && self.waiting.is_empty()
     }
 
-    /// Serves until every [`Batcher`] is dropped.
+    /// Serves until every [`Batcher`] is dropped. (A panic aborts the
+    /// daemon, as everywhere in it: `panic = "abort"`.)
     fn serve(&mut self, jobs: &std_mpsc::Receiver<Job>) {
         loop {
             if self.idle() {
                 match jobs.recv() {
-                    Ok(job) => self.enqueue(job),
+                    Ok(job) => self.waiting.push_back(job),
                     Err(_) => return,
                 }
             }
-            for job in jobs.try_iter() {
-                self.enqueue(job);
-            }
-            if std::panic::catch_unwind(AssertUnwindSafe(|| self.turn())).is_err() {
-                tracing::error!(
-                    running = self.rows.len() + usize::from(self.prefill.is_some()),
-                    "the batch scheduler failed; its running requests are ended with an error"
-                );
-                self.rows.clear();
-                self.prefill = None;
-                self.sequence.take();
-                self.batch.clear();
-                self.publish();
-            }
+            self.waiting.extend(jobs.try_iter());
+            self.turn();
         }
     }
 
-    /// Adds a request to the end of the queue.
+    /// Adds a request to the end of the queue (as [`Batcher::submit`]
+    /// does through the scheduler's thread).
     pub fn enqueue(&mut self, job: Job) {
         self.waiting.push_back(job);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -387,6 +429,9 @@ impl<'t> Scheduler<'t> {
 
     /// Waiting requests whose client left are answered `cancelled` at once.
     fn drop_abandoned(&mut self) {
+        if !self.waiting.iter().any(|job| job.events.is_closed()) {
+            return;
+        }
         let (gone, waiting) = std::mem::take(&mut self.waiting)
             .into_iter()
             .partition::<VecDeque<_>, _>(|job| job.events.is_closed());
@@ -436,6 +481,7 @@ impl<'t> Scheduler<'t> {
         if prefill.request.generation.abandoned() {
             if let Some(p) = self.prefill.take() {
                 self.sequence.take();
+                self.publish();
                 p.request.respond(Ok(FinishReason::Cancelled));
             }
             return;
@@ -458,19 +504,24 @@ impl<'t> Scheduler<'t> {
         };
         // The prompt's cache joins the batch, or is dropped with this turn.
         let joining = self.joining();
-        if let Err(source) = ran {
-            return request.respond(Err(GenerateError::Runtime { step: 0, source }));
-        }
-        let next = match request.generation.step(&self.logits) {
-            Ok(Next::Token(id)) => id,
-            Ok(Next::Done(reason)) => return request.respond(Ok(reason)),
-            Err(e) => return request.respond(Err(e)),
+        let next = match ran {
+            Err(source) => Err(GenerateError::Runtime { step: 0, source }),
+            Ok(()) => request.generation.step(&self.logits),
         };
-        let keep: Vec<usize> = (0..self.rows.len()).collect();
-        self.rows.push(Row { request, next });
-        if let Err(source) = self.batch.relayout(&self.spec, &keep, Some(joining)) {
-            self.fail_all(&source);
-        }
+        let ended = match next {
+            Ok(Next::Token(next)) => {
+                let keep: Vec<usize> = (0..self.rows.len()).collect();
+                self.rows.push(Row { request, next });
+                if let Err(source) = self.batch.relayout(&self.spec, &keep, Some(joining)) {
+                    self.fail_all(&source);
+                }
+                return;
+            }
+            Ok(Next::Done(reason)) => Ok(reason),
+            Err(e) => Err(e),
+        };
+        self.publish();
+        request.respond(ended);
     }
 
     /// One decode step of every row; rows that finish leave the batch.
@@ -503,14 +554,19 @@ impl<'t> Scheduler<'t> {
         }
         let relaid = self.batch.relayout(&self.spec, &keep, None);
         let mut rows: Vec<Option<Row<'t>>> = self.rows.drain(..).map(Some).collect();
-        for (index, result) in ended {
-            if let Some(row) = rows[index].take() {
-                row.request.respond(result);
-            }
-        }
+        let ended: Vec<_> = ended
+            .into_iter()
+            .filter_map(|(index, result)| rows[index].take().map(|row| (row, result)))
+            .collect();
         self.rows = rows.into_iter().flatten().collect();
         if let Err(source) = relaid {
             self.fail_all(&source);
+        }
+        // The state is published before the answers go out, so a client
+        // that has its answer sees its request gone from `/v1/models`.
+        self.publish();
+        for (row, result) in ended {
+            row.request.respond(result);
         }
     }
 
@@ -518,13 +574,32 @@ impl<'t> Scheduler<'t> {
     /// the error.
     fn fail_all(&mut self, source: &ort::Error) {
         tracing::error!(error = %source, rows = self.rows.len(), "a batched decode step failed");
-        for row in self.rows.drain(..) {
+        self.batch.clear();
+        let rows: Vec<Row<'t>> = self.rows.drain(..).collect();
+        self.publish();
+        for row in rows {
             let error = GenerateError::Runtime {
                 step: row.request.generation.generated(),
                 source: ort::Error::new(source.to_string()),
             };
             row.request.respond(Err(error));
         }
-        self.batch.clear();
     }
+}
+
+/// Whether a batched row's logits are its sequence's alone, within
+/// [`SELF_TEST_TOLERANCE`].
+fn self_test(row: usize, batched: &[f32], alone: &[f32]) -> Result<(), StartError> {
+    let largest = alone.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    let difference = batched
+        .iter()
+        .zip(alone)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    if batched.len() != alone.len()
+        || difference.is_nan()
+        || difference > SELF_TEST_TOLERANCE * largest
+    {
+        return Err(StartError::Unbatchable { row, difference });
+    }
+    Ok(())
 }
