@@ -8,8 +8,9 @@
 #               FUZZ_SECONDS each (default 60; docs/development/fuzzing.md)
 #   make bench  the socket-overhead benchmark (BENCHMARKS.md)
 #   make bench-llm  tiny-r1 prefill and decode tokens/s, socket against in
-#               process; SmolLM2 through the socket against llama.cpp, and
-#               the daemon's memory serving it (BENCHMARKS.md)
+#               process; SmolLM2 through the socket against llama.cpp, the
+#               daemon's memory serving it, and continuous batching against
+#               the per-slot engine (BENCHMARKS.md)
 #   make check-llamacpp  the converted SmolLM2 against llama.cpp on its GGUF
 #               (builds llama.cpp from source first: ~20 minutes)
 #   make bench-integrity  deepseek-integrity against AIDE and sha256sum
@@ -366,6 +367,7 @@ bench-llm: ort models $(LLAMACPP_VENV)/.deps-1
 	cargo bench -p deepseek-tests --bench llm_throughput -- $(BENCH_ARGS)
 	$(LLAMACPP_VENV)/bin/python packaging/bench-smollm2.py --ort $(ORT_LIB) $(SMOLLM2_BENCH_ARGS)
 	$(LLAMACPP_VENV)/bin/python packaging/bench-smollm2.py --ort $(ORT_LIB) --memory
+	python3 packaging/bench-batching.py --ort $(ORT_LIB)
 
 # BENCH_DIR=/somewhere/else for the scratch trees (default /var/tmp/deepseek-bench);
 # REPS_WARM, REPS_COLD and the other knobs are listed in the script.
