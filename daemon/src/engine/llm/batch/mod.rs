@@ -4,5 +4,7 @@
 
 pub(crate) mod cache;
 pub mod scheduler;
+pub mod stats;
 
-pub use scheduler::{BatchSnapshot, Job, Limits, Scheduler, StartError};
+pub use scheduler::{Job, Limits, Scheduler, StartError};
+pub use stats::BatchSnapshot;

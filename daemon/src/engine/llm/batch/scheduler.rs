@@ -13,13 +13,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 
 use ort::session::Session;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::cache::{BatchCache, BatchPlacement, Joining};
+use super::stats::{BatchSnapshot, BatchStats};
 use crate::engine::llm::decoder::{GraphSpec, KvPlacement, SequenceCache};
 use crate::engine::llm::generate::{
     Delta, FinishReason, Finished, GenerateError, GenerateRequest, PREFILL_CHUNK,
@@ -45,47 +46,6 @@ pub struct Job {
     /// The request's place in the model's admission, given back when it
     /// ends.
     pub admitted: OwnedSemaphorePermit,
-}
-
-/// What the scheduler is doing, for `/v1/models`.
-#[derive(Debug, Default)]
-struct BatchStats {
-    running: AtomicUsize,
-    queued: AtomicUsize,
-    last_batch: AtomicUsize,
-    steps: AtomicU64,
-    cache_positions: AtomicUsize,
-    cache_reserved: AtomicUsize,
-}
-
-/// A moment's copy of [`BatchStats`].
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct BatchSnapshot {
-    /// Requests in the batch or having their prompt prefilled.
-    pub running: usize,
-    /// Admitted requests waiting for a row or for room in the cache.
-    pub queued: usize,
-    /// Rows of the last decode step; 0 once the batch is empty.
-    pub last_batch: usize,
-    /// Decode steps run since the start.
-    pub steps: u64,
-    /// Cache positions held now, padding included.
-    pub cache_positions: usize,
-    /// What the running requests may grow to (`rows × longest reservation`).
-    pub cache_reserved: usize,
-}
-
-impl BatchStats {
-    fn snapshot(&self) -> BatchSnapshot {
-        BatchSnapshot {
-            running: self.running.load(Ordering::Relaxed),
-            queued: self.queued.load(Ordering::Relaxed),
-            last_batch: self.last_batch.load(Ordering::Relaxed),
-            steps: self.steps.load(Ordering::Relaxed),
-            cache_positions: self.cache_positions.load(Ordering::Relaxed),
-            cache_reserved: self.cache_reserved.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// The handle requests are submitted through.
