@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{integrity_check, verify};
+use crate::commands::{integrity_check, metrics, verify};
 use crate::compliance;
 
 /// The deepseek appliance's auditor: the signed, tamper-evident audit log.
@@ -86,6 +86,27 @@ pub(crate) enum Command {
         /// How long the auditor may take to acknowledge the record.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         timeout: u64,
+    },
+    /// Collect the appliance's metrics for Prometheus: deepseekd's
+    /// (`GET /metrics` on its socket) and the audit service's
+    /// (`metrics_file`), as one text file for node_exporter's textfile
+    /// collector, or on standard output (docs/guide/metrics.md).
+    ///
+    /// The deepseek-metrics timer runs it every 15 s as root in the
+    /// `deepseek` group (the daemon admits it like any client).
+    #[command(after_help = metrics::EXIT_CODES)]
+    Metrics {
+        /// The daemon's socket.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/run/deepseek/deepseekd.sock"
+        )]
+        daemon_socket: PathBuf,
+        /// Replace this file (atomically, mode 0644) instead of printing,
+        /// e.g. /var/lib/prometheus/node-exporter/deepseek.prom.
+        #[arg(long, value_name = "PATH")]
+        textfile: Option<PathBuf>,
     },
     /// Work with the log.
     Log {

@@ -50,6 +50,30 @@ pub enum Event {
     /// (`details.lost_at_ns`, `details.refused`: requests answered 503
     /// meanwhile).
     AuditReconnected,
+    /// Free space on the log's filesystem fell under `warn_free_bytes`
+    /// (`details.free_bytes`, `details.warn_free_bytes`,
+    /// `details.min_free_bytes`): the service stops at the second.
+    LowSpace,
+}
+
+impl Event {
+    /// The name the log and the metrics use (`request`, `low_space`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Request => "request",
+            Event::Completion => "completion",
+            Event::Start => "start",
+            Event::ModelLoad => "model_load",
+            Event::ModelRefused => "model_refused",
+            Event::DeniedPeer => "denied_peer",
+            Event::Shutdown => "shutdown",
+            Event::TornTailRemoved => "torn_tail_removed",
+            Event::IntegrityCheck => "integrity_check",
+            Event::Undelivered => "undelivered",
+            Event::AuditReconnected => "audit_reconnected",
+            Event::LowSpace => "low_space",
+        }
+    }
 }
 
 /// Longest recorded text field (ids, model names, digests, each detail),
@@ -231,6 +255,27 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_names_are_the_serialized_ones() {
+        for event in [
+            Event::Request,
+            Event::Completion,
+            Event::Start,
+            Event::ModelLoad,
+            Event::ModelRefused,
+            Event::DeniedPeer,
+            Event::Shutdown,
+            Event::TornTailRemoved,
+            Event::IntegrityCheck,
+            Event::Undelivered,
+            Event::AuditReconnected,
+            Event::LowSpace,
+        ] {
+            let json = serde_json::to_string(&event).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", event.as_str()));
+        }
+    }
 
     fn sample() -> Entry {
         Entry {

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 /// EX_USAGE: a bad command line.
 pub(crate) const USAGE: u8 = 64;
+/// EX_UNAVAILABLE: `metrics` could not read a source.
+pub(crate) const UNAVAILABLE: u8 = 69;
 /// EX_OSERR: no randomness, no socket, no signal handler.
 pub(crate) const OS: u8 = 71;
 /// EX_IOERR: the log or a key file cannot be read or written.

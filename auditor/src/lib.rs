@@ -19,6 +19,7 @@ mod exit;
 pub mod fuzz;
 mod keys;
 mod merkle;
+pub mod metrics;
 pub mod note;
 mod proof;
 pub mod service;
@@ -73,6 +74,10 @@ pub fn main() -> ExitCode {
                 timeout: std::time::Duration::from_secs(timeout),
             },
         ),
+        Command::Metrics {
+            daemon_socket,
+            textfile,
+        } => commands::metrics::run(&cli.config, &daemon_socket, textfile.as_deref()),
         Command::Log { command } => match command {
             LogCommand::Verify {
                 key,

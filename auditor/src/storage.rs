@@ -84,6 +84,8 @@ pub struct LogFile {
     path: PathBuf,
     file: File,
     leaves: Vec<Hash>,
+    /// How long the last append's `fdatasync` took.
+    last_sync: std::time::Duration,
 }
 
 impl LogFile {
@@ -143,7 +145,20 @@ impl LogFile {
             }
             leaves.push(merkle::leaf_hash(line));
         }
-        Ok((Self { path, file, leaves }, torn))
+        Ok((
+            Self {
+                path,
+                file,
+                leaves,
+                last_sync: std::time::Duration::ZERO,
+            },
+            torn,
+        ))
+    }
+
+    /// How long the last append's `fdatasync` took.
+    pub fn last_sync(&self) -> std::time::Duration {
+        self.last_sync
     }
 
     /// Entries in the log.
@@ -182,7 +197,9 @@ impl LogFile {
             bytes.push(b'\n');
         }
         self.file.write_all(&bytes).map_err(|e| io("write", e))?;
+        let sync = std::time::Instant::now();
         self.file.sync_data().map_err(|e| io("sync", e))?;
+        self.last_sync = sync.elapsed();
         self.leaves.extend(leaves);
         Ok(seqs)
     }

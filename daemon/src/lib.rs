@@ -17,6 +17,7 @@ mod exit;
 #[doc(hidden)]
 pub mod fuzz;
 mod logging;
+pub(crate) mod metrics;
 mod notify;
 pub mod sandbox;
 pub(crate) mod server;

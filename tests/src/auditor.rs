@@ -35,6 +35,12 @@ impl Auditor {
     /// Like [`Auditor::start`], with the log in `log_dir` and the service
     /// stopping when its filesystem has less than `min_free_bytes` free.
     pub fn start_with(dir: &Path, log_dir: &Path, min_free_bytes: u64) -> Self {
+        Self::start_configured(dir, log_dir, min_free_bytes, "")
+    }
+
+    /// Like [`Auditor::start_with`], with `extra` lines in its configuration.
+    /// Every auditor writes its metrics to `metrics.prom` in `dir` each second.
+    pub fn start_configured(dir: &Path, log_dir: &Path, min_free_bytes: u64, extra: &str) -> Self {
         fs::create_dir_all(dir).expect("auditor dir");
         let key = dir.join("audit.key");
         let keygen = Command::new(binary("deepseek-audit"))
@@ -52,7 +58,7 @@ impl Auditor {
         fs::write(
             &config,
             format!(
-                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [{}]\ncheckpoint_every = 10\ncheckpoint_interval_secs = 86400\nmin_free_bytes = {min_free_bytes}\nsyslog = false\n",
+                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [{}]\ncheckpoint_every = 10\ncheckpoint_interval_secs = 86400\nmin_free_bytes = {min_free_bytes}\nsyslog = false\nmetrics_file = \"{}\"\nmetrics_interval_secs = 1\n{extra}\n",
                 socket.display(),
                 log_dir.display(),
                 key.display(),
@@ -62,7 +68,8 @@ impl Auditor {
                     format!("{}, 65534", nix::unistd::Uid::current())
                 } else {
                     nix::unistd::Uid::current().to_string()
-                }
+                },
+                dir.join("metrics.prom").display(),
             ),
         )
         .expect("audit config");

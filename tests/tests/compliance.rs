@@ -326,6 +326,7 @@ fn a_sound_appliance_passes_and_each_planted_fault_fails_its_check() {
         "AUDIT-UNSEALED",
         "AUDIT-SERVICE",
         "AUDIT-PERMISSIONS",
+        "AUDIT-SPACE",
         "HARDEN-CAPS",
         "HARDEN-NNP",
         "HARDEN-SECCOMP",
@@ -384,6 +385,21 @@ fn a_sound_appliance_passes_and_each_planted_fault_fails_its_check() {
     a.verify()
         .expect("AUDIT-UNSEALED", "fail", "over the limit of 0");
     fs::write(&a.profile, &profile).expect("profile");
+
+    // A low-water mark above the disk's free space.
+    let audit_config = a.audit_config.clone();
+    let audit_toml = fs::read_to_string(&audit_config).expect("audit.toml");
+    fs::write(
+        &audit_config,
+        format!("{audit_toml}warn_free_bytes = 9000000000000000000\n"),
+    )
+    .expect("audit.toml");
+    a.verify().expect(
+        "AUDIT-SPACE",
+        "fail",
+        "under warn_free_bytes = 9000000000000000000",
+    );
+    fs::write(&audit_config, &audit_toml).expect("audit.toml");
 
     // A file added next to the model.
     let planted = a.models.path().join("extra.onnx");
@@ -550,7 +566,7 @@ fn verify_itself_failing_exits_1_and_list_prints_the_catalog() {
         .iter()
         .map(|c| c["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids.len(), 20, "{ids:?}");
+    assert_eq!(ids.len(), 21, "{ids:?}");
     for group in ["AIRGAP-", "INTEG-", "AUDIT-", "HARDEN-"] {
         assert!(ids.iter().any(|id| id.starts_with(group)), "{ids:?}");
     }

@@ -27,6 +27,7 @@ mod lifecycle;
 mod llm;
 mod llm_batch;
 mod llm_engine;
+mod metrics;
 mod notify;
 mod openai_client;
 mod sandbox;

@@ -44,7 +44,36 @@ pub(crate) static CHECKS: &[Check] = &[
         references: &["AU-9", "AC-6", "AC-3"],
         run: permissions,
     },
+    Check {
+        id: "AUDIT-SPACE",
+        title: "The audit log's filesystem is above the low-water mark",
+        rationale: "Under min_free_bytes the auditor stops and, with audit.required, the daemon refuses every request; warn_free_bytes is the warning before that, time to move old records off the machine or grow the filesystem.",
+        remediation: "Free space on the log's filesystem: archive and remove what else lives there, or grow it; never remove files from the log directory itself (verification would fail).",
+        references: &["AU-4", "AU-5"],
+        run: space,
+    },
 ];
+
+fn space(context: &Context) -> Result<Finding, Undecided> {
+    let config = context.audit_config()?;
+    let stat = nix::sys::statvfs::statvfs(&config.log_dir)
+        .map_err(|e| procfs::denied_or_error(&config.log_dir, &e.into()))?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let observed = format!("{free} bytes free");
+    Ok(Finding::verdict(
+        free < config.warn_free_bytes,
+        format!("{observed}, above warn_free_bytes"),
+        format!(
+            "{observed}, under warn_free_bytes = {} (the service stops at min_free_bytes = {})",
+            config.warn_free_bytes, config.min_free_bytes
+        ),
+        vec![Evidence::new(
+            format!("statvfs({})", config.log_dir.display()),
+            observed,
+            format!("at least warn_free_bytes = {}", config.warn_free_bytes),
+        )],
+    ))
+}
 
 fn log(context: &Context) -> Result<Finding, Undecided> {
     let config = context.audit_config()?;
@@ -216,14 +245,23 @@ fn permissions(context: &Context) -> Result<Finding, Undecided> {
                 .map(Path::to_path_buf),
         );
     }
+    // A file the service replaces while this walks (a checkpoint's or the
+    // metrics file's temporary) is gone by the time it is read: not a finding.
+    let vanished = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     for item in walkdir::WalkDir::new(&config.log_dir) {
-        let item = item.map_err(|e| {
-            let path = e.path().unwrap_or(&config.log_dir).to_owned();
-            match e.into_io_error() {
-                Some(io) => procfs::denied_or_error(&path, &io),
-                None => Undecided::Error(format!("cannot walk {}", path.display())),
+        let item = match item {
+            Ok(item) => item,
+            Err(e) if e.io_error().is_some_and(vanished) && e.path() != Some(&config.log_dir) => {
+                continue;
             }
-        })?;
+            Err(e) => {
+                let path = e.path().unwrap_or(&config.log_dir).to_owned();
+                return Err(match e.into_io_error() {
+                    Some(io) => procfs::denied_or_error(&path, &io),
+                    None => Undecided::Error(format!("cannot walk {}", path.display())),
+                });
+            }
+        };
         paths.push(item.into_path());
     }
     paths.push(config.signing_key.clone());
@@ -231,8 +269,15 @@ fn permissions(context: &Context) -> Result<Finding, Undecided> {
     paths.dedup();
     let mut evidence = Vec::new();
     for path in &paths {
-        let meta =
-            std::fs::symlink_metadata(path).map_err(|e| procfs::denied_or_error(path, &e))?;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e)
+                if vanished(&e) && path.starts_with(&config.log_dir) && path != &config.log_dir =>
+            {
+                continue;
+            }
+            Err(e) => return Err(procfs::denied_or_error(path, &e)),
+        };
         if let Some(why) = writable_by(&meta, &daemon) {
             evidence.push(Evidence::new(
                 path.display().to_string(),

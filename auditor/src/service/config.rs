@@ -47,9 +47,20 @@ pub struct ServiceConfig {
     /// Stop (and refuse records) when the log's filesystem has less free.
     #[serde(default = "default_floor")]
     pub min_free_bytes: u64,
+    /// The low-water mark: under this many bytes free the service records
+    /// a `low_space` entry and warns (syslog, metric, `verify`), once per
+    /// crossing; 0 = four times `min_free_bytes`.
+    #[serde(default)]
+    pub warn_free_bytes: u64,
     /// Also send every checkpoint to syslog, so a copy lives elsewhere.
     #[serde(default = "yes")]
     pub syslog: bool,
+    /// Where the service writes its metrics (Prometheus text), replaced
+    /// every `metrics_interval_secs`; none when unset.
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_secs: std::num::NonZeroU64,
 }
 
 /// Why `audit.toml` cannot be used: the same errors, and the same
@@ -78,6 +89,18 @@ impl ServiceConfig {
             key: e.key().to_owned(),
             message: e.to_string(),
         })?;
+        if config.warn_free_bytes == 0 {
+            config.warn_free_bytes = config.min_free_bytes.saturating_mul(4);
+        } else if config.warn_free_bytes <= config.min_free_bytes {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "warn_free_bytes".to_owned(),
+                message: format!(
+                    "{} is not above min_free_bytes ({}): the warning must come before the stop",
+                    config.warn_free_bytes, config.min_free_bytes
+                ),
+            });
+        }
         Ok(config)
     }
 
@@ -133,6 +156,9 @@ fn default_interval() -> u64 {
 }
 fn default_floor() -> u64 {
     64 << 20
+}
+fn default_metrics_interval() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(15).expect("non-zero")
 }
 fn yes() -> bool {
     true

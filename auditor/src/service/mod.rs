@@ -8,6 +8,7 @@
 
 mod config;
 mod error;
+mod stats;
 mod wire;
 mod writer;
 
@@ -160,6 +161,7 @@ pub fn serve(
     stop: Arc<AtomicBool>,
 ) -> Result<(), ServiceError> {
     let Opened { log, torn, sealed } = opened;
+    let stats = stats::Stats::new(log.size(), sealed);
     let (queue_tx, queue_rx) = mpsc::channel::<Pending>();
     if let Some(torn) = torn {
         // Recorded like any event: the removal is part of the history.
@@ -202,6 +204,7 @@ pub fn serve(
         let accept_stop = Arc::clone(&stop);
         let accept_queue = queue_tx.clone();
         let mut refusals = RefusalLog::default();
+        let stats = &stats;
         scope.spawn(move || {
             while !accept_stop.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -212,13 +215,16 @@ pub fn serve(
                                 let queue = accept_queue.clone();
                                 std::thread::spawn(move || connection(stream, max, queue));
                             }
-                            Ok(cred) => refusals.log(format_args!(
+                            Ok(cred) => refusals.log(stats, format_args!(
                                 "peer uid={} gid={} pid={}: not in allowed_uids or allowed_users",
                                 cred.uid(),
                                 cred.gid(),
                                 cred.pid()
                             )),
-                            Err(e) => refusals.log(format_args!("a peer without credentials: {e}")),
+                            Err(e) => refusals.log(
+                                stats,
+                                format_args!("a peer without credentials: {e}"),
+                            ),
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -229,7 +235,7 @@ pub fn serve(
             }
         });
         drop(queue_tx);
-        let result = writer(config, &signer, log, queue_rx, &stop, sealed);
+        let result = writer(config, &signer, log, queue_rx, &stop, sealed, stats);
         stop.store(true, Ordering::Relaxed);
         notify(&[sd_notify::NotifyState::Stopping]);
         result
@@ -245,7 +251,8 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    fn log(&mut self, who: std::fmt::Arguments<'_>) {
+    fn log(&mut self, stats: &stats::Stats, who: std::fmt::Arguments<'_>) {
+        stats.refused_peer();
         if self
             .last
             .is_some_and(|at| at.elapsed() < Duration::from_secs(1))

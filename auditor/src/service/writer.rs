@@ -9,9 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::config::ServiceConfig;
 use super::error::ServiceError;
+use super::stats::Stats;
 use super::wire::Reply;
 use crate::checkpoint::Checkpoint;
-use crate::entry::Entry;
+use crate::entry::{Entry, Event};
 use crate::note::NoteSigner;
 use crate::storage::LogFile;
 
@@ -38,6 +39,7 @@ fn write_checkpoint(
     config: &ServiceConfig,
     signer: &NoteSigner,
     log: &LogFile,
+    stats: &Stats,
 ) -> Result<(), ServiceError> {
     let checkpoint = Checkpoint {
         origin: signer.verifier().name().to_owned(),
@@ -65,23 +67,64 @@ fn write_checkpoint(
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("sync", e))?;
+    stats.sealed(log.size());
     if config.syslog {
-        let formatter = syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_AUTHPRIV,
-            hostname: None,
-            process: "deepseek-audit".into(),
-            pid: std::process::id(),
-        };
-        match syslog::unix(formatter) {
-            Ok(mut logger) => {
-                let _ = logger.notice(format!("checkpoint {}", note.replace('\n', "\\n")));
-            }
-            Err(e) => {
-                eprintln!("deepseek-audit: warning: cannot send the checkpoint to syslog: {e}")
-            }
-        }
+        to_syslog(false, format!("checkpoint {}", note.replace('\n', "\\n")));
     }
     Ok(())
+}
+
+/// Sends `message` to syslog (LOG_AUTHPRIV) as a notice, or a warning.
+fn to_syslog(warning: bool, message: String) {
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_AUTHPRIV,
+        hostname: None,
+        process: "deepseek-audit".into(),
+        pid: std::process::id(),
+    };
+    match syslog::unix(formatter) {
+        Ok(mut logger) => {
+            let _ = if warning {
+                logger.warning(message)
+            } else {
+                logger.notice(message)
+            };
+        }
+        Err(e) => eprintln!("deepseek-audit: warning: cannot send to syslog: {e}"),
+    }
+}
+
+/// Tracks free space against the low-water mark: the `low_space` entry to
+/// append when it is crossed downwards (once per crossing), after warning
+/// on stderr and syslog.
+fn low_water(config: &ServiceConfig, stats: &Stats, free: u64, low: &mut bool) -> Option<Entry> {
+    let now_low = free < config.warn_free_bytes;
+    stats.free(free, now_low);
+    let crossed = now_low && !*low;
+    *low = now_low;
+    if !crossed {
+        return None;
+    }
+    let message = format!(
+        "the audit log's filesystem ({}) has {free} bytes free, under warn_free_bytes = {}; \
+         at min_free_bytes = {} the service stops and the daemon refuses every request",
+        config.log_dir.display(),
+        config.warn_free_bytes,
+        config.min_free_bytes
+    );
+    eprintln!("deepseek-audit: warning: {message}");
+    if config.syslog {
+        to_syslog(true, message);
+    }
+    let mut entry = Entry::event(Event::LowSpace);
+    for (key, value) in [
+        ("free_bytes", free),
+        ("warn_free_bytes", config.warn_free_bytes),
+        ("min_free_bytes", config.min_free_bytes),
+    ] {
+        entry.details.insert(key.to_owned(), value.to_string());
+    }
+    Some(entry)
 }
 
 /// The single writer: takes what is pending, appends it as one batch with
@@ -93,10 +136,22 @@ pub(super) fn writer(
     queue: Receiver<Pending>,
     stop: &AtomicBool,
     sealed: u64,
+    stats: &Stats,
 ) -> Result<(), ServiceError> {
     let interval = Duration::from_secs(config.checkpoint_interval_secs.max(1));
+    let metrics_interval = Duration::from_secs(config.metrics_interval_secs.get());
     let mut sealed = sealed;
     let mut last_checkpoint = Instant::now();
+    let mut last_metrics: Option<Instant> = None;
+    let mut metrics_failing = false;
+    let mut low = false;
+    let free_space = || {
+        free_bytes(&config.log_dir).map_err(|source| ServiceError::Io {
+            action: "check free space on",
+            path: config.log_dir.clone(),
+            source,
+        })
+    };
     loop {
         let first = match queue.recv_timeout(Duration::from_millis(200)) {
             Ok(first) => Some(first),
@@ -111,11 +166,7 @@ pub(super) fn writer(
                     break;
                 }
             }
-            let free = free_bytes(&config.log_dir).map_err(|source| ServiceError::Io {
-                action: "check free space on",
-                path: config.log_dir.clone(),
-                source,
-            })?;
+            let free = free_space()?;
             if free < config.min_free_bytes {
                 for pending in &batch {
                     let _ = pending.reply.send(Reply {
@@ -131,15 +182,27 @@ pub(super) fn writer(
                 });
             }
             let time = now_ns();
-            let entries = batch
+            let mut entries: Vec<Entry> = batch
                 .iter()
                 .map(|p| Entry {
                     time_ns: time,
                     ..p.entry.clone()
                 })
                 .collect();
+            // After the batch's own: the replies below pair with the first.
+            entries.extend(
+                low_water(config, stats, free, &mut low).map(|e| Entry { time_ns: time, ..e }),
+            );
+            let events: Vec<Event> = entries.iter().map(|e| e.event).collect();
+            let started = Instant::now();
             match log.append(entries) {
                 Ok(seqs) => {
+                    stats.appended(
+                        events.into_iter(),
+                        log.size(),
+                        started.elapsed(),
+                        log.last_sync(),
+                    );
                     for (pending, seq) in batch.iter().zip(seqs) {
                         let _ = pending.reply.send(Reply {
                             tag: pending.tag,
@@ -160,10 +223,40 @@ pub(super) fn writer(
                 }
             }
         }
+        if last_metrics.is_none_or(|at| at.elapsed() >= metrics_interval) {
+            last_metrics = Some(Instant::now());
+            let free = free_space()?;
+            if let Some(entry) = low_water(config, stats, free, &mut low) {
+                let started = Instant::now();
+                log.append(vec![Entry {
+                    time_ns: now_ns(),
+                    ..entry
+                }])?;
+                stats.appended(
+                    std::iter::once(Event::LowSpace),
+                    log.size(),
+                    started.elapsed(),
+                    log.last_sync(),
+                );
+            }
+            if let Some(path) = &config.metrics_file {
+                match stats.write_file(config, path) {
+                    Ok(()) => metrics_failing = false,
+                    Err(e) if !metrics_failing => {
+                        metrics_failing = true;
+                        eprintln!(
+                            "deepseek-audit: warning: cannot write metrics_file {}: {e} (said once until it works again)",
+                            path.display()
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
         let due = log.size() - sealed >= config.checkpoint_every.get()
             || (log.size() > sealed && last_checkpoint.elapsed() >= interval);
         if due {
-            write_checkpoint(config, signer, &log)?;
+            write_checkpoint(config, signer, &log, stats)?;
             sealed = log.size();
             last_checkpoint = Instant::now();
         }
@@ -172,7 +265,7 @@ pub(super) fn writer(
         }
     }
     if log.size() > sealed || sealed == 0 {
-        write_checkpoint(config, signer, &log)?;
+        write_checkpoint(config, signer, &log, stats)?;
     }
     Ok(())
 }

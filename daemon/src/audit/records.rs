@@ -228,8 +228,13 @@ impl Generation<'_> {
 }
 
 /// Notes how a generation ended: completion tokens, the digest of the
-/// completion's text and the finish reason.
-pub(crate) fn finished(entry: &mut Entry, finished: &Finished) {
+/// completion's text, the finish reason and, when a token was generated,
+/// the time from `started` (the request's arrival) to the first one.
+pub(crate) fn finished(entry: &mut Entry, finished: &Finished, started: Instant) {
+    if let Some(first) = finished.first_token_at {
+        let ttft = first.saturating_duration_since(started).as_micros();
+        entry.details.insert("ttft_us".to_owned(), ttft.to_string());
+    }
     entry.tokens_out = Some(finished.completion_tokens as u64);
     entry.details.insert(
         "completion_sha256".to_owned(),

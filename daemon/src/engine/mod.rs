@@ -267,6 +267,11 @@ impl Engine {
         self.models.keys().map(String::as_str)
     }
 
+    /// The tensor models, sorted by name.
+    pub(crate) fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.values()
+    }
+
     /// The causal LMs, sorted by name.
     pub(crate) fn causal_lms(&self) -> impl Iterator<Item = &Arc<CausalLm>> {
         self.causal_lms.values()

@@ -123,6 +123,13 @@ impl Model {
         &self.info
     }
 
+    /// Requests admitted now, running or queued (at most `sessions +
+    /// queue_depth`).
+    pub(crate) fn admitted(&self) -> usize {
+        (self.info.sessions + self.info.queue_depth)
+            .saturating_sub(self.admission.available_permits())
+    }
+
     /// Runs one request: waits for a free session (or fails at once with
     /// [`InferError::QueueFull`]), runs it on a blocking thread, and returns
     /// the `outputs` asked for (all of them when empty), in that order.

@@ -15,6 +15,7 @@ use super::http::audit_peer;
 use super::peer::Peer;
 use crate::audit::AuditClient;
 use crate::audit::records;
+use crate::metrics::{Metrics, Refusal};
 
 /// At most this many `denied_peer` records per interval, whatever the uids:
 /// root can connect under as many uids as it likes.
@@ -115,15 +116,17 @@ impl RateLimit {
 #[derive(Debug)]
 pub(crate) struct Refusals {
     audit: AuditClient,
+    metrics: Arc<Metrics>,
     limit: Mutex<RateLimit>,
     answering: Arc<Semaphore>,
 }
 
 impl Refusals {
     /// `interval`: `server.denied_peer_interval_secs`.
-    pub(crate) fn new(audit: AuditClient, interval: Duration) -> Self {
+    pub(crate) fn new(audit: AuditClient, metrics: Arc<Metrics>, interval: Duration) -> Self {
         Self {
             audit,
+            metrics,
             limit: Mutex::new(RateLimit::new(interval)),
             answering: Arc::new(Semaphore::new(ANSWERING)),
         }
@@ -133,6 +136,7 @@ impl Refusals {
     /// reading its request; records the refusal when the rate limit allows.
     /// Returns at once: the answer and the record run in their own tasks.
     pub(crate) fn refuse(&self, stream: UnixStream, peer: &Peer) {
+        self.metrics.refused(Refusal::Peer);
         let record = self
             .limit
             .lock()

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::http::{ApiError, AppState};
 use super::kserve;
+use super::metrics;
 use super::openai::{self, OpenAiError};
 use super::peer::Peer;
 
@@ -31,6 +32,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(guard))

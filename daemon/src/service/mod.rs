@@ -16,6 +16,7 @@ use deepseek_integrity::entry::Entry;
 use crate::audit::{self, records};
 use crate::config::Config;
 use crate::exit::Exit;
+use crate::metrics::Metrics;
 use crate::notify;
 use crate::sandbox;
 use crate::server::http::AppState;
@@ -279,9 +280,15 @@ async fn run(
         audited = audit.is_enabled(),
         "all models loaded, lockdown complete; ready"
     );
+    let metrics = Arc::new(Metrics::new(
+        engine
+            .names()
+            .map(str::to_owned)
+            .chain(engine.causal_lms().map(|lm| lm.info().name.clone())),
+    ));
     let gate = server::Gate {
         access,
-        refusals: Refusals::new(audit.clone(), denied_peer_interval),
+        refusals: Refusals::new(audit.clone(), Arc::clone(&metrics), denied_peer_interval),
     };
     let state = Arc::new(AppState {
         engine,
@@ -295,6 +302,7 @@ async fn run(
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        metrics,
     });
     notifier.send(&format!("READY=1\nSTATUS={serving}"));
     let notifier = Arc::new(notifier);

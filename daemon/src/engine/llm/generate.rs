@@ -2,6 +2,7 @@
 //! it.
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use super::reasoning::Split;
 use super::sampling::SamplingParams;
@@ -55,6 +56,8 @@ pub struct Finished {
     pub completion_sha256: String,
     /// Whether `</think>` closed the reasoning.
     pub reasoning_closed: bool,
+    /// When the first completion token was sampled (time to first token).
+    pub first_token_at: Option<Instant>,
 }
 
 impl Finished {
@@ -65,6 +68,7 @@ impl Finished {
             completion_tokens: 0,
             completion_sha256: deepseek_integrity::digest::sha256_hex(b""),
             reasoning_closed: false,
+            first_token_at: None,
         }
     }
 }

@@ -6,6 +6,8 @@
 //! the batch scheduler ([`super::batch`]) both drive it, so a request's
 //! output does not depend on which one ran it.
 
+use std::time::Instant;
+
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -40,6 +42,7 @@ pub(crate) struct Generation<'t> {
     generated: usize,
     /// A stop string matched: what the decoder still holds comes after it.
     matched: bool,
+    first_token_at: Option<Instant>,
     events: mpsc::UnboundedSender<Delta>,
 }
 
@@ -57,6 +60,7 @@ impl<'t> Generation<'t> {
             digest: Sha256::new(),
             generated: 0,
             matched: false,
+            first_token_at: None,
             events,
             request,
         }
@@ -86,6 +90,7 @@ impl<'t> Generation<'t> {
             return Ok(Next::Done(FinishReason::Length));
         }
         let id = self.sampler.sample(logits);
+        self.first_token_at.get_or_insert_with(Instant::now);
         self.generated += 1;
         if self.request.stop_ids.contains(&id) {
             return Ok(Next::Done(FinishReason::Stop));
@@ -144,6 +149,7 @@ impl<'t> Generation<'t> {
             completion_tokens: self.generated,
             completion_sha256: deepseek_integrity::digest::hex(&self.digest.finalize()),
             reasoning_closed: self.split.closed(),
+            first_token_at: self.first_token_at,
         })
     }
 }

@@ -3,6 +3,8 @@
 //! loudly unaudited); one that then never reaches its client is corrected
 //! with an `undelivered` record.
 
+use std::time::Instant;
+
 use axum::http::StatusCode;
 use axum::response::Response;
 use deepseek_audit::entry::{Entry, Peer as AuditPeer};
@@ -11,6 +13,7 @@ use tokio::sync::oneshot;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::audit::records;
+use crate::metrics::{Refusal, Sample};
 use crate::server::peer::Peer;
 
 /// A request's record, written: what to add should its answer never reach
@@ -49,7 +52,25 @@ pub(crate) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<R
     // 499, nginx's "client closed request", as for a client that leaves
     // before its answer is ready.
     let mut correction = records::undelivered(&entry, 499);
-    match state.audit.record(entry).await {
+    let sample = Sample::of(&entry);
+    let status = entry.status.unwrap_or(0);
+    let sent = Instant::now();
+    let recorded = state.audit.record(entry).await;
+    match &recorded {
+        Ok(_) if state.audit.is_enabled() => state.metrics.audit_acknowledged(sent.elapsed()),
+        Ok(_) => {}
+        Err(_) if state.audit_required => {
+            state.metrics.refused(Refusal::AuditUnavailable);
+        }
+        Err(_) => {}
+    }
+    let answered = if recorded.is_err() && state.audit_required {
+        StatusCode::SERVICE_UNAVAILABLE.as_u16()
+    } else {
+        status
+    };
+    state.metrics.request(sample, answered);
+    match recorded {
         Ok(seq) => {
             correction
                 .details

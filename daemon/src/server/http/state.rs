@@ -1,9 +1,11 @@
 //! The state every handler shares, and the health it reports.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::audit::AuditClient;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::sandbox::Lockdown;
 
 /// What every request handler shares.
@@ -26,6 +28,8 @@ pub(crate) struct AppState {
     pub(crate) record_content: bool,
     /// When serving started (Unix seconds): `created` of `/v1/models`.
     pub(crate) started_unix: u64,
+    /// What `GET /metrics` counts.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl AppState {

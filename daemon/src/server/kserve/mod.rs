@@ -295,6 +295,7 @@ fn infer_error(model: &str, error: InferError) -> ApiError {
         InferError::BadRequest(message) => ApiError::new(StatusCode::BAD_REQUEST, message),
         InferError::QueueFull(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+                .with_code("queue_full")
         }
         InferError::Runtime(detail) => {
             tracing::error!(model = %model, error = %detail, "inference failed");

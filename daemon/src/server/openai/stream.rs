@@ -158,7 +158,7 @@ pub(super) async fn drive_stream(
         let done = chunks.choice(json!({}), "", Some(finished.reason.as_str()));
         connected = chunks.send(&done).await;
     }
-    records::finished(&mut entry, &finished);
+    records::finished(&mut entry, &finished, record.started);
     // The usage chunk is known now: it goes out after the record, which
     // covers it, so the digest is of every byte before `[DONE]`.
     let usage_chunk = (connected && prepared.include_usage).then(|| {

@@ -91,7 +91,7 @@ pub(super) async fn drive_whole(
     let mut entry = record.entry(&state, Event::Request, status);
     Record::add_prepared(&mut entry, &prepared);
     if let Some(finished) = &finished {
-        records::finished(&mut entry, finished);
+        records::finished(&mut entry, finished, record.started);
     }
     if status == StatusCode::OK {
         entry.response_sha256 = Some(sha256_hex(&body));
