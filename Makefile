@@ -281,7 +281,21 @@ $(VENV)/.deps-2: | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0 openai==3.51.0
 	touch $@
 
-test: deps ort models $(VENV)/.deps-2
+# promtool and prometheus-node-exporter, Debian's, for the metrics tests:
+# unpacked into .tools/prometheus rather than installed, so that no
+# Prometheus server or exporter starts on a developer's machine.
+PROM_TOOLS := $(CURDIR)/.tools/prometheus
+$(PROM_TOOLS)/.unpacked-1:
+	rm -rf $(PROM_TOOLS) && mkdir -p $(PROM_TOOLS)/debs
+	cd $(PROM_TOOLS)/debs && { apt-get download prometheus prometheus-node-exporter 2>/dev/null || \
+		{ apt-get update -qq && apt-get download prometheus prometheus-node-exporter; }; }
+	for deb in $(PROM_TOOLS)/debs/*.deb; do dpkg-deb -x "$$deb" $(PROM_TOOLS); done
+	$(PROM_TOOLS)/usr/bin/promtool --version >/dev/null
+	$(PROM_TOOLS)/usr/bin/prometheus-node-exporter --version >/dev/null
+	rm -rf $(PROM_TOOLS)/debs
+	touch $@
+
+test: deps ort models $(VENV)/.deps-2 $(PROM_TOOLS)/.unpacked-1
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo run --quiet -p xtask -- structure

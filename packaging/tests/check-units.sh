@@ -17,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 UNITS="deepseekd.socket deepseekd.service deepseek-audit.socket deepseek-audit.service
-deepseek-integrity-check.service deepseek-integrity-check.timer"
+deepseek-integrity-check.service deepseek-integrity-check.timer
+deepseek-metrics.service deepseek-metrics.timer"
 # Exposure limits, as `--threshold` takes them (score x 10).
 declare -A LIMIT=(
     # Without PrivateUsers= (it would hide every client's uid from the
@@ -26,6 +27,7 @@ declare -A LIMIT=(
     [deepseekd.service+cpu]=3      # with cpu-only.conf
     [deepseek-audit.service]=3
     [deepseek-integrity-check.service]=9  # root with CAP_DAC_READ_SEARCH only
+    [deepseek-metrics.service]=9          # root with CAP_DAC_READ_SEARCH only
 )
 
 command -v systemd-analyze >/dev/null || { echo "skipped: systemd-analyze is not installed (apt-get install systemd)"; exit 77; }
@@ -99,6 +101,7 @@ fi
 score "$cpu_root" deepseekd.service deepseekd.service+cpu
 score "$cpu_root" deepseek-audit.service deepseek-audit.service
 score "$cpu_root" deepseek-integrity-check.service deepseek-integrity-check.service
+score "$cpu_root" deepseek-metrics.service deepseek-metrics.service
 
 echo "== sysusers.d and tmpfiles.d"
 before=$failures
@@ -128,6 +131,7 @@ done <<'LIST'
 /var/lib/deepseek-integrity 755 root
 /var/lib/deepseek-audit 700 deepseek-audit
 /var/cache/deepseek/cuda 700 deepseek
+/var/lib/prometheus/node-exporter 755 root
 LIST
 [ $failures -eq "$before" ] && echo "ok: users, group membership and directories as declared"
 

@@ -52,6 +52,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Debian's Prometheus tool `name` (`promtool`, `prometheus-node-exporter`),
+/// unpacked by `make test` into `.tools/prometheus`.
+pub fn prometheus_tool(name: &str) -> PathBuf {
+    let path = workspace().join(".tools/prometheus/usr/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; `make test` unpacks it",
+        path.display()
+    );
+    path
+}
+
 /// Whether this process may create users' connections and read other
 /// processes' /proc entries: the peer tests need root.
 pub fn is_root() -> bool {

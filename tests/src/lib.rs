@@ -26,7 +26,7 @@ pub use config::{
 };
 pub use daemon::{Daemon, check_config_with_models, openai_error, run_daemon, run_with_models};
 pub use fixtures::{
-    binary, is_root, llm_expected, llm_fixture, model, named, ort_library, python, shared_tempdir,
-    token_ids, workspace,
+    binary, is_root, llm_expected, llm_fixture, model, named, ort_library, prometheus_tool, python,
+    shared_tempdir, token_ids, workspace,
 };
 pub use procfs::{inet_inodes, socket_inodes};

@@ -10,19 +10,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deepseek_tests::{
-    Auditor, Daemon, binary, get, llm_fixture, llm_table, model_table, post_json, shared_tempdir,
+    Auditor, Daemon, binary, get, llm_fixture, llm_table, model_table, post_json, prometheus_tool,
+    shared_tempdir,
 };
 use serde_json::json;
 
 /// `promtool check metrics` on `text`: its exit status and what it said.
 fn promtool(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
+    let mut child = Command::new(prometheus_tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool (Debian's prometheus package; make deps installs it)");
+        .expect("promtool");
     child
         .stdin
         .take()
@@ -214,7 +215,7 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let mut exporter = Command::new("prometheus-node-exporter")
+    let mut exporter = Command::new(prometheus_tool("prometheus-node-exporter"))
         .arg("--collector.disable-defaults")
         .arg("--collector.textfile")
         .arg(format!(
@@ -225,7 +226,7 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("prometheus-node-exporter (make deps installs it)");
+        .expect("prometheus-node-exporter");
     let mut scraped = String::new();
     eventually("node_exporter answers", || {
         scraped = http_get(port, "/metrics").unwrap_or_default();
