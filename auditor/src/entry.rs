@@ -50,6 +50,12 @@ pub enum Event {
     /// (`details.lost_at_ns`, `details.refused`: requests answered 503
     /// meanwhile).
     AuditReconnected,
+    /// A client (`peer`, the request that crossed) went over a `[limits]`
+    /// alert threshold of deepseekd: `details.kind` (`request_rate`),
+    /// `details.client` (`uid N` or `gid N`), `details.requests` in the
+    /// last `details.window_secs`, and `details.threshold`. Once per window
+    /// per client.
+    Alert,
     /// Free space on the log's filesystem fell under `warn_free_bytes`
     /// (`details.free_bytes`, `details.warn_free_bytes`,
     /// `details.min_free_bytes`): the service stops at the second.
@@ -71,6 +77,7 @@ impl Event {
             Event::IntegrityCheck => "integrity_check",
             Event::Undelivered => "undelivered",
             Event::AuditReconnected => "audit_reconnected",
+            Event::Alert => "alert",
             Event::LowSpace => "low_space",
         }
     }
@@ -270,6 +277,7 @@ mod tests {
             Event::IntegrityCheck,
             Event::Undelivered,
             Event::AuditReconnected,
+            Event::Alert,
             Event::LowSpace,
         ] {
             let json = serde_json::to_string(&event).expect("serializes");

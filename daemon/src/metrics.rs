@@ -33,16 +33,41 @@ pub(crate) enum Refusal {
     QueueFull,
     /// The auditor did not acknowledge the record (503).
     AuditUnavailable,
+    /// The client went over `limits.requests_per_minute` (429).
+    RateLimited,
+    /// The client had `limits.concurrent_per_client` requests running (429).
+    TooManyConcurrent,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 3] = [Refusal::Peer, Refusal::QueueFull, Refusal::AuditUnavailable];
+    /// Every reason, in [`Refusal::index`] order.
+    const ALL: [Refusal; 5] = [
+        Refusal::Peer,
+        Refusal::QueueFull,
+        Refusal::AuditUnavailable,
+        Refusal::RateLimited,
+        Refusal::TooManyConcurrent,
+    ];
+
+    /// Its counter's place: a match, so that a new reason cannot compile
+    /// without one (and a test keeps [`Refusal::ALL`] in step).
+    fn index(self) -> usize {
+        match self {
+            Refusal::Peer => 0,
+            Refusal::QueueFull => 1,
+            Refusal::AuditUnavailable => 2,
+            Refusal::RateLimited => 3,
+            Refusal::TooManyConcurrent => 4,
+        }
+    }
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::Peer => "peer",
             Refusal::QueueFull => "queue_full",
             Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::TooManyConcurrent => "too_many_concurrent",
         }
     }
 
@@ -111,6 +136,8 @@ pub(crate) struct Metrics {
     series: Mutex<Series>,
     refusals: [AtomicU64; Refusal::ALL.len()],
     audit_append: Histogram,
+    /// Rate alerts by client kind: uid, group.
+    rate_alerts: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -121,6 +148,7 @@ impl Metrics {
             series: Mutex::default(),
             refusals: Default::default(),
             audit_append: Histogram::latency(),
+            rate_alerts: Default::default(),
         }
     }
 
@@ -174,16 +202,17 @@ impl Metrics {
     }
 
     pub(crate) fn refused(&self, reason: Refusal) {
-        let i = Refusal::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("every reason is in ALL");
-        self.refusals[i].fetch_add(1, Ordering::Relaxed);
+        self.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// How long the auditor took to acknowledge a request's record.
     pub(crate) fn audit_acknowledged(&self, took: Duration) {
         self.audit_append.observe_duration(took);
+    }
+
+    /// A client went over a `limits` alert threshold (`uid` or `group`).
+    pub(crate) fn rate_alert(&self, client_kind: &str) {
+        self.rate_alerts[usize::from(client_kind == "group")].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Writes every counter and histogram.
@@ -267,6 +296,18 @@ impl Metrics {
             "Time the auditor took to acknowledge a request's record (durable on disk).",
         )
         .histogram("deepseekd_audit_append_seconds", &[], &self.audit_append);
+        out.family(
+            "deepseekd_rate_alerts_total",
+            Kind::Counter,
+            "Times a client went over a limits alert threshold (once a minute per client), by client kind.",
+        );
+        for (kind, count) in ["uid", "group"].iter().zip(&self.rate_alerts) {
+            out.sample(
+                "deepseekd_rate_alerts_total",
+                &[("client", kind)],
+                count.load(Ordering::Relaxed) as f64,
+            );
+        }
     }
 }
 
@@ -289,6 +330,13 @@ mod tests {
             .details
             .insert("stream".to_owned(), stream.to_string());
         entry
+    }
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        for (i, reason) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}");
+        }
     }
 
     #[test]

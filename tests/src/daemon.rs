@@ -314,3 +314,20 @@ pub async fn openai_error(d: &Daemon, path: &str, body: &Value) -> (u16, Value) 
     let response = post_json(&d.socket, path, body).await;
     (response.status, response.json()["error"].clone())
 }
+
+/// Polls `/v1/models/{name}` until `until` holds of it: a state the test
+/// itself brings about (the deadline only ends a run that hangs).
+pub async fn wait_for_model(d: &Daemon, name: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let model = get(&d.socket, &format!("/v1/models/{name}"))
+            .await
+            .expect("model")
+            .json();
+        if until(&model) {
+            return model;
+        }
+        assert!(Instant::now() < deadline, "never got there: {model}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -24,7 +24,9 @@ pub use client::{Connection, Response, binary_request, get, post_binary, post_js
 pub use config::{
     integrity_table, llm_table, model_table, sandbox_table, write_config, write_config_audited,
 };
-pub use daemon::{Daemon, check_config_with_models, openai_error, run_daemon, run_with_models};
+pub use daemon::{
+    Daemon, check_config_with_models, openai_error, run_daemon, run_with_models, wait_for_model,
+};
 pub use fixtures::{
     binary, is_root, llm_expected, llm_fixture, model, named, ort_library, prometheus_tool, python,
     shared_tempdir, token_ids, workspace,

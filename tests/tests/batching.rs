@@ -5,11 +5,10 @@
 //! 503. (`llm_batch` drives the scheduler turn by turn in process.)
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use deepseek_tests::{
     Daemon, check_config_with_models, get, llm_expected, llm_fixture, llm_table, ort_library,
-    post_json, run_with_models, shared_tempdir,
+    post_json, run_with_models, shared_tempdir, wait_for_model,
 };
 use serde_json::{Value, json};
 
@@ -127,23 +126,6 @@ async fn graphs_that_cannot_batch_and_batching_false_say_why() {
         )
         .await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
-    }
-}
-
-/// Polls `/v1/models/{name}` until `until` holds of it: a state the test
-/// itself brings about (the deadline only ends a run that hangs).
-async fn wait_for_model(d: &Daemon, name: &str, until: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let model = get(&d.socket, &format!("/v1/models/{name}"))
-            .await
-            .expect("model")
-            .json();
-        if until(&model) {
-            return model;
-        }
-        assert!(Instant::now() < deadline, "never got there: {model}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

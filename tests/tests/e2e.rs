@@ -24,6 +24,7 @@ mod integrity;
 mod integrity_check;
 mod kserve;
 mod lifecycle;
+mod limits;
 mod llm;
 mod llm_batch;
 mod llm_engine;

@@ -514,13 +514,13 @@ async fn sighup_is_logged_and_ignored() {
     d.signal(Signal::SIGHUP);
     // The signal is handled on its own task: wait for its line (however
     // slow the machine), then the daemon must still serve.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !d
         .log()
         .contains("SIGHUP ignored: deepseekd does not reload its configuration")
     {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "no SIGHUP line within 60 s: {}",
             d.log()
         );

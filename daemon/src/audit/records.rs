@@ -85,6 +85,29 @@ pub(crate) fn denied_peer(peer: Peer, suppressed: u64, suppressed_other_uids: u6
     denied
 }
 
+/// `alert`: a client went over a `[limits]` alert threshold; `peer` sent
+/// the request that crossed it.
+pub(crate) fn rate_alert(
+    peer: Peer,
+    client: String,
+    requests: usize,
+    threshold: u32,
+    window_secs: u64,
+) -> Entry {
+    let mut alert = Entry::event(Event::Alert);
+    alert.peer = Some(peer);
+    for (key, value) in [
+        ("kind", "request_rate".to_owned()),
+        ("client", client),
+        ("requests", requests.to_string()),
+        ("threshold", threshold.to_string()),
+        ("window_secs", window_secs.to_string()),
+    ] {
+        alert.details.insert(key.to_owned(), value);
+    }
+    alert
+}
+
 /// `shutdown`, the last record of a daemon that stops.
 pub(crate) fn shutdown() -> Entry {
     Entry::event(Event::Shutdown)
@@ -157,6 +180,26 @@ impl Request {
             Some(u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
         entry
     }
+}
+
+/// A request `[limits]` refused (429) before its body was read: its
+/// `code`, its endpoint for `/v1`, and the refusals of this client left
+/// unrecorded since the last one recorded (`details.suppressed`).
+pub(crate) fn limited(
+    request: Request,
+    code: &str,
+    endpoint_path: Option<&str>,
+    suppressed: u64,
+) -> Entry {
+    let mut entry = request.entry(Event::Request, 429);
+    refusal(&mut entry, Some(code), None);
+    if let Some(path) = endpoint_path {
+        endpoint(&mut entry, path);
+    }
+    entry
+        .details
+        .insert("suppressed".to_owned(), suppressed.to_string());
+    entry
 }
 
 /// Notes why a request was refused: what the status alone does not say

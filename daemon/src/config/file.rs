@@ -10,7 +10,8 @@ use serde::Deserialize;
 use super::error::ConfigError;
 use super::model::{MAX_QUEUE_DEPTH, MAX_SESSIONS, ModelConfig};
 use super::sections::{
-    AuditConfig, IntegrityConfig, LogConfig, RuntimeConfig, SandboxConfig, ServerConfig,
+    AuditConfig, IntegrityConfig, LimitsConfig, LogConfig, RuntimeConfig, SandboxConfig,
+    ServerConfig,
 };
 
 /// Where the daemon looks for its configuration when `--config` is not given.
@@ -31,6 +32,8 @@ pub struct Config {
     pub integrity: IntegrityConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(rename = "model", default)]
     pub models: Vec<ModelConfig>,
     /// SHA-256 of the file as read: the audit log's start event carries it.

@@ -21,6 +21,6 @@ pub use model::{
     MAX_QUEUE_DEPTH, MAX_SESSIONS, ModelConfig, ModelKind, ModelName,
 };
 pub use sections::{
-    AuditConfig, IntegrityConfig, LogConfig, LogFormat, RuntimeConfig, SandboxConfig, SeccompMode,
-    ServerConfig, SocketMode,
+    AuditConfig, IntegrityConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig, SandboxConfig,
+    SeccompMode, ServerConfig, SocketMode,
 };

@@ -1,5 +1,6 @@
 //! The tables other than `[[model]]`: `[server]`, `[runtime]`,
-//! `[integrity]`, `[audit]`, `[sandbox]` and `[log]`, with their defaults.
+//! `[integrity]`, `[audit]`, `[sandbox]`, `[log]` and `[limits]`, with
+//! their defaults.
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -231,5 +232,35 @@ impl TryFrom<u32> for SocketMode {
             ));
         }
         Ok(Self(mode))
+    }
+}
+
+/// `[limits]`: per-client request rates and concurrent requests, over the
+/// inference endpoints (docs/guide/config.md). A client is a uid; the
+/// group alert watches a primary group, for an account a team shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Record an `alert` (and warn, and count it) when a uid sends more
+    /// requests than this in a minute; once per minute per uid. 0 = off.
+    pub alert_requests_per_minute: u32,
+    /// The same for all the uids of one primary group together. 0 = off.
+    pub alert_group_requests_per_minute: u32,
+    /// Refuse (429, `Retry-After`) a uid's requests beyond this many in a
+    /// minute. 0 = no limit.
+    pub requests_per_minute: u32,
+    /// Refuse (429) a uid's request while it has this many running
+    /// (streams included, until their last byte). 0 = no limit.
+    pub concurrent_per_client: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            alert_requests_per_minute: 100,
+            alert_group_requests_per_minute: 0,
+            requests_per_minute: 0,
+            concurrent_per_client: 0,
+        }
     }
 }

@@ -45,6 +45,20 @@ fn minimal_config_gets_documented_defaults() {
     assert!(config.sandbox.enforce);
     assert_eq!(config.sandbox.user, "deepseek");
     assert_eq!(config.sandbox.seccomp, SeccompMode::Enforce);
+    assert_eq!(config.limits.alert_requests_per_minute, 100);
+    assert_eq!(config.limits.alert_group_requests_per_minute, 0);
+    assert_eq!(config.limits.requests_per_minute, 0);
+    assert_eq!(config.limits.concurrent_per_client, 0);
+}
+
+#[test]
+fn limits_name_a_wrong_key_or_value() {
+    let text = format!("{MINIMAL}\n[limits]\nrequests_per_hour = 5\n");
+    let err = parse(&text).expect_err("unknown key").to_string();
+    assert!(err.contains("unknown field `requests_per_hour`"), "{err}");
+    let text = format!("{MINIMAL}\n[limits]\nrequests_per_minute = -1\n");
+    let err = parse(&text).expect_err("negative").to_string();
+    assert!(err.contains("limits.requests_per_minute"), "{err}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 pub(crate) mod http;
 pub(crate) mod kserve;
+pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod openai;
 pub(crate) mod peer;

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::notify;
 use crate::sandbox;
 use crate::server::http::AppState;
+use crate::server::limits::Limits;
 use crate::server::peer::AccessPolicy;
 use crate::server::socket::{self, Origin};
 use crate::server::{self, refusal::Refusals, router};
@@ -218,6 +219,7 @@ async fn run(
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let max_connections = config.server.max_connections.get();
     let denied_peer_interval = Duration::from_secs(config.server.denied_peer_interval_secs.get());
+    let limits = Arc::new(Limits::new(config.limits.clone()));
     let max_body_bytes = config.server.max_body_bytes.get();
     let max_response_bytes = config.server.max_response_bytes.get();
     let started = std::time::Instant::now();
@@ -303,6 +305,7 @@ async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         metrics,
+        limits,
     });
     notifier.send(&format!("READY=1\nSTATUS={serving}"));
     let notifier = Arc::new(notifier);

@@ -7,6 +7,7 @@ use crate::audit::AuditClient;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::sandbox::Lockdown;
+use crate::server::limits::Limits;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub(crate) struct AppState {
     pub(crate) started_unix: u64,
     /// What `GET /metrics` counts.
     pub(crate) metrics: Arc<Metrics>,
+    /// `[limits]`: per-client rates and concurrent requests.
+    pub(crate) limits: Arc<Limits>,
 }
 
 impl AppState {

@@ -19,6 +19,16 @@ pub(crate) struct OpenAiError {
 }
 
 impl OpenAiError {
+    /// An error with `status` and a `code` a client can act on.
+    pub(crate) fn coded(status: StatusCode, message: String, code: &'static str) -> Self {
+        Self {
+            status,
+            message,
+            param: None,
+            code: Some(code),
+        }
+    }
+
     pub(super) fn invalid(
         message: impl Into<String>,
         param: Option<&str>,
@@ -35,6 +45,8 @@ impl OpenAiError {
     pub(super) fn body(&self) -> Value {
         let kind = if self.status.is_server_error() {
             "server_error"
+        } else if self.status == StatusCode::TOO_MANY_REQUESTS {
+            "requests"
         } else {
             "invalid_request_error"
         };
