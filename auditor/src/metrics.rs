@@ -6,6 +6,9 @@
 //! Prometheus' conventions (docs/guide/metrics.md lists every family).
 
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -154,6 +157,25 @@ impl Exposition {
     pub fn finish(self) -> String {
         self.text
     }
+}
+
+/// Replaces `path` with `text`, mode 0644: written beside it and renamed,
+/// so that a reader (node_exporter, the collector) never sees half a file.
+pub fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} names no file", path.display())))?;
+    let temporary = path.with_file_name(format!(".{}.new", name.to_string_lossy()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)
 }
 
 fn write_labels(text: &mut String, labels: &[(&str, &str)], le: Option<&str>) {

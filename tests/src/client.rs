@@ -155,3 +155,10 @@ pub async fn post_binary(socket: &Path, path: &str, json: &Value, binary: &[u8])
         .await
         .expect("request")
 }
+
+/// The value of one series (`name{labels}`, as written) in a Prometheus
+/// text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -20,7 +20,9 @@ mod fixtures;
 mod procfs;
 
 pub use auditor::Auditor;
-pub use client::{Connection, Response, binary_request, get, post_binary, post_json, request};
+pub use client::{
+    Connection, Response, binary_request, get, metric, post_binary, post_json, request,
+};
 pub use config::{
     integrity_table, llm_table, model_table, sandbox_table, write_config, write_config_audited,
 };

@@ -2,18 +2,15 @@
 //! recorded as a refusal; one with too many requests running gets 429
 //! until one ends; crossing the alert threshold records one `alert`.
 
-use deepseek_tests::{Daemon, get, llm_fixture, llm_table, model_table, post_json, wait_for_model};
+use deepseek_tests::{
+    Daemon, get, llm_fixture, llm_table, metric, model_table, post_json, wait_for_model,
+};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 fn x() -> Value {
     json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +70,7 @@ async fn over_the_rate_a_client_gets_429_with_retry_after_and_one_alert_is_recor
     let metrics = get(&d.socket, "/metrics").await.expect("metrics");
     let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
     assert_eq!(
-        sample(
+        metric(
             &metrics,
             "deepseekd_refusals_total{reason=\"rate_limited\"}"
         ),
@@ -81,7 +78,7 @@ async fn over_the_rate_a_client_gets_429_with_retry_after_and_one_alert_is_recor
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "deepseekd_rate_alerts_total{client=\"uid\"}"),
+        metric(&metrics, "deepseekd_rate_alerts_total{client=\"uid\"}"),
         Some(1.0),
         "{metrics}"
     );

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deepseek_tests::{
-    Auditor, Daemon, binary, get, llm_fixture, llm_table, model_table, post_json, prometheus_tool,
-    shared_tempdir,
+    Auditor, Daemon, binary, get, llm_fixture, llm_table, metric, model_table, post_json,
+    prometheus_tool, shared_tempdir,
 };
 use serde_json::json;
 
@@ -65,11 +65,6 @@ fn collect(auditor: &Auditor, daemon_socket: &Path, textfile: &Path) -> (Option<
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Polls `check` until it holds, for at most a minute (what it waits for
@@ -161,20 +156,20 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
         ("deepseekd_audit_connected", 1.0),
         ("deepseekd_refusals_total{reason=\"peer\"}", 0.0),
     ] {
-        assert_eq!(sample(&own, series), Some(value), "{series} in:\n{own}");
+        assert_eq!(metric(&own, series), Some(value), "{series} in:\n{own}");
     }
     assert!(
-        sample(&own, "deepseekd_prompt_tokens_total{model=\"lm\"}").is_some_and(|t| t > 0.0),
+        metric(&own, "deepseekd_prompt_tokens_total{model=\"lm\"}").is_some_and(|t| t > 0.0),
         "{own}"
     );
     // At least the first token of each, at most max_tokens (an EOS may end one early).
     assert!(
-        sample(&own, "deepseekd_completion_tokens_total{model=\"lm\"}")
+        metric(&own, "deepseekd_completion_tokens_total{model=\"lm\"}")
             .is_some_and(|t| (2.0..=8.0).contains(&t)),
         "{own}"
     );
     assert!(
-        sample(&own, "deepseekd_audit_append_seconds_count").is_some_and(|c| c >= 4.0),
+        metric(&own, "deepseekd_audit_append_seconds_count").is_some_and(|c| c >= 4.0),
         "{own}"
     );
     for label in ["uid=", "gid=", "pid="] {
@@ -188,7 +183,7 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
     let audit_file = auditor.dir.join("metrics.prom");
     eventually("the auditor's metrics count the requests", || {
         let text = std::fs::read_to_string(&audit_file).unwrap_or_default();
-        sample(&text, "deepseek_audit_entries_total{event=\"request\"}") == Some(4.0)
+        metric(&text, "deepseek_audit_entries_total{event=\"request\"}") == Some(4.0)
     });
     let audit_text = std::fs::read_to_string(&audit_file).expect("metrics_file");
     assert_lints_clean("the auditor's metrics_file", &audit_text);
@@ -199,11 +194,11 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
         "deepseek_audit_last_checkpoint_timestamp_seconds",
     ] {
         assert!(
-            sample(&audit_text, series).is_some(),
+            metric(&audit_text, series).is_some(),
             "{series} in:\n{audit_text}"
         );
     }
-    assert_eq!(sample(&audit_text, "deepseek_audit_low_space"), Some(0.0));
+    assert_eq!(metric(&audit_text, "deepseek_audit_low_space"), Some(0.0));
 
     let textfiles = shared_tempdir();
     let textfile = textfiles.path().join("deepseek.prom");
@@ -212,11 +207,11 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
     let collected = std::fs::read_to_string(&textfile).expect("textfile");
     assert_lints_clean("the collected textfile", &collected);
     assert_eq!(
-        sample(&collected, "deepseek_scrape_up{source=\"deepseekd\"}"),
+        metric(&collected, "deepseek_scrape_up{source=\"deepseekd\"}"),
         Some(1.0)
     );
     assert_eq!(
-        sample(&collected, "deepseek_scrape_up{source=\"deepseek-audit\"}"),
+        metric(&collected, "deepseek_scrape_up{source=\"deepseek-audit\"}"),
         Some(1.0)
     );
 
@@ -245,7 +240,7 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
     let _ = exporter.kill();
     let _ = exporter.wait();
     assert_eq!(
-        sample(&scraped, "node_textfile_scrape_error"),
+        metric(&scraped, "node_textfile_scrape_error"),
         Some(0.0),
         "{scraped}"
     );
@@ -255,7 +250,7 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
         "deepseek_scrape_up{source=\"deepseekd\"}",
     ] {
         assert!(
-            sample(&scraped, series).is_some(),
+            metric(&scraped, series).is_some(),
             "{series} in:\n{scraped}"
         );
     }
@@ -266,7 +261,7 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
     assert!(said.contains("absent.sock"), "{said}");
     let collected = std::fs::read_to_string(&textfile).expect("textfile");
     assert_eq!(
-        sample(&collected, "deepseek_scrape_up{source=\"deepseekd\"}"),
+        metric(&collected, "deepseek_scrape_up{source=\"deepseekd\"}"),
         Some(0.0)
     );
     assert_lints_clean("the collected textfile, the daemon down", &collected);
@@ -285,18 +280,18 @@ fn under_the_low_water_mark_the_auditor_records_and_reports_it_once() {
     let file = dir.path().join("metrics.prom");
     eventually("the low_space metric", || {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
-        sample(&text, "deepseek_audit_low_space") == Some(1.0)
+        metric(&text, "deepseek_audit_low_space") == Some(1.0)
     });
     let text = std::fs::read_to_string(&file).expect("metrics");
     assert_eq!(
-        sample(&text, "deepseek_audit_entries_total{event=\"low_space\"}"),
+        metric(&text, "deepseek_audit_entries_total{event=\"low_space\"}"),
         Some(1.0)
     );
     // Several metric intervals later, still one entry: once per crossing.
     eventually("three more metrics writes", || {
         let later = std::fs::read_to_string(&file).unwrap_or_default();
-        sample(&later, "deepseek_audit_metrics_timestamp_seconds")
-            > sample(&text, "deepseek_audit_metrics_timestamp_seconds").map(|t| t + 3.0)
+        metric(&later, "deepseek_audit_metrics_timestamp_seconds")
+            > metric(&text, "deepseek_audit_metrics_timestamp_seconds").map(|t| t + 3.0)
     });
     let entries = auditor.entries();
     let low: Vec<_> = entries

@@ -8,14 +8,13 @@
 //! atomically. docs/guide/metrics.md.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use crate::exit::{self, fail};
-use crate::metrics::{Exposition, Kind};
+use crate::metrics::{Exposition, Kind, replace_file};
 use crate::service::ServiceConfig;
 
 /// The most bytes read from either source.
@@ -186,25 +185,6 @@ fn owned_by(text: &str, prefix: &str) -> String {
     kept
 }
 
-/// Replaces `path` with `text`, written beside it and renamed (mode 0644:
-/// node_exporter reads it as its own user).
-fn replace(path: &Path, text: &str) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("--textfile names no file"))?;
-    let temporary = path.with_file_name(format!(".{}.new", name.to_string_lossy()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)
-}
-
 pub(crate) fn run(config_path: &Path, daemon_socket: &Path, textfile: Option<&Path>) -> ExitCode {
     let config = match ServiceConfig::load(config_path) {
         Ok(config) => config,
@@ -244,7 +224,7 @@ pub(crate) fn run(config_path: &Path, daemon_socket: &Path, textfile: Option<&Pa
     }
     text.push_str(&scrape.finish());
     let written = match textfile {
-        Some(path) => replace(path, &text).map_err(|e| (path, e)),
+        Some(path) => replace_file(path, &text).map_err(|e| (path, e)),
         None => {
             print!("{text}");
             Ok(())

@@ -4,8 +4,6 @@
 //! node_exporter's textfile collector. docs/guide/metrics.md lists every
 //! family.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -13,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::config::ServiceConfig;
 use crate::entry::Event;
-use crate::metrics::{Exposition, Histogram, Kind, SIZE_BUCKETS};
+use crate::metrics::{Exposition, Histogram, Kind, SIZE_BUCKETS, replace_file};
 
 /// Unix seconds now.
 pub(super) fn unix_now() -> f64 {
@@ -200,21 +198,8 @@ impl Stats {
         out.finish()
     }
 
-    /// Replaces `path` with the exposition: written beside it and renamed,
-    /// so that a reader never sees half a file.
+    /// Replaces `path` with the exposition.
     pub(super) fn write_file(&self, config: &ServiceConfig, path: &Path) -> std::io::Result<()> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| std::io::Error::other("metrics_file names no file"))?;
-        let temporary = path.with_file_name(format!(".{}.new", name.to_string_lossy()));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&temporary)?;
-        file.write_all(self.exposition(config).as_bytes())?;
-        drop(file);
-        std::fs::rename(&temporary, path)
+        replace_file(path, &self.exposition(config))
     }
 }
