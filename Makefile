@@ -385,9 +385,13 @@ bench-llm: ort models $(LLAMACPP_VENV)/.deps-1
 
 # BENCH_DIR=/somewhere/else for the scratch trees (default /var/tmp/deepseek-bench);
 # REPS_WARM, REPS_COLD and the other knobs are listed in the script.
-# Durable audit appends/s and `log verify` throughput (BENCHMARKS.md).
-bench-audit:
+# Durable audit appends/s and `log verify` throughput; audited serving
+# against unaudited, quiet and beside a busy neighbour (BENCHMARKS.md).
+# AUDITED_ARGS="--seconds 8" for longer cells (default 4).
+bench-audit: ort
 	cargo bench -p deepseek-audit --bench audit -- $(BENCH_ARGS)
+	cargo build --release --bin deepseekd --bin deepseek-audit --bin deepseek-integrity
+	cargo bench -p deepseek-tests --bench audited_serving -- $(AUDITED_ARGS)
 
 bench-integrity:
 	packaging/bench-integrity.sh $(BENCH_DIR)

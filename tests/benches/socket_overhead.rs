@@ -12,35 +12,16 @@
 //! ratios to in-process. Run with `make bench`; `--seconds N` sets the time
 //! per measurement (default 3).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use deepseek_tests::{Connection, Daemon, binary_request, model, model_table, ort_library};
+use deepseek_tests::load::{Prepared, Sample, load};
+use deepseek_tests::{Daemon, binary_request, model, model_table, ort_library};
 use deepseekd::config::RuntimeConfig;
 use ort::session::Session;
 use ort::value::Tensor;
 use serde_json::json;
-
-/// Latencies of one measurement, and how long it ran.
-struct Sample {
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-impl Sample {
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted[index]
-    }
-
-    fn per_second(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-}
 
 fn input(rows: usize) -> Vec<f32> {
     (0..rows * 4)
@@ -69,12 +50,6 @@ fn in_process(session: &mut Session, rows: usize, seconds: f64) -> Sample {
     }
 }
 
-/// One request body, ready to send again and again.
-struct Prepared {
-    headers: Vec<(&'static str, String)>,
-    body: Bytes,
-}
-
 fn prepare(rows: usize, binary: bool) -> Prepared {
     let data = input(rows);
     if binary {
@@ -85,58 +60,17 @@ fn prepare(rows: usize, binary: bool) -> Prepared {
         });
         let (headers, body) = binary_request(&json, &bytes);
         Prepared {
+            path: "/v2/models/demo/infer",
             headers,
             body: Bytes::from(body),
         }
     } else {
         let json = json!({"inputs": [{"name": "x", "shape": [rows, 4], "datatype": "FP32", "data": data}]});
         Prepared {
+            path: "/v2/models/demo/infer",
             headers: vec![("content-type", "application/json".to_owned())],
             body: Bytes::from(serde_json::to_vec(&json).expect("json")),
         }
-    }
-}
-
-async fn through_socket(
-    socket: PathBuf,
-    request: Arc<Prepared>,
-    clients: usize,
-    seconds: f64,
-) -> Sample {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(seconds);
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let socket = socket.clone();
-            let request = Arc::clone(&request);
-            tokio::spawn(async move {
-                let mut connection = Connection::open(&socket).await.expect("connect");
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let response = connection
-                        .send(
-                            "POST",
-                            "/v2/models/demo/infer",
-                            &request.headers,
-                            request.body.clone(),
-                        )
-                        .await
-                        .expect("request");
-                    assert_eq!(response.status, 200, "{:?}", response.body);
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("client task"));
-    }
-    Sample {
-        latencies,
-        elapsed: started.elapsed(),
     }
 }
 
@@ -221,14 +155,9 @@ fn main() {
         );
         for (path, binary) in [("socket json", false), ("socket bin", true)] {
             let request = Arc::new(prepare(rows, binary));
-            runtime.block_on(through_socket(
-                daemon.socket.clone(),
-                Arc::clone(&request),
-                1,
-                0.2,
-            ));
+            runtime.block_on(load(daemon.socket.clone(), Arc::clone(&request), 1, 0.2));
             for clients in [1, 8, 64] {
-                let sample = runtime.block_on(through_socket(
+                let sample = runtime.block_on(load(
                     daemon.socket.clone(),
                     Arc::clone(&request),
                     clients,
@@ -263,7 +192,7 @@ fn main() {
             ("enforced", &daemon.socket),
             ("off", &unconfined.socket),
         ] {
-            let sample = runtime.block_on(through_socket(
+            let sample = runtime.block_on(load(
                 socket.clone(),
                 Arc::clone(&request),
                 clients,

@@ -38,8 +38,10 @@ impl Auditor {
         Self::start_configured(dir, log_dir, min_free_bytes, "")
     }
 
-    /// Like [`Auditor::start_with`], with `extra` lines in its configuration.
-    /// Every auditor writes its metrics to `metrics.prom` in `dir` each second.
+    /// Like [`Auditor::start_with`], with `extra` lines in its configuration
+    /// (a key `extra` sets replaces the harness's). Unless `extra` says
+    /// otherwise, the auditor writes its metrics to `metrics.prom` in `dir`
+    /// each second.
     pub fn start_configured(dir: &Path, log_dir: &Path, min_free_bytes: u64, extra: &str) -> Self {
         fs::create_dir_all(dir).expect("auditor dir");
         let key = dir.join("audit.key");
@@ -55,10 +57,31 @@ impl Auditor {
         );
         let socket = dir.join("audit.sock");
         let config = dir.join("audit.toml");
+        // The harness's settings, but for the keys `extra` sets itself.
+        let sets = |key: &str| {
+            extra
+                .lines()
+                .any(|line| line.split('=').next().is_some_and(|k| k.trim() == key))
+        };
+        let defaults: String = [
+            ("checkpoint_every", "10".to_owned()),
+            ("checkpoint_interval_secs", "86400".to_owned()),
+            ("min_free_bytes", min_free_bytes.to_string()),
+            ("syslog", "false".to_owned()),
+            (
+                "metrics_file",
+                format!("\"{}\"", dir.join("metrics.prom").display()),
+            ),
+            ("metrics_interval_secs", "1".to_owned()),
+        ]
+        .into_iter()
+        .filter(|(key, _)| !sets(key))
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
         fs::write(
             &config,
             format!(
-                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [{}]\ncheckpoint_every = 10\ncheckpoint_interval_secs = 86400\nmin_free_bytes = {min_free_bytes}\nsyslog = false\nmetrics_file = \"{}\"\nmetrics_interval_secs = 1\n{extra}\n",
+                "socket = \"{}\"\nlog_dir = \"{}\"\nsigning_key = \"{}\"\n{verifier}\nallowed_uids = [{}]\n{defaults}{extra}\n",
                 socket.display(),
                 log_dir.display(),
                 key.display(),
@@ -69,7 +92,6 @@ impl Auditor {
                 } else {
                     nix::unistd::Uid::current().to_string()
                 },
-                dir.join("metrics.prom").display(),
             ),
         )
         .expect("audit config");
@@ -126,6 +148,12 @@ impl Auditor {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The running service's pid.
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("auditor running");
+        i32::try_from(child.id()).expect("pid fits")
     }
 
     /// Sends `signal` (SIGSTOP, SIGCONT) to the running service.

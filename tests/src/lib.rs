@@ -17,6 +17,7 @@ mod client;
 mod config;
 mod daemon;
 mod fixtures;
+pub mod load;
 mod procfs;
 
 pub use auditor::Auditor;

@@ -12,6 +12,7 @@ mod stats;
 mod wire;
 mod writer;
 
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,15 +38,21 @@ use writer::{Pending, writer};
 /// malformed is answered with an error under its tag (0 when even that is
 /// unreadable) and the connection goes on: one bad record must not cut off
 /// the records behind it.
-fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
+fn connection(stream: UnixStream, max: usize, queue: Sender<Pending>) {
     let Ok(mut replies) = stream.try_clone() else {
         return;
     };
     let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
     let responder = std::thread::spawn(move || {
-        for reply in reply_rx {
-            let bytes = serde_json::to_vec(&reply).expect("replies serialize");
-            if write_frame(&mut replies, &bytes).is_err() {
+        // The replies of a whole batch go out in one write.
+        let mut out = Vec::new();
+        while let Ok(reply) = reply_rx.recv() {
+            out.clear();
+            for reply in std::iter::once(reply).chain(reply_rx.try_iter()) {
+                let bytes = serde_json::to_vec(&reply).expect("replies serialize");
+                write_frame(&mut out, &bytes).expect("writing to memory");
+            }
+            if replies.write_all(&out).is_err() {
                 return;
             }
         }
@@ -58,6 +65,8 @@ fn connection(mut stream: UnixStream, max: usize, queue: Sender<Pending>) {
             error: Some(error),
         });
     };
+    // Records arrive in batches (the daemon writes all it has at once).
+    let mut stream = std::io::BufReader::new(stream);
     while let Ok(Some(incoming)) = read_incoming(&mut stream, max) {
         let frame = match incoming {
             Incoming::Frame(frame) => frame,

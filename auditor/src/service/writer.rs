@@ -183,10 +183,10 @@ pub(super) fn writer(
             }
             let time = now_ns();
             let mut entries: Vec<Entry> = batch
-                .iter()
+                .iter_mut()
                 .map(|p| Entry {
                     time_ns: time,
-                    ..p.entry.clone()
+                    ..std::mem::replace(&mut p.entry, Entry::event(Event::Request))
                 })
                 .collect();
             // After the batch's own: the replies below pair with the first.

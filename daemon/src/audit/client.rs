@@ -344,7 +344,9 @@ fn now_ns() -> u128 {
 /// reconnecting. Queued corrections (`audit_reconnected` first) go out
 /// before any other record can.
 fn attach(inner: &Arc<Inner>, stream: tokio::net::UnixStream) {
-    let (mut read, mut write) = stream.into_split();
+    let (read, mut write) = stream.into_split();
+    // Acknowledgements arrive in batches: read them through a buffer.
+    let mut read = tokio::io::BufReader::new(read);
     let (sender, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
     {
         let mut state = inner.lock();
@@ -353,9 +355,22 @@ fn attach(inner: &Arc<Inner>, stream: tokio::net::UnixStream) {
         inner.connected.store(true, Ordering::Release);
     }
     tokio::spawn(async move {
+        // Every frame queued by the time this runs goes out in one write:
+        // under load one syscall (and one wake-up of the auditor) carries
+        // many records.
+        let mut batch = Vec::new();
         while let Some(frame) = outgoing.recv().await {
-            let length = u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes();
-            if write.write_all(&length).await.is_err() || write.write_all(&frame).await.is_err() {
+            batch.clear();
+            let mut next = Some(frame);
+            while let Some(frame) = next {
+                let length = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                batch.extend_from_slice(&length.to_be_bytes());
+                batch.extend_from_slice(&frame);
+                next = (batch.len() < MAX_FRAME)
+                    .then(|| outgoing.try_recv().ok())
+                    .flatten();
+            }
+            if write.write_all(&batch).await.is_err() {
                 break;
             }
         }
@@ -373,7 +388,9 @@ fn attach(inner: &Arc<Inner>, stream: tokio::net::UnixStream) {
 
 /// Reads one acknowledgement; `None` when the connection is over or the
 /// auditor sent something that is not one.
-async fn read_reply(read: &mut tokio::net::unix::OwnedReadHalf) -> Option<Reply> {
+async fn read_reply(
+    read: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Option<Reply> {
     let mut length = [0u8; 4];
     read.read_exact(&mut length).await.ok()?;
     let length = u32::from_be_bytes(length) as usize;
