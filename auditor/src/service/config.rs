@@ -11,7 +11,7 @@ use deepseek_integrity::keys::configured_verifier;
 use crate::note::{NoteError, NoteVerifier};
 
 /// `audit.toml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     #[serde(default = "default_socket")]

@@ -1,22 +1,21 @@
 //! `deepseek-audit serve`: the audit service. Accepts records from allowed
 //! peers (SO_PEERCRED) on a Unix socket as length-prefixed frames, appends
-//! them with group commit (one `fdatasync` per batch, each writer waiting
-//! for its own batch), acknowledges each only once it is on disk, writes a
-//! signed checkpoint every N entries, every T seconds and at shutdown (to
-//! `checkpoints/` and to syslog), and stops on any write or sync failure
-//! or when free space falls under the floor.
+//! them with group commit (one `fdatasync` per batch: the records a
+//! connection sent while the last sync ran), acknowledges each only once
+//! it is on disk, writes a signed checkpoint every N entries, every T
+//! seconds and at shutdown (to `checkpoints/` and to syslog), and stops on
+//! any write or sync failure or when free space falls under the floor.
 
 mod config;
 mod error;
+mod recorder;
 mod stats;
 mod wire;
-mod writer;
 
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt};
@@ -30,82 +29,100 @@ pub(crate) use wire::{read_frame, write_frame};
 use crate::entry::{Entry, Event};
 use crate::note::NoteSigner;
 use crate::storage::{LogFile, TornTail};
+use recorder::Recorder;
 use wire::{Incoming, TagOnly, read_incoming};
-use writer::{Pending, writer};
 
-/// One client connection: reads records, queues them, and writes the
-/// replies as they come back (in order). A record that is too large or
-/// malformed is answered with an error under its tag (0 when even that is
-/// unreadable) and the connection goes on: one bad record must not cut off
-/// the records behind it.
-fn connection(stream: UnixStream, max: usize, queue: Sender<Pending>) {
+/// Frames read from a connection at once: a batch of records, whole.
+const READ_BUFFER: usize = 256 << 10;
+/// Records appended as one batch, at most.
+const MAX_BATCH: usize = 4096;
+
+/// Whether `buffered` starts with a whole frame.
+fn whole_frame(buffered: &[u8]) -> bool {
+    buffered.len() >= 4
+        && buffered.len() - 4
+            >= u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize
+}
+
+/// One client connection: waits for a record, takes with it every record
+/// already read (the daemon sends all it has at once), appends them as one
+/// batch, and answers them in one write, on this thread: no hop to another
+/// thread on the way. A record that is too large or malformed is answered
+/// with an error under its tag (0 when even that is unreadable) and the
+/// connection goes on: one bad record must not cut off the records behind
+/// it. A client that does not read its answers holds up only itself.
+fn connection(stream: UnixStream, max: usize, recorder: &Recorder) {
     let Ok(mut replies) = stream.try_clone() else {
         return;
     };
-    let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
-    let responder = std::thread::spawn(move || {
-        // The replies of a whole batch go out in one write.
-        let mut out = Vec::new();
-        while let Ok(reply) = reply_rx.recv() {
-            out.clear();
-            for reply in std::iter::once(reply).chain(reply_rx.try_iter()) {
-                let bytes = serde_json::to_vec(&reply).expect("replies serialize");
-                write_frame(&mut out, &bytes).expect("writing to memory");
-            }
-            if replies.write_all(&out).is_err() {
-                return;
-            }
-        }
-    });
-    let refuse = |tag: Option<u64>, error: String| {
-        eprintln!("deepseek-audit: refused a record: {error}");
-        let _ = reply_tx.send(Reply {
-            tag: tag.unwrap_or(0),
-            seq: None,
-            error: Some(error),
-        });
-    };
-    // Records arrive in batches (the daemon writes all it has at once).
-    let mut stream = std::io::BufReader::new(stream);
-    while let Ok(Some(incoming)) = read_incoming(&mut stream, max) {
-        let frame = match incoming {
-            Incoming::Frame(frame) => frame,
-            Incoming::Oversized { length, tag } => {
-                refuse(
+    let mut reader = std::io::BufReader::with_capacity(READ_BUFFER, stream);
+    let mut out = Vec::new();
+    loop {
+        let mut tags = Vec::new();
+        let mut entries = Vec::new();
+        let mut answers = Vec::new();
+        let mut next = match read_incoming(&mut reader, max) {
+            Ok(Some(incoming)) => Some(incoming),
+            _ => return,
+        };
+        while let Some(incoming) = next {
+            match incoming {
+                Incoming::Frame(frame) => match serde_json::from_slice::<Request>(&frame) {
+                    Ok(request) => {
+                        tags.push(request.tag);
+                        entries.push(request.entry);
+                    }
+                    Err(e) => answers.push(refused(
+                        serde_json::from_slice::<TagOnly>(&frame)
+                            .ok()
+                            .map(|t| t.tag),
+                        format!("malformed record: {e}"),
+                    )),
+                },
+                Incoming::Oversized { length, tag } => answers.push(refused(
                     tag,
                     format!("record of {length} bytes over max_frame_bytes = {max}"),
-                );
-                continue;
+                )),
             }
-        };
-        match serde_json::from_slice::<Request>(&frame) {
-            Ok(request) => {
-                if queue
-                    .send(Pending {
-                        entry: request.entry,
-                        tag: request.tag,
-                        reply: reply_tx.clone(),
-                    })
-                    .is_err()
-                {
-                    let _ = reply_tx.send(Reply {
-                        tag: request.tag,
-                        seq: None,
-                        error: Some("the audit service is stopping".into()),
-                    });
-                    break;
-                }
+            next = if entries.len() < MAX_BATCH && whole_frame(reader.buffer()) {
+                read_incoming(&mut reader, max).ok().flatten()
+            } else {
+                None
+            };
+        }
+        if !entries.is_empty() {
+            match recorder.append(entries) {
+                Ok(seqs) => answers.extend(tags.into_iter().zip(seqs).map(|(tag, seq)| Reply {
+                    tag,
+                    seq: Some(seq),
+                    error: None,
+                })),
+                Err(error) => answers.extend(tags.into_iter().map(|tag| Reply {
+                    tag,
+                    seq: None,
+                    error: Some(error.to_owned()),
+                })),
             }
-            Err(e) => refuse(
-                serde_json::from_slice::<TagOnly>(&frame)
-                    .ok()
-                    .map(|t| t.tag),
-                format!("malformed record: {e}"),
-            ),
+        }
+        out.clear();
+        for answer in &answers {
+            let bytes = serde_json::to_vec(answer).expect("replies serialize");
+            write_frame(&mut out, &bytes).expect("writing to memory");
+        }
+        if replies.write_all(&out).is_err() {
+            return;
         }
     }
-    drop(reply_tx);
-    let _ = responder.join();
+}
+
+/// The answer to a record refused before the log: logged, under its tag.
+fn refused(tag: Option<u64>, error: String) -> Reply {
+    eprintln!("deepseek-audit: refused a record: {error}");
+    Reply {
+        tag: tag.unwrap_or(0),
+        seq: None,
+        error: Some(error),
+    }
 }
 
 /// The log, opened and verified against its checkpoints: what [`serve`]
@@ -170,8 +187,7 @@ pub fn serve(
     stop: Arc<AtomicBool>,
 ) -> Result<(), ServiceError> {
     let Opened { log, torn, sealed } = opened;
-    let stats = stats::Stats::new(log.size(), sealed);
-    let (queue_tx, queue_rx) = mpsc::channel::<Pending>();
+    let recorder = Arc::new(Recorder::new(config.clone(), signer, log, sealed));
     if let Some(torn) = torn {
         // Recorded like any event: the removal is part of the history.
         let mut details = std::collections::BTreeMap::new();
@@ -181,14 +197,8 @@ pub fn serve(
             details,
             ..Entry::event(Event::TornTailRemoved)
         };
-        let (tx, _rx) = mpsc::channel();
-        queue_tx
-            .send(Pending {
-                entry,
-                tag: 0,
-                reply: tx,
-            })
-            .expect("queue open");
+        // A failure here stops the service at the first tick.
+        let _ = recorder.append(vec![entry]);
         eprintln!(
             "deepseek-audit: removed a torn last entry at offset {} ({} bytes, never acknowledged)",
             torn.offset, torn.bytes
@@ -211,18 +221,18 @@ pub fn serve(
     ]);
     std::thread::scope(|scope| {
         let accept_stop = Arc::clone(&stop);
-        let accept_queue = queue_tx.clone();
         let mut refusals = RefusalLog::default();
-        let stats = &stats;
+        let accept_recorder = Arc::clone(&recorder);
         scope.spawn(move || {
+            let stats = &accept_recorder.stats;
             while !accept_stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
                         match getsockopt(&stream, sockopt::PeerCredentials) {
                             Ok(cred) if allowed.contains(&cred.uid()) => {
-                                let queue = accept_queue.clone();
-                                std::thread::spawn(move || connection(stream, max, queue));
+                                let recorder = Arc::clone(&accept_recorder);
+                                std::thread::spawn(move || connection(stream, max, &recorder));
                             }
                             Ok(cred) => refusals.log(stats, format_args!(
                                 "peer uid={} gid={} pid={}: not in allowed_uids or allowed_users",
@@ -243,11 +253,13 @@ pub fn serve(
                 }
             }
         });
-        drop(queue_tx);
-        let result = writer(config, &signer, log, queue_rx, &stop, sealed, stats);
+        // The clock: checkpoints by time, free space, metrics.
+        while !stop.load(Ordering::Relaxed) && recorder.tick().is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         stop.store(true, Ordering::Relaxed);
         notify(&[sd_notify::NotifyState::Stopping]);
-        result
+        recorder.close()
     })
 }
 

@@ -1,0 +1,340 @@
+//! The log behind the socket, shared by the connections: each connection's
+//! thread appends the records it has read with one write and one
+//! `fdatasync` (group commit: what arrives during a sync waits in the
+//! socket and goes in the next batch), then answers them itself. No hop
+//! between threads on the way: on a busy or virtualised machine every
+//! wake-up costs as much as the sync. The clock's side ([`Recorder::tick`],
+//! on the service's main thread) seals checkpoints by time, watches free
+//! space and writes the metrics file.
+//!
+//! The first write or sync that fails, or free space under the floor,
+//! stops the service: every later record is refused, and [`Recorder::close`]
+//! returns the failure.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::config::ServiceConfig;
+use super::error::ServiceError;
+use super::stats::Stats;
+use crate::checkpoint::Checkpoint;
+use crate::entry::{Entry, Event};
+use crate::note::NoteSigner;
+use crate::storage::LogFile;
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+/// Sends `message` to syslog (LOG_AUTHPRIV) as a notice, or a warning.
+fn to_syslog(warning: bool, message: String) {
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_AUTHPRIV,
+        hostname: None,
+        process: "deepseek-audit".into(),
+        pid: std::process::id(),
+    };
+    match syslog::unix(formatter) {
+        Ok(mut logger) => {
+            let _ = if warning {
+                logger.warning(message)
+            } else {
+                logger.notice(message)
+            };
+        }
+        Err(e) => eprintln!("deepseek-audit: warning: cannot send to syslog: {e}"),
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    log: LogFile,
+    sealed: u64,
+    last_checkpoint: Instant,
+    last_metrics: Option<Instant>,
+    metrics_failing: bool,
+    /// Under the low-water mark at the last check.
+    low: bool,
+    /// Why the service stops: set once, every record after it is refused.
+    failed: Option<ServiceError>,
+    /// The service is stopping: nothing more is appended.
+    closed: bool,
+}
+
+/// The log, shared by every connection and the clock.
+#[derive(Debug)]
+pub(super) struct Recorder {
+    config: ServiceConfig,
+    signer: NoteSigner,
+    pub(super) stats: Stats,
+    state: Mutex<State>,
+}
+
+impl Recorder {
+    pub(super) fn new(
+        config: ServiceConfig,
+        signer: NoteSigner,
+        log: LogFile,
+        sealed: u64,
+    ) -> Self {
+        Self {
+            stats: Stats::new(log.size(), sealed),
+            config,
+            signer,
+            state: Mutex::new(State {
+                log,
+                sealed,
+                last_checkpoint: Instant::now(),
+                last_metrics: None,
+                metrics_failing: false,
+                low: false,
+                failed: None,
+                closed: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `entries` as one batch, durable when this returns: their
+    /// sequence numbers, or why none was written (the reply's error).
+    pub(super) fn append(&self, entries: Vec<Entry>) -> Result<Vec<u64>, &'static str> {
+        let mut state = self.lock();
+        if state.failed.is_some() {
+            return Err("the audit log cannot be written");
+        }
+        if state.closed {
+            return Err("the audit service is stopping");
+        }
+        let count = entries.len();
+        match self.append_locked(&mut state, entries) {
+            Ok(mut seqs) => {
+                seqs.truncate(count);
+                if let Err(e) = self.seal_if_due(&mut state, false) {
+                    state.failed = Some(e);
+                }
+                Ok(seqs)
+            }
+            Err(e) => {
+                let reply = match e {
+                    ServiceError::DiskFull { .. } => "the audit log is out of space",
+                    _ => "the audit log cannot be written",
+                };
+                state.failed = Some(e);
+                Err(reply)
+            }
+        }
+    }
+
+    /// The batch with one write and one sync, a `low_space` entry after it
+    /// when this batch crossed the low-water mark.
+    fn append_locked(
+        &self,
+        state: &mut State,
+        mut entries: Vec<Entry>,
+    ) -> Result<Vec<u64>, ServiceError> {
+        let config = &self.config;
+        let free = free_bytes(&config.log_dir).map_err(|source| ServiceError::Io {
+            action: "check free space on",
+            path: config.log_dir.clone(),
+            source,
+        })?;
+        if free < config.min_free_bytes {
+            return Err(ServiceError::DiskFull {
+                path: config.log_dir.clone(),
+                free,
+                floor: config.min_free_bytes,
+            });
+        }
+        entries.extend(self.low_water(state, free));
+        let time = now_ns();
+        for entry in &mut entries {
+            entry.time_ns = time;
+        }
+        let events: Vec<Event> = entries.iter().map(|e| e.event).collect();
+        let started = Instant::now();
+        let seqs = state.log.append(entries)?;
+        self.stats.appended(
+            events.into_iter(),
+            state.log.size(),
+            started.elapsed(),
+            state.log.last_sync(),
+        );
+        Ok(seqs)
+    }
+
+    /// Tracks free space against the low-water mark: the `low_space` entry
+    /// to append when it is crossed downwards (once per crossing), after
+    /// warning on stderr and syslog.
+    fn low_water(&self, state: &mut State, free: u64) -> Option<Entry> {
+        let config = &self.config;
+        let now_low = free < config.warn_free_bytes;
+        self.stats.free(free, now_low);
+        let crossed = now_low && !state.low;
+        state.low = now_low;
+        if !crossed {
+            return None;
+        }
+        let message = format!(
+            "the audit log's filesystem ({}) has {free} bytes free, under warn_free_bytes = {}; \
+             at min_free_bytes = {} the service stops and the daemon refuses every request",
+            config.log_dir.display(),
+            config.warn_free_bytes,
+            config.min_free_bytes
+        );
+        eprintln!("deepseek-audit: warning: {message}");
+        if config.syslog {
+            to_syslog(true, message);
+        }
+        let mut entry = Entry::event(Event::LowSpace);
+        for (key, value) in [
+            ("free_bytes", free),
+            ("warn_free_bytes", config.warn_free_bytes),
+            ("min_free_bytes", config.min_free_bytes),
+        ] {
+            entry.details.insert(key.to_owned(), value.to_string());
+        }
+        Some(entry)
+    }
+
+    /// Seals a checkpoint when `checkpoint_every` entries or (with `timed`)
+    /// `checkpoint_interval_secs` call for one.
+    fn seal_if_due(&self, state: &mut State, timed: bool) -> Result<(), ServiceError> {
+        let config = &self.config;
+        let unsealed = state.log.size() - state.sealed;
+        let interval = Duration::from_secs(config.checkpoint_interval_secs.max(1));
+        let due = unsealed >= config.checkpoint_every.get()
+            || (timed && unsealed > 0 && state.last_checkpoint.elapsed() >= interval);
+        if due {
+            self.write_checkpoint(state)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint note for the log, atomically, and to syslog.
+    fn write_checkpoint(&self, state: &mut State) -> Result<(), ServiceError> {
+        let config = &self.config;
+        let checkpoint = Checkpoint {
+            origin: self.signer.verifier().name().to_owned(),
+            size: state.log.size(),
+            root: state.log.root(),
+            extensions: vec![],
+        };
+        let note = self
+            .signer
+            .sign(&checkpoint.text())
+            .expect("checkpoint text ends in a newline");
+        let dir = config.log_dir.join("checkpoints");
+        let io = |action, source| ServiceError::Io {
+            action,
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
+        let name = format!("{:020}.note", state.log.size());
+        let temporary = dir.join(format!(".{name}.new"));
+        let mut file =
+            std::fs::File::create(&temporary).map_err(|e| io("write a checkpoint in", e))?;
+        file.write_all(note.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("write a checkpoint in", e))?;
+        std::fs::rename(&temporary, dir.join(&name))
+            .map_err(|e| io("rename a checkpoint in", e))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync", e))?;
+        state.sealed = state.log.size();
+        state.last_checkpoint = Instant::now();
+        self.stats.sealed(state.sealed);
+        if config.syslog {
+            to_syslog(false, format!("checkpoint {}", note.replace('\n', "\\n")));
+        }
+        Ok(())
+    }
+
+    /// The clock's work, every few hundred milliseconds: a checkpoint once
+    /// `checkpoint_interval_secs` passed with entries unsealed, and every
+    /// `metrics_interval_secs` free space (a `low_space` entry when it
+    /// crossed the mark) and the metrics file. `Err` once the service must
+    /// stop.
+    pub(super) fn tick(&self) -> Result<(), ()> {
+        let mut state = self.lock();
+        if state.failed.is_some() {
+            return Err(());
+        }
+        let metrics_interval = Duration::from_secs(self.config.metrics_interval_secs.get());
+        let result = self.seal_if_due(&mut state, true).and_then(|()| {
+            if state
+                .last_metrics
+                .is_some_and(|at| at.elapsed() < metrics_interval)
+            {
+                return Ok(());
+            }
+            state.last_metrics = Some(Instant::now());
+            self.space_and_metrics(&mut state)
+        });
+        result.map_err(|e| state.failed = Some(e))
+    }
+
+    /// Free space (and the low-water mark's entry, alone, when no record
+    /// brought it), then the metrics file.
+    fn space_and_metrics(&self, state: &mut State) -> Result<(), ServiceError> {
+        let free = free_bytes(&self.config.log_dir).map_err(|source| ServiceError::Io {
+            action: "check free space on",
+            path: self.config.log_dir.clone(),
+            source,
+        })?;
+        if let Some(entry) = self.low_water(state, free) {
+            let started = Instant::now();
+            state.log.append(vec![Entry {
+                time_ns: now_ns(),
+                ..entry
+            }])?;
+            self.stats.appended(
+                std::iter::once(Event::LowSpace),
+                state.log.size(),
+                started.elapsed(),
+                state.log.last_sync(),
+            );
+        }
+        if let Some(path) = &self.config.metrics_file {
+            match self.stats.write_file(&self.config, path) {
+                Ok(()) => state.metrics_failing = false,
+                Err(e) if !state.metrics_failing => {
+                    state.metrics_failing = true;
+                    eprintln!(
+                        "deepseek-audit: warning: cannot write metrics_file {}: {e} (said once until it works again)",
+                        path.display()
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops appending, seals what is unsealed (or an empty log's first
+    /// checkpoint), and says why the service stopped if it failed.
+    pub(super) fn close(&self) -> Result<(), ServiceError> {
+        let mut state = self.lock();
+        state.closed = true;
+        if let Some(failed) = state.failed.take() {
+            return Err(failed);
+        }
+        if state.log.size() > state.sealed || state.sealed == 0 {
+            self.write_checkpoint(&mut state)?;
+        }
+        Ok(())
+    }
+}
