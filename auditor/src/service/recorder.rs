@@ -1,9 +1,10 @@
 //! The log behind the socket, shared by the connections: each connection's
 //! thread appends the records it has read with one write and one
 //! `fdatasync` (group commit: what arrives during a sync waits in the
-//! socket and goes in the next batch), then answers them itself. No hop
-//! between threads on the way: on a busy or virtualised machine every
-//! wake-up costs as much as the sync. The clock's side ([`Recorder::tick`],
+//! socket and goes in the next batch, and batches of several connections
+//! go in one commit), then answers them itself. With one connection (the
+//! daemon) no record passes between threads on its way: on a busy or
+//! virtualised machine every wake-up costs as much as the sync. The clock's side ([`Recorder::tick`],
 //! on the service's main thread) seals checkpoints by time, watches free
 //! space and writes the metrics file.
 //!
@@ -70,12 +71,23 @@ struct State {
     closed: bool,
 }
 
+/// Batches waiting for the connection that leads the next commit.
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: Vec<(Vec<Entry>, Answer)>,
+    /// A connection is appending: what is queued now goes in its next commit.
+    leading: bool,
+}
+
+type Answer = std::sync::mpsc::Sender<Result<Vec<u64>, &'static str>>;
+
 /// The log, shared by every connection and the clock.
 #[derive(Debug)]
 pub(super) struct Recorder {
     config: ServiceConfig,
     signer: NoteSigner,
     pub(super) stats: Stats,
+    queue: Mutex<Queue>,
     state: Mutex<State>,
 }
 
@@ -90,6 +102,7 @@ impl Recorder {
             stats: Stats::new(log.size(), sealed),
             config,
             signer,
+            queue: Mutex::default(),
             state: Mutex::new(State {
                 log,
                 sealed,
@@ -107,9 +120,51 @@ impl Recorder {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends `entries` as one batch, durable when this returns: their
-    /// sequence numbers, or why none was written (the reply's error).
+    /// Appends `entries`, durable when this returns: their sequence
+    /// numbers, or why none was written (the reply's error).
+    ///
+    /// Group commit across connections: the first caller to find nobody
+    /// appending leads, and appends every batch queued meanwhile with one
+    /// write and one sync, until none waits; the others wait for their
+    /// answer. A single connection always leads, so it never waits on
+    /// another thread.
     pub(super) fn append(&self, entries: Vec<Entry>) -> Result<Vec<u64>, &'static str> {
+        let (done, answer) = std::sync::mpsc::channel();
+        let lead = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.waiting.push((entries, done));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            loop {
+                let batches = {
+                    let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    if queue.waiting.is_empty() {
+                        queue.leading = false;
+                        break;
+                    }
+                    std::mem::take(&mut queue.waiting)
+                };
+                let sizes: Vec<usize> = batches.iter().map(|(e, _)| e.len()).collect();
+                let (entries, answers): (Vec<Vec<Entry>>, Vec<_>) = batches.into_iter().unzip();
+                let result = self.commit(entries.into_iter().flatten().collect());
+                let mut seqs = result.as_ref().map(|s| s.iter().copied()).ok();
+                for (size, answer) in sizes.into_iter().zip(answers) {
+                    let _ = answer.send(match (&result, seqs.as_mut()) {
+                        (Ok(_), Some(seqs)) => Ok(seqs.by_ref().take(size).collect()),
+                        (Err(e), _) => Err(*e),
+                        (Ok(_), None) => Err("the audit log cannot be written"),
+                    });
+                }
+            }
+        }
+        answer
+            .recv()
+            .unwrap_or(Err("the audit service is stopping"))
+    }
+
+    /// One batch, under the log's lock.
+    fn commit(&self, entries: Vec<Entry>) -> Result<Vec<u64>, &'static str> {
         let mut state = self.lock();
         if state.failed.is_some() {
             return Err("the audit log cannot be written");
