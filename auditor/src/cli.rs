@@ -89,7 +89,7 @@ pub(crate) enum Command {
     },
     /// Collect the appliance's metrics for Prometheus: deepseekd's
     /// (`GET /metrics` on its socket) and the audit service's
-    /// (`metrics_file`), as one text file for node_exporter's textfile
+    /// (`metrics_file`), as text files for node_exporter's textfile
     /// collector, or on standard output (docs/guide/metrics.md).
     ///
     /// The deepseek-metrics timer runs it every 15 s as root in the
@@ -103,10 +103,11 @@ pub(crate) enum Command {
             default_value = "/run/deepseek/deepseekd.sock"
         )]
         daemon_socket: PathBuf,
-        /// Replace this file (atomically, mode 0644) instead of printing,
-        /// e.g. /var/lib/prometheus/node-exporter/deepseek.prom.
-        #[arg(long, value_name = "PATH")]
-        textfile: Option<PathBuf>,
+        /// Replace deepseekd.prom and deepseek-audit.prom in this directory
+        /// (atomically, mode 0644) instead of printing, e.g.
+        /// /var/lib/prometheus/node-exporter.
+        #[arg(long, value_name = "DIR")]
+        textfile_dir: Option<PathBuf>,
     },
     /// Work with the log.
     Log {

@@ -76,8 +76,8 @@ pub fn main() -> ExitCode {
         ),
         Command::Metrics {
             daemon_socket,
-            textfile,
-        } => commands::metrics::run(&cli.config, &daemon_socket, textfile.as_deref()),
+            textfile_dir,
+        } => commands::metrics::run(&cli.config, &daemon_socket, textfile_dir.as_deref()),
         Command::Log { command } => match command {
             LogCommand::Verify {
                 key,

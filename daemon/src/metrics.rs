@@ -94,6 +94,13 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
+    /// The request was refused for another reason than its record says
+    /// (the auditor did not take the record): not counted under the
+    /// record's.
+    pub(crate) fn refused_instead(&mut self) {
+        self.refusal = None;
+    }
+
     pub(crate) fn of(entry: &Entry) -> Self {
         let detail = |key: &str| entry.details.get(key).map(String::as_str);
         let streamed = detail("stream") == Some("true");

@@ -208,14 +208,14 @@ evidence "the daemon's journal around the auditor's loss" sh -c \
 check "the daily integrity check unit passes and is recorded" systemctl start deepseek-integrity-check.service
 evidence "journalctl -u deepseek-integrity-check" journalctl -u deepseek-integrity-check.service --no-pager -o cat
 check "the metrics unit collects the daemon's and the auditor's metrics" systemctl start deepseek-metrics.service
-check "the textfile for node_exporter holds both, each source up" sh -ec '
-    f=/var/lib/prometheus/node-exporter/deepseek.prom
-    grep -qx "deepseek_scrape_up{source=\"deepseekd\"} 1" $f
-    grep -qx "deepseek_scrape_up{source=\"deepseek-audit\"} 1" $f
-    grep -q "^deepseekd_requests_total{model=\"demo\",protocol=\"kserve\",status=\"200\"} [1-9]" $f
-    grep -q "^deepseek_audit_log_entries [1-9]" $f
-    test "$(stat -c %a $f)" = 644'
-evidence "the metrics textfile (first lines)" sh -c 'head -40 /var/lib/prometheus/node-exporter/deepseek.prom'
+check "the textfiles for node_exporter hold both sources, each up" sh -ec '
+    d=/var/lib/prometheus/node-exporter
+    grep -qx "deepseek_scrape_up{source=\"deepseekd\"} 1" $d/deepseek-audit.prom
+    grep -qx "deepseek_scrape_up{source=\"deepseek-audit\"} 1" $d/deepseek-audit.prom
+    grep -q "^deepseekd_requests_total{model=\"demo\",protocol=\"kserve\",status=\"200\"} [1-9]" $d/deepseekd.prom
+    grep -q "^deepseek_audit_log_entries [1-9]" $d/deepseek-audit.prom
+    test "$(stat -c %a $d/deepseekd.prom $d/deepseek-audit.prom | sort -u)" = 644'
+evidence "the metrics textfiles (first lines)" sh -c 'head -20 /var/lib/prometheus/node-exporter/deepseek*.prom'
 check "deepseek-audit verify (exit 0)" deepseek-audit verify
 evidence "deepseek-audit verify" deepseek-audit verify
 check "deepseek-audit log verify" deepseek-audit log verify

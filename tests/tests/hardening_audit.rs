@@ -151,6 +151,16 @@ fn the_auditor_answers_oversized_and_malformed_records_and_keeps_the_connection(
     );
     let reply = exchange(&mut stream, b"not json");
     assert_eq!(reply["tag"], 0);
+    // Events only the service writes are not a client's to claim.
+    for event in ["low_space", "torn_tail_removed"] {
+        let record = format!(r#"{{"tag":5,"entry":{{"seq":0,"time_ns":0,"event":"{event}"}}}}"#);
+        let reply = exchange(&mut stream, record.as_bytes());
+        assert_eq!(
+            reply["error"],
+            format!("{event} entries are written by the audit service only"),
+            "{reply}"
+        );
+    }
     // The same connection still records.
     let reply = exchange(
         &mut stream,

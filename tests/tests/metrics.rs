@@ -49,16 +49,16 @@ fn assert_lints_clean(what: &str, text: &str) {
     );
 }
 
-/// `deepseek-audit metrics` against `daemon_socket`, writing `textfile`.
-fn collect(auditor: &Auditor, daemon_socket: &Path, textfile: &Path) -> (Option<i32>, String) {
+/// `deepseek-audit metrics` against `daemon_socket`, writing into `dir`.
+fn collect(auditor: &Auditor, daemon_socket: &Path, dir: &Path) -> (Option<i32>, String) {
     let output = Command::new(binary("deepseek-audit"))
         .arg("--config")
         .arg(&auditor.config)
         .arg("metrics")
         .arg("--daemon-socket")
         .arg(daemon_socket)
-        .arg("--textfile")
-        .arg(textfile)
+        .arg("--textfile-dir")
+        .arg(dir)
         .output()
         .expect("deepseek-audit metrics");
     (
@@ -201,19 +201,22 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
     assert_eq!(metric(&audit_text, "deepseek_audit_low_space"), Some(0.0));
 
     let textfiles = shared_tempdir();
-    let textfile = textfiles.path().join("deepseek.prom");
-    let (code, said) = collect(auditor, &d.socket, &textfile);
+    let (code, said) = collect(auditor, &d.socket, textfiles.path());
     assert_eq!(code, Some(0), "{said}");
-    let collected = std::fs::read_to_string(&textfile).expect("textfile");
-    assert_lints_clean("the collected textfile", &collected);
-    assert_eq!(
-        metric(&collected, "deepseek_scrape_up{source=\"deepseekd\"}"),
-        Some(1.0)
+    let read = |name: &str| std::fs::read_to_string(textfiles.path().join(name)).expect(name);
+    let daemon_file = read("deepseekd.prom");
+    let audit_file = read("deepseek-audit.prom");
+    assert_lints_clean("the collected deepseekd.prom", &daemon_file);
+    assert_lints_clean("the collected deepseek-audit.prom", &audit_file);
+    assert!(
+        daemon_file.contains("deepseekd_requests_total"),
+        "{daemon_file}"
     );
-    assert_eq!(
-        metric(&collected, "deepseek_scrape_up{source=\"deepseek-audit\"}"),
-        Some(1.0)
-    );
+    assert!(!daemon_file.contains("deepseek_audit_"), "{daemon_file}");
+    for source in ["deepseekd", "deepseek-audit"] {
+        let series = format!("deepseek_scrape_up{{source=\"{source}\"}}");
+        assert_eq!(metric(&audit_file, &series), Some(1.0), "{audit_file}");
+    }
 
     // node_exporter, as Debian ships it, reads the directory.
     let port = TcpListener::bind("127.0.0.1:0")
@@ -232,13 +235,15 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus-node-exporter");
-    let mut scraped = String::new();
-    eventually("node_exporter answers", || {
-        scraped = http_get(port, "/metrics").unwrap_or_default();
-        !scraped.is_empty()
-    });
-    let _ = exporter.kill();
-    let _ = exporter.wait();
+    let scrape = || {
+        let mut scraped = String::new();
+        eventually("node_exporter answers", || {
+            scraped = http_get(port, "/metrics").unwrap_or_default();
+            !scraped.is_empty()
+        });
+        scraped
+    };
+    let scraped = scrape();
     assert_eq!(
         metric(&scraped, "node_textfile_scrape_error"),
         Some(0.0),
@@ -254,17 +259,43 @@ async fn node_exporter_reads_what_the_daemon_and_the_auditor_count() {
             "{series} in:\n{scraped}"
         );
     }
+    // What a compromised daemon could send past the collector's name
+    // filter breaks its own file only: the auditor's metrics stay.
+    std::fs::write(
+        textfiles.path().join("deepseekd.prom"),
+        "deepseekd_x{\ndeepseekd_y 1\n",
+    )
+    .expect("write");
+    let scraped = scrape();
+    let _ = exporter.kill();
+    let _ = exporter.wait();
+    assert_eq!(
+        metric(&scraped, "node_textfile_scrape_error"),
+        Some(1.0),
+        "{scraped}"
+    );
+    for series in [
+        "deepseek_audit_low_space",
+        "deepseek_scrape_up{source=\"deepseek-audit\"}",
+    ] {
+        assert!(
+            metric(&scraped, series).is_some(),
+            "{series} in:\n{scraped}"
+        );
+    }
 
-    // The daemon gone: the file still says so, and the exit status too.
-    let (code, said) = collect(auditor, &d.dir.path().join("absent.sock"), &textfile);
+    // The daemon gone: the auditor's file says so, the daemon's is
+    // emptied (no stale figures), and the exit status says it too.
+    let (code, said) = collect(auditor, &d.dir.path().join("absent.sock"), textfiles.path());
     assert_eq!(code, Some(69), "{said}");
     assert!(said.contains("absent.sock"), "{said}");
-    let collected = std::fs::read_to_string(&textfile).expect("textfile");
+    let audit_file = read("deepseek-audit.prom");
     assert_eq!(
-        metric(&collected, "deepseek_scrape_up{source=\"deepseekd\"}"),
+        metric(&audit_file, "deepseek_scrape_up{source=\"deepseekd\"}"),
         Some(0.0)
     );
-    assert_lints_clean("the collected textfile, the daemon down", &collected);
+    assert_eq!(read("deepseekd.prom"), "");
+    assert_lints_clean("deepseek-audit.prom, the daemon down", &audit_file);
 }
 
 #[test]

@@ -1,11 +1,11 @@
-//! `deepseek-audit metrics`: one Prometheus text file from the appliance's
-//! two sources, for node_exporter's textfile collector (the daemon has no
-//! TCP port for Prometheus to scrape). It reads deepseekd's `GET /metrics`
-//! over its Unix socket and the audit service's `metrics_file`, keeps from
-//! each only the families that source owns (`deepseekd_*` from the daemon,
-//! `deepseek_audit_*` from the auditor, so neither can mask the other's
-//! alerts), adds `deepseek_scrape_up{source}`, and replaces the output file
-//! atomically. docs/guide/metrics.md.
+//! `deepseek-audit metrics`: the appliance's two sources as Prometheus text
+//! files for node_exporter's textfile collector (the daemon has no TCP port
+//! for Prometheus to scrape). It reads deepseekd's `GET /metrics` over its
+//! Unix socket and the audit service's `metrics_file`, keeps from each only
+//! the families that source owns (`deepseekd_*` from the daemon,
+//! `deepseek_audit_*` from the auditor), and replaces one file per source
+//! atomically, `deepseek_scrape_up{source}` in the auditor's, so that the
+//! daemon cannot mask the auditor's alerts. docs/guide/metrics.md.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -124,11 +124,13 @@ fn daemon(socket: &Path) -> Result<String, SourceError> {
             if size == 0 {
                 break decoded;
             }
-            let chunk = body
-                .get(end + 2..end + 2 + size)
+            let start = end + 2;
+            let stop = start
+                .checked_add(size)
+                .filter(|&stop| stop <= body.len() && body[stop..].starts_with(b"\r\n"))
                 .ok_or_else(|| malformed("a chunk cut short"))?;
-            decoded.extend_from_slice(chunk);
-            body = body.get(end + 4 + size..).unwrap_or_default();
+            decoded.extend_from_slice(&body[start..stop]);
+            body = &body[stop + 2..];
         }
     } else {
         body.to_vec()
@@ -185,7 +187,7 @@ fn owned_by(text: &str, prefix: &str) -> String {
     kept
 }
 
-pub(crate) fn run(config_path: &Path, daemon_socket: &Path, textfile: Option<&Path>) -> ExitCode {
+pub(crate) fn run(config_path: &Path, daemon_socket: &Path, dir: Option<&Path>) -> ExitCode {
     let config = match ServiceConfig::load(config_path) {
         Ok(config) => config,
         Err(e) => return fail(exit::CONFIG, &e),
@@ -200,7 +202,6 @@ pub(crate) fn run(config_path: &Path, daemon_socket: &Path, textfile: Option<&Pa
             auditor(&config).map(|t| owned_by(&t, "deepseek_audit_")),
         ),
     ];
-    let mut text = String::new();
     let mut scrape = Exposition::new();
     scrape.family(
         "deepseek_scrape_up",
@@ -209,12 +210,9 @@ pub(crate) fn run(config_path: &Path, daemon_socket: &Path, textfile: Option<&Pa
     );
     let mut down = false;
     for (source, result) in &sources {
-        match result {
-            Ok(families) => text.push_str(families),
-            Err(e) => {
-                down = true;
-                eprintln!("deepseek-audit: warning: {source}: {e}");
-            }
+        if let Err(e) = result {
+            down = true;
+            eprintln!("deepseek-audit: warning: {source}: {e}");
         }
         scrape.sample(
             "deepseek_scrape_up",
@@ -222,19 +220,33 @@ pub(crate) fn run(config_path: &Path, daemon_socket: &Path, textfile: Option<&Pa
             f64::from(u8::from(result.is_ok())),
         );
     }
-    text.push_str(&scrape.finish());
-    let written = match textfile {
-        Some(path) => replace_file(path, &text).map_err(|e| (path, e)),
-        None => {
-            print!("{text}");
-            Ok(())
+    // One file per source: node_exporter parses each on its own, so a
+    // daemon that sends something malformed loses its own file only, never
+    // the auditor's metrics or deepseek_scrape_up. A source that could not
+    // be read gets an empty file, not its stale figures.
+    let [(_, daemon), (_, audit)] = sources;
+    let files = [
+        ("deepseekd.prom", daemon.unwrap_or_default()),
+        (
+            "deepseek-audit.prom",
+            audit.unwrap_or_default() + &scrape.finish(),
+        ),
+    ];
+    for (name, text) in &files {
+        let written = match dir {
+            Some(dir) => replace_file(&dir.join(name), text),
+            None => {
+                print!("{text}");
+                Ok(())
+            }
+        };
+        if let Err(e) = written {
+            let path = dir.unwrap_or(Path::new("")).join(name);
+            return fail(
+                exit::IO,
+                &format_args!("cannot write {}: {e}", path.display()),
+            );
         }
-    };
-    if let Err((path, e)) = written {
-        return fail(
-            exit::IO,
-            &format_args!("cannot write {}: {e}", path.display()),
-        );
     }
     if down {
         ExitCode::from(exit::UNAVAILABLE)

@@ -68,6 +68,22 @@ fn connection(stream: UnixStream, max: usize, recorder: &Recorder) {
         while let Some(incoming) = next {
             match incoming {
                 Incoming::Frame(frame) => match serde_json::from_slice::<Request>(&frame) {
+                    // The events only the service itself writes: a client
+                    // must not claim a torn tail or a low disk.
+                    Ok(request)
+                        if matches!(
+                            request.entry.event,
+                            Event::TornTailRemoved | Event::LowSpace
+                        ) =>
+                    {
+                        answers.push(refused(
+                            Some(request.tag),
+                            format!(
+                                "{} entries are written by the audit service only",
+                                request.entry.event.as_str()
+                            ),
+                        ));
+                    }
                     Ok(request) => {
                         tags.push(request.tag);
                         entries.push(request.entry);

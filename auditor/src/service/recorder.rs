@@ -14,6 +14,8 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -62,7 +64,6 @@ struct State {
     sealed: u64,
     last_checkpoint: Instant,
     last_metrics: Option<Instant>,
-    metrics_failing: bool,
     /// Under the low-water mark at the last check.
     low: bool,
     /// Why the service stops: set once, every record after it is refused.
@@ -81,6 +82,12 @@ struct Queue {
 
 type Answer = std::sync::mpsc::Sender<Result<Vec<u64>, &'static str>>;
 
+/// Commits one leader makes before it answers its own client.
+const LEADER_ROUNDS: usize = 8;
+/// How long a waiting connection trusts the leader before it checks
+/// whether its batch was left behind (it leads then itself).
+const HANDOVER: Duration = Duration::from_millis(5);
+
 /// The log, shared by every connection and the clock.
 #[derive(Debug)]
 pub(super) struct Recorder {
@@ -89,6 +96,8 @@ pub(super) struct Recorder {
     pub(super) stats: Stats,
     queue: Mutex<Queue>,
     state: Mutex<State>,
+    /// The last metrics write failed (said once until one works).
+    metrics_failing: AtomicBool,
 }
 
 impl Recorder {
@@ -103,12 +112,12 @@ impl Recorder {
             config,
             signer,
             queue: Mutex::default(),
+            metrics_failing: AtomicBool::new(false),
             state: Mutex::new(State {
                 log,
                 sealed,
                 last_checkpoint: Instant::now(),
                 last_metrics: None,
-                metrics_failing: false,
                 low: false,
                 failed: None,
                 closed: false,
@@ -131,36 +140,60 @@ impl Recorder {
     pub(super) fn append(&self, entries: Vec<Entry>) -> Result<Vec<u64>, &'static str> {
         let (done, answer) = std::sync::mpsc::channel();
         let lead = {
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queue = self.queue();
             queue.waiting.push((entries, done));
             !std::mem::replace(&mut queue.leading, true)
         };
         if lead {
-            loop {
-                let batches = {
-                    let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                    if queue.waiting.is_empty() {
-                        queue.leading = false;
-                        break;
+            self.lead();
+        }
+        loop {
+            match answer.recv_timeout(HANDOVER) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Disconnected) => return Err("the audit service is stopping"),
+                // The last leader left batches waiting (its turn is
+                // bounded): take over.
+                Err(RecvTimeoutError::Timeout) => {
+                    let take = {
+                        let mut queue = self.queue();
+                        let free = !queue.leading && !queue.waiting.is_empty();
+                        queue.leading |= free;
+                        free
+                    };
+                    if take {
+                        self.lead();
                     }
-                    std::mem::take(&mut queue.waiting)
-                };
-                let sizes: Vec<usize> = batches.iter().map(|(e, _)| e.len()).collect();
-                let (entries, answers): (Vec<Vec<Entry>>, Vec<_>) = batches.into_iter().unzip();
-                let result = self.commit(entries.into_iter().flatten().collect());
-                let mut seqs = result.as_ref().map(|s| s.iter().copied()).ok();
-                for (size, answer) in sizes.into_iter().zip(answers) {
-                    let _ = answer.send(match (&result, seqs.as_mut()) {
-                        (Ok(_), Some(seqs)) => Ok(seqs.by_ref().take(size).collect()),
-                        (Err(e), _) => Err(*e),
-                        (Ok(_), None) => Err("the audit log cannot be written"),
-                    });
                 }
             }
         }
-        answer
-            .recv()
-            .unwrap_or(Err("the audit service is stopping"))
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits what waits, at most [`LEADER_ROUNDS`] times, so that the
+    /// leader's own client is answered even while others keep sending;
+    /// a batch left waiting is taken over by its own connection.
+    fn lead(&self) {
+        for _ in 0..LEADER_ROUNDS {
+            let batches = std::mem::take(&mut self.queue().waiting);
+            if batches.is_empty() {
+                break;
+            }
+            let sizes: Vec<usize> = batches.iter().map(|(e, _)| e.len()).collect();
+            let (entries, answers): (Vec<Vec<Entry>>, Vec<_>) = batches.into_iter().unzip();
+            let result = self.commit(entries.into_iter().flatten().collect());
+            let mut seqs = result.as_ref().map(|s| s.iter().copied()).ok();
+            for (size, answer) in sizes.into_iter().zip(answers) {
+                let _ = answer.send(match (&result, seqs.as_mut()) {
+                    (Ok(_), Some(seqs)) => Ok(seqs.by_ref().take(size).collect()),
+                    (Err(e), _) => Err(*e),
+                    (Ok(_), None) => Err("the audit log cannot be written"),
+                });
+            }
+        }
+        self.queue().leading = false;
     }
 
     /// One batch, under the log's lock.
@@ -321,30 +354,46 @@ impl Recorder {
     /// The clock's work, every few hundred milliseconds: a checkpoint once
     /// `checkpoint_interval_secs` passed with entries unsealed, and every
     /// `metrics_interval_secs` free space (a `low_space` entry when it
-    /// crossed the mark) and the metrics file. `Err` once the service must
-    /// stop.
+    /// crossed the mark) and the metrics file, written after the log's
+    /// lock is released. `Err` once the service must stop.
     pub(super) fn tick(&self) -> Result<(), ()> {
-        let mut state = self.lock();
-        if state.failed.is_some() {
-            return Err(());
-        }
-        let metrics_interval = Duration::from_secs(self.config.metrics_interval_secs.get());
-        let result = self.seal_if_due(&mut state, true).and_then(|()| {
-            if state
-                .last_metrics
-                .is_some_and(|at| at.elapsed() < metrics_interval)
-            {
-                return Ok(());
+        let metrics_due = {
+            let mut state = self.lock();
+            if state.failed.is_some() {
+                return Err(());
             }
-            state.last_metrics = Some(Instant::now());
-            self.space_and_metrics(&mut state)
-        });
-        result.map_err(|e| state.failed = Some(e))
+            let interval = Duration::from_secs(self.config.metrics_interval_secs.get());
+            let due = state.last_metrics.is_none_or(|at| at.elapsed() >= interval);
+            let result = self.seal_if_due(&mut state, true).and_then(|()| {
+                if due {
+                    state.last_metrics = Some(Instant::now());
+                    self.space(&mut state)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = result {
+                state.failed = Some(e);
+                return Err(());
+            }
+            due
+        };
+        if metrics_due && let Some(path) = &self.config.metrics_file {
+            match self.stats.write_file(&self.config, path) {
+                Ok(()) => self.metrics_failing.store(false, Ordering::Relaxed),
+                Err(e) if !self.metrics_failing.swap(true, Ordering::Relaxed) => eprintln!(
+                    "deepseek-audit: warning: cannot write metrics_file {}: {e} (said once until it works again)",
+                    path.display()
+                ),
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
-    /// Free space (and the low-water mark's entry, alone, when no record
-    /// brought it), then the metrics file.
-    fn space_and_metrics(&self, state: &mut State) -> Result<(), ServiceError> {
+    /// Free space, and the low-water mark's entry, alone, when no record
+    /// brought it.
+    fn space(&self, state: &mut State) -> Result<(), ServiceError> {
         let free = free_bytes(&self.config.log_dir).map_err(|source| ServiceError::Io {
             action: "check free space on",
             path: self.config.log_dir.clone(),
@@ -362,19 +411,6 @@ impl Recorder {
                 started.elapsed(),
                 state.log.last_sync(),
             );
-        }
-        if let Some(path) = &self.config.metrics_file {
-            match self.stats.write_file(&self.config, path) {
-                Ok(()) => state.metrics_failing = false,
-                Err(e) if !state.metrics_failing => {
-                    state.metrics_failing = true;
-                    eprintln!(
-                        "deepseek-audit: warning: cannot write metrics_file {}: {e} (said once until it works again)",
-                        path.display()
-                    );
-                }
-                Err(_) => {}
-            }
         }
         Ok(())
     }

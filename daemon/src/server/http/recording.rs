@@ -52,7 +52,7 @@ pub(crate) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<R
     // 499, nginx's "client closed request", as for a client that leaves
     // before its answer is ready.
     let mut correction = records::undelivered(&entry, 499);
-    let sample = Sample::of(&entry);
+    let mut sample = Sample::of(&entry);
     let status = entry.status.unwrap_or(0);
     let sent = Instant::now();
     let recorded = state.audit.record(entry).await;
@@ -65,6 +65,8 @@ pub(crate) async fn record_or_refuse(state: &AppState, entry: Entry) -> Result<R
         Err(_) => {}
     }
     let answered = if recorded.is_err() && state.audit_required {
+        // The client gets 503 audit_unavailable instead, counted above.
+        sample.refused_instead();
         StatusCode::SERVICE_UNAVAILABLE.as_u16()
     } else {
         status
