@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use deepseek_tests::load::{Prepared, Sample, load};
+use deepseek_tests::load::{Prepared, Sample, load, seconds_arg};
 use deepseek_tests::{
     Auditor, Daemon, metric, model_table, ort_library, shared_tempdir, write_config,
     write_config_audited,
@@ -88,20 +88,7 @@ impl Drop for Neighbour {
 }
 
 fn main() {
-    let mut seconds = 4.0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => {
-                seconds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .expect("--seconds N")
-            }
-            "--bench" => {}
-            other => panic!("unknown argument {other:?}; usage: audited_serving [--seconds N]"),
-        }
-    }
+    let seconds = seconds_arg("audited_serving", 4.0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let models = model_table(
         "demo",

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use deepseek_tests::load::{Prepared, Sample, load};
+use deepseek_tests::load::{Prepared, Sample, load, seconds_arg};
 use deepseek_tests::{Daemon, binary_request, model, model_table, ort_library};
 use deepseekd::config::RuntimeConfig;
 use ort::session::Session;
@@ -79,21 +79,7 @@ fn micros(d: Duration) -> String {
 }
 
 fn main() {
-    let mut seconds = 3.0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => {
-                seconds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .expect("--seconds N")
-            }
-            // Passed by `cargo bench`.
-            "--bench" => {}
-            other => panic!("unknown argument {other:?}; usage: socket_overhead [--seconds N]"),
-        }
-    }
+    let seconds = seconds_arg("socket_overhead", 3.0);
     let (environment, version) = deepseekd::engine::runtime::init(&RuntimeConfig {
         library: ort_library(),
         cuda_library_dir: None,

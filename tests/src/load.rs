@@ -71,3 +71,23 @@ pub async fn load(socket: PathBuf, request: Arc<Prepared>, clients: usize, secon
         elapsed: started.elapsed(),
     }
 }
+
+/// `--seconds N` from the command line (`cargo bench` adds `--bench`), or
+/// `default`; `bench` names the benchmark in the usage message.
+pub fn seconds_arg(bench: &str, default: f64) -> f64 {
+    let mut seconds = default;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds N")
+            }
+            "--bench" => {}
+            other => panic!("unknown argument {other:?}; usage: {bench} [--seconds N]"),
+        }
+    }
+    seconds
+}
