@@ -85,11 +85,6 @@ impl Histogram {
     pub fn observe_duration(&self, duration: Duration) {
         self.observe(duration.as_secs_f64());
     }
-
-    /// How many observations so far.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
 }
 
 /// An exposition being written: families in order, each with its `# HELP`
@@ -236,6 +231,5 @@ mod tests {
              y_seconds_count{m=\"a\"} 3\n\
              # HELP z Z.\n# TYPE z gauge\nz 0.25\n"
         );
-        assert_eq!(histogram.count(), 3);
     }
 }

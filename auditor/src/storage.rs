@@ -78,6 +78,13 @@ pub struct TornTail {
     pub bytes: u64,
 }
 
+/// Bytes free on `dir`'s filesystem, as unprivileged users see them: what
+/// the disk floor, the low-water mark and `verify` compare.
+pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 /// The open log: the file, and the leaves of the tree so far.
 #[derive(Debug)]
 pub struct LogFile {

@@ -56,9 +56,8 @@ pub(crate) static CHECKS: &[Check] = &[
 
 fn space(context: &Context) -> Result<Finding, Undecided> {
     let config = context.audit_config()?;
-    let stat = nix::sys::statvfs::statvfs(&config.log_dir)
-        .map_err(|e| procfs::denied_or_error(&config.log_dir, &e.into()))?;
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let free = crate::storage::free_bytes(&config.log_dir)
+        .map_err(|e| procfs::denied_or_error(&config.log_dir, &e))?;
     let observed = format!("{free} bytes free");
     Ok(Finding::verdict(
         free < config.warn_free_bytes,

@@ -13,7 +13,6 @@
 //! returns the failure.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -25,17 +24,12 @@ use super::stats::Stats;
 use crate::checkpoint::Checkpoint;
 use crate::entry::{Entry, Event};
 use crate::note::NoteSigner;
-use crate::storage::LogFile;
+use crate::storage::{LogFile, free_bytes};
 
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
-}
-
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(path)?;
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 /// Sends `message` to syslog (LOG_AUTHPRIV) as a notice, or a warning.
@@ -123,6 +117,16 @@ impl Recorder {
                 closed: false,
             }),
         }
+    }
+
+    /// Bytes free on the log's filesystem, as unprivileged users see it.
+    fn free(&self) -> Result<u64, ServiceError> {
+        let dir = &self.config.log_dir;
+        free_bytes(dir).map_err(|source| ServiceError::Io {
+            action: "check free space on",
+            path: dir.clone(),
+            source,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -233,11 +237,7 @@ impl Recorder {
         mut entries: Vec<Entry>,
     ) -> Result<Vec<u64>, ServiceError> {
         let config = &self.config;
-        let free = free_bytes(&config.log_dir).map_err(|source| ServiceError::Io {
-            action: "check free space on",
-            path: config.log_dir.clone(),
-            source,
-        })?;
+        let free = self.free()?;
         if free < config.min_free_bytes {
             return Err(ServiceError::DiskFull {
                 path: config.log_dir.clone(),
@@ -394,11 +394,7 @@ impl Recorder {
     /// Free space, and the low-water mark's entry, alone, when no record
     /// brought it.
     fn space(&self, state: &mut State) -> Result<(), ServiceError> {
-        let free = free_bytes(&self.config.log_dir).map_err(|source| ServiceError::Io {
-            action: "check free space on",
-            path: self.config.log_dir.clone(),
-            source,
-        })?;
+        let free = self.free()?;
         if let Some(entry) = self.low_water(state, free) {
             let started = Instant::now();
             state.log.append(vec![Entry {

@@ -14,6 +14,9 @@ use deepseek_audit::metrics::{CONTENT_TYPE, Exposition, Kind};
 use super::http::AppState;
 use crate::engine::llm::batch::BatchSnapshot;
 
+/// A gauge of the batch scheduler: name, help, and its value in a snapshot.
+type BatchGauge = (&'static str, &'static str, fn(&BatchSnapshot) -> usize);
+
 /// One gauge family with a sample per model.
 fn per_model(out: &mut Exposition, name: &str, help: &str, samples: &[(&str, usize)]) {
     out.family(name, Kind::Gauge, help);
@@ -96,42 +99,40 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .iter()
         .filter_map(|lm| Some((lm.info(), lm.batch_stats()?)))
         .collect();
-    let batch = |f: fn(&BatchSnapshot) -> usize| -> Vec<(&str, usize)> {
-        batched
+    let gauges: [BatchGauge; 5] = [
+        (
+            "deepseekd_sequences_running",
+            "Generations in the batch or having their prompt prefilled (continuous batching).",
+            |s| s.running,
+        ),
+        (
+            "deepseekd_sequences_queued",
+            "Admitted generations waiting for a row or for room in the KV cache.",
+            |s| s.queued,
+        ),
+        (
+            "deepseekd_batch_size",
+            "Rows of the last decode step (0 once the batch is empty).",
+            |s| s.last_batch,
+        ),
+        (
+            "deepseekd_kv_cache_used_tokens",
+            "KV cache positions held now, padding included.",
+            |s| s.cache_positions,
+        ),
+        (
+            "deepseekd_kv_cache_reserved_tokens",
+            "KV cache positions the running generations may grow to.",
+            |s| s.cache_reserved,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let samples: Vec<(&str, usize)> = batched
             .iter()
-            .map(|(info, stats)| (info.name.as_str(), f(stats)))
-            .collect()
-    };
-    per_model(
-        &mut out,
-        "deepseekd_sequences_running",
-        "Generations in the batch or having their prompt prefilled (continuous batching).",
-        &batch(|s| s.running),
-    );
-    per_model(
-        &mut out,
-        "deepseekd_sequences_queued",
-        "Admitted generations waiting for a row or for room in the KV cache.",
-        &batch(|s| s.queued),
-    );
-    per_model(
-        &mut out,
-        "deepseekd_batch_size",
-        "Rows of the last decode step (0 once the batch is empty).",
-        &batch(|s| s.last_batch),
-    );
-    per_model(
-        &mut out,
-        "deepseekd_kv_cache_used_tokens",
-        "KV cache positions held now, padding included.",
-        &batch(|s| s.cache_positions),
-    );
-    per_model(
-        &mut out,
-        "deepseekd_kv_cache_reserved_tokens",
-        "KV cache positions the running generations may grow to.",
-        &batch(|s| s.cache_reserved),
-    );
+            .map(|(info, stats)| (info.name.as_str(), value(stats)))
+            .collect();
+        per_model(&mut out, name, help, &samples);
+    }
     let capacity: Vec<(&str, usize)> = lms
         .iter()
         .filter_map(|lm| Some((lm.info().name.as_str(), lm.info().kv_cache_tokens?)))
