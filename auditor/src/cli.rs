@@ -116,34 +116,79 @@ pub(crate) enum Command {
     },
 }
 
+/// Where a log command reads the history: the live log of the
+/// configuration's `log_dir`, and archives.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Sources {
+    /// An archive directory (`log archive --to`) whose segments join the
+    /// live ones; repeat for several.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) archive: Vec<PathBuf>,
+    /// Read only the archives, not the live log: with `--key`, no
+    /// configuration is needed (an archive checked on another machine).
+    #[arg(long, requires = "archive")]
+    pub(crate) archive_only: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum LogCommand {
-    /// Verify the entries, the tree and every checkpoint.
+    /// Verify the whole history: every segment found (live and in the
+    /// archives given) against its seal, the entry chain and the tree
+    /// across segments, every checkpoint with the key of its time
+    /// (following hand-overs from the first pinned key), and say which
+    /// segments were checked and where the others went.
     Verify {
-        /// The verifier key (default: the configuration's verifier_key or verifier_key_file).
+        /// The first pinned verifier key (default: the configuration's
+        /// verifier_key or verifier_key_file).
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
         /// A checkpoint kept elsewhere (e.g. from syslog) that the log must extend.
         #[arg(long, value_name = "FILE")]
         trusted_checkpoint: Option<PathBuf>,
+        #[command(flatten)]
+        sources: Sources,
+    },
+    /// Move sealed segments whose newest entry is older than
+    /// `retention_days` to DIR (removable media), oldest first. Each is
+    /// copied with every seal before it, synced, and verified there before
+    /// it leaves the live log, which keeps its seal and a record of where
+    /// it went. Run as root or the audit user; the service may be running.
+    Archive {
+        /// The archive directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Keep this many days live instead of `retention_days`.
+        #[arg(long, value_name = "DAYS")]
+        keep_days: Option<u64>,
     },
     /// Print the entries, one line each (time, event, peer, model, status;
-    /// `exit=N` for an integrity check).
-    Show,
+    /// `exit=N` for an integrity check), of a history that verifies.
+    Show {
+        #[command(flatten)]
+        sources: Sources,
+    },
     /// Print the entries as a JSON array, for other tools.
     Export {
         #[arg(long, default_value = "json", value_parser = ["json"])]
         format: String,
+        #[command(flatten)]
+        sources: Sources,
     },
-    /// Print an inclusion proof of entry SEQ against the latest checkpoint:
-    /// the entry, the signed checkpoint and the proof hashes, as JSON that
-    /// `log check-proof` verifies without access to the log.
-    Prove { seq: u64 },
+    /// Print an inclusion proof of entry SEQ against the seal of its
+    /// segment or, in the active segment, the latest checkpoint: the
+    /// entry, the signed checkpoint and the proof hashes, as JSON that `log
+    /// check-proof` verifies without access to the log.
+    Prove {
+        seq: u64,
+        #[command(flatten)]
+        sources: Sources,
+    },
     /// Verify a proof printed by `log prove` with only the verifier key.
     CheckProof {
         /// The proof file (`-` for standard input).
         file: PathBuf,
-        /// The verifier key (default: the configuration's verifier_key or verifier_key_file).
+        /// The verifier key of the checkpoint's time (default: the
+        /// configuration's verifier_key or verifier_key_file).
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
     },

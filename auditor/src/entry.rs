@@ -60,6 +60,10 @@ pub enum Event {
     /// (`details.free_bytes`, `details.warn_free_bytes`,
     /// `details.min_free_bytes`): the service stops at the second.
     LowSpace,
+    /// The service handed the log over from `details.from` to `details.to`
+    /// (verifier keys): the seal after this entry is signed by both, and
+    /// later checkpoints by the new key only.
+    KeyRotated,
 }
 
 impl Event {
@@ -79,7 +83,17 @@ impl Event {
             Event::AuditReconnected => "audit_reconnected",
             Event::Alert => "alert",
             Event::LowSpace => "low_space",
+            Event::KeyRotated => "key_rotated",
         }
+    }
+
+    /// Written by the audit service itself only: a client's record claiming
+    /// one is refused.
+    pub fn service_only(self) -> bool {
+        matches!(
+            self,
+            Event::TornTailRemoved | Event::LowSpace | Event::KeyRotated
+        )
     }
 }
 
@@ -279,6 +293,7 @@ mod tests {
             Event::AuditReconnected,
             Event::Alert,
             Event::LowSpace,
+            Event::KeyRotated,
         ] {
             let json = serde_json::to_string(&event).expect("serializes");
             assert_eq!(json, format!("\"{}\"", event.as_str()));

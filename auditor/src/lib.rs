@@ -17,11 +17,13 @@ pub mod entry;
 mod exit;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod history;
 mod keys;
 mod merkle;
 pub mod metrics;
 pub mod note;
 mod proof;
+mod segment;
 pub mod service;
 pub mod storage;
 pub mod verify;
@@ -78,21 +80,43 @@ pub fn main() -> ExitCode {
             daemon_socket,
             textfile_dir,
         } => commands::metrics::run(&cli.config, &daemon_socket, textfile_dir.as_deref()),
-        Command::Log { command } => match command {
-            LogCommand::Verify {
-                key,
-                trusted_checkpoint,
-            } => commands::log::verify_log(
-                &cli.config,
-                key.as_deref(),
-                trusted_checkpoint.as_deref(),
-            ),
-            LogCommand::Show => commands::log::show(&cli.config, false),
-            LogCommand::Export { .. } => commands::log::show(&cli.config, true),
-            LogCommand::Prove { seq } => commands::log::prove(&cli.config, seq),
-            LogCommand::CheckProof { file, key } => {
-                commands::log::check_proof(&cli.config, &file, key.as_deref())
+        Command::Log { command } => {
+            fn reading<'a>(
+                config: &'a std::path::Path,
+                key: Option<&'a str>,
+                sources: &'a cli::Sources,
+            ) -> commands::log::Reading<'a> {
+                commands::log::Reading {
+                    config,
+                    key,
+                    archives: &sources.archive,
+                    archive_only: sources.archive_only,
+                }
             }
-        },
+            let config = cli.config.as_path();
+            match &command {
+                LogCommand::Verify {
+                    key,
+                    trusted_checkpoint,
+                    sources,
+                } => commands::log::verify_log(
+                    &reading(config, key.as_deref(), sources),
+                    trusted_checkpoint.as_deref(),
+                ),
+                LogCommand::Archive { to, keep_days } => {
+                    commands::archive::run(&cli.config, to, *keep_days)
+                }
+                LogCommand::Show { sources } => commands::log::show(&reading(config, None, sources), false),
+                LogCommand::Export { sources, .. } => {
+                    commands::log::show(&reading(config, None, sources), true)
+                }
+                LogCommand::Prove { seq, sources } => {
+                    commands::log::prove(&reading(config, None, sources), *seq)
+                }
+                LogCommand::CheckProof { file, key } => {
+                    commands::log::check_proof(&cli.config, file, key.as_deref())
+                }
+            }
+        }
     }
 }

@@ -50,21 +50,131 @@ pub(crate) fn root(leaves: &[Hash]) -> Hash {
 
 /// PATH(m, D[0:n]): the inclusion proof of leaf `m` in the first `n` leaves.
 pub(crate) fn inclusion_proof(m: u64, leaves: &[Hash]) -> Vec<Hash> {
-    let n = leaves.len() as u64;
-    assert!(m < n, "leaf {m} is outside a tree of {n}");
-    if n == 1 {
-        return Vec::new();
+    Partial {
+        start: &Frontier::default(),
+        leaves,
     }
-    let k = split(n);
-    let ku = k as usize;
-    if m < k {
-        let mut path = inclusion_proof(m, &leaves[..ku]);
-        path.push(root(&leaves[ku..]));
-        path
-    } else {
-        let mut path = inclusion_proof(m - k, &leaves[ku..]);
-        path.push(root(&leaves[..ku]));
-        path
+    .inclusion_proof(m, leaves.len() as u64)
+    .expect("every subtree of a whole tree is known")
+}
+
+/// The compact state of a tree: the roots of the perfect subtrees that
+/// make up its first `size` leaves, largest (leftmost) first, one per bit
+/// set in `size`. Enough to go on appending and to compute every later
+/// root, so a log segment verifies from the frontier its predecessor's
+/// seal signed, without the leaves before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Frontier {
+    size: u64,
+    hashes: Vec<Hash>,
+}
+
+impl Frontier {
+    /// A frontier as stored: `None` unless there is one hash per bit set
+    /// in `size`.
+    pub(crate) fn from_parts(size: u64, hashes: Vec<Hash>) -> Option<Self> {
+        (hashes.len() == size.count_ones() as usize).then_some(Self { size, hashes })
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) fn hashes(&self) -> &[Hash] {
+        &self.hashes
+    }
+
+    /// Appends one leaf: merges the equal-sized subtrees it completes.
+    pub(crate) fn push(&mut self, leaf: Hash) {
+        let mut hash = leaf;
+        let mut size = self.size;
+        while size & 1 == 1 {
+            let left = self.hashes.pop().expect("one hash per bit set");
+            hash = node_hash(&left, &hash);
+            size >>= 1;
+        }
+        self.hashes.push(hash);
+        self.size += 1;
+    }
+
+    /// MTH of the first `size` leaves: the subtrees folded right to left
+    /// (RFC 6962 splits at the largest power of two, which is the
+    /// leftmost subtree).
+    pub(crate) fn root(&self) -> Hash {
+        let mut hashes = self.hashes.iter().rev();
+        let Some(last) = hashes.next() else {
+            return empty_root();
+        };
+        hashes.fold(*last, |right, left| node_hash(left, &right))
+    }
+
+    /// The subtree covering leaves `lo..hi`, when it is one of the
+    /// frontier's.
+    fn subtree(&self, lo: u64, hi: u64) -> Option<Hash> {
+        let mut offset = 0;
+        for (bit, hash) in (0..64)
+            .rev()
+            .filter(|bit| self.size >> bit & 1 == 1)
+            .zip(&self.hashes)
+        {
+            let end = offset + (1u64 << bit);
+            if (offset, end) == (lo, hi) {
+                return Some(*hash);
+            }
+            offset = end;
+        }
+        None
+    }
+}
+
+/// A tree known from a frontier at `start.size()` on, then by its leaves:
+/// a log segment with the seal before it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Partial<'a> {
+    pub start: &'a Frontier,
+    /// Leaves from `start.size()` on.
+    pub leaves: &'a [Hash],
+}
+
+impl Partial<'_> {
+    /// MTH(D[lo:hi]) for a subtree RFC 6962 splits into: a frontier
+    /// subtree, or one of known leaves; `None` for any other range.
+    fn hash(&self, lo: u64, hi: u64) -> Option<Hash> {
+        let start = self.start.size;
+        if hi <= start {
+            return self.start.subtree(lo, hi);
+        }
+        if hi - lo == 1 {
+            return self
+                .leaves
+                .get(usize::try_from(lo.checked_sub(start)?).ok()?)
+                .copied();
+        }
+        let k = split(hi - lo);
+        Some(node_hash(&self.hash(lo, lo + k)?, &self.hash(lo + k, hi)?))
+    }
+
+    /// PATH(m, D[0:n]), for a leaf `m` after the frontier; `None` when
+    /// `m` or `n` is outside what is known.
+    pub(crate) fn inclusion_proof(&self, m: u64, n: u64) -> Option<Vec<Hash>> {
+        let known = self.start.size + self.leaves.len() as u64;
+        if m < self.start.size || m >= n || n > known {
+            return None;
+        }
+        let (mut lo, mut hi) = (0, n);
+        let mut path = Vec::new();
+        while hi - lo > 1 {
+            let k = split(hi - lo);
+            if m < lo + k {
+                path.push(self.hash(lo + k, hi)?);
+                hi = lo + k;
+            } else {
+                path.push(self.hash(lo, lo + k)?);
+                lo += k;
+            }
+        }
+        path.reverse();
+        Some(path)
     }
 }
 
@@ -257,6 +367,42 @@ mod tests {
                     !verify_inclusion(&leaves[m as usize], m + 1, n as u64, &proof, &root)
                         || n == 1
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_frontier_gives_every_root_and_proofs_after_it() {
+        let all = leaves(70);
+        let mut frontier = Frontier::default();
+        assert_eq!(frontier.root(), root(&[]));
+        for n in 0..all.len() {
+            frontier.push(all[n]);
+            assert_eq!(frontier.root(), root(&all[..=n]), "size {}", n + 1);
+            assert_eq!(frontier.hashes().len(), (n + 1).count_ones() as usize);
+        }
+        assert!(Frontier::from_parts(5, vec![[0; 32]]).is_none());
+        // A segment from `start` on proves its leaves in every later tree
+        // exactly as the whole tree does.
+        for start in [0, 1, 5, 8, 13, 32] {
+            let mut before = Frontier::default();
+            all[..start].iter().for_each(|l| before.push(*l));
+            let partial = Partial {
+                start: &before,
+                leaves: &all[start..],
+            };
+            for n in start + 1..=all.len() {
+                for m in start..n {
+                    assert_eq!(
+                        partial.inclusion_proof(m as u64, n as u64),
+                        Some(inclusion_proof(m as u64, &all[..n])),
+                        "{m} in {n} from {start}"
+                    );
+                }
+            }
+            assert_eq!(partial.inclusion_proof(all.len() as u64, 71), None);
+            if start > 0 {
+                assert_eq!(partial.inclusion_proof(start as u64 - 1, 40), None);
             }
         }
     }

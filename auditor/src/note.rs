@@ -200,16 +200,22 @@ impl NoteSigner {
 
     /// The signed note for `text`, which must end in a newline.
     pub fn sign(&self, text: &str) -> Result<String, NoteError> {
+        Self::sign_all(&[self], text)
+    }
+
+    /// The note for `text` signed by every one of `signers`, in order (a
+    /// key hand-over carries the old and the new key's signature).
+    pub fn sign_all(signers: &[&Self], text: &str) -> Result<String, NoteError> {
         if !text.ends_with('\n') {
             return Err(NoteError::Malformed("the text does not end in a newline"));
         }
-        let mut bytes = self.id.to_vec();
-        bytes.extend_from_slice(&self.key.sign(text.as_bytes()).to_bytes());
-        Ok(format!(
-            "{text}\n{DASH}{} {}\n",
-            self.name,
-            BASE64.encode(bytes)
-        ))
+        let mut note = format!("{text}\n");
+        for signer in signers {
+            let mut bytes = signer.id.to_vec();
+            bytes.extend_from_slice(&signer.key.sign(text.as_bytes()).to_bytes());
+            note.push_str(&format!("{DASH}{} {}\n", signer.name, BASE64.encode(bytes)));
+        }
+        Ok(note)
     }
 }
 

@@ -37,17 +37,9 @@ pub(crate) enum ProofError {
 }
 
 impl InclusionProof {
-    /// Builds the proof of entry `seq` from the log's `leaves`, against a
-    /// checkpoint note signing the first `size` of them.
-    pub(crate) fn build(
-        entry: &[u8],
-        seq: u64,
-        leaves: &[Hash],
-        size: u64,
-        checkpoint_note: &str,
-    ) -> Self {
-        let path =
-            merkle::inclusion_proof(seq, &leaves[..usize::try_from(size).unwrap_or(usize::MAX)]);
+    /// The proof of entry `seq` with its audit `path` to the tree a
+    /// checkpoint note signs.
+    pub(crate) fn new(entry: &[u8], seq: u64, path: &[Hash], checkpoint_note: &str) -> Self {
         Self {
             entry: String::from_utf8_lossy(entry).into_owned(),
             seq,
@@ -99,7 +91,7 @@ mod tests {
             extensions: vec![],
         };
         let note = signer.sign(&checkpoint.text()).expect("sign");
-        let proof = InclusionProof::build(&lines[7], 7, &leaves, 13, &note);
+        let proof = InclusionProof::new(&lines[7], 7, &merkle::inclusion_proof(7, &leaves), &note);
         assert_eq!(proof.check(&signer.verifier()), Ok(checkpoint));
         let forged = InclusionProof {
             entry: proof.entry.replace('7', "8"),

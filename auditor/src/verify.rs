@@ -7,7 +7,7 @@ use deepseek_integrity::digest::unhex32;
 
 use crate::checkpoint::Checkpoint;
 use crate::entry::Entry;
-use crate::merkle::{self, Hash};
+use crate::merkle::{self, Frontier, Hash};
 use crate::note::NoteVerifier;
 
 /// A signed checkpoint as stored, and where it came from.
@@ -100,15 +100,90 @@ fn decode_all(lines: &[&[u8]]) -> Vec<DecodedLine> {
     })
 }
 
-/// Verifies `log` (the entries file, one canonical entry per line) against
-/// the signed `checkpoints` and, when given, a `trusted` checkpoint kept
-/// elsewhere (a copy from syslog), which must be consistent with the log.
+/// Verifies `log`, a whole log in one file (one canonical entry per line),
+/// against the signed `checkpoints` and, when given, a `trusted` checkpoint
+/// kept elsewhere (a copy from syslog), which must be consistent with it.
 pub fn verify(
     log: &[u8],
     checkpoints: &[StoredCheckpoint],
     verifier: &NoteVerifier,
     trusted: Option<&Checkpoint>,
 ) -> Result<Verified, Tamper> {
+    let mut parsed = Vec::with_capacity(checkpoints.len() + 1);
+    for stored in checkpoints {
+        parsed.push(open_checkpoint(stored, verifier)?);
+    }
+    parsed.extend(trusted.map(|c| Sealing::trusted(c.clone())));
+    let end = verify_segment(log, &Frontier::default(), None, parsed)?;
+    let entries = end.frontier.size();
+    Ok(Verified {
+        entries,
+        checkpoints: checkpoints.len(),
+        sealed: end.sealed,
+        unsealed: entries - end.sealed,
+    })
+}
+
+/// A checkpoint that a segment must match: a stored note, or the trusted
+/// checkpoint given on the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct Sealing {
+    pub name: String,
+    pub checkpoint: Checkpoint,
+    pub trusted: bool,
+}
+
+impl Sealing {
+    pub(crate) fn trusted(checkpoint: Checkpoint) -> Self {
+        Self {
+            name: "trusted".into(),
+            checkpoint,
+            trusted: true,
+        }
+    }
+}
+
+/// Opens a stored checkpoint with `verifier` and parses it.
+pub(crate) fn open_checkpoint(
+    stored: &StoredCheckpoint,
+    verifier: &NoteVerifier,
+) -> Result<Sealing, Tamper> {
+    let text = verifier.open(&stored.note).map_err(|_| Tamper::Signature {
+        name: stored.name.clone(),
+        key: verifier.to_string(),
+    })?;
+    let checkpoint = Checkpoint::parse(text).map_err(|e| Tamper::BadCheckpoint {
+        name: stored.name.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Sealing {
+        name: stored.name.clone(),
+        checkpoint,
+        trusted: false,
+    })
+}
+
+/// Where a verified segment ends.
+#[derive(Debug, Clone)]
+pub(crate) struct End {
+    /// The tree after its last entry.
+    pub frontier: Frontier,
+    /// Its last entry's leaf hash.
+    pub last: Option<Hash>,
+    /// The largest stored checkpoint it matched (or the start).
+    pub sealed: u64,
+}
+
+/// Verifies one segment, whose entries follow the tree `start` and the
+/// leaf `last`: numbering, chain, and every checkpoint in `sealings` (all
+/// of them after `start`, none beyond the segment's end). Line numbers in
+/// errors are the segment's own.
+pub(crate) fn verify_segment(
+    log: &[u8],
+    start: &Frontier,
+    last: Option<Hash>,
+    mut sealings: Vec<Sealing>,
+) -> Result<End, Tamper> {
     // Every entry ends in a newline; what follows the last one (nothing, in
     // a clean log) is a torn entry and is refused like any malformed line.
     let body = log.strip_suffix(b"\n").unwrap_or(log);
@@ -117,86 +192,76 @@ pub fn verify(
     } else {
         body.split(|&b| b == b'\n').collect()
     };
+    sealings.sort_by_key(|s| s.checkpoint.size);
+    let mut pending = sealings.into_iter().peekable();
     // Decoding and hashing are independent per line: spread them over the
-    // cores, then check sequence and chain in order.
+    // cores, then check sequence, chain and checkpoints in order.
     let decoded = decode_all(&lines);
-    let mut leaves: Vec<Hash> = Vec::with_capacity(lines.len());
-    let mut count = 0u64;
+    let mut frontier = start.clone();
+    let mut previous = last;
+    let mut sealed = start.size();
+    let mut check = |frontier: &Frontier, sealed: &mut u64| -> Result<(), Tamper> {
+        while let Some(sealing) = pending.next_if(|s| s.checkpoint.size <= frontier.size()) {
+            let Sealing {
+                name,
+                checkpoint,
+                trusted,
+            } = sealing;
+            if checkpoint.size < frontier.size() || checkpoint.root != frontier.root() {
+                return Err(if trusted {
+                    Tamper::Inconsistent {
+                        size: checkpoint.size,
+                    }
+                } else {
+                    Tamper::Root {
+                        name,
+                        size: checkpoint.size,
+                        from: *sealed,
+                    }
+                });
+            }
+            if !trusted {
+                *sealed = checkpoint.size;
+            }
+        }
+        Ok(())
+    };
+    // A checkpoint of the start itself: an empty log's first.
+    check(&frontier, &mut sealed)?;
     for (index, item) in decoded.into_iter().enumerate() {
         let number = index as u64 + 1;
         let (seq, prev, leaf) = item.map_err(|reason| Tamper::Malformed {
             line: number,
             reason,
         })?;
-        if seq != count {
+        if seq != frontier.size() {
             return Err(Tamper::Sequence {
                 line: number,
-                expected: count,
+                expected: frontier.size(),
                 found: seq,
             });
         }
-        let chained = prev.as_ref() == leaves.last();
-        if !chained {
+        if prev != previous {
             return Err(Tamper::Chain {
                 seq,
                 previous: seq.saturating_sub(1),
             });
         }
-        leaves.push(leaf);
-        count += 1;
+        frontier.push(leaf);
+        previous = Some(leaf);
+        check(&frontier, &mut sealed)?;
     }
-    let mut parsed: Vec<(String, Checkpoint)> = Vec::with_capacity(checkpoints.len());
-    for stored in checkpoints {
-        let text = verifier.open(&stored.note).map_err(|_| Tamper::Signature {
-            name: stored.name.clone(),
-            key: verifier.to_string(),
-        })?;
-        let checkpoint = Checkpoint::parse(text).map_err(|e| Tamper::BadCheckpoint {
-            name: stored.name.clone(),
-            reason: e.to_string(),
-        })?;
-        parsed.push((stored.name.clone(), checkpoint));
+    if let Some(beyond) = pending.next() {
+        return Err(Tamper::Truncated {
+            name: beyond.name,
+            size: beyond.checkpoint.size,
+            entries: frontier.size(),
+        });
     }
-    parsed.sort_by_key(|(_, c)| c.size);
-    let mut sealed = 0;
-    let mut last_good = 0;
-    for (name, checkpoint) in &parsed {
-        if checkpoint.size > count {
-            return Err(Tamper::Truncated {
-                name: name.clone(),
-                size: checkpoint.size,
-                entries: count,
-            });
-        }
-        let size = usize::try_from(checkpoint.size).unwrap_or(usize::MAX);
-        if merkle::root(&leaves[..size]) != checkpoint.root {
-            return Err(Tamper::Root {
-                name: name.clone(),
-                size: checkpoint.size,
-                from: last_good,
-            });
-        }
-        last_good = checkpoint.size;
-        sealed = checkpoint.size;
-    }
-    if let Some(trusted) = trusted {
-        if trusted.size > count {
-            return Err(Tamper::Truncated {
-                name: "trusted".into(),
-                size: trusted.size,
-                entries: count,
-            });
-        }
-        let size = usize::try_from(trusted.size).unwrap_or(usize::MAX);
-        if merkle::root(&leaves[..size]) != trusted.root {
-            return Err(Tamper::Inconsistent { size: trusted.size });
-        }
-    }
-    Ok(Verified {
-        entries: count,
-        checkpoints: parsed.len(),
+    Ok(End {
+        frontier,
+        last: previous,
         sealed,
-        unsealed: count - sealed,
     })
 }
 

@@ -1,93 +1,172 @@
 //! `deepseek-audit log`: verify, show, export, prove and check-proof, all
-//! reading the log in place (the service may be running) and writing
-//! nothing.
+//! reading the log in place (the service may be running), with the
+//! archives given, and writing nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::checkpoint::Checkpoint;
 use crate::entry::{self, Entry};
 use crate::exit::{self, fail};
+use crate::history::{self, History, HistoryError, Place, Sources};
 use crate::merkle;
-use crate::note::{NoteError, NoteVerifier};
+use crate::note::NoteVerifier;
 use crate::proof::InclusionProof;
 use crate::service::{ServiceConfig, VerifierError};
 use crate::storage::{self, StorageError};
-use crate::verify::{self, Tamper};
 
-/// `log verify`: the entries, the tree, every checkpoint and, when given,
-/// a checkpoint kept elsewhere.
-pub(crate) fn verify_log(
-    config_path: &Path,
-    key: Option<&str>,
-    trusted: Option<&Path>,
-) -> ExitCode {
-    let config = match ServiceConfig::load(config_path) {
-        Ok(config) => config,
-        Err(e) => return fail(exit::CONFIG, &e),
-    };
-    let verifier = match config.verifier_or(key) {
-        Ok(verifier) => verifier,
-        Err(e) => return fail(exit::CONFIG, &e),
-    };
-    let (log, checkpoints) = match storage::read_log(&config.log_dir) {
-        Ok(read) => read,
-        Err(e) => return fail(exit::IO, &e),
-    };
-    let trusted = match trusted.map(|path| (path, trusted_checkpoint(path, &verifier))) {
-        Some((_, Ok(checkpoint))) => Some(checkpoint),
-        Some((path, Err(e))) => {
-            return fail(exit::NOT_VERIFIED, &format!("{}: {e}", path.display()));
+/// Where the log commands read the history from: the configuration (for
+/// the live directory and the pinned key) unless `--key` and
+/// `--archive-only` make it unnecessary, and the archives given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading<'a> {
+    pub config: &'a Path,
+    pub key: Option<&'a str>,
+    pub archives: &'a [PathBuf],
+    pub archive_only: bool,
+}
+
+/// Why a log command could not read a verified history.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error(transparent)]
+    Config(#[from] crate::service::ConfigError),
+    #[error(transparent)]
+    Verifier(#[from] VerifierError),
+    #[error("{}: {source}", path.display())]
+    Trusted {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+impl ReadError {
+    pub(crate) fn code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Verifier(_) => exit::CONFIG,
+            Self::Trusted { .. } | Self::History(HistoryError::Storage(_)) => exit::IO,
+            Self::History(_) => exit::NOT_VERIFIED,
         }
-        None => None,
-    };
-    match verify::verify(&log, &checkpoints, &verifier, trusted.as_ref()) {
-        Ok(v) => {
-            println!(
-                "log verified: {} entries, {} checkpoints, sealed up to {}, unsealed tail {}",
-                v.entries, v.checkpoints, v.sealed, v.unsealed
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(exit::NOT_VERIFIED, &e),
     }
 }
 
-/// Why `--trusted-checkpoint` cannot be used (shown after the file's name).
-#[derive(Debug, thiserror::Error)]
-enum TrustedError {
-    #[error(transparent)]
-    Read(#[from] std::io::Error),
-    #[error(transparent)]
-    Note(#[from] NoteError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+impl Reading<'_> {
+    /// The pinned key and the live directory.
+    pub(crate) fn setup(&self) -> Result<(NoteVerifier, Option<PathBuf>), ReadError> {
+        if self.archive_only && let Some(key) = self.key {
+            return Ok((NoteVerifier::parse(key).map_err(VerifierError::from)?, None));
+        }
+        let config = ServiceConfig::load(self.config)?;
+        let live = (!self.archive_only).then(|| config.log_dir.clone());
+        Ok((config.verifier_or(self.key)?, live))
+    }
+
+    /// The verified history, with a trusted checkpoint note when given.
+    pub(crate) fn history(&self, trusted: Option<&Path>) -> Result<History, ReadError> {
+        let (pinned, live) = self.setup()?;
+        let trusted = trusted
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|source| ReadError::Trusted {
+                    path: path.to_owned(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let sources = Sources {
+            live: live.as_deref(),
+            archives: self.archives,
+        };
+        Ok(history::verify(sources, &pinned, trusted.as_deref())?)
+    }
 }
 
-fn trusted_checkpoint(path: &Path, verifier: &NoteVerifier) -> Result<Checkpoint, TrustedError> {
-    let note = std::fs::read_to_string(path)?;
-    Ok(Checkpoint::parse(verifier.open(&note)?)?)
-}
-
-/// `log show` (one line per entry) or `log export` (a JSON array).
-pub(crate) fn show(config_path: &Path, export: bool) -> ExitCode {
-    let config = match ServiceConfig::load(config_path) {
-        Ok(config) => config,
-        Err(e) => return fail(exit::CONFIG, &e),
+/// `log verify`: every segment found, the tree, every checkpoint with the
+/// key of its time and, when given, a checkpoint kept elsewhere; then
+/// what was checked, segment by segment.
+pub(crate) fn verify_log(reading: &Reading<'_>, trusted: Option<&Path>) -> ExitCode {
+    let v = match reading.history(trusted) {
+        Ok(history) => history,
+        Err(e) => return fail(e.code(), &e),
     };
-    let (log, _) = match storage::read_log(&config.log_dir) {
-        Ok(read) => read,
+    for segment in &v.segments {
+        let range = format!(
+            "segment {} (entries {}..{}, {})",
+            segment.index,
+            segment.first,
+            segment.first + segment.entries,
+            segment.entries
+        );
+        match &segment.place {
+            Place::Present(path) => println!("{range}: verified in {}", path.display()),
+            Place::Archived(record) => println!("{range}: not here, {record}"),
+        }
+    }
+    if let Some((first, entries)) = v.active {
+        println!(
+            "active segment (entries {first}..{}, {entries}): verified",
+            first + entries
+        );
+    }
+    let keys: Vec<String> = v.keys.iter().map(ToString::to_string).collect();
+    println!("keys, first to current: {}", keys.join(" -> "));
+    let unchecked = if v.unchecked > 0 {
+        format!(" ({} more with entries not here)", v.unchecked)
+    } else {
+        String::new()
+    };
+    println!(
+        "log verified: {} entries, {} checkpoints{unchecked}, sealed up to {}, unsealed tail {}",
+        v.entries, v.checkpoints, v.sealed, v.unsealed
+    );
+    ExitCode::SUCCESS
+}
+
+/// The verified lines of every entry file, in order: `(first seq, bytes)`.
+fn pieces(history: &History) -> Result<Vec<(&history::Piece, Vec<u8>)>, StorageError> {
+    history
+        .pieces
+        .iter()
+        .map(|piece| {
+            std::fs::read(&piece.path)
+                .map(|bytes| (piece, bytes))
+                .map_err(|source| StorageError::Io {
+                    action: "read",
+                    path: piece.path.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// `log show` (one line per entry) or `log export` (a JSON array), from a
+/// history that verifies.
+pub(crate) fn show(reading: &Reading<'_>, export: bool) -> ExitCode {
+    let history = match reading.history(None) {
+        Ok(history) => history,
+        Err(e) => return fail(e.code(), &e),
+    };
+    let pieces = match pieces(&history) {
+        Ok(pieces) => pieces,
         Err(e) => return fail(exit::IO, &e),
     };
     let mut entries = Vec::new();
-    for (index, line) in log
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-    {
-        match Entry::decode(line) {
-            Ok(entry) => entries.push(entry),
-            Err(e) => return fail(exit::NOT_VERIFIED, &format!("line {}: {e}", index + 1)),
+    for (piece, bytes) in &pieces {
+        for (index, line) in bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            match Entry::decode(line) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => {
+                    return fail(
+                        exit::NOT_VERIFIED,
+                        &format!("{} line {}: {e}", piece.path.display(), index + 1),
+                    );
+                }
+            }
         }
     }
     if export {
@@ -135,16 +214,13 @@ fn show_line(e: &Entry) -> String {
 }
 
 /// `log prove`: the proof of entry `seq`, as JSON on stdout.
-pub(crate) fn prove(config_path: &Path, seq: u64) -> ExitCode {
-    let config = match ServiceConfig::load(config_path) {
-        Ok(config) => config,
-        Err(e) => return fail(exit::CONFIG, &e),
-    };
-    match proof_json(&config, seq) {
+pub(crate) fn prove(reading: &Reading<'_>, seq: u64) -> ExitCode {
+    match proof_json(reading, seq) {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS
         }
+        Err(ProveError::Read(e)) => fail(e.code(), &e),
         Err(e) => fail(exit::NOT_VERIFIED, &e),
     }
 }
@@ -153,12 +229,10 @@ pub(crate) fn prove(config_path: &Path, seq: u64) -> ExitCode {
 #[derive(Debug, thiserror::Error)]
 enum ProveError {
     #[error(transparent)]
-    Verifier(#[from] VerifierError),
+    Read(#[from] ReadError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error(transparent)]
-    Tamper(#[from] Tamper),
-    #[error("the log has no entry {0}")]
+    #[error("no segment here holds entry {0} (pass its archive with --archive)")]
     NoEntry(u64),
     #[error("entry {0} is not sealed by a checkpoint yet")]
     Unsealed(u64),
@@ -166,28 +240,58 @@ enum ProveError {
     Json(#[from] serde_json::Error),
 }
 
-/// The inclusion proof of entry `seq` against the latest checkpoint that
-/// seals it, as JSON, from a log that verifies.
-fn proof_json(config: &ServiceConfig, seq: u64) -> Result<String, ProveError> {
-    let verifier = config.verifier_or(None)?;
-    let (log, checkpoints) = storage::read_log(&config.log_dir)?;
-    verify::verify(&log, &checkpoints, &verifier, None)?;
-    let lines: Vec<&[u8]> = log
+/// The inclusion proof of entry `seq` against the seal of its segment or,
+/// in the active segment, the latest checkpoint that covers it, from a
+/// history that verifies.
+fn proof_json(reading: &Reading<'_>, seq: u64) -> Result<String, ProveError> {
+    let history = reading.history(None)?;
+    let pieces = pieces(&history)?;
+    let (piece, bytes) = pieces
+        .iter()
+        .rev()
+        .find(|(piece, _)| piece.start.size() <= seq)
+        .ok_or(ProveError::NoEntry(seq))?;
+    let lines: Vec<&[u8]> = bytes
         .strip_suffix(b"\n")
-        .unwrap_or(&log)
+        .unwrap_or(bytes)
         .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
         .collect();
     let entry = lines
-        .get(usize::try_from(seq).unwrap_or(usize::MAX))
+        .get(usize::try_from(seq - piece.start.size()).unwrap_or(usize::MAX))
         .ok_or(ProveError::NoEntry(seq))?;
     let leaves: Vec<merkle::Hash> = lines.iter().map(|l| merkle::leaf_hash(l)).collect();
-    let sealing = checkpoints
-        .iter()
-        .filter_map(|c| Some((Checkpoint::parse(verifier.open(&c.note).ok()?).ok()?, c)))
-        .filter(|(c, _)| c.size > seq)
-        .max_by_key(|(c, _)| c.size)
-        .ok_or(ProveError::Unsealed(seq))?;
-    let proof = InclusionProof::build(entry, seq, &leaves, sealing.0.size, &sealing.1.note);
+    let end = piece.start.size() + leaves.len() as u64;
+    let note = match &piece.seal {
+        Some(seal) => Some((end, seal.clone())),
+        // The active segment: the latest checkpoint of it, signed by the
+        // current key.
+        None => {
+            let key = history.keys.last().expect("the pinned key at least");
+            let (_, live) = reading.setup()?;
+            let stored = match live {
+                Some(live) => storage::read_checkpoints(&live)?,
+                None => Vec::new(),
+            };
+            stored
+                .into_iter()
+                .filter_map(|c| {
+                    let checkpoint = Checkpoint::parse(key.open(&c.note).ok()?).ok()?;
+                    Some((checkpoint.size, c.note))
+                })
+                .filter(|(size, _)| *size > seq && *size <= end)
+                .max_by_key(|(size, _)| *size)
+        }
+    };
+    let (size, note) = note.ok_or(ProveError::Unsealed(seq))?;
+    let tree = merkle::Partial {
+        start: &piece.start,
+        leaves: &leaves,
+    };
+    let path = tree
+        .inclusion_proof(seq, size)
+        .expect("the entry and the checkpoint are in the segment");
+    let proof = InclusionProof::new(entry, seq, &path, &note);
     Ok(serde_json::to_string_pretty(&proof)?)
 }
 

@@ -26,11 +26,17 @@ pub(crate) fn run(config_path: &Path) -> ExitCode {
         Ok(signer) => signer,
         Err(e) => return fail(exit::CONFIG, &e),
     };
+    let previous = match config.previous_signing_key.as_deref().map(keys::load) {
+        None => None,
+        Some(Ok(previous)) => Some(previous),
+        Some(Err(e)) => return fail(exit::CONFIG, &e),
+    };
     // The log is verified before the socket is bound: a client that
     // connects is recorded at once (under socket activation, its
     // connection waits in the backlog until then).
-    let opened = match service::open(&config, &signer) {
+    let opened = match service::open(&config, &signer, previous.as_ref()) {
         Ok(opened) => opened,
+        Err(e @ service::ServiceError::KeyChange { .. }) => return fail(exit::CONFIG, &e),
         Err(e) => return fail(exit::IO, &e),
     };
     let listener = match listen(&config) {

@@ -12,7 +12,6 @@ use super::procfs;
 use super::profile::Profile;
 use crate::entry::{Entry, Event};
 use crate::service::ServiceConfig;
-use crate::verify::{Tamper, Verified};
 
 /// The part of `deepseekd.toml` the checks read. Unknown keys are ignored:
 /// the daemon validates its own file strictly (`deepseekd check-config`);
@@ -69,7 +68,7 @@ pub(crate) struct Integrity {
 #[derive(Debug)]
 pub(crate) struct AuditLog {
     pub entries: Vec<Entry>,
-    pub verified: Result<Verified, Tamper>,
+    pub verified: Result<crate::history::History, crate::history::HistoryError>,
 }
 
 /// The running daemon and how it was found.
@@ -166,18 +165,28 @@ impl Context {
             let verifier = config
                 .verifier_or(None)
                 .map_err(|e| Undecided::Error(e.to_string()))?;
-            let (log, checkpoints) =
-                crate::storage::read_log(&config.log_dir).map_err(|e| match e {
-                    crate::storage::StorageError::Io { path, source, .. } => {
-                        procfs::denied_or_error(&path, &source)
-                    }
-                    other => Undecided::Error(other.to_string()),
-                })?;
-            let verified = crate::verify::verify(&log, &checkpoints, &verifier, None);
-            let entries = log
-                .split(|&b| b == b'\n')
-                .filter_map(|line| Entry::decode(line).ok())
-                .collect();
+            let sources = crate::history::Sources {
+                live: Some(&config.log_dir),
+                archives: &[],
+            };
+            let verified = crate::history::verify(sources, &verifier, None);
+            if let Err(crate::history::HistoryError::Storage(
+                crate::storage::StorageError::Io { path, source, .. },
+            )) = &verified
+            {
+                return Err(procfs::denied_or_error(path, source));
+            }
+            // The records of the live segments, in order.
+            let mut entries = Vec::new();
+            for piece in verified.iter().flat_map(|h| &h.pieces) {
+                let bytes = std::fs::read(&piece.path)
+                    .map_err(|e| procfs::denied_or_error(&piece.path, &e))?;
+                entries.extend(
+                    bytes
+                        .split(|&b| b == b'\n')
+                        .filter_map(|line| Entry::decode(line).ok()),
+                );
+            }
             Ok(AuditLog { entries, verified })
         })
     }

@@ -27,7 +27,7 @@ pub(crate) enum Format {
 const TOOL: &str = "deepseek-audit verify";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     time::OffsetDateTime::from(time)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

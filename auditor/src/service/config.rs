@@ -20,7 +20,13 @@ pub struct ServiceConfig {
     pub log_dir: PathBuf,
     #[serde(default = "default_key")]
     pub signing_key: PathBuf,
-    /// The checkpoint verifier key (`name+hash+base64`), for `log verify`.
+    /// The key the log was signed with until now, for one start after
+    /// `signing_key` changed: the service seals the log with a hand-over
+    /// signed by both keys, then signs with `signing_key` alone.
+    #[serde(default)]
+    pub previous_signing_key: Option<PathBuf>,
+    /// The checkpoint verifier key (`name+hash+base64`) of the log's first
+    /// key: verification follows the hand-overs from it.
     #[serde(default)]
     pub verifier_key: Option<String>,
     /// Or the file holding it (`keygen --verifier-out`), for a
@@ -61,6 +67,16 @@ pub struct ServiceConfig {
     pub metrics_file: Option<PathBuf>,
     #[serde(default = "default_metrics_interval")]
     pub metrics_interval_secs: std::num::NonZeroU64,
+    /// Seal the active segment once it holds this many bytes.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_max_bytes: std::num::NonZeroU64,
+    /// And once its first entry is this old (0: by size only).
+    #[serde(default = "default_segment_age")]
+    pub segment_max_age_secs: u64,
+    /// `log archive` moves a sealed segment only once its newest entry is
+    /// this many days old: what stays live (0: every sealed segment moves).
+    #[serde(default)]
+    pub retention_days: u64,
 }
 
 /// Why `audit.toml` cannot be used: the same errors, and the same
@@ -159,6 +175,12 @@ fn default_floor() -> u64 {
 }
 fn default_metrics_interval() -> std::num::NonZeroU64 {
     std::num::NonZeroU64::new(15).expect("non-zero")
+}
+fn default_segment_bytes() -> std::num::NonZeroU64 {
+    std::num::NonZeroU64::new(64 << 20).expect("non-zero")
+}
+fn default_segment_age() -> u64 {
+    86_400
 }
 fn yes() -> bool {
     true

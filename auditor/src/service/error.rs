@@ -25,4 +25,13 @@ pub enum ServiceError {
     },
     #[error("refusing to append: {reason} (investigate with `deepseek-audit log verify`)")]
     Tampered { reason: String },
+    #[error(
+        "the log is signed with {log_key}, not with signing_key's {signing_key}: to hand it over to \
+         the new key, set previous_signing_key to the file of the key the log is signed with \
+         (docs/guide/operations.md, key rotation)"
+    )]
+    KeyChange {
+        log_key: String,
+        signing_key: String,
+    },
 }

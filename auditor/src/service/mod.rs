@@ -69,13 +69,8 @@ fn connection(stream: UnixStream, max: usize, recorder: &Recorder) {
             match incoming {
                 Incoming::Frame(frame) => match serde_json::from_slice::<Request>(&frame) {
                     // The events only the service itself writes: a client
-                    // must not claim a torn tail or a low disk.
-                    Ok(request)
-                        if matches!(
-                            request.entry.event,
-                            Event::TornTailRemoved | Event::LowSpace
-                        ) =>
-                    {
+                    // must not claim a torn tail, a low disk or a new key.
+                    Ok(request) if request.entry.event.service_only() => {
                         answers.push(refused(
                             Some(request.tag),
                             format!(
@@ -151,9 +146,16 @@ pub struct Opened {
     sealed: u64,
 }
 
-/// Opens the log and verifies it: the slow part of the start (the whole
-/// log is read), done before anything listens.
-pub fn open(config: &ServiceConfig, signer: &NoteSigner) -> Result<Opened, ServiceError> {
+/// Opens the log and verifies its whole live history from the first
+/// pinned key (the configured verifier key, else `signer`'s): the slow
+/// part of the start, done before anything listens. When the log's key is
+/// `previous`'s, not `signer`'s, hands it over: a `key_rotated` entry,
+/// then a seal signed by both keys.
+pub fn open(
+    config: &ServiceConfig,
+    signer: &NoteSigner,
+    previous: Option<&NoteSigner>,
+) -> Result<Opened, ServiceError> {
     std::fs::create_dir_all(&config.log_dir).map_err(|source| ServiceError::Io {
         action: "create",
         path: config.log_dir.clone(),
@@ -169,25 +171,46 @@ pub fn open(config: &ServiceConfig, signer: &NoteSigner) -> Result<Opened, Servi
         path: config.log_dir.clone(),
         source,
     })?;
-    let (log, torn) = LogFile::open(&config.log_dir)?;
+    let (mut log, torn) = LogFile::open(&config.log_dir)?;
     // Never sign on top of a log that does not verify against its own
     // checkpoints: new checkpoints would otherwise bless a rewrite.
     let verifier = signer.verifier();
-    if let Some(configured) = &config.verifier
-        && *configured != verifier
-    {
-        return Err(ServiceError::Tampered {
-            reason: format!(
-                "the configured verifier key {configured} is not the key of signing_key ({verifier})"
-            ),
-        });
-    }
-    let (bytes, checkpoints) = crate::storage::read_log(&config.log_dir)?;
-    let sealed = crate::verify::verify(&bytes, &checkpoints, &verifier, None)
-        .map_err(|e| ServiceError::Tampered {
+    let pinned = config.verifier.clone().unwrap_or_else(|| verifier.clone());
+    let sources = crate::history::Sources {
+        live: Some(&config.log_dir),
+        archives: &[],
+    };
+    let history =
+        crate::history::verify(sources, &pinned, None).map_err(|e| ServiceError::Tampered {
             reason: e.to_string(),
-        })?
-        .sealed;
+        })?;
+    let current = history.keys.last().unwrap_or(&pinned);
+    let mut sealed = history.sealed;
+    if *current != verifier {
+        let previous = previous
+            .filter(|p| p.verifier() == *current)
+            .ok_or_else(|| ServiceError::KeyChange {
+                log_key: current.to_string(),
+                signing_key: verifier.to_string(),
+            })?;
+        let mut entry = Entry::event(Event::KeyRotated);
+        entry.details.insert("from".into(), current.to_string());
+        entry.details.insert("to".into(), verifier.to_string());
+        log.append(vec![Entry {
+            time_ns: recorder::now_ns(),
+            ..entry
+        }])?;
+        log.rotate(&[previous, signer], Some(verifier.to_string()))?;
+        sealed = log.size();
+        eprintln!(
+            "deepseek-audit: handed the log over from {current} to {verifier}: segment sealed by both; \
+             previous_signing_key is no longer needed"
+        );
+    } else if previous.is_some() {
+        eprintln!(
+            "deepseek-audit: the log is already signed with signing_key: previous_signing_key is not needed"
+        );
+    }
     Ok(Opened { log, torn, sealed })
 }
 

@@ -12,7 +12,6 @@
 //! stops the service: every later record is refused, and [`Recorder::close`]
 //! returns the failure.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -24,9 +23,10 @@ use super::stats::Stats;
 use crate::checkpoint::Checkpoint;
 use crate::entry::{Entry, Event};
 use crate::note::NoteSigner;
-use crate::storage::{LogFile, free_bytes};
+use crate::segment::CHECKPOINTS;
+use crate::storage::{LogFile, free_bytes, write_durably};
 
-fn now_ns() -> u128 {
+pub(super) fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
@@ -296,10 +296,22 @@ impl Recorder {
         Some(entry)
     }
 
-    /// Seals a checkpoint when `checkpoint_every` entries or (with `timed`)
+    /// Seals the active segment when it reached `segment_max_bytes` or
+    /// (with `timed`) `segment_max_age_secs`; else a checkpoint when
+    /// `checkpoint_every` entries or (with `timed`)
     /// `checkpoint_interval_secs` call for one.
     fn seal_if_due(&self, state: &mut State, timed: bool) -> Result<(), ServiceError> {
         let config = &self.config;
+        let age = Duration::from_secs(config.segment_max_age_secs);
+        let old = timed
+            && !age.is_zero()
+            && state
+                .log
+                .segment_since()
+                .is_some_and(|since| since.elapsed().is_ok_and(|a| a >= age));
+        if state.log.segment_bytes() >= config.segment_max_bytes.get() || old {
+            return self.rotate(state);
+        }
         let unsealed = state.log.size() - state.sealed;
         let interval = Duration::from_secs(config.checkpoint_interval_secs.max(1));
         let due = unsealed >= config.checkpoint_every.get()
@@ -310,9 +322,17 @@ impl Recorder {
         Ok(())
     }
 
+    /// Seals the active segment (its seal is the checkpoint of the whole
+    /// log at its end) and starts the next.
+    fn rotate(&self, state: &mut State) -> Result<(), ServiceError> {
+        if let Some(note) = state.log.rotate(&[&self.signer], None)? {
+            self.sealed(state, "seal", &note);
+        }
+        Ok(())
+    }
+
     /// Writes a checkpoint note for the log, atomically, and to syslog.
     fn write_checkpoint(&self, state: &mut State) -> Result<(), ServiceError> {
-        let config = &self.config;
         let checkpoint = Checkpoint {
             origin: self.signer.verifier().name().to_owned(),
             size: state.log.size(),
@@ -323,32 +343,26 @@ impl Recorder {
             .signer
             .sign(&checkpoint.text())
             .expect("checkpoint text ends in a newline");
-        let dir = config.log_dir.join("checkpoints");
-        let io = |action, source| ServiceError::Io {
-            action,
-            path: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| io("create", e))?;
-        let name = format!("{:020}.note", state.log.size());
-        let temporary = dir.join(format!(".{name}.new"));
-        let mut file =
-            std::fs::File::create(&temporary).map_err(|e| io("write a checkpoint in", e))?;
-        file.write_all(note.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io("write a checkpoint in", e))?;
-        std::fs::rename(&temporary, dir.join(&name))
-            .map_err(|e| io("rename a checkpoint in", e))?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("sync", e))?;
+        let dir = self.config.log_dir.join(CHECKPOINTS);
+        write_durably(&dir, &format!("{:020}.note", state.log.size()), note.as_bytes()).map_err(
+            |source| ServiceError::Io {
+                action: "write a checkpoint in",
+                path: dir.clone(),
+                source,
+            },
+        )?;
+        self.sealed(state, "checkpoint", &note);
+        Ok(())
+    }
+
+    /// The log is sealed up to its end by `note` (a checkpoint or a seal).
+    fn sealed(&self, state: &mut State, kind: &str, note: &str) {
         state.sealed = state.log.size();
         state.last_checkpoint = Instant::now();
         self.stats.sealed(state.sealed);
-        if config.syslog {
-            to_syslog(false, format!("checkpoint {}", note.replace('\n', "\\n")));
+        if self.config.syslog {
+            to_syslog(false, format!("{kind} {}", note.replace('\n', "\\n")));
         }
-        Ok(())
     }
 
     /// The clock's work, every few hundred milliseconds: a checkpoint once
