@@ -71,7 +71,7 @@ fn main() {
     let socket = service_config.socket.clone();
     let service = std::thread::spawn(move || {
         let allowed = service_config.allowed_uids.clone();
-        let opened = service::open(&service_config, &signer).expect("open the log");
+        let opened = service::open(&service_config, &signer, None).expect("open the log");
         service::serve(
             &service_config,
             opened,

@@ -229,7 +229,12 @@ pub fn sample_proof() -> Vec<u8> {
     let note = signer()
         .sign(&checkpoint.text())
         .expect("ends in a newline");
-    let proof = InclusionProof::new(&lines[2], 2, &merkle::inclusion_proof(2, &leaves[..5]), &note);
+    let proof = InclusionProof::new(
+        &lines[2],
+        2,
+        &merkle::inclusion_proof(2, &leaves[..5]),
+        &note,
+    );
     serde_json::to_vec(&proof).expect("serializes")
 }
 

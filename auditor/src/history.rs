@@ -259,7 +259,12 @@ pub fn verify(
     trusted: Option<&str>,
 ) -> Result<History, HistoryError> {
     let mut found = Found::default();
-    for dir in sources.live.iter().copied().chain(sources.archives.iter().map(PathBuf::as_path)) {
+    for dir in sources
+        .live
+        .iter()
+        .copied()
+        .chain(sources.archives.iter().map(PathBuf::as_path))
+    {
         found.gather(dir)?;
     }
     let trusted = trusted
@@ -301,9 +306,10 @@ pub fn verify(
             path: path.clone(),
             reason,
         };
-        let text = walk.key.open(&note).map_err(|_| {
-            seal_error(format!("not signed by {}, the key of its time", walk.key))
-        })?;
+        let text = walk
+            .key
+            .open(&note)
+            .map_err(|_| seal_error(format!("not signed by {}, the key of its time", walk.key)))?;
         let seal = Seal::parse(text).map_err(|e| seal_error(e.to_string()))?;
         if seal.index != index || seal.first != walk.frontier.size() {
             return Err(seal_error(format!(
@@ -325,14 +331,11 @@ pub fn verify(
                 Place::Present(data)
             }
             None => {
-                let record = found
-                    .archived
-                    .remove(&index)
-                    .ok_or(HistoryError::Missing {
-                        index,
-                        first: seal.first,
-                        end,
-                    })?;
+                let record = found.archived.remove(&index).ok_or(HistoryError::Missing {
+                    index,
+                    first: seal.first,
+                    end,
+                })?;
                 walk.skip(index, seal.first, end)?;
                 Place::Archived(record)
             }

@@ -106,7 +106,9 @@ pub fn main() -> ExitCode {
                 LogCommand::Archive { to, keep_days } => {
                     commands::archive::run(&cli.config, to, *keep_days)
                 }
-                LogCommand::Show { sources } => commands::log::show(&reading(config, None, sources), false),
+                LogCommand::Show { sources } => {
+                    commands::log::show(&reading(config, None, sources), false)
+                }
                 LogCommand::Export { sources, .. } => {
                     commands::log::show(&reading(config, None, sources), true)
                 }

@@ -206,12 +206,20 @@ mod tests {
         let text = seal.text();
         assert_eq!(Seal::parse(&text), Ok(seal.clone()));
         assert_eq!(seal.entries(), 4);
-        let bad_root = text.replacen(&BASE64.encode(seal.frontier.root()), &BASE64.encode([0; 32]), 1);
+        let bad_root = text.replacen(
+            &BASE64.encode(seal.frontier.root()),
+            &BASE64.encode([0; 32]),
+            1,
+        );
         assert_eq!(
             Seal::parse(&bad_root),
             Err(SealError("the root is not the frontier's"))
         );
-        let short = text.replacen(&format!(" {}", BASE64.encode(seal.frontier.hashes()[2])), "", 1);
+        let short = text.replacen(
+            &format!(" {}", BASE64.encode(seal.frontier.hashes()[2])),
+            "",
+            1,
+        );
         assert!(Seal::parse(&short).is_err());
         assert!(Seal::parse(&format!("{text}extra\n")).is_err());
         assert!(Seal::parse(&text.replace("segment 2 7", "segment 2 11")).is_err());

@@ -119,7 +119,12 @@ fn last_seal(dir: &Path) -> Result<Option<Seal>, StorageError> {
         Ok(items) => items,
     };
     let last = items
-        .filter_map(|item| item.ok()?.file_name().to_str().and_then(segment::parse_name))
+        .filter_map(|item| {
+            item.ok()?
+                .file_name()
+                .to_str()
+                .and_then(segment::parse_name)
+        })
         .filter(|(_, kind)| *kind == Kind::Seal)
         .map(|(index, _)| index)
         .max();
@@ -211,7 +216,10 @@ impl LogFile {
             dir: dir.to_owned(),
             index: seal.as_ref().map_or(0, |s| s.index + 1),
             first: seal.as_ref().map_or(0, |s| s.frontier.size()),
-            frontier: seal.as_ref().map(|s| s.frontier.clone()).unwrap_or_default(),
+            frontier: seal
+                .as_ref()
+                .map(|s| s.frontier.clone())
+                .unwrap_or_default(),
             last: seal.as_ref().map(|s| s.last),
             digest: Sha256::new(),
             bytes: complete as u64,
@@ -335,7 +343,8 @@ impl LogFile {
             frontier: self.frontier.clone(),
             next_key,
         };
-        let note = NoteSigner::sign_all(signers, &seal.text()).expect("seal text ends in a newline");
+        let note =
+            NoteSigner::sign_all(signers, &seal.text()).expect("seal text ends in a newline");
         let segments = self.dir.join(segment::SEGMENTS);
         let io = |action, path: &Path, source| StorageError::Io {
             action,
@@ -343,7 +352,10 @@ impl LogFile {
             source,
         };
         let seal_path = segment::path(&self.dir, self.index, Kind::Seal);
-        let name = seal_path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = seal_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         write_durably(&segments, name, note.as_bytes())
             .map_err(|e| io("write the seal", &seal_path, e))?;
         finish_rotation(&self.dir, &seal)?;
@@ -423,9 +435,7 @@ mod tests {
         let (log, torn) = LogFile::open(dir.path()).expect("reopen");
         assert_eq!((log.size(), log.root(), torn), (3, root, None));
         let bytes = std::fs::read(dir.path().join(ENTRIES)).expect("read");
-        let verifier = crate::note::NoteSigner::from_seed("t", [1; 32])
-            .expect("key")
-            .verifier();
+        let verifier = NoteSigner::from_seed("t", [1; 32]).expect("key").verifier();
         assert_eq!(
             crate::verify::verify(&bytes, &[], &verifier, None)
                 .expect("verifies")

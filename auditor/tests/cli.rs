@@ -2,101 +2,15 @@
 //! writers, a crash (SIGKILL) during a burst, and `log verify`,
 //! `log prove` and `log check-proof` on the result.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn audit(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_deepseek-audit"))
-        .args(args)
-        .output()
-        .expect("run deepseek-audit");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
-}
+mod common;
 
-fn setup(dir: &Path) -> String {
-    let key = dir.join("audit.key");
-    let (code, out) = audit(&[
-        "keygen",
-        "--name",
-        "deepseek-audit/test",
-        "--out",
-        key.to_str().expect("utf8"),
-    ]);
-    assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
-        0o600
-    );
-    let verifier = out.trim().to_owned();
-    std::fs::write(
-        dir.join("audit.toml"),
-        format!(
-            "socket = \"{0}/audit.sock\"\nlog_dir = \"{0}/log\"\nsigning_key = \"{0}/audit.key\"\n{verifier}\nallowed_uids = [{1}]\ncheckpoint_every = 50\nmin_free_bytes = 1\nsyslog = false\n",
-            dir.display(),
-            nix::unistd::Uid::current()
-        ),
-    )
-    .expect("config");
-    verifier
-}
-
-fn serve(dir: &Path) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_deepseek-audit"))
-        .args([
-            "--config",
-            dir.join("audit.toml").to_str().expect("utf8"),
-            "serve",
-        ])
-        .stderr(std::fs::File::create(dir.join("serve.err")).expect("log"))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(dir.join("audit.sock")).is_err() {
-        assert!(Instant::now() < deadline, "not listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
-
-/// Sends `count` records on one connection and returns the acknowledged
-/// sequence numbers (stops at the first missing answer).
-fn append(dir: &Path, count: u64) -> Vec<u64> {
-    let mut stream = UnixStream::connect(dir.join("audit.sock")).expect("connect");
-    // A service that never answers fails the test instead of hanging it.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut acked = Vec::new();
-    for tag in 0..count {
-        let body = format!(
-            r#"{{"tag":{tag},"entry":{{"seq":0,"time_ns":0,"event":"request","model":"demo","status":200}}}}"#
-        );
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(body.as_bytes());
-        let mut length = [0u8; 4];
-        // The service may be killed at any point: stop at the first failure.
-        if stream.write_all(&frame).is_err() || stream.read_exact(&mut length).is_err() {
-            break;
-        }
-        let mut reply = vec![0u8; u32::from_be_bytes(length) as usize];
-        if stream.read_exact(&mut reply).is_err() {
-            break;
-        }
-        let reply: serde_json::Value = serde_json::from_slice(&reply).expect("json");
-        match reply["seq"].as_u64() {
-            Some(seq) => acked.push(seq),
-            None => break,
-        }
-    }
-    acked
-}
+use common::{KillOnDrop, append, audit, serve, setup};
 
 #[test]
 fn every_acknowledged_record_survives_a_crash_and_the_log_verifies() {
@@ -364,16 +278,6 @@ fn serve_refuses_to_append_to_a_tampered_log_or_replace_a_file() {
     let (code, out) = audit(&["--config", config, "serve"]);
     assert_eq!(code, 71, "{out}");
     assert_eq!(std::fs::read(&socket).expect("kept"), b"precious");
-}
-
-/// A child that a failing test must not leave behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Receives datagrams until one starts with `prefix`.

@@ -106,7 +106,11 @@ fn archive(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Result<Stri
     let live = &config.log_dir;
     // Every seal and archive record up to the last segment taken, then the
     // segments and their checkpoints.
-    for segment in history.segments.iter().take_while(|s| s.index <= last.index) {
+    for segment in history
+        .segments
+        .iter()
+        .take_while(|s| s.index <= last.index)
+    {
         copy(live, to, segment.index, Kind::Seal)?;
         if matches!(segment.place, Place::Archived(_)) {
             copy(live, to, segment.index, Kind::Archived)?;
@@ -141,11 +145,17 @@ fn archive(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Result<Stri
     for (segment, path) in &chosen {
         let record = format!(
             "archived to {} at {at} by uid {by}",
-            std::fs::canonicalize(to).unwrap_or_else(|_| to.to_owned()).display()
+            std::fs::canonicalize(to)
+                .unwrap_or_else(|_| to.to_owned())
+                .display()
         );
         let name = file_name(segment.index, Kind::Archived);
-        write_durably(&live.join(SEGMENTS), &name, format!("{record}\n").as_bytes())
-            .map_err(io("write", &live.join(SEGMENTS).join(&name)))?;
+        write_durably(
+            &live.join(SEGMENTS),
+            &name,
+            format!("{record}\n").as_bytes(),
+        )
+        .map_err(io("write", &live.join(SEGMENTS).join(&name)))?;
         std::fs::remove_file(path).map_err(io("remove", path))?;
     }
     for name in &moved_checkpoints {
@@ -216,7 +226,8 @@ fn copy_file(from: &Path, to: &Path, name: &str) -> Result<(), ArchiveError> {
 
 /// The names of the live checkpoints of the first `end` entries.
 fn checkpoints_up_to(live: &Path, end: u64) -> Result<Vec<String>, ArchiveError> {
-    let stored = storage::read_checkpoints(live).map_err(|e| ReadError::from(HistoryError::from(e)))?;
+    let stored =
+        storage::read_checkpoints(live).map_err(|e| ReadError::from(HistoryError::from(e)))?;
     Ok(stored
         .into_iter()
         .filter(|c| {
@@ -231,9 +242,14 @@ fn checkpoints_up_to(live: &Path, end: u64) -> Result<Vec<String>, ArchiveError>
 /// When the newest entry of a segment file was written.
 fn newest(path: &Path) -> Result<SystemTime, ArchiveError> {
     let bytes = std::fs::read(path).map_err(io("read", path))?;
-    let lines = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty());
-    let count = lines.clone().count();
-    let line = lines.last().unwrap_or_default();
+    let count = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let line = bytes
+        .split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default();
     let entry = Entry::decode(line).map_err(|e| ArchiveError::Entry {
         path: path.to_owned(),
         line: count,

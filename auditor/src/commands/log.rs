@@ -55,7 +55,9 @@ impl ReadError {
 impl Reading<'_> {
     /// The pinned key and the live directory.
     pub(crate) fn setup(&self) -> Result<(NoteVerifier, Option<PathBuf>), ReadError> {
-        if self.archive_only && let Some(key) = self.key {
+        if self.archive_only
+            && let Some(key) = self.key
+        {
             return Ok((NoteVerifier::parse(key).map_err(VerifierError::from)?, None));
         }
         let config = ServiceConfig::load(self.config)?;

@@ -170,9 +170,11 @@ impl Context {
                 archives: &[],
             };
             let verified = crate::history::verify(sources, &verifier, None);
-            if let Err(crate::history::HistoryError::Storage(
-                crate::storage::StorageError::Io { path, source, .. },
-            )) = &verified
+            if let Err(crate::history::HistoryError::Storage(crate::storage::StorageError::Io {
+                path,
+                source,
+                ..
+            })) = &verified
             {
                 return Err(procfs::denied_or_error(path, source));
             }

@@ -344,13 +344,16 @@ impl Recorder {
             .sign(&checkpoint.text())
             .expect("checkpoint text ends in a newline");
         let dir = self.config.log_dir.join(CHECKPOINTS);
-        write_durably(&dir, &format!("{:020}.note", state.log.size()), note.as_bytes()).map_err(
-            |source| ServiceError::Io {
-                action: "write a checkpoint in",
-                path: dir.clone(),
-                source,
-            },
-        )?;
+        write_durably(
+            &dir,
+            &format!("{:020}.note", state.log.size()),
+            note.as_bytes(),
+        )
+        .map_err(|source| ServiceError::Io {
+            action: "write a checkpoint in",
+            path: dir.clone(),
+            source,
+        })?;
         self.sealed(state, "checkpoint", &note);
         Ok(())
     }
