@@ -102,6 +102,12 @@ pub enum HistoryError {
     TrustedOutside { size: u64, index: u64 },
     #[error("the trusted checkpoint: {0}")]
     Trusted(String),
+    #[error("{}: {length} bytes, over the {limit} this file can have", path.display())]
+    TooLarge {
+        path: PathBuf,
+        length: u64,
+        limit: u64,
+    },
 }
 
 /// The files of every source, gathered by segment index.
@@ -121,18 +127,29 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> HistoryError
     })
 }
 
-/// Reads a small file whole, refusing one over `limit` bytes unread.
-fn read_small(path: &Path, limit: u64) -> Result<String, HistoryError> {
+/// Reads a file whole, refusing one over `limit` bytes unread.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, HistoryError> {
     let length = std::fs::metadata(path)
         .map_err(|e| io("read", path, e))?
         .len();
     if length > limit {
-        return Err(HistoryError::Seal {
+        return Err(HistoryError::TooLarge {
             path: path.to_owned(),
-            reason: format!("{length} bytes, over the {limit} a seal or record can have"),
+            length,
+            limit,
         });
     }
-    std::fs::read_to_string(path).map_err(|e| io("read", path, e))
+    std::fs::read(path).map_err(|e| io("read", path, e))
+}
+
+/// A seal or an archive record, as text.
+fn read_small(path: &Path) -> Result<String, HistoryError> {
+    String::from_utf8(read_bounded(path, segment::MAX_SEAL_BYTES)?).map_err(|_| {
+        HistoryError::Seal {
+            path: path.to_owned(),
+            reason: "not UTF-8 text".into(),
+        }
+    })
 }
 
 impl Found {
@@ -154,7 +171,7 @@ impl Found {
             };
             match kind {
                 Kind::Seal => {
-                    let note = read_small(&path, segment::MAX_SEAL_BYTES)?;
+                    let note = read_small(&path)?;
                     if let Some((other, known)) = self.seals.get(&index) {
                         if *known != note {
                             return Err(HistoryError::Conflict {
@@ -170,7 +187,7 @@ impl Found {
                     self.data.entry(index).or_insert(path);
                 }
                 Kind::Archived => {
-                    let record = read_small(&path, segment::MAX_SEAL_BYTES)?;
+                    let record = read_small(&path)?;
                     self.archived.insert(index, record.trim().to_owned());
                 }
             }
@@ -417,7 +434,7 @@ pub fn verify(
 /// Verifies a present segment against its seal: the file's digest, then
 /// its entries from the walk's state, with the checkpoints of its range.
 fn check_segment(walk: &mut Walk, data: &Path, seal: &Seal) -> Result<(), HistoryError> {
-    let bytes = std::fs::read(data).map_err(|e| io("read", data, e))?;
+    let bytes = read_bounded(data, segment::MAX_SEGMENT_FILE)?;
     let digest: Hash = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
     let segment_error = |source| HistoryError::Segment {
         path: data.to_owned(),

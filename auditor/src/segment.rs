@@ -26,8 +26,15 @@ use crate::note::NoteVerifier;
 pub(crate) const SEGMENTS: &str = "segments";
 /// The directory of checkpoint notes, in a live log or an archive.
 pub(crate) const CHECKPOINTS: &str = "checkpoints";
-/// A seal is a few kilobytes; anything larger is refused unread.
+/// A seal, an archive record or a checkpoint is a few kilobytes; anything
+/// larger is refused unread.
 pub(crate) const MAX_SEAL_BYTES: u64 = 16 << 10;
+/// The largest `segment_max_bytes`.
+pub(crate) const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+/// The largest segment file verification reads: `MAX_SEGMENT_BYTES` and a
+/// last batch over it. A larger one (on an archive medium, say) is refused
+/// unread rather than filling memory.
+pub(crate) const MAX_SEGMENT_FILE: u64 = 2 * MAX_SEGMENT_BYTES;
 
 /// A segment's files, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -63,6 +63,17 @@ pub fn read_checkpoints(dir: &Path) -> Result<Vec<StoredCheckpoint>, StorageErro
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 if name.ends_with(".note") && !name.starts_with('.') {
+                    let length = item_length(&path).map_err(|e| io("read", &path, e))?;
+                    if length > segment::MAX_SEAL_BYTES {
+                        return Err(StorageError::Damaged {
+                            path,
+                            line: 1,
+                            reason: format!(
+                                "{length} bytes, over the {} a checkpoint can have",
+                                segment::MAX_SEAL_BYTES
+                            ),
+                        });
+                    }
                     let note = std::fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
                     checkpoints.push(StoredCheckpoint { name, note });
                 }
@@ -70,6 +81,10 @@ pub fn read_checkpoints(dir: &Path) -> Result<Vec<StoredCheckpoint>, StorageErro
         }
     }
     Ok(checkpoints)
+}
+
+fn item_length(path: &Path) -> std::io::Result<u64> {
+    Ok(std::fs::metadata(path)?.len())
 }
 
 /// A torn last entry that was removed at open.

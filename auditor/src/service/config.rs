@@ -105,6 +105,17 @@ impl ServiceConfig {
             key: e.key().to_owned(),
             message: e.to_string(),
         })?;
+        if config.segment_max_bytes.get() > crate::segment::MAX_SEGMENT_BYTES {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "segment_max_bytes".to_owned(),
+                message: format!(
+                    "{} is over the largest segment, {} bytes (1 GiB)",
+                    config.segment_max_bytes,
+                    crate::segment::MAX_SEGMENT_BYTES
+                ),
+            });
+        }
         if config.warn_free_bytes == 0 {
             config.warn_free_bytes = config.min_free_bytes.saturating_mul(4);
         } else if config.warn_free_bytes <= config.min_free_bytes {

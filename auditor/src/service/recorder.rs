@@ -101,8 +101,10 @@ impl Recorder {
         log: LogFile,
         sealed: u64,
     ) -> Self {
+        let stats = Stats::new(log.size(), sealed);
+        stats.segment(log.segment_bytes(), false);
         Self {
-            stats: Stats::new(log.size(), sealed),
+            stats,
             config,
             signer,
             queue: Mutex::default(),
@@ -253,6 +255,7 @@ impl Recorder {
         let events: Vec<Event> = entries.iter().map(|e| e.event).collect();
         let started = Instant::now();
         let seqs = state.log.append(entries)?;
+        self.stats.segment(state.log.segment_bytes(), false);
         self.stats.appended(
             events.into_iter(),
             state.log.size(),
@@ -326,6 +329,7 @@ impl Recorder {
     /// log at its end) and starts the next.
     fn rotate(&self, state: &mut State) -> Result<(), ServiceError> {
         if let Some(note) = state.log.rotate(&[&self.signer], None)? {
+            self.stats.segment(0, true);
             self.sealed(state, "seal", &note);
         }
         Ok(())

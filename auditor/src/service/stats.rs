@@ -33,6 +33,8 @@ pub(crate) struct Stats {
     free: AtomicU64,
     low_space: AtomicBool,
     refused_peers: AtomicU64,
+    segment_bytes: AtomicU64,
+    rotations: AtomicU64,
     batch: Histogram,
     append: Histogram,
     sync: Histogram,
@@ -50,6 +52,8 @@ impl Stats {
             free: AtomicU64::new(0),
             low_space: AtomicBool::new(false),
             refused_peers: AtomicU64::new(0),
+            segment_bytes: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
             batch: Histogram::new(SIZE_BUCKETS),
             append: Histogram::latency(),
             sync: Histogram::latency(),
@@ -89,6 +93,13 @@ impl Stats {
     pub(super) fn free(&self, free: u64, low: bool) {
         self.free.store(free, Ordering::Relaxed);
         self.low_space.store(low, Ordering::Relaxed);
+    }
+
+    /// The active segment's size, and whether it was just sealed.
+    pub(super) fn segment(&self, bytes: u64, rotated: bool) {
+        self.segment_bytes.store(bytes, Ordering::Relaxed);
+        self.rotations
+            .fetch_add(u64::from(rotated), Ordering::Relaxed);
     }
 
     pub(super) fn refused_peer(&self) {
@@ -146,6 +157,18 @@ impl Stats {
             Kind::Gauge,
             "When the last checkpoint was signed (Unix seconds; 0 before the first since the start).",
             f64::from_bits(self.last_checkpoint.load(Ordering::Relaxed)),
+        )
+        .single(
+            "deepseek_audit_segment_bytes",
+            Kind::Gauge,
+            "Bytes in the active segment (entries.log); it is sealed at segment_max_bytes.",
+            load(&self.segment_bytes),
+        )
+        .single(
+            "deepseek_audit_segments_sealed_total",
+            Kind::Counter,
+            "Segments sealed (rotations) since the service started.",
+            load(&self.rotations),
         )
         .single(
             "deepseek_audit_log_free_bytes",
