@@ -157,6 +157,31 @@ fn segments_rotate_archive_and_verify_as_one_history() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("pass its archive with --archive"), "{out}");
 
+    // A checkpoint kept elsewhere: checked where its entries are.
+    // (a seal is a checkpoint note too).
+    let trusted = archive.join("segments/00000001.seal");
+    let trusted = trusted.to_str().expect("utf8");
+    let (code, out) = audit(&[
+        "-c",
+        &config,
+        "log",
+        "verify",
+        "--archive",
+        usb,
+        "--trusted-checkpoint",
+        trusted,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = audit(&[
+        "-c",
+        &config,
+        "log",
+        "verify",
+        "--trusted-checkpoint",
+        trusted,
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("whose entries are not here"), "{out}");
     // A byte changed in the archive.
     let third = archive.join("segments/00000002.log");
     let original = std::fs::read(&third).expect("segment");

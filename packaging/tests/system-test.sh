@@ -224,6 +224,23 @@ check "the log records alice's uid" test "$(last_request_uid)" = "$(id -u alice)
 check "the log records the integrity check" sh -c 'deepseek-audit log show | grep -q integrity_check'
 evidence "deepseek-audit log show" deepseek-audit log show
 
+# Retention under systemd: small segments, a rotation, then log archive
+# moves the sealed ones out while the service runs.
+sed -i 's/^segment_max_bytes = .*/segment_max_bytes = 4096/' /etc/deepseek/audit.toml
+systemctl restart deepseek-audit.service
+for _ in $(seq 30); do infer alice >/dev/null 2>&1 || sleep 0.2; done
+check "the audit log rotated into sealed segments" sh -c 'ls /var/lib/deepseek-audit/segments/ | grep -q "\.seal$"'
+check "log archive moves the sealed segments out" deepseek-audit log archive --to /root/archive --keep-days 0
+check "the live log verifies alone, naming where the segments went" sh -c \
+    'deepseek-audit log verify | grep -q "not here, archived to /root/archive"'
+check "the live log and the archive verify as one history" deepseek-audit log verify --archive /root/archive
+check "the archive verifies alone, with only the verifier key" \
+    deepseek-audit -c /nonexistent.toml log verify --archive /root/archive --archive-only --key "$(cat /etc/deepseek/audit.pub)"
+check "deepseek-audit verify passes with archived segments" deepseek-audit verify
+evidence "deepseek-audit log verify --archive /root/archive" deepseek-audit log verify --archive /root/archive
+sed -i 's/^segment_max_bytes = .*/segment_max_bytes = 67108864/' /etc/deepseek/audit.toml
+systemctl restart deepseek-audit.service
+
 # PrivateUsers=yes, measured: what uid does the audit log then record?
 mkdir -p /run/systemd/system/deepseekd.service.d
 printf '[Service]\nPrivateUsers=yes\n' >/run/systemd/system/deepseekd.service.d/private-users.conf
