@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use deepseek_audit::entry::{Entry, Event};
 use deepseek_audit::note::NoteSigner;
 use deepseek_audit::service::{self, ServiceConfig};
-use deepseek_audit::storage::LogFile;
+use deepseek_audit::storage::{LogFile, Tail};
 
 fn config(dir: &Path) -> ServiceConfig {
     toml::from_str(&format!(
@@ -107,7 +107,7 @@ fn main() {
 
     // A log of one million entries, written in large batches, then verified.
     let big = tempfile::tempdir_in(&base).expect("tempdir");
-    let (mut log, _) = LogFile::open(big.path()).expect("open");
+    let mut log = LogFile::open(big.path(), &Tail::default()).expect("open");
     for batch in 0..100u64 {
         let entries = (0..10_000u64)
             .map(|i| Entry {

@@ -120,6 +120,10 @@ pub(crate) enum Command {
 /// configuration's `log_dir`, and archives.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Sources {
+    /// The first pinned verifier key (default: the configuration's
+    /// verifier_key or verifier_key_file).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: Option<String>,
     /// An archive directory (`log archive --to`) whose segments join the
     /// live ones; repeat for several.
     #[arg(long, value_name = "DIR")]
@@ -138,10 +142,6 @@ pub(crate) enum LogCommand {
     /// (following hand-overs from the first pinned key), and say which
     /// segments were checked and where the others went.
     Verify {
-        /// The first pinned verifier key (default: the configuration's
-        /// verifier_key or verifier_key_file).
-        #[arg(long, value_name = "KEY")]
-        key: Option<String>,
         /// A checkpoint kept elsewhere (e.g. from syslog) that the log must extend.
         #[arg(long, value_name = "FILE")]
         trusted_checkpoint: Option<PathBuf>,

@@ -12,7 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::merkle::{Frontier, Hash};
 use crate::note::NoteVerifier;
 use crate::segment::{self, Kind, Seal};
-use crate::storage::{self, ENTRIES, StorageError};
+use crate::storage::{self, ENTRIES, StorageError, Tail};
 use crate::verify::{self, Sealing, StoredCheckpoint, Tamper};
 
 /// Where the history is read from.
@@ -62,6 +62,8 @@ pub struct History {
     pub keys: Vec<NoteVerifier>,
     /// The entry files verified, in order (segments, then the active one).
     pub pieces: Vec<Piece>,
+    /// Where the active segment starts.
+    pub(crate) tail: Tail,
 }
 
 /// An entry file of the history that was verified.
@@ -72,6 +74,32 @@ pub struct Piece {
     pub(crate) start: Frontier,
     /// Its seal's note; `None` for the active segment.
     pub seal: Option<String>,
+    /// The bytes verified: their length and SHA-256, for reading them
+    /// again (the active file grows; a rotation or an archive run can
+    /// move a file).
+    pub(crate) len: usize,
+    pub(crate) sha256: Hash,
+}
+
+impl Piece {
+    /// The bytes that were verified, read again; `Changed` when they are
+    /// not there any more.
+    pub(crate) fn read(&self) -> Result<Vec<u8>, HistoryError> {
+        let mut bytes =
+            storage::read_regular(&self.path, u64::MAX).map_err(|e| io("read", &self.path, e))?;
+        if bytes.len() < self.len {
+            return Err(HistoryError::Changed(self.path.clone()));
+        }
+        bytes.truncate(self.len);
+        if digest(&bytes) != self.sha256 {
+            return Err(HistoryError::Changed(self.path.clone()));
+        }
+        Ok(bytes)
+    }
+}
+
+fn digest(bytes: &[u8]) -> Hash {
+    <sha2::Sha256 as sha2::Digest>::digest(bytes).into()
 }
 
 /// Why a history does not verify, or could not be read.
@@ -102,19 +130,26 @@ pub enum HistoryError {
     TrustedOutside { size: u64, index: u64 },
     #[error("the trusted checkpoint: {0}")]
     Trusted(String),
-    #[error("{}: {length} bytes, over the {limit} this file can have", path.display())]
-    TooLarge {
-        path: PathBuf,
-        length: u64,
-        limit: u64,
-    },
+    #[error(
+        "{}: a segment without a seal (a seal is written before its segment): not part of the history",
+        path.display()
+    )]
+    Unsealed { path: PathBuf },
+    #[error("{}: no sealed segment here (not mounted, or the wrong directory?)", dir.display())]
+    EmptyArchive { dir: PathBuf },
+    #[error(
+        "{} changed while it was read (a rotation or an archive run): run the command again",
+        .0.display()
+    )]
+    Changed(PathBuf),
 }
 
 /// The files of every source, gathered by segment index.
 #[derive(Debug, Default)]
 struct Found {
     seals: BTreeMap<u64, (PathBuf, String)>,
-    data: BTreeMap<u64, PathBuf>,
+    /// Every copy found, the first (live first) verified in full.
+    data: BTreeMap<u64, Vec<PathBuf>>,
     archived: BTreeMap<u64, String>,
     checkpoints: Vec<StoredCheckpoint>,
 }
@@ -127,39 +162,31 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> HistoryError
     })
 }
 
-/// Reads a file whole, refusing one over `limit` bytes unread.
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, HistoryError> {
-    let length = std::fs::metadata(path)
-        .map_err(|e| io("read", path, e))?
-        .len();
-    if length > limit {
-        return Err(HistoryError::TooLarge {
-            path: path.to_owned(),
-            length,
-            limit,
-        });
-    }
-    std::fs::read(path).map_err(|e| io("read", path, e))
-}
-
-/// A seal or an archive record, as text.
+/// A seal or an archive record, as text: a regular file of a few KiB.
 fn read_small(path: &Path) -> Result<String, HistoryError> {
-    String::from_utf8(read_bounded(path, segment::MAX_SEAL_BYTES)?).map_err(|_| {
-        HistoryError::Seal {
-            path: path.to_owned(),
-            reason: "not UTF-8 text".into(),
-        }
+    let bytes =
+        storage::read_regular(path, segment::MAX_SEAL_BYTES).map_err(|e| io("read", path, e))?;
+    String::from_utf8(bytes).map_err(|_| HistoryError::Seal {
+        path: path.to_owned(),
+        reason: "not UTF-8 text".into(),
     })
 }
 
 impl Found {
-    fn gather(&mut self, dir: &Path) -> Result<(), HistoryError> {
+    /// Gathers `dir`'s files; an archive (not `live`) must hold a seal.
+    fn gather(&mut self, dir: &Path, live: bool) -> Result<(), HistoryError> {
         let segments = dir.join(segment::SEGMENTS);
         let items = match std::fs::read_dir(&segments) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && live => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(HistoryError::EmptyArchive {
+                    dir: dir.to_owned(),
+                });
+            }
             Err(e) => return Err(io("read", &segments, e)),
             Ok(items) => Some(items),
         };
+        let mut seals_here = 0;
         for item in items.into_iter().flatten() {
             let path = item.map_err(|e| io("read", &segments, e))?.path();
             let Some((index, kind)) = path
@@ -171,6 +198,7 @@ impl Found {
             };
             match kind {
                 Kind::Seal => {
+                    seals_here += 1;
                     let note = read_small(&path)?;
                     if let Some((other, known)) = self.seals.get(&index) {
                         if *known != note {
@@ -183,14 +211,17 @@ impl Found {
                         self.seals.insert(index, (path, note));
                     }
                 }
-                Kind::Data => {
-                    self.data.entry(index).or_insert(path);
-                }
+                Kind::Data => self.data.entry(index).or_default().push(path),
                 Kind::Archived => {
                     let record = read_small(&path)?;
                     self.archived.insert(index, record.trim().to_owned());
                 }
             }
+        }
+        if !live && seals_here == 0 {
+            return Err(HistoryError::EmptyArchive {
+                dir: dir.to_owned(),
+            });
         }
         self.checkpoints
             .extend(storage::read_checkpoints(dir).map_err(HistoryError::Storage)?);
@@ -218,7 +249,7 @@ impl Walk {
     /// `from` when `to` is `None`), opened with the current key, and the
     /// trusted checkpoint when it falls there.
     fn sealings(&mut self, from: u64, to: Option<u64>) -> Result<Vec<Sealing>, Tamper> {
-        let inside = |size: u64| (size > from || size == 0) && to.is_none_or(|to| size <= to);
+        let inside = |size: u64| within(size, from, to);
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|c| inside(checkpoint_size(c)));
@@ -238,19 +269,23 @@ impl Walk {
     /// Skips the checkpoints of a segment that is not here.
     fn skip(&mut self, index: u64, from: u64, to: u64) -> Result<(), HistoryError> {
         if let Some((size, _)) = self.trusted
-            && size > from
-            && size <= to
+            && within(size, from, Some(to))
         {
             return Err(HistoryError::TrustedOutside { size, index });
         }
         let before = self.pending.len();
-        self.pending.retain(|c| {
-            let size = checkpoint_size(c);
-            size <= from || size > to
-        });
+        self.pending
+            .retain(|c| !within(checkpoint_size(c), from, Some(to)));
         self.unchecked += before - self.pending.len();
         Ok(())
     }
+}
+
+/// Whether a checkpoint of `size` belongs to the segment of entries
+/// `from..to` (to the end when `None`): a checkpoint seals its last entry's
+/// segment; one of size 0 (an empty log's) the first segment.
+fn within(size: u64, from: u64, to: Option<u64>) -> bool {
+    (size > from || (size == 0 && from == 0)) && to.is_none_or(|to| size <= to)
 }
 
 /// A stored checkpoint's size, from its name (`NNNN.note`) or, failing
@@ -270,19 +305,46 @@ fn checkpoint_size(stored: &StoredCheckpoint) -> u64 {
 
 /// Verifies the history in `sources` from the `pinned` key, and a
 /// `trusted` checkpoint note (signed by the key of its time) when given.
+/// The service may rotate meanwhile: a failure while the live log's seals
+/// changed is tried again.
 pub fn verify(
     sources: Sources<'_>,
     pinned: &NoteVerifier,
     trusted: Option<&str>,
 ) -> Result<History, HistoryError> {
+    let seals = |live: Option<&Path>| {
+        live.and_then(|l| std::fs::read_dir(l.join(segment::SEGMENTS)).ok())
+            .map_or(0, |items| items.count())
+    };
+    let mut attempts = 0;
+    loop {
+        let before = seals(sources.live);
+        match verify_once(sources, pinned, trusted) {
+            Err(e) if attempts < 3 && seals(sources.live) != before => {
+                attempts += 1;
+                tracing_note(&e);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Says on stderr why a read is being tried again.
+fn tracing_note(error: &HistoryError) {
+    eprintln!("deepseek-audit: the log rotated while it was read ({error}); reading it again");
+}
+
+fn verify_once(
+    sources: Sources<'_>,
+    pinned: &NoteVerifier,
+    trusted: Option<&str>,
+) -> Result<History, HistoryError> {
     let mut found = Found::default();
-    for dir in sources
-        .live
-        .iter()
-        .copied()
-        .chain(sources.archives.iter().map(PathBuf::as_path))
-    {
-        found.gather(dir)?;
+    if let Some(live) = sources.live {
+        found.gather(live, true)?;
+    }
+    for dir in sources.archives {
+        found.gather(dir, false)?;
     }
     let trusted = trusted
         .map(|note| {
@@ -308,13 +370,18 @@ pub fn verify(
         pending: std::mem::take(&mut found.checkpoints),
         trusted,
     };
+    let active_path = sources.live.map(|live| live.join(ENTRIES));
     let mut segments = Vec::new();
     let mut pieces = Vec::new();
+    let mut rotation_pending = false;
     let last_index = found.seals.keys().next_back().copied();
-    for index in 0..=last_index.unwrap_or(0) {
-        if last_index.is_none() {
-            break;
-        }
+    // Segment files past the last seal are no part of the history.
+    if let Some((_, paths)) = found.data.range(last_index.map_or(0, |i| i + 1)..).next() {
+        return Err(HistoryError::Unsealed {
+            path: paths[0].clone(),
+        });
+    }
+    for index in last_index.map_or(0..0, |last| 0..last + 1) {
         let (path, note) = found
             .seals
             .remove(&index)
@@ -337,15 +404,38 @@ pub fn verify(
             )));
         }
         let end = seal.frontier.size();
-        let place = match found.data.remove(&index) {
-            Some(data) => {
-                check_segment(&mut walk, &data, &seal)?;
+        let mut copies = found.data.remove(&index).unwrap_or_default();
+        // A crash between the last seal and the rename: the active file is
+        // still that segment.
+        if copies.is_empty()
+            && Some(index) == last_index
+            && !found.archived.contains_key(&index)
+            && let Some(active) = &active_path
+        {
+            copies.push(active.clone());
+            rotation_pending = true;
+        }
+        let place = match copies.split_first() {
+            Some((data, others)) => {
+                let (len, sha256) = check_segment(&mut walk, data, &seal)?;
+                for other in others {
+                    let bytes = storage::read_regular(other, segment::MAX_SEGMENT_FILE)
+                        .map_err(|e| io("read", other, e))?;
+                    if digest(&bytes) != seal.sha256 {
+                        return Err(HistoryError::Conflict {
+                            a: data.clone(),
+                            b: other.clone(),
+                        });
+                    }
+                }
                 pieces.push(Piece {
                     path: data.clone(),
                     start: walk.frontier.clone(),
                     seal: Some(note.clone()),
+                    len,
+                    sha256,
                 });
-                Place::Present(data)
+                Place::Present(data.clone())
             }
             None => {
                 let record = found.archived.remove(&index).ok_or(HistoryError::Missing {
@@ -375,30 +465,44 @@ pub fn verify(
             place,
         });
     }
+    let tail = Tail {
+        index: last_index.map_or(0, |i| i + 1),
+        frontier: walk.frontier.clone(),
+        last: walk.last,
+        pending: rotation_pending,
+    };
     let mut active = None;
-    if let Some(live) = sources.live {
-        let path = live.join(ENTRIES);
-        let bytes = std::fs::read(&path).map_err(|e| io("read", &path, e))?;
+    if let Some(path) = active_path.filter(|_| !rotation_pending) {
+        // Just after a rotation's rename, before the new file, there is
+        // none: an empty active segment.
+        let (bytes, exists) = match storage::read_regular(&path, u64::MAX) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && last_index.is_some() => {
+                (Vec::new(), false)
+            }
+            read => (read.map_err(|e| io("read", &path, e))?, true),
+        };
         let first = walk.frontier.size();
-        let sealings = walk
-            .sealings(first, None)
-            .map_err(|source| HistoryError::Segment {
-                path: path.clone(),
-                source,
-            })?;
-        let end = verify::verify_segment(&bytes, &walk.frontier, walk.last, sealings).map_err(
-            |source| HistoryError::Segment {
-                path: path.clone(),
-                source,
-            },
-        )?;
+        let segment_error = |source| HistoryError::Segment {
+            path: path.clone(),
+            source,
+        };
+        let sealings = walk.sealings(first, None).map_err(segment_error)?;
+        let end = verify::verify_segment(&bytes, &walk.frontier, walk.last, sealings)
+            .map_err(segment_error)?;
         walk.sealed = walk.sealed.max(end.sealed);
         active = Some((first, end.frontier.size() - first));
-        pieces.push(Piece {
-            path,
-            start: std::mem::replace(&mut walk.frontier, end.frontier),
-            seal: None,
-        });
+        let start = std::mem::replace(&mut walk.frontier, end.frontier);
+        if exists {
+            pieces.push(Piece {
+                path,
+                start,
+                seal: None,
+                len: bytes.len(),
+                sha256: digest(&bytes),
+            });
+        }
+    } else if rotation_pending {
+        active = Some((walk.frontier.size(), 0));
     }
     // What is left lies beyond the end: the log was cut short.
     if let Some(beyond) = walk.pending.first() {
@@ -428,14 +532,17 @@ pub fn verify(
         unsealed: entries - walk.sealed,
         keys: walk.keys,
         pieces,
+        tail,
     })
 }
 
 /// Verifies a present segment against its seal: the file's digest, then
 /// its entries from the walk's state, with the checkpoints of its range.
-fn check_segment(walk: &mut Walk, data: &Path, seal: &Seal) -> Result<(), HistoryError> {
-    let bytes = read_bounded(data, segment::MAX_SEGMENT_FILE)?;
-    let digest: Hash = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+/// Returns the length and digest of what was verified.
+fn check_segment(walk: &mut Walk, data: &Path, seal: &Seal) -> Result<(usize, Hash), HistoryError> {
+    let bytes =
+        storage::read_regular(data, segment::MAX_SEGMENT_FILE).map_err(|e| io("read", data, e))?;
+    let sha256 = digest(&bytes);
     let segment_error = |source| HistoryError::Segment {
         path: data.to_owned(),
         source,
@@ -445,7 +552,7 @@ fn check_segment(walk: &mut Walk, data: &Path, seal: &Seal) -> Result<(), Histor
         .map_err(segment_error)?;
     let end = verify::verify_segment(&bytes, &walk.frontier, walk.last, sealings)
         .map_err(segment_error)?;
-    if end.frontier != seal.frontier || end.last != Some(seal.last) || digest != seal.sha256 {
+    if end.frontier != seal.frontier || end.last != Some(seal.last) || sha256 != seal.sha256 {
         return Err(HistoryError::Replaced {
             path: data.to_owned(),
             reason: format!(
@@ -457,5 +564,5 @@ fn check_segment(walk: &mut Walk, data: &Path, seal: &Seal) -> Result<(), Histor
             ),
         });
     }
-    Ok(())
+    Ok((bytes.len(), sha256))
 }

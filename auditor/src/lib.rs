@@ -83,12 +83,11 @@ pub fn main() -> ExitCode {
         Command::Log { command } => {
             fn reading<'a>(
                 config: &'a std::path::Path,
-                key: Option<&'a str>,
                 sources: &'a cli::Sources,
             ) -> commands::log::Reading<'a> {
                 commands::log::Reading {
                     config,
-                    key,
+                    key: sources.key.as_deref(),
                     archives: &sources.archive,
                     archive_only: sources.archive_only,
                 }
@@ -96,24 +95,23 @@ pub fn main() -> ExitCode {
             let config = cli.config.as_path();
             match &command {
                 LogCommand::Verify {
-                    key,
                     trusted_checkpoint,
                     sources,
                 } => commands::log::verify_log(
-                    &reading(config, key.as_deref(), sources),
+                    &reading(config, sources),
                     trusted_checkpoint.as_deref(),
                 ),
                 LogCommand::Archive { to, keep_days } => {
                     commands::archive::run(&cli.config, to, *keep_days)
                 }
                 LogCommand::Show { sources } => {
-                    commands::log::show(&reading(config, None, sources), false)
+                    commands::log::show(&reading(config, sources), false)
                 }
                 LogCommand::Export { sources, .. } => {
-                    commands::log::show(&reading(config, None, sources), true)
+                    commands::log::show(&reading(config, sources), true)
                 }
                 LogCommand::Prove { seq, sources } => {
-                    commands::log::prove(&reading(config, None, sources), *seq)
+                    commands::log::prove(&reading(config, sources), *seq)
                 }
                 LogCommand::CheckProof { file, key } => {
                     commands::log::check_proof(&cli.config, file, key.as_deref())

@@ -67,14 +67,21 @@ pub(crate) fn path(dir: &Path, index: u64, kind: Kind) -> PathBuf {
 /// else (temporary files included).
 pub(crate) fn parse_name(name: &str) -> Option<(u64, Kind)> {
     let (number, extension) = name.split_once('.')?;
-    if number.len() < 8 || !number.bytes().all(|b| b.is_ascii_digit()) {
+    let index: u64 = number.parse().ok()?;
+    // Only the name `path` gives: one file per index and kind.
+    if format!("{index:08}") != number || index > MAX_INDEX {
         return None;
     }
     let kind = [Kind::Data, Kind::Seal, Kind::Archived]
         .into_iter()
         .find(|k| k.extension() == extension)?;
-    Some((number.parse().ok()?, kind))
+    Some((index, kind))
 }
+
+/// Far more segments or entries than any log reaches, and far from
+/// overflowing: a seal claiming more is refused.
+const MAX_INDEX: u64 = 1 << 40;
+const MAX_ENTRIES: u64 = 1 << 56;
 
 /// A seal: the checkpoint at the segment's end and what it adds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +181,9 @@ impl Seal {
         }
         if first >= checkpoint.size {
             return Err(SealError("an empty segment"));
+        }
+        if index > MAX_INDEX || checkpoint.size > MAX_ENTRIES {
+            return Err(SealError("an index or a size out of range"));
         }
         Ok(Self {
             origin: checkpoint.origin,

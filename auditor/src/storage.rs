@@ -63,28 +63,19 @@ pub fn read_checkpoints(dir: &Path) -> Result<Vec<StoredCheckpoint>, StorageErro
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 if name.ends_with(".note") && !name.starts_with('.') {
-                    let length = item_length(&path).map_err(|e| io("read", &path, e))?;
-                    if length > segment::MAX_SEAL_BYTES {
-                        return Err(StorageError::Damaged {
-                            path,
-                            line: 1,
-                            reason: format!(
-                                "{length} bytes, over the {} a checkpoint can have",
-                                segment::MAX_SEAL_BYTES
-                            ),
-                        });
-                    }
-                    let note = std::fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
+                    let note = read_regular(&path, segment::MAX_SEAL_BYTES)
+                        .and_then(|bytes| {
+                            String::from_utf8(bytes).map_err(|_| {
+                                std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")
+                            })
+                        })
+                        .map_err(|e| io("read", &path, e))?;
                     checkpoints.push(StoredCheckpoint { name, note });
                 }
             }
         }
     }
     Ok(checkpoints)
-}
-
-fn item_length(path: &Path) -> std::io::Result<u64> {
-    Ok(std::fs::metadata(path)?.len())
 }
 
 /// A torn last entry that was removed at open.
@@ -101,69 +92,97 @@ pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
+/// Reads a regular file whole, refusing anything else (a symbolic link, a
+/// device, a FIFO: a length of 0 and reads without end, or a hang) and
+/// anything over `limit` bytes, unread: the log directory and archive media
+/// are not trusted to hold what their names say.
+pub(crate) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("{} bytes, over the {limit} this file can have", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("grew over the {limit} bytes this file can have"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Creates `dir` (and syncs its parent) unless it exists; a symbolic link
+/// or anything but a directory there is refused, so that nothing is
+/// written through a link planted in the log directory or on a medium.
+pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "not a directory (a symbolic link?)",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                ensure_dir(parent)?;
+            }
+            std::fs::create_dir(dir)?;
+            match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => sync_dir(parent),
+                None => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes `bytes` to `dir/name` so that a crash leaves either the old file
-/// or the whole new one: a temporary file, synced, renamed, and the
-/// directory synced.
+/// or the whole new one: a new temporary file (never through a link),
+/// synced, renamed over the name, and the directory synced.
 pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    ensure_dir(dir)?;
     let temporary = dir.join(format!(".{name}.new"));
-    let mut file = File::create(&temporary)?;
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, dir.join(name))?;
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`): a file
+/// planted under the target's name is never replaced.
+pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
+        .map_err(std::io::Error::from)
 }
 
-/// The last seal in `dir`, read without its signature (the history is
-/// verified after the log is opened): where the active segment starts.
-fn last_seal(dir: &Path) -> Result<Option<Seal>, StorageError> {
-    let segments = dir.join(segment::SEGMENTS);
-    let items = match std::fs::read_dir(&segments) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StorageError::Io {
-                action: "read",
-                path: segments,
-                source,
-            });
-        }
-        Ok(items) => items,
-    };
-    let last = items
-        .filter_map(|item| {
-            item.ok()?
-                .file_name()
-                .to_str()
-                .and_then(segment::parse_name)
-        })
-        .filter(|(_, kind)| *kind == Kind::Seal)
-        .map(|(index, _)| index)
-        .max();
-    let Some(index) = last else {
-        return Ok(None);
-    };
-    let path = segment::path(dir, index, Kind::Seal);
-    let damaged = |reason: String| StorageError::Damaged {
-        path: path.clone(),
-        line: 1,
-        reason,
-    };
-    let note = std::fs::read_to_string(&path).map_err(|source| StorageError::Io {
-        action: "read",
-        path: path.clone(),
-        source,
-    })?;
-    let seal = segment::unverified_text(&note)
-        .ok_or_else(|| damaged("not a signed note".into()))
-        .and_then(|text| Seal::parse(text).map_err(|e| damaged(e.to_string())))?;
-    if seal.index != index {
-        return Err(damaged(format!("says it seals segment {}", seal.index)));
-    }
-    Ok(Some(seal))
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// The open log: the active segment's file, and the tree so far.
@@ -186,26 +205,88 @@ pub struct LogFile {
     last_sync: std::time::Duration,
 }
 
+/// Where the active segment starts, from a verified history: what the
+/// last seal says.
+#[derive(Debug, Clone, Default)]
+pub struct Tail {
+    /// The active segment's index.
+    pub(crate) index: u64,
+    /// The tree before its first entry, and that entry's `prev`.
+    pub(crate) frontier: Frontier,
+    pub(crate) last: Option<Hash>,
+    /// A crash came between writing the last seal and renaming the file it
+    /// seals: `entries.log` is still that (verified) segment.
+    pub(crate) pending: bool,
+}
+
+/// Readies the active file before the history is verified: creates it
+/// when missing (a new log, or a crash just after a rotation's rename),
+/// and cuts a torn last entry (a crash mid-write, never acknowledged) off
+/// it: verification refuses an incomplete line, and the removal is
+/// recorded once the service runs.
+pub fn prepare_active(dir: &Path) -> Result<Option<TornTail>, StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(ENTRIES);
+    let io = |action, source| StorageError::Io {
+        action,
+        path: path.clone(),
+        source,
+    };
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| io("open", e))?;
+    if !existed {
+        // The new directory entry must survive a crash too.
+        sync_dir(dir).map_err(|e| io("sync the directory of", e))?;
+    }
+    let mut content = Vec::new();
+    file.read_to_end(&mut content).map_err(|e| io("read", e))?;
+    let complete = content
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    if complete == content.len() {
+        return Ok(None);
+    }
+    file.set_len(complete as u64)
+        .map_err(|e| io("truncate the torn entry of", e))?;
+    file.sync_data().map_err(|e| io("sync", e))?;
+    Ok(Some(TornTail {
+        offset: complete as u64,
+        bytes: (content.len() - complete) as u64,
+    }))
+}
+
 impl LogFile {
-    /// Opens (or creates) the active segment in `dir`, finishing a
-    /// rotation a crash interrupted, removing a torn last entry and
-    /// checking that every entry chains to the one before.
-    pub fn open(dir: &Path) -> Result<(Self, Option<TornTail>), StorageError> {
+    /// Opens (or creates) the active segment in `dir`, after `tail`, the
+    /// end of the verified history: finishes a rotation a crash cut short,
+    /// and checks that every entry chains to the one before.
+    pub fn open(dir: &Path, tail: &Tail) -> Result<Self, StorageError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(ENTRIES);
         let io = |action, source| StorageError::Io {
             action,
             path: path.clone(),
             source,
         };
-        let seal = last_seal(dir)?;
-        if let Some(seal) = &seal {
-            finish_rotation(dir, seal)?;
+        if tail.pending {
+            let index = tail
+                .index
+                .checked_sub(1)
+                .expect("a pending rotation has a seal");
+            finish_rotation(dir, index)?;
         }
         let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| io("open", e))?;
         if !existed {
@@ -214,40 +295,32 @@ impl LogFile {
         }
         let mut content = Vec::new();
         file.read_to_end(&mut content).map_err(|e| io("read", e))?;
-        let complete = content
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        let torn = (complete < content.len()).then(|| TornTail {
-            offset: complete as u64,
-            bytes: (content.len() - complete) as u64,
-        });
-        if torn.is_some() {
-            file.set_len(complete as u64)
-                .map_err(|e| io("truncate the torn entry of", e))?;
-            file.sync_data().map_err(|e| io("sync", e))?;
-        }
         let mut log = Self {
             dir: dir.to_owned(),
-            index: seal.as_ref().map_or(0, |s| s.index + 1),
-            first: seal.as_ref().map_or(0, |s| s.frontier.size()),
-            frontier: seal
-                .as_ref()
-                .map(|s| s.frontier.clone())
-                .unwrap_or_default(),
-            last: seal.as_ref().map(|s| s.last),
+            index: tail.index,
+            first: tail.frontier.size(),
+            frontier: tail.frontier.clone(),
+            last: tail.last,
             digest: Sha256::new(),
-            bytes: complete as u64,
+            bytes: content.len() as u64,
             since: None,
             last_sync: std::time::Duration::ZERO,
             path,
             file,
         };
-        log.digest.update(&content[..complete]);
-        for (index, line) in content[..complete]
+        log.digest.update(&content);
+        if !content.is_empty() && !content.ends_with(b"\n") {
+            return Err(StorageError::Damaged {
+                path: log.path.clone(),
+                line: content.split(|&b| b == b'\n').count() as u64,
+                reason: "an incomplete last entry".into(),
+            });
+        }
+        let body = content.strip_suffix(b"\n").unwrap_or(&content);
+        for (index, line) in body
             .split(|&b| b == b'\n')
             .enumerate()
-            .filter(|(_, l)| !l.is_empty())
+            .filter(|_| !body.is_empty())
         {
             let damaged = |reason: String| StorageError::Damaged {
                 path: log.path.clone(),
@@ -267,7 +340,7 @@ impl LogFile {
             log.frontier.push(leaf);
             log.last = Some(leaf);
         }
-        Ok((log, torn))
+        Ok(log)
     }
 
     /// How long the last append's `fdatasync` took.
@@ -373,11 +446,12 @@ impl LogFile {
             .unwrap_or_default();
         write_durably(&segments, name, note.as_bytes())
             .map_err(|e| io("write the seal", &seal_path, e))?;
-        finish_rotation(&self.dir, &seal)?;
+        finish_rotation(&self.dir, self.index)?;
+        // A new file: one planted under the name meanwhile is refused.
         self.file = OpenOptions::new()
             .read(true)
             .append(true)
-            .create(true)
+            .create_new(true)
             .open(&self.path)
             .map_err(|e| io("create", &self.path, e))?;
         sync_dir(&self.dir).map_err(|e| io("sync", &self.dir, e))?;
@@ -390,33 +464,18 @@ impl LogFile {
     }
 }
 
-/// After `seal` was written: moves the active file it seals into
-/// `segments/` unless that happened already (or the segment was archived).
-fn finish_rotation(dir: &Path, seal: &Seal) -> Result<(), StorageError> {
-    let data = segment::path(dir, seal.index, Kind::Data);
-    if data.exists() || segment::path(dir, seal.index, Kind::Archived).exists() {
-        return Ok(());
-    }
+/// After the seal of segment `index` was written: moves the active file
+/// it seals into `segments/`, never over a file already there.
+fn finish_rotation(dir: &Path, index: u64) -> Result<(), StorageError> {
+    let data = segment::path(dir, index, Kind::Data);
     let active = dir.join(ENTRIES);
+    let segments = dir.join(segment::SEGMENTS);
     let io = |action, path: &Path, source| StorageError::Io {
         action,
         path: path.to_owned(),
         source,
     };
-    let bytes = std::fs::read(&active).map_err(|e| io("read", &active, e))?;
-    let digest: Hash = Sha256::digest(&bytes).into();
-    if digest != seal.sha256 {
-        return Err(StorageError::Damaged {
-            path: data,
-            line: 0,
-            reason: format!(
-                "missing, and {} is not the segment its seal describes",
-                active.display()
-            ),
-        });
-    }
-    std::fs::rename(&active, &data).map_err(|e| io("rename", &active, e))?;
-    let segments = dir.join(segment::SEGMENTS);
+    rename_new(&active, &data).map_err(|e| io("rename", &active, e))?;
     sync_dir(&segments)
         .and_then(|()| sync_dir(dir))
         .map_err(|e| io("sync", &segments, e))
@@ -438,8 +497,7 @@ mod tests {
     #[test]
     fn appends_chain_and_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, torn) = LogFile::open(dir.path()).expect("open");
-        assert_eq!(torn, None);
+        let mut log = LogFile::open(dir.path(), &Tail::default()).expect("open");
         assert_eq!(
             log.append(vec![event("a"), event("b")]).expect("append"),
             [0, 1]
@@ -447,8 +505,9 @@ mod tests {
         assert_eq!(log.append(vec![event("c")]).expect("append"), [2]);
         let root = log.root();
         drop(log);
-        let (log, torn) = LogFile::open(dir.path()).expect("reopen");
-        assert_eq!((log.size(), log.root(), torn), (3, root, None));
+        assert_eq!(prepare_active(dir.path()).expect("nothing torn"), None);
+        let log = LogFile::open(dir.path(), &Tail::default()).expect("reopen");
+        assert_eq!((log.size(), log.root()), (3, root));
         let bytes = std::fs::read(dir.path().join(ENTRIES)).expect("read");
         let verifier = NoteSigner::from_seed("t", [1; 32]).expect("key").verifier();
         assert_eq!(
@@ -462,7 +521,7 @@ mod tests {
     #[test]
     fn a_torn_last_entry_is_cut_and_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = LogFile::open(dir.path()).expect("open");
+        let mut log = LogFile::open(dir.path(), &Tail::default()).expect("open");
         log.append(vec![event("a"), event("b")]).expect("append");
         drop(log);
         let path = dir.path().join(ENTRIES);
@@ -471,7 +530,8 @@ mod tests {
         let torn_bytes = br#"{"seq":2,"prev":"ab"#;
         file.write_all(torn_bytes).expect("torn write");
         drop(file);
-        let (log, torn) = LogFile::open(dir.path()).expect("reopen");
+        let torn = prepare_active(dir.path()).expect("cut");
+        let log = LogFile::open(dir.path(), &Tail::default()).expect("reopen");
         assert_eq!(
             torn,
             Some(TornTail {
@@ -486,7 +546,7 @@ mod tests {
     #[test]
     fn a_damaged_log_is_refused_with_its_line() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut log, _) = LogFile::open(dir.path()).expect("open");
+        let mut log = LogFile::open(dir.path(), &Tail::default()).expect("open");
         log.append(vec![event("a"), event("b"), event("c")])
             .expect("append");
         drop(log);
@@ -495,7 +555,9 @@ mod tests {
             .expect("read")
             .replacen("\"a\"", "\"z\"", 1);
         std::fs::write(&path, text).expect("edit");
-        let err = LogFile::open(dir.path()).expect_err("damaged").to_string();
+        let err = LogFile::open(dir.path(), &Tail::default())
+            .expect_err("damaged")
+            .to_string();
         assert!(err.contains("is damaged at line 2"), "{err}");
     }
 }

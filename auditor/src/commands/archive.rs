@@ -16,9 +16,9 @@ use crate::commands::log::{ReadError, Reading};
 use crate::entry::Entry;
 use crate::exit::{self, fail};
 use crate::history::{self, HistoryError, Place, Sources};
-use crate::segment::{self, CHECKPOINTS, Kind, SEGMENTS};
+use crate::segment::{self, CHECKPOINTS, Kind, MAX_SEGMENT_FILE, SEGMENTS};
 use crate::service::ServiceConfig;
-use crate::storage::{self, write_durably};
+use crate::storage::{self, read_regular, write_durably};
 
 /// Why nothing (more) was archived.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,11 @@ enum ArchiveError {
     Different { dir: PathBuf, name: String },
     #[error("the copy in {} does not verify, so the live segments stay: {source}", dir.display())]
     Copy { dir: PathBuf, source: HistoryError },
+    #[error(
+        "{}: the live log, inside it, or a path with `..`: an archive goes somewhere else (removable media), named plainly",
+        .0.display()
+    )]
+    IntoLive(PathBuf),
     #[error("{} line {line}: {reason}", path.display())]
     Entry {
         path: PathBuf,
@@ -48,6 +53,7 @@ impl ArchiveError {
         match self {
             Self::Read(e) => e.code(),
             Self::Io { .. } | Self::Different { .. } => exit::IO,
+            Self::IntoLive(_) => exit::USAGE,
             Self::Copy { .. } | Self::Entry { .. } => exit::NOT_VERIFIED,
         }
     }
@@ -76,6 +82,13 @@ pub(crate) fn run(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Exit
 
 fn archive(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Result<String, ArchiveError> {
     let config = ServiceConfig::load(config_path).map_err(ReadError::from)?;
+    let live = resolved(&config.log_dir).map_err(io("resolve", &config.log_dir))?;
+    let parent_dir = to
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    if parent_dir || resolved(to).map_err(io("resolve", to))?.starts_with(&live) {
+        return Err(ArchiveError::IntoLive(to.to_owned()));
+    }
     let reading = Reading {
         config: config_path,
         key: None,
@@ -163,9 +176,10 @@ fn archive(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Result<Stri
         std::fs::remove_file(&path).map_err(io("remove", &path))?;
     }
     for dir in [live.join(SEGMENTS), live.join(CHECKPOINTS)] {
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync", &dir))?;
+        match std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("sync", &dir)(e)),
+            _ => {}
+        }
     }
     let (first, _) = chosen.first().expect("one at least");
     let present = history
@@ -184,6 +198,24 @@ fn archive(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Result<Stri
         present - chosen.len(),
         keep.as_secs() / 86_400
     ))
+}
+
+/// `path` with every link resolved, for a path that may not exist yet:
+/// its nearest existing ancestor resolved, the rest appended.
+fn resolved(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(real) => return Ok(rest.iter().rev().fold(real, |p, part| p.join(part))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                rest.push(existing.file_name().unwrap_or_default().to_owned());
+                existing = existing.parent().ok_or(e)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn file_name(index: u64, kind: Kind) -> String {
@@ -208,9 +240,9 @@ fn copy(live: &Path, to: &Path, index: u64, kind: Kind) -> Result<(), ArchiveErr
 /// are refused.
 fn copy_file(from: &Path, to: &Path, name: &str) -> Result<(), ArchiveError> {
     let source = from.join(name);
-    let bytes = std::fs::read(&source).map_err(io("read", &source))?;
+    let bytes = read_regular(&source, MAX_SEGMENT_FILE).map_err(io("read", &source))?;
     let target = to.join(name);
-    match std::fs::read(&target) {
+    match read_regular(&target, MAX_SEGMENT_FILE) {
         Ok(existing) if existing == bytes => return Ok(()),
         Ok(_) => {
             return Err(ArchiveError::Different {
@@ -241,7 +273,7 @@ fn checkpoints_up_to(live: &Path, end: u64) -> Result<Vec<String>, ArchiveError>
 
 /// When the newest entry of a segment file was written.
 fn newest(path: &Path) -> Result<SystemTime, ArchiveError> {
-    let bytes = std::fs::read(path).map_err(io("read", path))?;
+    let bytes = read_regular(path, MAX_SEGMENT_FILE).map_err(io("read", path))?;
     let count = bytes
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())

@@ -2,6 +2,7 @@
 //! reading the log in place (the service may be running), with the
 //! archives given, and writing nothing.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,7 +47,8 @@ impl ReadError {
     pub(crate) fn code(&self) -> u8 {
         match self {
             Self::Config(_) | Self::Verifier(_) => exit::CONFIG,
-            Self::Trusted { .. } | Self::History(HistoryError::Storage(_)) => exit::IO,
+            Self::Trusted { .. }
+            | Self::History(HistoryError::Storage(_) | HistoryError::Changed(_)) => exit::IO,
             Self::History(_) => exit::NOT_VERIFIED,
         }
     }
@@ -125,62 +127,55 @@ pub(crate) fn verify_log(reading: &Reading<'_>, trusted: Option<&Path>) -> ExitC
     ExitCode::SUCCESS
 }
 
-/// The verified lines of every entry file, in order: `(first seq, bytes)`.
-fn pieces(history: &History) -> Result<Vec<(&history::Piece, Vec<u8>)>, StorageError> {
-    history
-        .pieces
-        .iter()
-        .map(|piece| {
-            std::fs::read(&piece.path)
-                .map(|bytes| (piece, bytes))
-                .map_err(|source| StorageError::Io {
-                    action: "read",
-                    path: piece.path.clone(),
-                    source,
-                })
-        })
-        .collect()
-}
-
 /// `log show` (one line per entry) or `log export` (a JSON array), from a
-/// history that verifies.
+/// history that verifies, one segment at a time.
 pub(crate) fn show(reading: &Reading<'_>, export: bool) -> ExitCode {
     let history = match reading.history(None) {
         Ok(history) => history,
         Err(e) => return fail(e.code(), &e),
     };
-    let pieces = match pieces(&history) {
-        Ok(pieces) => pieces,
-        Err(e) => return fail(exit::IO, &e),
-    };
-    let mut entries = Vec::new();
-    for (piece, bytes) in &pieces {
-        for (index, line) in bytes
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
-            match Entry::decode(line) {
-                Ok(entry) => entries.push(entry),
-                Err(e) => {
-                    return fail(
-                        exit::NOT_VERIFIED,
-                        &format!("{} line {}: {e}", piece.path.display(), index + 1),
-                    );
-                }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    if export {
+        let _ = out.write_all(b"[");
+    }
+    for piece in &history.pieces {
+        let bytes = match piece.read() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let e = ReadError::from(e);
+                return fail(e.code(), &e);
+            }
+        };
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            // Verified just now: every line decodes.
+            let Ok(entry) = Entry::decode(line) else {
+                return fail(
+                    exit::NOT_VERIFIED,
+                    &HistoryError::Changed(piece.path.clone()),
+                );
+            };
+            let written = if export {
+                let separator = if std::mem::take(&mut first) {
+                    "\n"
+                } else {
+                    ",\n"
+                };
+                let json = serde_json::to_string_pretty(&entry).expect("entries serialize");
+                write!(out, "{separator}{json}")
+            } else {
+                writeln!(out, "{}", show_line(&entry).trim_end())
+            };
+            if written.is_err() {
+                // The reader went away (a closed pipe): nothing to add.
+                return ExitCode::SUCCESS;
             }
         }
     }
     if export {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&entries).expect("entries serialize")
-        );
-    } else {
-        for e in &entries {
-            println!("{}", show_line(e).trim_end());
-        }
+        let _ = out.write_all(if first { b"]\n" } else { b"\n]\n" });
     }
+    let _ = out.flush();
     ExitCode::SUCCESS
 }
 
@@ -247,15 +242,16 @@ enum ProveError {
 /// history that verifies.
 fn proof_json(reading: &Reading<'_>, seq: u64) -> Result<String, ProveError> {
     let history = reading.history(None)?;
-    let pieces = pieces(&history)?;
-    let (piece, bytes) = pieces
+    let piece = history
+        .pieces
         .iter()
         .rev()
-        .find(|(piece, _)| piece.start.size() <= seq)
+        .find(|piece| piece.start.size() <= seq)
         .ok_or(ProveError::NoEntry(seq))?;
+    let bytes = piece.read().map_err(ReadError::from)?;
     let lines: Vec<&[u8]> = bytes
         .strip_suffix(b"\n")
-        .unwrap_or(bytes)
+        .unwrap_or(&bytes)
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();

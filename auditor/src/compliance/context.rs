@@ -181,8 +181,7 @@ impl Context {
             // The records of the live segments, in order.
             let mut entries = Vec::new();
             for piece in verified.iter().flat_map(|h| &h.pieces) {
-                let bytes = std::fs::read(&piece.path)
-                    .map_err(|e| procfs::denied_or_error(&piece.path, &e))?;
+                let bytes = piece.read().map_err(|e| Undecided::Error(e.to_string()))?;
                 entries.extend(
                     bytes
                         .split(|&b| b == b'\n')

@@ -171,19 +171,36 @@ pub fn open(
         path: config.log_dir.clone(),
         source,
     })?;
-    let (mut log, torn) = LogFile::open(&config.log_dir)?;
+    // A torn last line was never acknowledged: cut before verifying.
+    let torn = crate::storage::prepare_active(&config.log_dir)?;
     // Never sign on top of a log that does not verify against its own
-    // checkpoints: new checkpoints would otherwise bless a rewrite.
+    // checkpoints: new checkpoints would otherwise bless a rewrite. The
+    // chain of keys starts at the pinned first key; without one, at the
+    // key being handed over from, else at signing_key's.
     let verifier = signer.verifier();
-    let pinned = config.verifier.clone().unwrap_or_else(|| verifier.clone());
+    let pinned = config
+        .verifier
+        .clone()
+        .or_else(|| previous.map(NoteSigner::verifier))
+        .unwrap_or_else(|| verifier.clone());
     let sources = crate::history::Sources {
         live: Some(&config.log_dir),
         archives: &[],
     };
-    let history =
-        crate::history::verify(sources, &pinned, None).map_err(|e| ServiceError::Tampered {
-            reason: e.to_string(),
-        })?;
+    let history = crate::history::verify(sources, &pinned, None).map_err(|e| {
+        let hint = if config.verifier.is_none() {
+            format!(
+                "; no verifier_key is set, so the chain of keys was followed from {pinned}: set \
+                 verifier_key to the log's first key"
+            )
+        } else {
+            String::new()
+        };
+        ServiceError::Tampered {
+            reason: format!("{e}{hint}"),
+        }
+    })?;
+    let mut log = LogFile::open(&config.log_dir, &history.tail)?;
     let current = history.keys.last().unwrap_or(&pinned);
     let mut sealed = history.sealed;
     if *current != verifier {

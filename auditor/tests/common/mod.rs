@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -124,4 +124,47 @@ pub(crate) fn stop(mut service: Child) -> Option<i32> {
         nix::sys::signal::Signal::SIGTERM,
     );
     service.wait().ok().and_then(|s| s.code())
+}
+
+/// Seals a segment about every 10 records.
+pub(crate) const SMALL_SEGMENTS: &str = "segment_max_bytes = 2000\n";
+
+pub(crate) fn config(dir: &Path) -> String {
+    dir.join("audit.toml").display().to_string()
+}
+
+pub(crate) fn segments(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+        .map(|items| items.flatten().map(|i| i.path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| p.extension().is_some_and(|e| e == extension));
+    found.sort();
+    found
+}
+
+/// The verifier key line of audit.toml (`verifier_key = "..."`), as a key.
+pub(crate) fn verifier_key(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("audit.toml")).expect("config");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("verifier_key"))
+        .expect("verifier_key");
+    line.split('"').nth(1).expect("quoted").to_owned()
+}
+
+/// A log of `records` appended records (plus the service's own) in small
+/// segments, the service stopped (which seals the active segment too).
+pub(crate) fn rotated_log(dir: &Path, records: u64) {
+    setup_with(dir, SMALL_SEGMENTS);
+    let service = serve(dir);
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let dir = dir.to_owned();
+            std::thread::spawn(move || append(&dir, records / 4))
+        })
+        .collect();
+    for writer in writers {
+        assert_eq!(writer.join().expect("writer").len() as u64, records / 4);
+    }
+    assert_eq!(stop(service), Some(0));
 }
