@@ -225,6 +225,31 @@ pub struct Tail {
 /// it: verification refuses an incomplete line, and the removal is
 /// recorded once the service runs.
 pub fn prepare_active(dir: &Path) -> Result<Option<TornTail>, StorageError> {
+    let (path, file, content) = open_active(dir)?;
+    let complete = content
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    if complete == content.len() {
+        return Ok(None);
+    }
+    let io = |action, source| StorageError::Io {
+        action,
+        path: path.clone(),
+        source,
+    };
+    file.set_len(complete as u64)
+        .map_err(|e| io("truncate the torn entry of", e))?;
+    file.sync_data().map_err(|e| io("sync", e))?;
+    Ok(Some(TornTail {
+        offset: complete as u64,
+        bytes: (content.len() - complete) as u64,
+    }))
+}
+
+/// Opens (or creates, durably) the active file for appending, never
+/// through a link, and reads it.
+fn open_active(dir: &Path) -> Result<(PathBuf, File, Vec<u8>), StorageError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(ENTRIES);
     let io = |action, source| StorageError::Io {
@@ -235,7 +260,7 @@ pub fn prepare_active(dir: &Path) -> Result<Option<TornTail>, StorageError> {
     let existed = path.exists();
     let mut file = OpenOptions::new()
         .read(true)
-        .write(true)
+        .append(true)
         .create(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
@@ -246,20 +271,7 @@ pub fn prepare_active(dir: &Path) -> Result<Option<TornTail>, StorageError> {
     }
     let mut content = Vec::new();
     file.read_to_end(&mut content).map_err(|e| io("read", e))?;
-    let complete = content
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    if complete == content.len() {
-        return Ok(None);
-    }
-    file.set_len(complete as u64)
-        .map_err(|e| io("truncate the torn entry of", e))?;
-    file.sync_data().map_err(|e| io("sync", e))?;
-    Ok(Some(TornTail {
-        offset: complete as u64,
-        bytes: (content.len() - complete) as u64,
-    }))
+    Ok((path, file, content))
 }
 
 impl LogFile {
@@ -267,13 +279,6 @@ impl LogFile {
     /// end of the verified history: finishes a rotation a crash cut short,
     /// and checks that every entry chains to the one before.
     pub fn open(dir: &Path, tail: &Tail) -> Result<Self, StorageError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = dir.join(ENTRIES);
-        let io = |action, source| StorageError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
         if tail.pending {
             let index = tail
                 .index
@@ -281,20 +286,7 @@ impl LogFile {
                 .expect("a pending rotation has a seal");
             finish_rotation(dir, index)?;
         }
-        let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| io("open", e))?;
-        if !existed {
-            // The new directory entry must survive a crash too.
-            sync_dir(dir).map_err(|e| io("sync the directory of", e))?;
-        }
-        let mut content = Vec::new();
-        file.read_to_end(&mut content).map_err(|e| io("read", e))?;
+        let (path, file, content) = open_active(dir)?;
         let mut log = Self {
             dir: dir.to_owned(),
             index: tail.index,

@@ -8,21 +8,9 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
 
-use common::{append, audit, config, rotated_log, segments, serve, setup_with, stop, verifier_key};
-
-fn archive(d: &Path, to: &Path) -> (i32, String) {
-    let to = to.to_str().expect("utf8").to_owned();
-    audit(&[
-        "-c",
-        &config(d),
-        "log",
-        "archive",
-        "--to",
-        &to,
-        "--keep-days",
-        "0",
-    ])
-}
+use common::{
+    append, archive, audit, config, rotated_log, segments, serve, setup_with, stop, verifier_key,
+};
 
 fn entries(d: &Path) -> usize {
     let (code, out) = audit(&["-c", &config(d), "log", "show"]);
@@ -36,13 +24,13 @@ fn an_archive_into_the_live_log_is_refused_and_loses_nothing() {
     let d = dir.path();
     rotated_log(d, 60);
     for target in [d.join("log"), d.join("log/segments"), d.join("log/x/../..")] {
-        let (code, out) = archive(d, &target);
+        let (code, out) = archive(d, "0", &target);
         assert_eq!(code, 64, "{out}");
         assert!(out.contains("an archive goes somewhere else"), "{out}");
     }
     // A link to the live log is resolved.
     symlink(d.join("log"), d.join("usb")).expect("link");
-    let (code, out) = archive(d, &d.join("usb"));
+    let (code, out) = archive(d, "0", &d.join("usb"));
     assert_eq!(code, 64, "{out}");
     assert_eq!(entries(d), 60);
     assert!(!segments(&d.join("log"), "log").is_empty());
@@ -59,7 +47,7 @@ fn links_planted_on_the_medium_are_not_written_through() {
     std::fs::write(&victim, b"precious").expect("victim");
     symlink(&victim, usb.join("segments/.00000000.log.new")).expect("link");
     symlink(&victim, d.join("log/segments/.00000000.archived.new")).expect("link");
-    let (code, out) = archive(d, &usb);
+    let (code, out) = archive(d, "0", &usb);
     assert_eq!(code, 0, "{out}");
     assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
     assert!(
@@ -74,7 +62,7 @@ fn links_planted_on_the_medium_are_not_written_through() {
     std::fs::create_dir(d.join("elsewhere")).expect("dir");
     symlink(d.join("elsewhere"), other.join("segments")).expect("link");
     rotated_more(d);
-    let (code, out) = archive(d, &other);
+    let (code, out) = archive(d, "0", &other);
     assert_eq!(code, 74, "{out}");
     assert!(out.contains("not a directory"), "{out}");
     assert!(
@@ -148,7 +136,7 @@ fn devices_fifos_and_links_in_place_of_log_files_are_refused_not_read() {
     let d = dir.path();
     rotated_log(d, 60);
     let usb = d.join("usb");
-    assert_eq!(archive(d, &usb).0, 0);
+    assert_eq!(archive(d, "0", &usb).0, 0);
     let usb_arg = usb.to_str().expect("utf8");
     let config = config(d);
     for (place, make) in [
@@ -242,7 +230,7 @@ fn an_empty_logs_first_checkpoint_moves_with_the_archive() {
     assert!(d.join("log/checkpoints/00000000000000000000.note").exists());
     rotated_more(d);
     let usb = d.join("usb");
-    let (code, out) = archive(d, &usb);
+    let (code, out) = archive(d, "0", &usb);
     assert_eq!(code, 0, "{out}");
     assert!(usb.join("checkpoints/00000000000000000000.note").exists());
     // Were it left behind (a crash before it was removed), the log still verifies.

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    KillOnDrop, SMALL_SEGMENTS, append, audit, config, rotated_log, segments, serve, setup,
-    setup_with, stop, verifier_key,
+    KillOnDrop, SMALL_SEGMENTS, append, archive, audit, config, rotated_log, segments, serve,
+    setup, setup_with, stop, verifier_key,
 };
 
 #[test]
@@ -32,29 +32,11 @@ fn segments_rotate_archive_and_verify_as_one_history() {
     assert!(out.contains("log verified: 200 entries"), "{out}");
 
     // Retention: nothing is old enough to leave under 30 days.
-    let archive = d.join("usb");
-    let (code, out) = audit(&[
-        "-c",
-        &config,
-        "log",
-        "archive",
-        "--to",
-        archive.to_str().expect("utf8"),
-        "--keep-days",
-        "30",
-    ]);
+    let usb_dir = d.join("usb");
+    let (code, out) = archive(d, "30", &usb_dir);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("nothing to archive"), "{out}");
-    let (code, out) = audit(&[
-        "-c",
-        &config,
-        "log",
-        "archive",
-        "--to",
-        archive.to_str().expect("utf8"),
-        "--keep-days",
-        "0",
-    ]);
+    let (code, out) = archive(d, "0", &usb_dir);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("archived segments 0..="), "{out}");
     assert!(
@@ -66,7 +48,7 @@ fn segments_rotate_archive_and_verify_as_one_history() {
         sealed.len(),
         "the seals stay"
     );
-    assert_eq!(segments(&archive, "log").len(), sealed.len());
+    assert_eq!(segments(&usb_dir, "log").len(), sealed.len());
 
     // The live log alone: the moved segments are named, with where they went.
     let (code, out) = audit(&["-c", &config, "log", "verify"]);
@@ -77,7 +59,7 @@ fn segments_rotate_archive_and_verify_as_one_history() {
     );
     assert!(out.contains("log verified: 200 entries"), "{out}");
     // With the archive: every entry checked again, and shown.
-    let usb = archive.to_str().expect("utf8");
+    let usb = usb_dir.to_str().expect("utf8");
     let (code, out) = audit(&["-c", &config, "log", "verify", "--archive", usb]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("not here"), "{out}");
@@ -119,7 +101,7 @@ fn segments_rotate_archive_and_verify_as_one_history() {
 
     // A checkpoint kept elsewhere: checked where its entries are.
     // (a seal is a checkpoint note too).
-    let trusted = archive.join("segments/00000001.seal");
+    let trusted = usb_dir.join("segments/00000001.seal");
     let trusted = trusted.to_str().expect("utf8");
     let (code, out) = audit(&[
         "-c",
@@ -143,7 +125,7 @@ fn segments_rotate_archive_and_verify_as_one_history() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("whose entries are not here"), "{out}");
     // A byte changed in the archive.
-    let third = archive.join("segments/00000002.log");
+    let third = usb_dir.join("segments/00000002.log");
     let original = std::fs::read(&third).expect("segment");
     std::fs::write(
         &third,

@@ -168,3 +168,18 @@ pub(crate) fn rotated_log(dir: &Path, records: u64) {
     }
     assert_eq!(stop(service), Some(0));
 }
+
+/// `log archive --to TO --keep-days KEEP` of the log in `d`.
+pub(crate) fn archive(d: &Path, keep: &str, to: &Path) -> (i32, String) {
+    let to = to.to_str().expect("utf8").to_owned();
+    audit(&[
+        "-c",
+        &config(d),
+        "log",
+        "archive",
+        "--to",
+        &to,
+        "--keep-days",
+        keep,
+    ])
+}
