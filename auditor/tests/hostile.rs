@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    append, archive, audit, config, rotated_log, segments, serve, setup_with, stop, verifier_key,
+    append, archive, audit, config, expect_exit, rotated_log, segments, serve, setup_with, stop,
+    verifier_key,
 };
 
 fn entries(d: &Path) -> usize {
@@ -113,9 +114,7 @@ fn an_unsigned_seal_never_moves_the_active_file() {
         .collect();
     let forged_path = log.join(format!("segments/{:08}.seal", index + 1));
     std::fs::write(&forged_path, forged).expect("forge");
-    let (code, out) = audit(&["-c", &config(d), "serve"]);
-    assert_eq!(code, 74, "{out}");
-    assert!(out.contains("not signed by"), "{out}");
+    expect_exit(&["-c", &config(d), "serve"], 74, "not signed by");
     assert_eq!(
         std::fs::read(log.join("entries.log")).expect("kept"),
         active
@@ -123,9 +122,11 @@ fn an_unsigned_seal_never_moves_the_active_file() {
     std::fs::remove_file(&forged_path).expect("remove");
     // A segment file without a seal is named, not ignored.
     std::fs::write(log.join(format!("segments/{:08}.log", index + 1)), &active).expect("plant");
-    let (code, out) = audit(&["-c", &config(d), "log", "verify"]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("a segment without a seal"), "{out}");
+    expect_exit(
+        &["-c", &config(d), "log", "verify"],
+        2,
+        "a segment without a seal",
+    );
     std::fs::remove_file(log.join(format!("segments/{:08}.log", index + 1))).expect("remove");
     assert_eq!(entries(d), 60);
 }
@@ -208,16 +209,18 @@ fn an_empty_or_missing_archive_and_a_differing_copy_are_named() {
         .expect("copy")
         .replacen("\"status\":200", "\"status\":500", 1);
     std::fs::write(usb.join("segments/00000000.log"), edited).expect("edit");
-    let (code, out) = audit(&[
-        "-c",
-        &config(d),
-        "log",
-        "verify",
-        "--archive",
-        usb.to_str().expect("utf8"),
-    ]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("differ: two different histories"), "{out}");
+    expect_exit(
+        &[
+            "-c",
+            &config(d),
+            "log",
+            "verify",
+            "--archive",
+            usb.to_str().expect("utf8"),
+        ],
+        2,
+        "differ: two different histories",
+    );
 }
 
 #[test]
@@ -280,16 +283,18 @@ fn a_hand_over_without_a_pinned_key_starts_from_the_previous_one() {
     let service = serve(d);
     assert_eq!(append(d, 3).len(), 3);
     assert_eq!(stop(service), Some(0));
-    let (code, out) = audit(&[
-        "-c",
-        &config,
-        "log",
-        "verify",
-        "--key",
-        &verifier_key_of(&text),
-    ]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains(" -> deepseek-audit/test-2+"), "{out}");
+    expect_exit(
+        &[
+            "-c",
+            &config,
+            "log",
+            "verify",
+            "--key",
+            &verifier_key_of(&text),
+        ],
+        0,
+        " -> deepseek-audit/test-2+",
+    );
 }
 
 fn verifier_key_of(config_text: &str) -> String {

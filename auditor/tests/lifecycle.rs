@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    KillOnDrop, SMALL_SEGMENTS, append, archive, audit, config, rotated_log, segments, serve,
-    setup, setup_with, stop, verifier_key,
+    KillOnDrop, SMALL_SEGMENTS, append, archive, audit, config, expect_exit, rotated_log, segments,
+    serve, setup, setup_with, stop, verifier_key,
 };
 
 #[test]
@@ -95,9 +95,11 @@ fn segments_rotate_archive_and_verify_as_one_history() {
         &key,
     ]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = audit(&["-c", &config, "log", "prove", "5"]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("pass its archive with --archive"), "{out}");
+    expect_exit(
+        &["-c", &config, "log", "prove", "5"],
+        2,
+        "pass its archive with --archive",
+    );
 
     // A checkpoint kept elsewhere: checked where its entries are.
     // (a seal is a checkpoint note too).
@@ -114,16 +116,18 @@ fn segments_rotate_archive_and_verify_as_one_history() {
         trusted,
     ]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = audit(&[
-        "-c",
-        &config,
-        "log",
-        "verify",
-        "--trusted-checkpoint",
-        trusted,
-    ]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("whose entries are not here"), "{out}");
+    expect_exit(
+        &[
+            "-c",
+            &config,
+            "log",
+            "verify",
+            "--trusted-checkpoint",
+            trusted,
+        ],
+        2,
+        "whose entries are not here",
+    );
     // A byte changed in the archive.
     let third = usb_dir.join("segments/00000002.log");
     let original = std::fs::read(&third).expect("segment");
@@ -132,9 +136,11 @@ fn segments_rotate_archive_and_verify_as_one_history() {
         String::from_utf8_lossy(&original).replacen("\"status\":200", "\"status\":500", 1),
     )
     .expect("edit");
-    let (code, out) = audit(&["-c", &config, "log", "verify", "--archive", usb]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("00000002.log"), "{out}");
+    expect_exit(
+        &["-c", &config, "log", "verify", "--archive", usb],
+        2,
+        "00000002.log",
+    );
     // The archive copied again over a changed file is refused, not mixed.
     let (code, out) = audit(&[
         "-c",
@@ -150,29 +156,31 @@ fn segments_rotate_archive_and_verify_as_one_history() {
     std::fs::write(&third, &original).expect("restore");
     // A segment removed from the archive, read alone.
     std::fs::remove_file(&third).expect("remove");
-    let (code, out) = audit(&[
-        "-c",
-        "/nonexistent.toml",
-        "log",
-        "verify",
-        "--archive",
-        usb,
-        "--archive-only",
-        "--key",
-        &key,
-    ]);
-    assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("segment 2 (entries ") && out.contains("it was removed"),
-        "{out}"
+    let out = expect_exit(
+        &[
+            "-c",
+            "/nonexistent.toml",
+            "log",
+            "verify",
+            "--archive",
+            usb,
+            "--archive-only",
+            "--key",
+            &key,
+        ],
+        2,
+        "no archive record says where it went: it was removed",
     );
+    assert!(out.contains("segment 2 (entries "), "{out}");
     // A seal removed from the live log: the gap is named; the archive's
     // copy still proves the history.
     std::fs::write(&third, &original).expect("restore");
     std::fs::remove_file(d.join("log/segments/00000003.seal")).expect("remove");
-    let (code, out) = audit(&["-c", &config, "log", "verify"]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("the seal of segment 3 was removed"), "{out}");
+    expect_exit(
+        &["-c", &config, "log", "verify"],
+        2,
+        "the seal of segment 3 was removed",
+    );
     let (code, out) = audit(&["-c", &config, "log", "verify", "--archive", usb]);
     assert_eq!(code, 0, "{out}");
 }
@@ -196,25 +204,25 @@ fn a_segment_removed_or_replaced_in_the_live_log_is_named() {
             .collect::<Vec<u8>>(),
     )
     .expect("replace");
-    let (code, out) = audit(&["-c", &config, "log", "verify"]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("00000001.log"), "{out}");
+    expect_exit(&["-c", &config, "log", "verify"], 2, "00000001.log");
     let (code, out) = audit(&["-c", &config, "serve"]);
     assert_eq!(code, 74, "never appends to it: {out}");
     // Removed, with no record of an archive.
     std::fs::remove_file(&second).expect("remove");
-    let (code, out) = audit(&["-c", &config, "log", "verify"]);
-    assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("segment 1 (entries ") && out.contains("it was removed"),
-        "{out}"
+    let out = expect_exit(
+        &["-c", &config, "log", "verify"],
+        2,
+        "no archive record says where it went: it was removed",
     );
+    assert!(out.contains("segment 1 (entries "), "{out}");
     // A seal removed: the gap is named.
     std::fs::write(&second, &original).expect("restore");
     std::fs::remove_file(log.join("segments/00000001.seal")).expect("remove");
-    let (code, out) = audit(&["-c", &config, "log", "verify"]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("the seal of segment 1 was removed"), "{out}");
+    expect_exit(
+        &["-c", &config, "log", "verify"],
+        2,
+        "the seal of segment 1 was removed",
+    );
 }
 
 /// Cuts the log back to its last seal, as if the service had crashed in
@@ -258,9 +266,7 @@ fn a_rotation_cut_short_by_a_crash_is_finished_at_start() {
     let (last, end) = cut_back_to_last_seal(d);
     std::fs::rename(&last, d.join("log/entries.log")).expect("undo the rename");
     // No false alarm meanwhile: the active file is the sealed segment.
-    let (code, out) = audit(&["-c", &config, "log", "verify"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("log/entries.log"), "{out}");
+    expect_exit(&["-c", &config, "log", "verify"], 0, "log/entries.log");
     let service = serve(d);
     assert_eq!(append(d, 5).len(), 5);
     assert_eq!(stop(service), Some(0));
@@ -347,9 +353,11 @@ fn segments_rotate_by_age() {
         "and records go on in the next segment"
     );
     drop(service);
-    let (code, out) = audit(&["-c", &config(d), "log", "verify"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("segment 0 (entries 0..3, 3)"), "{out}");
+    expect_exit(
+        &["-c", &config(d), "log", "verify"],
+        0,
+        "segment 0 (entries 0..3, 3)",
+    );
 }
 
 #[test]
@@ -379,9 +387,7 @@ fn the_key_is_handed_over_inside_one_log_and_verification_follows_it() {
     );
     assert_ne!(switched, text);
     std::fs::write(&config, &switched).expect("config");
-    let (code, out) = audit(&["-c", &config, "serve"]);
-    assert_eq!(code, 78, "{out}");
-    assert!(out.contains("set previous_signing_key"), "{out}");
+    expect_exit(&["-c", &config, "serve"], 78, "set previous_signing_key");
     std::fs::write(
         &config,
         format!(

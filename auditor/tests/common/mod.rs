@@ -183,3 +183,12 @@ pub(crate) fn archive(d: &Path, keep: &str, to: &Path) -> (i32, String) {
         keep,
     ])
 }
+
+/// Runs `deepseek-audit ARGS`, and asserts its exit code and that its
+/// output says `needle`; returns the output.
+pub(crate) fn expect_exit(args: &[&str], code: i32, needle: &str) -> String {
+    let (got, out) = audit(args);
+    assert_eq!(got, code, "{out}");
+    assert!(out.contains(needle), "expected {needle:?} in: {out}");
+    out
+}
