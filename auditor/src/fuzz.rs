@@ -13,6 +13,7 @@ use crate::entry::Entry;
 use crate::merkle::{self, Hash};
 use crate::note::{NoteSigner, NoteVerifier};
 use crate::proof::InclusionProof;
+use crate::segment::Seal;
 use crate::service::{Reply, Request, read_frame, write_frame};
 use crate::verify::{StoredCheckpoint, verify};
 
@@ -201,6 +202,12 @@ pub fn audit_note(data: &[u8]) {
     if let Ok(checkpoint) = Checkpoint::parse(&text) {
         assert_eq!(checkpoint.text(), text, "a checkpoint prints differently");
     }
+    // A seal is a checkpoint with its own lines: a parsed one reads back
+    // from its own text unchanged, and its root is its frontier's.
+    if let Ok(seal) = Seal::parse(&text) {
+        assert_eq!(Seal::parse(&seal.text()).as_ref(), Ok(&seal));
+        assert!(seal.first < seal.frontier.size());
+    }
 }
 
 /// Target `audit_proof`: an inclusion proof as `log check-proof` reads it
@@ -250,6 +257,23 @@ pub fn sample_note() -> String {
     signer().sign(&checkpoint.text()).expect("signs")
 }
 
+/// The text of a seal of entries 3..7, with a hand-over: a note text as
+/// `audit_note` reads it.
+pub fn sample_seal() -> String {
+    let mut frontier = merkle::Frontier::default();
+    (0..7u8).for_each(|i| frontier.push([i; 32]));
+    Seal {
+        origin: "deepseek-audit/fuzz".into(),
+        index: 1,
+        first: 3,
+        sha256: [1; 32],
+        last: [6; 32],
+        frontier,
+        next_key: Some(signer().verifier().to_string()),
+    }
+    .text()
+}
+
 /// The seed inputs of this crate's targets, `(target, bytes)`: written to
 /// fuzz/corpus by the daemon's `write_seed_corpus`.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -259,6 +283,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("audit_log", sample_log(4)),
         ("audit_note", sample_note().into_bytes()),
         ("audit_note", signer().verifier().to_string().into_bytes()),
+        ("audit_note", sample_seal().into_bytes()),
         ("audit_proof", sample_proof()),
     ]
 }
@@ -322,6 +347,7 @@ mod tests {
             audit_note(text.as_bytes());
             audit_note(&mutate(sample_note().as_bytes(), &ops));
             audit_note(&mutate(signer().verifier().to_string().as_bytes(), &ops));
+            audit_note(&mutate(sample_seal().as_bytes(), &ops));
         }
 
         #[test]
