@@ -183,3 +183,53 @@ async fn content_is_recorded_only_when_asked_and_the_log_directory_is_private() 
         "only the auditor's user may enter the log directory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_up_records_are_restated_so_archiving_keeps_the_evidence_live() {
+    let dir = shared_tempdir();
+    let auditor = Auditor::start(&dir.path().join("audit"));
+    let socket = dir.path().join("d.sock");
+    let config = write_config_audited(
+        dir.path(),
+        &socket,
+        &ort_library(),
+        "",
+        "",
+        &model_table("demo", "demo.onnx", ""),
+        &format!("{}restate_interval_secs = 1\n", auditor.table()),
+    );
+    let d = Daemon::spawn_with_config(dir, socket, config, &[]);
+    d.wait_ready();
+    // A second after the start, and every second after: no deadline races
+    // the machine, the wait is long.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let entries = loop {
+        let entries = auditor.entries();
+        let restated = entries
+            .iter()
+            .filter(|e| e["details"]["restates_seq"].is_string())
+            .count();
+        if restated >= 2 {
+            break entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restated: {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(d);
+    let (start, restated_start) = (&entries[0], &entries[2]);
+    assert_eq!(start["event"], "start");
+    assert_eq!(restated_start["event"], "start", "{entries:?}");
+    assert_eq!(restated_start["details"]["restates_seq"], "0");
+    let mut details = restated_start["details"].clone();
+    details
+        .as_object_mut()
+        .expect("details")
+        .remove("restates_seq");
+    assert_eq!(details, start["details"], "the same evidence, said again");
+    assert_eq!(entries[3]["event"], "model_load");
+    assert_eq!(entries[3]["model_sha256"], entries[1]["model_sha256"]);
+    assert_eq!(entries[3]["details"]["restates_seq"], "0");
+}

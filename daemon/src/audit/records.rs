@@ -54,6 +54,23 @@ pub(crate) fn model_loads(
         .collect()
 }
 
+/// The start-up records said again (`audit.restate_interval_secs`): the
+/// same entries, marked `restated` with the sequence number of the `start`
+/// they repeat, so that `deepseek-audit verify` finds the evidence of what
+/// runs in the live log after the originals were archived.
+pub(crate) fn restated(originals: &[Entry], start_seq: u64) -> Vec<Entry> {
+    originals
+        .iter()
+        .map(|entry| {
+            let mut again = entry.clone();
+            again
+                .details
+                .insert("restates_seq".to_owned(), start_seq.to_string());
+            again
+        })
+        .collect()
+}
+
 /// `model_refused`: a model the integrity check refused, and why.
 pub(crate) fn model_refused(model: &str, path: Option<&Path>, reason: String) -> Entry {
     let mut refused = Entry::event(Event::ModelRefused);

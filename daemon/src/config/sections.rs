@@ -127,6 +127,10 @@ pub struct AuditConfig {
     pub start_timeout_secs: std::num::NonZeroU64,
     /// Also record request and response bodies (default: digests only).
     pub record_content: bool,
+    /// Record the `start` and `model_load` entries again this often, so
+    /// that the evidence of what runs stays in the live log after the
+    /// segments holding the originals are archived; 0: never.
+    pub restate_interval_secs: u64,
 }
 
 impl Default for AuditConfig {
@@ -137,6 +141,7 @@ impl Default for AuditConfig {
             timeout_ms: std::num::NonZeroU64::new(2000).expect("non-zero"),
             start_timeout_secs: std::num::NonZeroU64::new(600).expect("non-zero"),
             record_content: false,
+            restate_interval_secs: 86_400,
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::server::peer::AccessPolicy;
 use crate::server::socket::{self, Origin};
 use crate::server::{self, refusal::Refusals, router};
 use check::{load_config, preflight, prepare_lockdown, resolve_groups};
-use signals::{shutdown_signal, watchdog};
+use signals::{restate, shutdown_signal, watchdog};
 use startup::{connect_auditor, load_database, load_engine, warn_unless_reconnectable};
 
 /// Runs the daemon until SIGTERM or SIGINT, in the order of
@@ -194,6 +194,9 @@ async fn run(
     }
     let config_sha256 = config.source_sha256.clone();
     let config_start_timeout = config.audit.start_timeout_secs.get();
+    // At most a year: a longer interval is as good as never, and stays
+    // clear of any clock overflow.
+    let restate_every = Duration::from_secs(config.audit.restate_interval_secs.min(365 * 86_400));
     let listener = match tokio::net::UnixListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -269,14 +272,26 @@ async fn run(
         timeout_secs = config_start_timeout,
         "recording the start (the auditor answers once its log is verified)"
     );
-    for event in events {
-        if let Err(e) = audit.record_within(event, start_timeout).await
-            && audit_required
-        {
-            tracing::error!(error = %e, "the auditor did not record the start; refusing to serve (audit.required = true)");
-            return Exit::Runtime;
+    let mut start_seq = None;
+    for event in events.iter().cloned() {
+        match audit.record_within(event, start_timeout).await {
+            Ok(seq) => {
+                start_seq.get_or_insert(seq);
+            }
+            Err(e) if audit_required => {
+                tracing::error!(error = %e, "the auditor did not record the start; refusing to serve (audit.required = true)");
+                return Exit::Runtime;
+            }
+            Err(_) => {}
         }
     }
+    let restating = (restate_every > Duration::ZERO && audit.is_enabled()).then(|| {
+        tokio::spawn(restate(
+            audit.clone(),
+            records::restated(&events, start_seq.unwrap_or(0)),
+            restate_every,
+        ))
+    });
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis(),
         audited = audit.is_enabled(),
@@ -328,6 +343,9 @@ async fn run(
     )
     .await;
     watchdog.abort();
+    if let Some(restating) = restating {
+        restating.abort();
+    }
     if let Err(e) = state.audit.record(records::shutdown()).await {
         tracing::error!(error = %e, "the shutdown could not be recorded");
     }

@@ -1,4 +1,5 @@
-//! Talking to systemd while serving (the watchdog and `STATUS=`) and the
+//! The daemon's periodic work while serving (systemd's watchdog and
+//! `STATUS=`, restating the start-up records in the audit log) and the
 //! signals that stop the daemon.
 
 use std::sync::Arc;
@@ -6,6 +7,9 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use deepseek_audit::entry::Entry;
+
+use crate::audit::AuditClient;
 use crate::notify::Notifier;
 use crate::server::http::AppState;
 
@@ -58,6 +62,24 @@ pub(super) async fn shutdown_signal() -> &'static str {
             _ = hup.recv() => tracing::warn!(
                 "SIGHUP ignored: deepseekd does not reload its configuration; restart it to apply changes"
             ),
+        }
+    }
+}
+
+/// Records `entries` (the restated `start` and `model_load`) every
+/// `every`, until aborted at shutdown. A failure is logged and tried again
+/// at the next interval: serving goes on, as the requests are audited on
+/// their own.
+pub(super) async fn restate(audit: AuditClient, entries: Vec<Entry>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for entry in entries.iter().cloned() {
+            if let Err(e) = audit.record(entry).await {
+                tracing::warn!(error = %e, "the start-up records could not be restated; trying again at the next interval");
+                break;
+            }
         }
     }
 }
