@@ -126,7 +126,7 @@ pub(crate) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> 
     Ok(bytes)
 }
 
-/// Creates `dir` (and syncs its parent) unless it exists; a symbolic link
+/// Creates `dir` (mode 0700, and syncs its parent) unless it exists; a symbolic link
 /// or anything but a directory there is refused, so that nothing is
 /// written through a link planted in the log directory or on a medium.
 pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
@@ -140,7 +140,8 @@ pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 ensure_dir(parent)?;
             }
-            std::fs::create_dir(dir)?;
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(dir)?;
             match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 Some(parent) => sync_dir(parent),
                 None => Ok(()),
@@ -150,10 +151,26 @@ pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Who may read a file written durably.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Readers {
+    /// Anyone who can enter the directory: in the live log (mode 0700),
+    /// the audit user and root, whichever of them wrote it.
+    Directory,
+    /// Only the owner: copies on an archive medium, which other local
+    /// users may be able to enter.
+    Owner,
+}
+
 /// Writes `bytes` to `dir/name` so that a crash leaves either the old file
 /// or the whole new one: a new temporary file (never through a link),
 /// synced, renamed over the name, and the directory synced.
-pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    readers: Readers,
+) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     ensure_dir(dir)?;
     let temporary = dir.join(format!(".{name}.new"));
@@ -165,7 +182,10 @@ pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Re
         .write(true)
         .create_new(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .mode(0o644)
+        .mode(match readers {
+            Readers::Directory => 0o644,
+            Readers::Owner => 0o600,
+        })
         .open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
@@ -436,7 +456,7 @@ impl LogFile {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        write_durably(&segments, name, note.as_bytes())
+        write_durably(&segments, name, note.as_bytes(), Readers::Directory)
             .map_err(|e| io("write the seal", &seal_path, e))?;
         finish_rotation(&self.dir, self.index)?;
         // A new file: one planted under the name meanwhile is refused.

@@ -49,6 +49,16 @@ fn segments_rotate_archive_and_verify_as_one_history() {
         "the seals stay"
     );
     assert_eq!(segments(&usb_dir, "log").len(), sealed.len());
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("meta").permissions())
+            & 0o777
+    };
+    assert_eq!(
+        mode(&usb_dir.join("segments")),
+        0o700,
+        "private on the medium"
+    );
+    assert_eq!(mode(&usb_dir.join("segments/00000000.log")), 0o600);
 
     // The live log alone: the moved segments are named, with where they went.
     let (code, out) = audit(&["-c", &config, "log", "verify"]);

@@ -18,7 +18,7 @@ use crate::exit::{self, fail};
 use crate::history::{self, HistoryError, Place, Sources};
 use crate::segment::{self, CHECKPOINTS, Kind, MAX_SEGMENT_FILE, SEGMENTS};
 use crate::service::ServiceConfig;
-use crate::storage::{self, read_regular, write_durably};
+use crate::storage::{self, Readers, read_regular, write_durably};
 
 /// Why nothing (more) was archived.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +167,8 @@ fn archive(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Result<Stri
             &live.join(SEGMENTS),
             &name,
             format!("{record}\n").as_bytes(),
+            // The service reads it when it verifies the log.
+            Readers::Directory,
         )
         .map_err(io("write", &live.join(SEGMENTS).join(&name)))?;
         std::fs::remove_file(path).map_err(io("remove", path))?;
@@ -253,7 +255,8 @@ fn copy_file(from: &Path, to: &Path, name: &str) -> Result<(), ArchiveError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("read", &target)(e)),
     }
-    write_durably(to, name, &bytes).map_err(io("write", &target))
+    // The medium may be open to other local users: the copy is not.
+    write_durably(to, name, &bytes, Readers::Owner).map_err(io("write", &target))
 }
 
 /// The names of the live checkpoints of the first `end` entries.

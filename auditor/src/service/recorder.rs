@@ -24,7 +24,7 @@ use crate::checkpoint::Checkpoint;
 use crate::entry::{Entry, Event};
 use crate::note::NoteSigner;
 use crate::segment::CHECKPOINTS;
-use crate::storage::{LogFile, free_bytes, write_durably};
+use crate::storage::{LogFile, Readers, free_bytes, write_durably};
 
 pub(super) fn now_ns() -> u128 {
     SystemTime::now()
@@ -352,6 +352,7 @@ impl Recorder {
             &dir,
             &format!("{:020}.note", state.log.size()),
             note.as_bytes(),
+            Readers::Directory,
         )
         .map_err(|source| ServiceError::Io {
             action: "write a checkpoint in",
