@@ -228,7 +228,13 @@ evidence "deepseek-audit log show" deepseek-audit log show
 # moves the sealed ones out while the service runs.
 sed -i 's/^segment_max_bytes = .*/segment_max_bytes = 4096/' /etc/deepseek/audit.toml
 systemctl restart deepseek-audit.service
-for _ in $(seq 30); do infer alice >/dev/null 2>&1 || sleep 0.2; done
+# Requests until a segment is sealed (503s while the daemon reconnects to
+# the restarted auditor are not recorded, so count seals, not requests).
+for _ in $(seq 600); do
+    ls /var/lib/deepseek-audit/segments/ 2>/dev/null | grep -q '\.seal$' && break
+    infer alice >/dev/null 2>&1
+    sleep 0.1
+done
 check "the audit log rotated into sealed segments" sh -c 'ls /var/lib/deepseek-audit/segments/ | grep -q "\.seal$"'
 check "log archive moves the sealed segments out" deepseek-audit log archive --to /root/archive --keep-days 0
 check "the live log verifies alone, naming where the segments went" sh -c \
