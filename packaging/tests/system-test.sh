@@ -225,8 +225,14 @@ check "the log records the integrity check" sh -c 'deepseek-audit log show | gre
 evidence "deepseek-audit log show" deepseek-audit log show
 
 # Retention under systemd: small segments, a rotation, then log archive
-# moves the sealed ones out while the service runs.
-sed -i 's/^segment_max_bytes = .*/segment_max_bytes = 4096/' /etc/deepseek/audit.toml
+# moves the sealed ones out while the service runs. The small segments come
+# from a copy of audit.toml given through a drop-in, so that the package's
+# files (in the integrity database) stay untouched.
+sed 's/^segment_max_bytes = .*/segment_max_bytes = 4096/' /etc/deepseek/audit.toml >/etc/deepseek/audit-small.toml
+mkdir -p /run/systemd/system/deepseek-audit.service.d
+printf '[Service]\nExecStart=\nExecStart=/usr/bin/deepseek-audit --config /etc/deepseek/audit-small.toml serve\n' \
+    >/run/systemd/system/deepseek-audit.service.d/small-segments.conf
+systemctl daemon-reload
 systemctl restart deepseek-audit.service
 # Requests until a segment is sealed (503s while the daemon reconnects to
 # the restarted auditor are not recorded, so count seals, not requests).
@@ -243,7 +249,8 @@ check "the live log and the archive verify as one history" deepseek-audit log ve
 check "the archive verifies alone, with only the verifier key" \
     deepseek-audit -c /nonexistent.toml log verify --archive /root/archive --archive-only --key "$(cat /etc/deepseek/audit.pub)"
 evidence "deepseek-audit log verify --archive /root/archive" deepseek-audit log verify --archive /root/archive
-sed -i 's/^segment_max_bytes = .*/segment_max_bytes = 67108864/' /etc/deepseek/audit.toml
+rm /run/systemd/system/deepseek-audit.service.d/small-segments.conf /etc/deepseek/audit-small.toml
+systemctl daemon-reload
 systemctl restart deepseek-audit.service
 # The daemon's start record went with the archive; it restates it daily
 # (audit.restate_interval_secs, tested in tests/tests/audit.rs): here a
