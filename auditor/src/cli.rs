@@ -154,7 +154,8 @@ pub(crate) enum LogCommand {
     /// it leaves the live log, which keeps its seal and a record of where
     /// it went. Run as root or the audit user; the service may be running.
     Archive {
-        /// The archive directory (created if missing).
+        /// The archive directory (created if missing, mode 0700): not the
+        /// live log nor inside it, and with no `..` (exit 64).
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
         /// Keep this many days live instead of `retention_days`.
