@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::Checkpoint;
 use crate::merkle::{Frontier, Hash};
 use crate::note::NoteVerifier;
 use crate::segment::{self, Kind, Seal};
@@ -290,16 +289,12 @@ fn within(size: u64, from: u64, to: Option<u64>) -> bool {
 
 /// A stored checkpoint's size, from its name (`NNNN.note`) or, failing
 /// that, its unverified text; `u64::MAX` (checked last) when neither.
-fn checkpoint_size(stored: &StoredCheckpoint) -> u64 {
+pub(crate) fn checkpoint_size(stored: &StoredCheckpoint) -> u64 {
     stored
         .name
         .strip_suffix(".note")
         .and_then(|n| n.parse().ok())
-        .or_else(|| {
-            segment::unverified_text(&stored.note)
-                .and_then(|t| Checkpoint::parse(t).ok())
-                .map(|c| c.size)
-        })
+        .or_else(|| segment::unverified_size(&stored.note))
         .unwrap_or(u64::MAX)
 }
 
@@ -322,7 +317,7 @@ pub fn verify(
         match verify_once(sources, pinned, trusted) {
             Err(e) if attempts < 3 && seals(sources.live) != before => {
                 attempts += 1;
-                tracing_note(&e);
+                say_retrying(&e);
             }
             result => return result,
         }
@@ -330,7 +325,7 @@ pub fn verify(
 }
 
 /// Says on stderr why a read is being tried again.
-fn tracing_note(error: &HistoryError) {
+fn say_retrying(error: &HistoryError) {
     eprintln!("deepseek-audit: the log rotated while it was read ({error}); reading it again");
 }
 
@@ -352,9 +347,7 @@ fn verify_once(
                 name: "trusted".into(),
                 note: note.to_owned(),
             };
-            let size = segment::unverified_text(note)
-                .and_then(|t| Checkpoint::parse(t).ok())
-                .map(|c| c.size)
+            let size = segment::unverified_size(note)
                 .ok_or_else(|| HistoryError::Trusted("not a signed checkpoint note".into()))?;
             Ok::<_, HistoryError>((size, stored))
         })

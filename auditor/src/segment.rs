@@ -203,6 +203,14 @@ pub(crate) fn unverified_text(note: &str) -> Option<&str> {
     note.rfind("\n\n").map(|split| &note[..=split])
 }
 
+/// The tree size a checkpoint note claims, unverified: to know which key
+/// and which segment to check it with.
+pub(crate) fn unverified_size(note: &str) -> Option<u64> {
+    unverified_text(note)
+        .and_then(|text| Checkpoint::parse(text).ok())
+        .map(|checkpoint| checkpoint.size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::checkpoint::Checkpoint;
 use crate::commands::log::{ReadError, Reading};
 use crate::entry::Entry;
 use crate::exit::{self, fail};
@@ -265,11 +264,7 @@ fn checkpoints_up_to(live: &Path, end: u64) -> Result<Vec<String>, ArchiveError>
         storage::read_checkpoints(live).map_err(|e| ReadError::from(HistoryError::from(e)))?;
     Ok(stored
         .into_iter()
-        .filter(|c| {
-            segment::unverified_text(&c.note)
-                .and_then(|t| Checkpoint::parse(t).ok())
-                .is_some_and(|c| c.size <= end)
-        })
+        .filter(|c| history::checkpoint_size(c) <= end)
         .map(|c| c.name)
         .collect())
 }

@@ -262,13 +262,12 @@ fn proof_json(reading: &Reading<'_>, seq: u64) -> Result<String, ProveError> {
     let end = piece.start.size() + leaves.len() as u64;
     let note = match &piece.seal {
         Some(seal) => Some((end, seal.clone())),
-        // The active segment: the latest checkpoint of it, signed by the
-        // current key.
+        // The active segment (in the live log, whose directory holds it):
+        // the latest checkpoint of it, signed by the current key.
         None => {
             let key = history.keys.last().expect("the pinned key at least");
-            let (_, live) = reading.setup()?;
-            let stored = match live {
-                Some(live) => storage::read_checkpoints(&live)?,
+            let stored = match piece.path.parent() {
+                Some(live) => storage::read_checkpoints(live)?,
                 None => Vec::new(),
             };
             stored
