@@ -63,13 +63,7 @@ pub fn read_checkpoints(dir: &Path) -> Result<Vec<StoredCheckpoint>, StorageErro
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 if name.ends_with(".note") && !name.starts_with('.') {
-                    let note = read_regular(&path, segment::MAX_SEAL_BYTES)
-                        .and_then(|bytes| {
-                            String::from_utf8(bytes).map_err(|_| {
-                                std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")
-                            })
-                        })
-                        .map_err(|e| io("read", &path, e))?;
+                    let note = read_note(&path).map_err(|e| io("read", &path, e))?;
                     checkpoints.push(StoredCheckpoint { name, note });
                 }
             }
@@ -124,6 +118,13 @@ pub(crate) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> 
         ));
     }
     Ok(bytes)
+}
+
+/// A signed note (a checkpoint, a seal): UTF-8 text in a regular file of
+/// at most [`segment::MAX_SEAL_BYTES`].
+pub(crate) fn read_note(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_regular(path, segment::MAX_SEAL_BYTES)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// Creates `dir` (mode 0700, and syncs its parent) unless it exists; a symbolic link

@@ -305,3 +305,30 @@ fn verifier_key_of(config_text: &str) -> String {
         .expect("verifier_key")
         .to_owned()
 }
+
+#[test]
+fn a_huge_retention_and_an_oversized_trusted_checkpoint_are_refused_in_bounds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    rotated_log(d, 30);
+    // Days beyond any clock: nothing is old enough, and nothing overflows.
+    let (code, out) = archive(d, "18446744073709551615", &d.join("usb"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing to archive"), "{out}");
+    let big = d.join("big.note");
+    std::fs::write(&big, vec![b'x'; 20 << 10]).expect("big");
+    symlink("/dev/zero", d.join("zero.note")).expect("link");
+    for trusted in [big, d.join("zero.note")] {
+        let trusted = trusted.to_str().expect("utf8").to_owned();
+        let (code, out) = audit(&[
+            "-c",
+            &config(d),
+            "log",
+            "verify",
+            "--trusted-checkpoint",
+            &trusted,
+        ]);
+        assert_eq!(code, 74, "{out}");
+        assert!(out.contains(&trusted), "{out}");
+    }
+}

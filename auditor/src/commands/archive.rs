@@ -97,7 +97,11 @@ fn archive(config_path: &Path, to: &Path, keep_days: Option<u64>) -> Result<Stri
     // Only a log that verifies is moved: one that does not is evidence, to
     // be kept where it is.
     let history = reading.history(None)?;
-    let keep = Duration::from_secs(keep_days.unwrap_or(config.retention_days) * 86_400);
+    let keep = Duration::from_secs(
+        keep_days
+            .unwrap_or(config.retention_days)
+            .saturating_mul(86_400),
+    );
     let cutoff = SystemTime::now().checked_sub(keep).unwrap_or(UNIX_EPOCH);
     let mut chosen = Vec::new();
     for segment in &history.segments {

@@ -72,7 +72,7 @@ impl Reading<'_> {
         let (pinned, live) = self.setup()?;
         let trusted = trusted
             .map(|path| {
-                std::fs::read_to_string(path).map_err(|source| ReadError::Trusted {
+                storage::read_note(path).map_err(|source| ReadError::Trusted {
                     path: path.to_owned(),
                     source,
                 })
