@@ -19,8 +19,9 @@
 #               make deb-cuda for the CUDA one (fetches the ~300 MB GPU wheel)
 #   make man    the man pages, from the binaries' clap definitions, in target/release/man
 #   make check-units   systemd-analyze verify and security of the units
-#   make system-test   the package installed and driven under systemd in a
-#               throwaway Debian root (root, debootstrap, systemd-nspawn)
+#   make system-test   the package installed and driven under systemd in
+#               throwaway Debian 13 and Debian 12 roots (root, debootstrap,
+#               systemd-nspawn)
 #   make gpu-check-carry  release binaries and ONNX Runtime's CUDA provider
 #               packed into .gpu/c0..c3 for the four device calls of the GPU
 #               check; the last runs packaging/gpu-check/gpu-check.sh there
@@ -351,13 +352,13 @@ define stage_flavour
 endef
 
 deb: ort release man $(CARGO_DEB)
-	$(call stage_flavour,$(ORT_DIR),0.3)
+	$(call stage_flavour,$(ORT_DIR),0.1)
 	$(CARGO_DEB) -p deepseekd --no-build --no-strip --output target/debian/
 	@ls -l target/debian/deepseek_*.deb
 
 deb-cuda: release man $(CARGO_DEB)
 	packaging/fetch-onnxruntime.sh gpu $(CURDIR)/.ort/gpu
-	$(call stage_flavour,$(CURDIR)/.ort/gpu,0.5)
+	$(call stage_flavour,$(CURDIR)/.ort/gpu,0.3)
 	$(CARGO_DEB) -p deepseekd --variant cuda --no-build --no-strip --output target/debian/
 
 # The units as systemd reads them (the binaries only have to exist).
@@ -366,7 +367,8 @@ check-units: release
 
 # Skips (and says why) without root, debootstrap or systemd-nspawn.
 system-test: deb
-	packaging/tests/system-test.sh target/debian/deepseek_*.deb
+	packaging/tests/system-test.sh --suite trixie target/debian/deepseek_*.deb
+	packaging/tests/system-test.sh --suite bookworm target/debian/deepseek_*.deb
 
 # BENCH_ARGS="--seconds 5" for longer measurements.
 bench: ort

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The package as an operator meets it, under a real systemd:
 #
-#   packaging/tests/system-test.sh target/debian/deepseek_VERSION_amd64.deb
+#   packaging/tests/system-test.sh [--suite trixie|bookworm] target/debian/deepseek_VERSION_amd64.deb
 #
-# 1. debootstrap a throwaway Debian 12 root (minbase, systemd, curl) into
-#    target/system-test/root (the downloaded packages are kept in
-#    target/system-test/cache, so later runs are quicker);
+# 1. debootstrap a throwaway Debian root (minbase, systemd, curl) into
+#    target/system-test/SUITE/root: Debian 13 (trixie, systemd 257, the
+#    target) by default, or Debian 12 (bookworm, systemd 252); the
+#    downloaded packages are kept in target/system-test/SUITE/cache, so
+#    later runs are quicker. In Debian 13's root, check-units.sh checks the
+#    units as its systemd reads them;
 # 2. in a chroot: dpkg -i the package, then deepseekd check-config,
 #    deepseek-integrity check and init, deepseek-audit verify --list; a
 #    reinstall keeps an edited conffile, the keys and the database;
@@ -16,22 +19,29 @@
 #    notify status, SIGKILL the daemon and see systemd restart it, run the
 #    integrity check unit and deepseek-audit verify, verify the audit log,
 #    change a model byte and see the daemon refuse to start (65), purge the
-#    package; and measure what PrivateUsers=yes would do to the
-#    uids the audit log records;
+#    package; see the user namespace of PrivateUsers=identity keep client
+#    uids (systemd 257), a uid above 65535 refused, and measure what
+#    PrivateUsers=yes would do to the uids the audit log records;
 # 4. print the evidence and the result. Exit 0 when every check passed,
 #    1 otherwise. Skips (exit 0, saying why) without root, debootstrap or
 #    systemd-nspawn. MIRROR=URL picks the Debian mirror (default:
 #    debootstrap's own); SYSTEM_TEST_DIR another work directory.
 set -euo pipefail
 
-deb=${1:?usage: $0 PACKAGE.deb}
+suite=trixie
+if [ "${1:-}" = --suite ]; then
+    suite=${2:?usage: $0 [--suite trixie|bookworm] PACKAGE.deb}
+    shift 2
+fi
+case $suite in trixie | bookworm) ;; *) echo "system-test: unknown suite $suite (trixie or bookworm)" >&2; exit 64 ;; esac
+deb=${1:?usage: $0 [--suite trixie|bookworm] PACKAGE.deb}
 skip() { echo "system-test: skipped: $*"; exit 0; }
 [ "$(id -u)" -eq 0 ] || skip "needs root (debootstrap, chroot and systemd-nspawn)"
 command -v debootstrap >/dev/null || skip "debootstrap is not installed (apt-get install debootstrap)"
 command -v systemd-nspawn >/dev/null || skip "systemd-nspawn is not installed (apt-get install systemd-container)"
 [ -f "$deb" ] || { echo "system-test: no package at $deb (make deb)" >&2; exit 1; }
 
-work=$(realpath -m "${SYSTEM_TEST_DIR:-target/system-test}")
+work=$(realpath -m "${SYSTEM_TEST_DIR:-target/system-test}")/$suite
 root=$work/root
 mkdir -p "$work/cache"
 rm -rf "$root"
@@ -39,9 +49,9 @@ echo "== debootstrap into $root"
 start=$(date +%s)
 # shellcheck disable=SC2086
 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,curl,procps \
-    --cache-dir="$work/cache" bookworm "$root" ${MIRROR:-} >"$work/debootstrap.log" 2>&1 \
+    --cache-dir="$work/cache" "$suite" "$root" ${MIRROR:-} >"$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log"; echo "system-test: debootstrap failed" >&2; exit 1; }
-echo "debootstrap: $(( $(date +%s) - start )) s"
+echo "debootstrap ($suite, $(chroot "$root" systemctl --version | head -1)): $(( $(date +%s) - start )) s"
 
 passed=0 failed=0
 check() { # NAME COMMAND...: pass on exit 0 (also the container's check)
@@ -102,6 +112,18 @@ check "reinstall (an upgrade's path) keeps the operator's edits, keys and databa
     ! deepseek-integrity check >/dev/null
     deepseek-integrity update >/dev/null
     deepseek-integrity check >/dev/null'
+if [ "$suite" = trixie ]; then
+    # The units as Debian 13's systemd reads them, with the package's binaries.
+    units=$root/tmp/check-units
+    mkdir -p "$units/packaging/tests" "$units/bin"
+    cp -a "$(dirname "$0")/../../systemd" "$units/"
+    cp "$(dirname "$0")/check-units.sh" "$units/packaging/tests/"
+    cp "$root"/usr/bin/deepseekd "$root"/usr/bin/deepseek-audit "$root"/usr/bin/deepseek-integrity "$units/bin/"
+    check "check-units.sh under Debian 13's systemd (exposure 0.3 GPU, 0.1 CPU)" \
+        chroot "$root" bash /tmp/check-units/packaging/tests/check-units.sh /tmp/check-units/bin
+    chroot "$root" bash /tmp/check-units/packaging/tests/check-units.sh /tmp/check-units/bin | grep -E '^(systemd|ok: deepseekd)'
+    rm -rf "$units"
+fi
 umount "$root/proc"
 
 echo "== boot systemd in the root (systemd-nspawn, private network)"
@@ -121,9 +143,22 @@ infer() { # USER
         http://localhost/v2/models/demo/infer -d "$request"
 }
 main_pid() { systemctl show -P MainPID deepseekd.service; }
+exported() { # EVENT: its entries from log export, a line each, without whitespace
+    deepseek-audit log export | tr -d ' \n' | grep -o "{\"seq\":[^{]*\"event\":\"$1\"[^{]*\(\"peer\":{[^}]*}[^{]*\)\?\"details\":{[^}]*}"
+}
 
 useradd --create-home --groups deepseek alice
 useradd --create-home mallory
+# A member whose uid is above 65535, as directory services hand out.
+useradd --create-home --uid 70000 --groups deepseek carol 2>/dev/null
+systemd_version=$(systemctl --version | awk 'NR == 1 { print $2 }')
+# systemd 252 ignores PrivateUsers=identity, so the unit scores 0.2 above
+# the package's thresholds.max_exposure: Debian 12's documented setting.
+verify=(deepseek-audit verify)
+if [ "$systemd_version" -lt 257 ]; then
+    sed 's/^max_exposure = .*/max_exposure = 0.3/' /etc/deepseek/compliance.toml >/root/compliance-debian12.toml
+    verify+=(--profile /root/compliance-debian12.toml)
+fi
 
 check "systemctl start deepseekd.socket" systemctl start deepseekd.socket
 check "the socket is 0660 deepseek:deepseek" sh -c \
@@ -146,8 +181,35 @@ check "the daemon runs as deepseek with no capabilities, no_new_privs, seccomp" 
     grep -q "^Uid:.*\b$(id -u deepseek)\b" $s && grep -q "^CapEff:.*0000000000000000" $s &&
     grep -q "^CapBnd:.*0000000000000000" $s && grep -q "^NoNewPrivs:.*1" $s && grep -q "^Seccomp:.*2" $s'
 
-# The unit's sandbox, seen from inside the daemon's namespaces.
+# PrivateUsers=identity: systemd 257 puts each service in a user namespace
+# that maps ids 0-65535 to themselves; systemd 252 ignores the value.
 pid=$(main_pid)
+own_namespace() { # PID: 0 when PID is in its own, identity-mapped user namespace
+    test "$(readlink "/proc/$1/ns/user")" != "$(readlink /proc/1/ns/user)" &&
+    test "$(tr -s ' ' <"/proc/$1/uid_map")" = " 0 0 65536" &&
+    test "$(tr -s ' ' <"/proc/$1/gid_map")" = " 0 0 65536"
+}
+evidence "the daemon's uid_map (systemd $systemd_version)" cat "/proc/$pid/uid_map"
+if [ "$systemd_version" -ge 257 ]; then
+    check "PrivateUsers=identity: the daemon and the auditor each run in a user namespace mapping ids 0-65535 to themselves" sh -c \
+        "$(declare -f own_namespace); own_namespace $pid && own_namespace \$(systemctl show -P MainPID deepseek-audit.service)"
+    check "in that namespace the lockdown completed: the start record says Landlock and seccomp are enforced" sh -c \
+        "$(declare -f exported); exported start | tail -1 | grep -F '\"landlock_status\":\"fullyenforced\"' | grep -qF '\"seccomp_mode\":\"enforce\"'"
+    check "alice is admitted and recorded with her own uid, through the namespace" sh -c \
+        "$(declare -f infer); request='$request'; infer alice >/dev/null; deepseek-audit log show | grep -o 'request *uid=[0-9]*' | tail -1 | grep -qx 'request *uid=$(id -u alice)'"
+    check "carol (uid 70000, group deepseek) reads as the overflow id there: refused (403), and told why" sh -c \
+        "$(declare -f infer); request='$request'; infer carol | grep -F 'is the overflow id of the daemon' | grep -qF 'PrivateUsers=identity'"
+    check "her refusal is recorded: denied_peer, reason unmapped_id" sh -c \
+        "$(declare -f exported); exported denied_peer | grep -F '\"uid\":65534' | grep -qF '\"reason\":\"unmapped_id\"'"
+    evidence "carol's refusal" sh -c "$(declare -f infer); request='$request'; infer carol"
+else
+    check "systemd $systemd_version ignores PrivateUsers=identity: the daemon shares the host's user namespace" \
+        test "$(readlink "/proc/$pid/ns/user")" = "$(readlink /proc/1/ns/user)"
+    check "carol (uid 70000, group deepseek) is admitted and recorded as uid 70000" sh -c \
+        "$(declare -f infer); request='$request'; infer carol | grep -qF '[3.0,5.0,7.0,9.0]'; deepseek-audit log show | grep -o 'request *uid=[0-9]*' | tail -1 | grep -qx 'request *uid=70000'"
+fi
+
+# The unit's sandbox, seen from inside the daemon's namespaces.
 check "PrivateNetwork: the daemon sees only lo" sh -c \
     "test \"\$(nsenter -t $pid -n ls /sys/class/net)\" = lo"
 evidence "the daemon's own root (RootDirectory=): /etc and /var/lib" sh -c \
@@ -216,8 +278,8 @@ check "the textfiles for node_exporter hold both sources, each up" sh -ec '
     grep -q "^deepseek_audit_log_entries [1-9]" $d/deepseek-audit.prom
     test "$(stat -c %a $d/deepseekd.prom $d/deepseek-audit.prom | sort -u)" = 644'
 evidence "the metrics textfiles (first lines)" sh -c 'head -20 /var/lib/prometheus/node-exporter/deepseek*.prom'
-check "deepseek-audit verify (exit 0)" deepseek-audit verify
-evidence "deepseek-audit verify" deepseek-audit verify
+check "deepseek-audit verify (exit 0)" "${verify[@]}"
+evidence "deepseek-audit verify" "${verify[@]}"
 check "deepseek-audit log verify" deepseek-audit log verify
 last_request_uid() { deepseek-audit log show | grep -o 'request *uid=[0-9]*' | tail -1 | grep -o '[0-9]*$'; }
 check "the log records alice's uid" test "$(last_request_uid)" = "$(id -u alice)"
@@ -256,17 +318,18 @@ systemctl restart deepseek-audit.service
 # (audit.restate_interval_secs, tested in tests/tests/audit.rs): here a
 # restart records it now.
 systemctl restart deepseekd.service
-check "deepseek-audit verify passes with archived segments" deepseek-audit verify
+check "deepseek-audit verify passes with archived segments" "${verify[@]}"
 
 # PrivateUsers=yes, measured: what uid does the audit log then record?
 mkdir -p /run/systemd/system/deepseekd.service.d
 printf '[Service]\nPrivateUsers=yes\n' >/run/systemd/system/deepseekd.service.d/private-users.conf
 systemctl daemon-reload
 systemctl restart deepseekd.service
-check "PrivateUsers=yes: alice is still admitted (by group deepseek)" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '[3.0,5.0,7.0,9.0]'"
-uid=$(last_request_uid)
-echo "MEASURED PrivateUsers=yes: alice (uid $(id -u alice)) is recorded as uid ${uid:-none}"
-check "with PrivateUsers=yes the log loses alice's uid (why the unit leaves it off)" test "${uid:-none}" = 65534
+status=$(runuser -u alice -- curl -s -o /dev/null -w '%{http_code}' --max-time 30 \
+    --unix-socket /run/deepseek/deepseekd.sock http://localhost/v2/models/demo/infer -d "$request")
+echo "MEASURED PrivateUsers=yes: alice (uid $(id -u alice)) reads as the overflow id: HTTP $status"
+check "with PrivateUsers=yes alice reads as uid 65534 and is refused, not recorded as someone else (why the unit says identity)" sh -c \
+    "test $status = 403 && $(declare -f exported); exported denied_peer | tail -1 | grep -qF '\"reason\":\"unmapped_id\"'"
 rm /run/systemd/system/deepseekd.service.d/private-users.conf
 systemctl daemon-reload
 
@@ -278,6 +341,8 @@ evidence "systemd-analyze security deepseekd.service" sh -c \
 # Refuse to run unsafely, and say why: a model that no longer matches the
 # signed database stops the daemon (65), is not restarted, and is recorded.
 printf 'x' >>/usr/share/deepseek/models/demo/demo.onnx
+# The restarts above count against the unit's start limit (5 in 10 s).
+systemctl reset-failed deepseekd.service
 systemctl restart deepseekd.service
 sleep 4
 check "a changed model: deepseekd exits 65 and is not restarted" sh -c \

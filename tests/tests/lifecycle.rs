@@ -169,10 +169,11 @@ async fn a_peer_outside_the_allow_list_gets_403_and_is_logged() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let entries = auditor.entries();
-        if entries
-            .iter()
-            .any(|e| e["event"] == "denied_peer" && e["peer"]["uid"] == 65534)
-        {
+        if entries.iter().any(|e| {
+            e["event"] == "denied_peer"
+                && e["peer"]["uid"] == 65534
+                && e["details"]["reason"] == "not_allowed"
+        }) {
             break;
         }
         assert!(Instant::now() < deadline, "{entries:?}");

@@ -84,15 +84,24 @@ pub(crate) fn model_refused(model: &str, path: Option<&Path>, reason: String) ->
     refused
 }
 
-/// `denied_peer`: a client outside the allow-list, refused at `accept`,
-/// with how many refusals of it (`suppressed`) and of other uids
+/// `denied_peer`: a client refused at `accept`, with why (`reason`:
+/// `not_allowed`, outside the allow-list; `unmapped_id`, an id the daemon's
+/// user namespace shows as the overflow id), and how many refusals of it (`suppressed`) and of other uids
 /// (`suppressed_other_uids`) the rate limit left unrecorded before it.
-pub(crate) fn denied_peer(peer: Peer, suppressed: u64, suppressed_other_uids: u64) -> Entry {
+pub(crate) fn denied_peer(
+    peer: Peer,
+    reason: &str,
+    suppressed: u64,
+    suppressed_other_uids: u64,
+) -> Entry {
     let mut denied = Entry::event(Event::DeniedPeer);
     denied.peer = Some(peer);
     denied
         .details
         .insert("suppressed".to_owned(), suppressed.to_string());
+    denied
+        .details
+        .insert("reason".to_owned(), reason.to_owned());
     if suppressed_other_uids > 0 {
         denied.details.insert(
             "suppressed_other_uids".to_owned(),

@@ -102,8 +102,8 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        if !gate.access.admits(&peer) {
-            gate.refusals.refuse(stream, &peer);
+        if let Err(denial) = gate.access.check(&peer) {
+            gate.refusals.refuse(stream, &peer, denial);
             free_slot = Some(slot);
             continue;
         }

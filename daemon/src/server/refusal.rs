@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 
 use super::http::audit_peer;
-use super::peer::Peer;
+use super::peer::{Denial, Peer};
 use crate::audit::AuditClient;
 use crate::audit::records;
 use crate::metrics::{Metrics, Refusal};
@@ -135,7 +135,7 @@ impl Refusals {
     /// Answers a refused connection with a fixed 403 and closes it, without
     /// reading its request; records the refusal when the rate limit allows.
     /// Returns at once: the answer and the record run in their own tasks.
-    pub(crate) fn refuse(&self, stream: UnixStream, peer: &Peer) {
+    pub(crate) fn refuse(&self, stream: UnixStream, peer: &Peer, denial: Denial) {
         self.metrics.refused(Refusal::Peer);
         let record = self
             .limit
@@ -148,10 +148,18 @@ impl Refusals {
                 gid = peer.gid,
                 pid = peer.pid,
                 suppressed = record.suppressed,
-                "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused"
+                reason = denial.name(),
+                "{}",
+                match denial {
+                    Denial::NotListed =>
+                        "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused",
+                    Denial::Unmapped =>
+                        "peer's uid or gid is the overflow id of the daemon's user namespace (PrivateUsers=identity maps 0-65535); refused",
+                }
             );
             let denied = records::denied_peer(
                 audit_peer(peer),
+                denial.name(),
                 record.suppressed,
                 record.suppressed_other_uids,
             );
@@ -171,7 +179,7 @@ impl Refusals {
         let Ok(permit) = Arc::clone(&self.answering).try_acquire_owned() else {
             return;
         };
-        let response = forbidden(peer);
+        let response = forbidden(&denial.message(peer));
         tokio::spawn(async move {
             answer(stream, &response).await;
             drop(permit);
@@ -181,11 +189,8 @@ impl Refusals {
 
 /// The whole answer to a refused peer. One shape for both APIs: the path,
 /// which would tell them apart, is never read.
-fn forbidden(peer: &Peer) -> Vec<u8> {
-    let body = serde_json::json!({
-        "error": format!("uid {} gid {} is not allowed to use this socket", peer.uid, peer.gid)
-    })
-    .to_string();
+fn forbidden(message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": message }).to_string();
     format!(
         "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -299,7 +304,7 @@ mod tests {
             pid: 9,
             groups: Vec::new(),
         };
-        let text = String::from_utf8(forbidden(&peer)).expect("ascii");
+        let text = String::from_utf8(forbidden(&Denial::NotListed.message(&peer))).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())));

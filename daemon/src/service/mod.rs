@@ -62,6 +62,13 @@ pub(crate) fn serve(path: &std::path::Path) -> Exit {
             return Exit::Config;
         }
     };
+    if let Some(overflow) = access.overflow() {
+        tracing::info!(
+            overflow_uid = overflow.uid,
+            overflow_gid = overflow.gid,
+            "running in a user namespace that does not map every id: a client whose uid or gid reads as the overflow id is refused"
+        );
+    }
     // Still single-threaded: `socket::open` reads LISTEN_FDS and sets the umask.
     // A socket created while root goes to the service user, and to its
     // group unless server.socket_group names one.
