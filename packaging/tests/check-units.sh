@@ -31,6 +31,7 @@ if [ "$version" -ge 257 ]; then
         # PrivateUsers=identity: a user namespace that keeps client uids.
         [deepseekd.service]=3          # the GPU unit: NVIDIA devices allowed
         [deepseekd.service+cpu]=1      # with cpu-only.conf
+        [deepseekd.service+private-dev]=1  # with gpu-private-devices.conf
         [deepseek-audit.service]=1
         [deepseek-integrity-check.service]=9  # root with CAP_DAC_READ_SEARCH only
         [deepseek-metrics.service]=9          # root with CAP_DAC_READ_SEARCH only
@@ -41,6 +42,7 @@ else
         # PrivateUsers=identity is ignored (0.2 more).
         [deepseekd.service]=5
         [deepseekd.service+cpu]=3
+        [deepseekd.service+private-dev]=3
         [deepseek-audit.service]=3
         [deepseek-integrity-check.service]=9
         [deepseek-metrics.service]=9
@@ -55,14 +57,14 @@ failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
 # A root with systemd's own units (the targets ours refer to) and ours.
-make_root() { # DIR [with-cpu-drop-in]
+make_root() { # DIR [DROP-IN]: with systemd/deepseekd.service.d/DROP-IN
     local root=$1
     mkdir -p "$root/usr/lib/systemd" "$root/usr/bin" "$root/etc"
     cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
     cp systemd/*.service systemd/*.socket systemd/*.timer "$root/usr/lib/systemd/system/"
-    if [ "${2:-}" = cpu ]; then
+    if [ -n "${2:-}" ]; then
         mkdir -p "$root/usr/lib/systemd/system/deepseekd.service.d"
-        cp systemd/deepseekd.service.d/cpu-only.conf "$root/usr/lib/systemd/system/deepseekd.service.d/"
+        cp "systemd/deepseekd.service.d/$2" "$root/usr/lib/systemd/system/deepseekd.service.d/"
     fi
     for bin in deepseekd deepseek-audit deepseek-integrity; do
         cp "$BIN_DIR/$bin" "$root/usr/bin/"
@@ -80,17 +82,20 @@ if [ "${1:-}" = --root ]; then
     mkdir -p "$cpu_root/usr/lib/systemd/system"
     cp -an /usr/lib/systemd/system/. "$cpu_root/usr/lib/systemd/system/"
     gpu_root=
+    private_root=
 else
     [ $# -eq 1 ] || { echo "usage: $0 BIN_DIR | --root DIR" >&2; exit 64; }
     BIN_DIR=$1
     gpu_root=$scratch/gpu
     cpu_root=$scratch/cpu
+    private_root=$scratch/private-dev
     make_root "$gpu_root"
-    make_root "$cpu_root" cpu
+    make_root "$cpu_root" cpu-only.conf
+    make_root "$private_root" gpu-private-devices.conf
 fi
 
 echo "== systemd-analyze verify (any warning fails)"
-for root in $gpu_root $cpu_root; do
+for root in $gpu_root $cpu_root $private_root; do
     # shellcheck disable=SC2086
     out=$(systemd-analyze verify --root="$root" --man=no $UNITS 2>&1) && rc=0 || rc=$?
     [ -z "$expected_warning" ] || out=$(grep -Ev "$expected_warning" <<<"$out" || true)
@@ -116,6 +121,7 @@ score() { # ROOT UNIT LIMIT-KEY
 }
 if [ -n "$gpu_root" ]; then
     score "$gpu_root" deepseekd.service deepseekd.service
+    score "$private_root" deepseekd.service deepseekd.service+private-dev
 fi
 score "$cpu_root" deepseekd.service deepseekd.service+cpu
 score "$cpu_root" deepseek-audit.service deepseek-audit.service

@@ -67,6 +67,8 @@ check() { # NAME COMMAND...: pass on exit 0 (also the container's check)
 
 echo "== install in a chroot (no systemd running)"
 cp "$deb" "$root/tmp/deepseek.deb"
+# The CUDA package's opt-in drop-in, tried on the GPU unit in the container.
+cp "$(dirname "$0")/../../systemd/deepseekd.service.d/gpu-private-devices.conf" "$root/root/"
 # As in any installer's chroot: systemd-tmpfiles needs /proc.
 mount -t proc proc "$root/proc"
 trap 'umount "$root/proc" 2>/dev/null || true' EXIT
@@ -219,8 +221,9 @@ check "RootDirectory: no /etc/shadow, no /var/log, no other /var/lib for the dae
 check "ProtectHome: /home is empty for the daemon" sh -c "test -z \"\$(nsenter -t $pid -m ls -A /home)\""
 check "ProtectSystem=strict: /usr and /etc are read-only" sh -c \
     "! nsenter -t $pid -m -S \$(id -u deepseek) -G \$(id -g deepseek) touch /etc/x 2>/dev/null && ! nsenter -t $pid -m touch /usr/x 2>/dev/null"
+pseudo='char|core|fd|full|hugepages|log|mqueue|null|ptmx|pts|random|shm|stderr|stdin|stdout|tty|urandom|zero'
 check "PrivateDevices: only pseudo-devices" sh -c \
-    "test -z \"\$(nsenter -t $pid -m ls /dev | grep -vxE 'char|core|fd|full|hugepages|log|mqueue|null|ptmx|pts|random|shm|stderr|stdin|stdout|tty|urandom|zero')\""
+    "test -z \"\$(nsenter -t $pid -m -r ls /dev | grep -vxE '$pseudo')\""
 check "PrivateTmp: the daemon's /tmp is its own" sh -c \
     "touch /tmp/host-file && ! nsenter -t $pid -m test -e /tmp/host-file"
 evidence "the daemon's devices cgroup (DevicePolicy=closed; cgroup v1 here)" sh -c \
@@ -331,6 +334,31 @@ echo "MEASURED PrivateUsers=yes: alice (uid $(id -u alice)) reads as the overflo
 check "with PrivateUsers=yes alice reads as uid 65534 and is refused, not recorded as someone else (why the unit says identity)" sh -c \
     "test $status = 403 && $(declare -f exported); exported denied_peer | tail -1 | grep -qF '\"reason\":\"unmapped_id\"'"
 rm /run/systemd/system/deepseekd.service.d/private-users.conf
+
+# The GPU unit as deepseek-cuda ships it (an empty drop-in of the same name
+# masks the CPU package's cpu-only.conf), with the opt-in
+# gpu-private-devices.conf. Stand-in NVIDIA nodes (major 195): there is no
+# driver here, so opening them fails and CUDA itself is not exercised.
+mknod -m 0666 /dev/nvidiactl c 195 255
+mknod -m 0666 /dev/nvidia0 c 195 0
+: >/run/systemd/system/deepseekd.service.d/cpu-only.conf
+cp /root/gpu-private-devices.conf /run/systemd/system/deepseekd.service.d/
+systemctl daemon-reload
+systemctl reset-failed deepseekd.service
+systemctl restart deepseekd.service
+pid=$(main_pid)
+check "the GPU unit with gpu-private-devices.conf serves" sh -c "$(declare -f infer); request='$request'; infer alice | grep -F '[3.0,5.0,7.0,9.0]'"
+check "its private /dev holds the pseudo-devices and the NVIDIA nodes, nothing else" sh -c \
+    "nsenter -t $pid -m -r test -c /dev/nvidia0 && nsenter -t $pid -m -r test -c /dev/nvidiactl &&
+     test -z \"\$(nsenter -t $pid -m -r ls /dev | grep -vxE '$pseudo|nvidia0|nvidiactl')\""
+evidence "the GPU unit's /dev with gpu-private-devices.conf" sh -c "nsenter -t $pid -m -r ls /dev | tr '\\n' ' '; echo"
+exposure=$(systemd-analyze security --no-pager deepseekd.service | grep -o 'Overall exposure level for deepseekd.service: [0-9.]*' | grep -o '[0-9.]*$')
+echo "MEASURED the GPU unit with gpu-private-devices.conf, live: exposure $exposure (systemd $systemd_version)"
+if [ "$systemd_version" -ge 257 ]; then
+    check "its live exposure is 0.1" test "$exposure" = 0.1
+fi
+rm /run/systemd/system/deepseekd.service.d/cpu-only.conf /run/systemd/system/deepseekd.service.d/gpu-private-devices.conf
+rm /dev/nvidiactl /dev/nvidia0
 systemctl daemon-reload
 
 evidence "directives systemd could not apply here (journal)" sh -c \
