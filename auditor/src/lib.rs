@@ -21,7 +21,8 @@ pub mod history;
 mod keys;
 mod merkle;
 pub mod metrics;
-pub mod note;
+/// C2SP signed notes, shared with `deepseek-integrity`'s bundles.
+pub use deepseek_integrity::note;
 mod proof;
 mod segment;
 pub mod service;

@@ -21,6 +21,8 @@ pub enum Exit {
     /// The database's signature is missing, invalid, or made by a key other
     /// than the pinned verifier key: nothing in it can be trusted.
     Signature = 26,
+    /// A bundle is malformed, or does not match its signed manifest.
+    Bundle = 27,
 }
 
 /// Bits summed into `check`'s exit code, as AIDE does: 1 added, 2 removed,

@@ -6,6 +6,7 @@
 //! database; the binary is a thin CLI over it.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod check;
 pub mod compare;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod exit;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod keys;
+pub mod note;
 pub mod scan;
 pub mod verify;
 
@@ -37,7 +39,9 @@ Exit codes (check; AIDE-compatible where they overlap):
   18  a file could not be read (I/O error)
   24  the database is missing or malformed
   25  interrupted
-  26  the database signature is missing, invalid, or by another key
+  26  the database signature is missing, invalid, or by another key;
+      a bundle is not signed by a pinned release key
+  27  a bundle is malformed or does not match its signed manifest
   64  bad command line";
 
 /// Record and check the integrity of model files, binaries and
@@ -94,6 +98,10 @@ pub enum Command {
     Update,
     /// Print the database's entries after verifying its signature.
     Show,
+    /// Signed bundles that carry models and software onto the appliance
+    /// (docs/guide/bundles.md). Need no configuration.
+    #[command(subcommand)]
+    Bundle(bundle::cli::BundleCommand),
 }
 
 /// The command-line definition, from which the man pages are generated
@@ -121,6 +129,9 @@ fn fail(exit: Exit, error: &dyn std::fmt::Display) -> u8 {
 
 /// Runs one command and returns its exit code.
 pub fn run(cli: &Cli) -> u8 {
+    if let Command::Bundle(command) = &cli.command {
+        return bundle::cli::run(command, cli.format);
+    }
     if let Command::Keygen { out, verifier_out } = &cli.command {
         return match keygen(out, verifier_out.as_deref()) {
             Ok(()) => 0,
@@ -158,7 +169,7 @@ pub fn run(cli: &Cli) -> u8 {
             .map_err(|e| fail(Exit::Io, &e))
     };
     let result = match cli.command {
-        Command::Keygen { .. } => unreachable!("handled above"),
+        Command::Keygen { .. } | Command::Bundle(_) => unreachable!("handled above"),
         Command::Init => (|| {
             if config.database.exists() {
                 return Err(fail(
