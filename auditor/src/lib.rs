@@ -27,6 +27,7 @@ mod proof;
 mod segment;
 pub mod service;
 pub mod storage;
+pub mod userns;
 pub mod verify;
 
 use std::process::ExitCode;

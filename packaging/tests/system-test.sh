@@ -145,6 +145,24 @@ infer() { # USER
         http://localhost/v2/models/demo/infer -d "$request"
 }
 main_pid() { systemctl show -P MainPID deepseekd.service; }
+requests_by() { # UID: how many request records name UID
+    deepseek-audit log show | grep -cE "request +uid=$1 pid="
+}
+unmapped_refusals() { # how many denied_peer records say unmapped_id
+    exported denied_peer | grep -cF '"reason":"unmapped_id"'
+}
+one_more_unmapped_refusal() { # BEFORE: the daemon records refusals in the background
+    for _ in $(seq 150); do
+        [ "$(unmapped_refusals)" -gt "$1" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+answered_and_recorded() { # USER UID: USER gets the answer, and one more request record names UID
+    local before
+    before=$(requests_by "$2")
+    infer "$1" | grep -qF '[3.0,5.0,7.0,9.0]' && [ "$(requests_by "$2")" -eq $((before + 1)) ]
+}
 exported() { # EVENT: its entries from log export, a line each, without whitespace
     deepseek-audit log export | tr -d ' \n' | grep -o "{\"seq\":[^{]*\"event\":\"$1\"[^{]*\(\"peer\":{[^}]*}[^{]*\)\?\"details\":{[^}]*}"
 }
@@ -197,18 +215,18 @@ if [ "$systemd_version" -ge 257 ]; then
         "$(declare -f own_namespace); own_namespace $pid && own_namespace \$(systemctl show -P MainPID deepseek-audit.service)"
     check "in that namespace the lockdown completed: the start record says Landlock and seccomp are enforced" sh -c \
         "$(declare -f exported); exported start | tail -1 | grep -F '\"landlock_status\":\"fullyenforced\"' | grep -qF '\"seccomp_mode\":\"enforce\"'"
-    check "alice is admitted and recorded with her own uid, through the namespace" sh -c \
-        "$(declare -f infer); request='$request'; infer alice >/dev/null; deepseek-audit log show | grep -o 'request *uid=[0-9]*' | tail -1 | grep -qx 'request *uid=$(id -u alice)'"
+    check "alice is admitted and recorded with her own uid, through the namespace" \
+        answered_and_recorded alice "$(id -u alice)"
+    before=$(unmapped_refusals)
     check "carol (uid 70000, group deepseek) reads as the overflow id there: refused (403), and told why" sh -c \
         "$(declare -f infer); request='$request'; infer carol | grep -F 'is the overflow id of the daemon' | grep -qF 'PrivateUsers=identity'"
-    check "her refusal is recorded: denied_peer, reason unmapped_id" sh -c \
-        "$(declare -f exported); exported denied_peer | grep -F '\"uid\":65534' | grep -qF '\"reason\":\"unmapped_id\"'"
+    check "her refusal is recorded: denied_peer, reason unmapped_id" one_more_unmapped_refusal "$before"
     evidence "carol's refusal" sh -c "$(declare -f infer); request='$request'; infer carol"
 else
     check "systemd $systemd_version ignores PrivateUsers=identity: the daemon shares the host's user namespace" \
         test "$(readlink "/proc/$pid/ns/user")" = "$(readlink /proc/1/ns/user)"
-    check "carol (uid 70000, group deepseek) is admitted and recorded as uid 70000" sh -c \
-        "$(declare -f infer); request='$request'; infer carol | grep -qF '[3.0,5.0,7.0,9.0]'; deepseek-audit log show | grep -o 'request *uid=[0-9]*' | tail -1 | grep -qx 'request *uid=70000'"
+    check "carol (uid 70000, group deepseek) is admitted and recorded as uid 70000" \
+        answered_and_recorded carol 70000
 fi
 
 # The unit's sandbox, seen from inside the daemon's namespaces.
@@ -328,11 +346,13 @@ mkdir -p /run/systemd/system/deepseekd.service.d
 printf '[Service]\nPrivateUsers=yes\n' >/run/systemd/system/deepseekd.service.d/private-users.conf
 systemctl daemon-reload
 systemctl restart deepseekd.service
+before=$(unmapped_refusals)
 status=$(runuser -u alice -- curl -s -o /dev/null -w '%{http_code}' --max-time 30 \
     --unix-socket /run/deepseek/deepseekd.sock http://localhost/v2/models/demo/infer -d "$request")
 echo "MEASURED PrivateUsers=yes: alice (uid $(id -u alice)) reads as the overflow id: HTTP $status"
-check "with PrivateUsers=yes alice reads as uid 65534 and is refused, not recorded as someone else (why the unit says identity)" sh -c \
-    "test $status = 403 && $(declare -f exported); exported denied_peer | tail -1 | grep -qF '\"reason\":\"unmapped_id\"'"
+check "with PrivateUsers=yes alice reads as uid 65534 and is refused, not recorded as someone else (why the unit says identity)" \
+    test "$status" = 403
+check "that refusal is recorded: denied_peer, reason unmapped_id" one_more_unmapped_refusal "$before"
 rm /run/systemd/system/deepseekd.service.d/private-users.conf
 
 # The GPU unit as deepseek-cuda ships it (an empty drop-in of the same name

@@ -139,10 +139,12 @@ async fn a_peer_outside_the_allow_list_gets_403_and_is_logged() {
     let output = Command::new(binary("peer-client"))
         .arg(&d.socket)
         .arg("/v2/health/live")
-        .uid(65534)
-        .gid(65534)
+        // Not nobody: in a container whose user namespace maps only some
+        // ids, 65534 is the overflow id, refused for another reason.
+        .uid(4242)
+        .gid(4242)
         .output()
-        .expect("run peer-client as nobody");
+        .expect("run peer-client as uid 4242");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -154,13 +156,13 @@ async fn a_peer_outside_the_allow_list_gets_403_and_is_logged() {
     let body: Value = serde_json::from_str(lines.next().expect("body")).expect("json");
     assert_eq!(
         body["error"],
-        "uid 65534 gid 65534 is not allowed to use this socket"
+        "uid 4242 gid 4242 is not allowed to use this socket"
     );
     let log = d.log();
     assert!(
         log.lines()
             .any(|l| l.contains("peer not in the allow-list")
-                && l.contains("uid=65534 gid=65534 pid=")),
+                && l.contains("uid=4242 gid=4242 pid=")),
         "refusal logged with uid, gid and pid:\n{log}"
     );
     // The refusal is in the audit log too, recorded in the background (the
@@ -171,7 +173,7 @@ async fn a_peer_outside_the_allow_list_gets_403_and_is_logged() {
         let entries = auditor.entries();
         if entries.iter().any(|e| {
             e["event"] == "denied_peer"
-                && e["peer"]["uid"] == 65534
+                && e["peer"]["uid"] == 4242
                 && e["details"]["reason"] == "not_allowed"
         }) {
             break;

@@ -18,10 +18,26 @@ pub(crate) fn run(config_path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(exit::CONFIG, &e),
     };
-    let allowed = match config.allowed_peers(config_path) {
+    let mut allowed = match config.allowed_peers(config_path) {
         Ok(allowed) => allowed,
         Err(e) => return fail(exit::CONFIG, &e),
     };
+    // In a user namespace that does not map every id (systemd
+    // PrivateUsers=identity), the overflow uid stands for every unmapped
+    // peer: it may never append, whatever the configuration lists.
+    if let Some(partial) = crate::userns::Partial::of_this_process() {
+        allowed.retain(|&uid| {
+            let keep = uid != partial.overflow_uid && partial.uids.maps(uid);
+            if !keep {
+                eprintln!(
+                    "deepseek-audit: warning: allowed uid {uid} is not mapped in this user namespace \
+                     (uids {}; overflow id {}): no peer is admitted by it",
+                    partial.uids, partial.overflow_uid
+                );
+            }
+            keep
+        });
+    }
     let signer = match keys::load(&config.signing_key) {
         Ok(signer) => signer,
         Err(e) => return fail(exit::CONFIG, &e),

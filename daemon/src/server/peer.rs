@@ -8,6 +8,8 @@ use std::os::fd::AsFd;
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Group, Uid};
 
+use deepseek_audit::userns::Partial;
+
 use crate::config::ServerConfig;
 
 /// The credentials of a connected client, read once when it connects.
@@ -48,58 +50,8 @@ impl Peer {
 pub(crate) struct AccessPolicy {
     uids: BTreeSet<u32>,
     gids: BTreeSet<u32>,
-    /// The ids that stand for "not mapped" when this process's user
-    /// namespace does not map every id; `None` in the initial namespace.
-    overflow: Option<Overflow>,
-}
-
-/// What a user namespace that maps only some ids reports for the others:
-/// under systemd's `PrivateUsers=identity` (ids 0-65535) a client with uid
-/// 100000 reads as 65534, like every other such client and `nobody`, so the
-/// audit log could not tell them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Overflow {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// The kernel's default overflow id (`/proc/sys/kernel/overflowuid`), used
-/// where `/proc/sys` is hidden (`ProcSubset=pid`).
-const DEFAULT_OVERFLOW: u32 = 65534;
-
-impl Overflow {
-    /// The overflow ids of this process's user namespace, or `None` when
-    /// its uid and gid maps cover every id (the initial namespace). A map
-    /// that cannot be read counts as partial: refusing the overflow ids is
-    /// the safe side.
-    pub(crate) fn of_this_process() -> Option<Self> {
-        let whole = |path: &str| std::fs::read_to_string(path).is_ok_and(|map| maps_every_id(&map));
-        if whole("/proc/self/uid_map") && whole("/proc/self/gid_map") {
-            return None;
-        }
-        let read = |path: &str| {
-            std::fs::read_to_string(path)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(DEFAULT_OVERFLOW)
-        };
-        Some(Self {
-            uid: read("/proc/sys/kernel/overflowuid"),
-            gid: read("/proc/sys/kernel/overflowgid"),
-        })
-    }
-}
-
-/// Whether a `uid_map` or `gid_map` maps all 2^32 - 1 ids to themselves:
-/// the initial user namespace's `0 0 4294967295`.
-fn maps_every_id(map: &str) -> bool {
-    let mut lines = map.lines().filter(|l| !l.trim().is_empty());
-    let only = lines.next().map(|l| {
-        l.split_whitespace()
-            .map(str::parse::<u64>)
-            .collect::<Result<Vec<_>, _>>()
-    });
-    lines.next().is_none() && matches!(only, Some(Ok(v)) if v == [0, 0, u64::from(u32::MAX)])
+    /// This process's user namespace when it does not map every id.
+    partial: Option<Partial>,
 }
 
 /// Why a peer is refused at `accept`.
@@ -107,8 +59,8 @@ fn maps_every_id(map: &str) -> bool {
 pub(crate) enum Denial {
     /// Neither its uid nor any of its groups is in the allow-list.
     NotListed,
-    /// Its uid or gid reads as the overflow id: the daemon's user namespace
-    /// does not map it, and the audit log could not say who it is.
+    /// Its uid reads as the overflow id: the daemon's user namespace does
+    /// not map it, and the audit log could not say who it is.
     Unmapped,
 }
 
@@ -129,10 +81,10 @@ impl Denial {
                 peer.uid, peer.gid
             ),
             Self::Unmapped => format!(
-                "uid {} gid {} is the overflow id of the daemon's user namespace \
-                 (systemd PrivateUsers=identity maps ids 0-65535 only): \
-                 the audit log could not tell this client apart, so it is refused",
-                peer.uid, peer.gid
+                "uid {} is the overflow id of the daemon's user namespace: the client's own uid \
+                 is not mapped there (under systemd PrivateUsers=identity, uids above 65535), \
+                 so the audit log could not tell it apart; refused",
+                peer.uid
             ),
         }
     }
@@ -188,29 +140,50 @@ impl AccessPolicy {
         Ok(Self {
             uids,
             gids,
-            overflow: Overflow::of_this_process(),
+            partial: Partial::of_this_process(),
         })
     }
 
-    /// The ids this policy refuses as unmapped, for the start-up log.
-    pub(crate) fn overflow(&self) -> Option<Overflow> {
-        self.overflow
+    /// This process's user namespace when it does not map every id.
+    pub(crate) fn partial(&self) -> Option<&Partial> {
+        self.partial.as_ref()
+    }
+
+    /// Listed uids and gids the namespace does not map: no peer can ever
+    /// match them (a peer with such an id reads as the overflow id).
+    pub(crate) fn unmapped_entries(&self) -> (Vec<u32>, Vec<u32>) {
+        let Some(partial) = &self.partial else {
+            return (Vec::new(), Vec::new());
+        };
+        (
+            self.uids
+                .iter()
+                .copied()
+                .filter(|&u| !partial.uids.maps(u))
+                .collect(),
+            self.gids
+                .iter()
+                .copied()
+                .filter(|&g| !partial.gids.maps(g))
+                .collect(),
+        )
     }
 
     /// A peer is admitted when its uid is listed, or its primary or any
-    /// supplementary group is, unless its uid or primary gid is the
-    /// overflow id (the allow-list may name 65534's group: it would admit
-    /// every unmapped client under one name).
+    /// supplementary group is. In a namespace that does not map every id,
+    /// a uid that reads as the overflow id is refused (the log could not
+    /// say who it is), and the overflow gid matches no listed group (it
+    /// stands for any unmapped group, not `nogroup`).
     pub(crate) fn check(&self, peer: &Peer) -> Result<(), Denial> {
-        if self
-            .overflow
-            .is_some_and(|o| peer.uid == o.uid || peer.gid == o.gid)
-        {
-            return Err(Denial::Unmapped);
-        }
+        let overflow_gid = match &self.partial {
+            Some(partial) if peer.uid == partial.overflow_uid => return Err(Denial::Unmapped),
+            Some(partial) => Some(partial.overflow_gid),
+            None => None,
+        };
+        let listed_group = |g: &u32| Some(*g) != overflow_gid && self.gids.contains(g);
         let listed = self.uids.contains(&peer.uid)
-            || self.gids.contains(&peer.gid)
-            || peer.groups.iter().any(|g| self.gids.contains(g));
+            || listed_group(&peer.gid)
+            || peer.groups.iter().any(listed_group);
         if listed {
             Ok(())
         } else {
@@ -227,7 +200,7 @@ mod tests {
         AccessPolicy {
             uids: uids.iter().copied().collect(),
             gids: gids.iter().copied().collect(),
-            overflow: None,
+            partial: None,
         }
     }
 
@@ -253,40 +226,42 @@ mod tests {
     }
 
     #[test]
-    fn refuses_the_overflow_ids_of_a_partial_user_namespace() {
-        let mut policy = policy(&[65534], &[500, 65534]);
+    fn refuses_the_overflow_uid_and_matches_no_group_by_the_overflow_gid() {
+        let mut policy = policy(&[65534, 70000], &[500, 65534, 70001]);
         // The initial namespace: 65534 is nobody, listed here, admitted.
         assert_eq!(policy.check(&peer(65534, 65534, &[])), Ok(()));
-        policy.overflow = Some(Overflow {
-            uid: 65534,
-            gid: 65534,
+        assert_eq!(policy.check(&peer(1001, 1001, &[65534])), Ok(()));
+        let map = deepseek_audit::userns::IdMap::parse("0 0 65536\n").expect("map");
+        policy.partial = Some(Partial {
+            uids: map.clone(),
+            gids: map,
+            overflow_uid: 65534,
+            overflow_gid: 65534,
         });
-        for unmapped in [peer(65534, 1000, &[500]), peer(1000, 65534, &[500])] {
-            assert_eq!(policy.check(&unmapped), Err(Denial::Unmapped));
-            assert!(
-                Denial::Unmapped
-                    .message(&unmapped)
-                    .contains("PrivateUsers=identity")
-            );
-        }
+        // A uid outside the map: refused, whatever its groups.
+        let unmapped = peer(65534, 1000, &[500]);
+        assert_eq!(policy.check(&unmapped), Err(Denial::Unmapped));
+        assert!(
+            Denial::Unmapped
+                .message(&unmapped)
+                .contains("PrivateUsers=identity")
+        );
+        // A group outside the map reads as 65534: it matches no listed
+        // group, even nogroup's, primary or supplementary.
+        assert_eq!(
+            policy.check(&peer(1001, 1001, &[65534])),
+            Err(Denial::NotListed)
+        );
+        assert_eq!(
+            policy.check(&peer(1001, 65534, &[])),
+            Err(Denial::NotListed)
+        );
+        // A mapped client whose primary group is nogroup, a member by a
+        // listed group: admitted under its own uid.
+        assert_eq!(policy.check(&peer(1001, 65534, &[500])), Ok(()));
         assert_eq!(policy.check(&peer(1000, 1000, &[500])), Ok(()));
-    }
-
-    #[test]
-    fn only_the_whole_identity_map_maps_every_id() {
-        assert!(maps_every_id("         0          0 4294967295\n"));
-        for partial in [
-            "0 0 65536\n",
-            "0 1000 1\n",
-            "0 0 4294967295\n1 1 1\n",
-            "",
-            "0 0 x\n",
-        ] {
-            assert!(!maps_every_id(partial), "{partial:?}");
-        }
-        // This test runs in the initial namespace, or in a container's.
-        let here = std::fs::read_to_string("/proc/self/uid_map").expect("uid_map");
-        assert_eq!(Overflow::of_this_process().is_none(), maps_every_id(&here));
+        // Listed ids the namespace cannot show are reported.
+        assert_eq!(policy.unmapped_entries(), (vec![70000], vec![70001]));
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Refusals {
                     Denial::NotListed =>
                         "peer not in the allow-list (server.allowed_uids, server.allowed_groups); refused",
                     Denial::Unmapped =>
-                        "peer's uid or gid is the overflow id of the daemon's user namespace (PrivateUsers=identity maps 0-65535); refused",
+                        "peer's uid is the overflow id of the daemon's user namespace (its own uid is not mapped there); refused",
                 }
             );
             let denied = records::denied_peer(

@@ -62,12 +62,21 @@ pub(crate) fn serve(path: &std::path::Path) -> Exit {
             return Exit::Config;
         }
     };
-    if let Some(overflow) = access.overflow() {
+    if let Some(partial) = access.partial() {
         tracing::info!(
-            overflow_uid = overflow.uid,
-            overflow_gid = overflow.gid,
-            "running in a user namespace that does not map every id: a client whose uid or gid reads as the overflow id is refused"
+            uids = %partial.uids,
+            gids = %partial.gids,
+            overflow_uid = partial.overflow_uid,
+            "running in a user namespace that does not map every id: a client whose uid reads as the overflow id is refused"
         );
+        let (uids, gids) = access.unmapped_entries();
+        if !uids.is_empty() || !gids.is_empty() {
+            tracing::warn!(
+                ?uids,
+                ?gids,
+                "server.allowed_uids or server.allowed_groups lists ids this user namespace does not map: no client is admitted by them"
+            );
+        }
     }
     // Still single-threaded: `socket::open` reads LISTEN_FDS and sets the umask.
     // A socket created while root goes to the service user, and to its
