@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deepseek_audit::entry::{Entry, Event};
-use deepseek_audit::note::NoteSigner;
 use deepseek_audit::service::{self, ServiceConfig};
 use deepseek_audit::storage::{LogFile, Tail};
+use deepseek_integrity::note::NoteSigner;
 
 fn config(dir: &Path) -> ServiceConfig {
     toml::from_str(&format!(

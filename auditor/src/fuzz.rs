@@ -11,11 +11,11 @@ use deepseek_integrity::digest::hex;
 use crate::checkpoint::Checkpoint;
 use crate::entry::Entry;
 use crate::merkle::{self, Hash};
-use crate::note::{NoteSigner, NoteVerifier};
 use crate::proof::InclusionProof;
 use crate::segment::Seal;
 use crate::service::{Reply, Request, read_frame, write_frame};
 use crate::verify::{StoredCheckpoint, verify};
+use deepseek_integrity::note::{NoteSigner, NoteVerifier};
 
 pub use deepseek_integrity::fuzz::{cases, mutate};
 

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::merkle::{Frontier, Hash};
-use crate::note::NoteVerifier;
 use crate::segment::{self, Kind, Seal};
 use crate::storage::{self, ENTRIES, StorageError, Tail};
 use crate::verify::{self, Sealing, StoredCheckpoint, Tamper};
+use deepseek_integrity::note::NoteVerifier;
 
 /// Where the history is read from.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,7 @@ use deepseek_integrity::keys::{
     KeyError as FileError, read_secret, write_secret, write_verifier_file,
 };
 
-use crate::note::{NoteError, NoteSigner};
+use deepseek_integrity::note::{NoteError, NoteSigner};
 
 /// Why the key cannot be used.
 #[derive(Debug, thiserror::Error)]

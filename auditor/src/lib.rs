@@ -21,8 +21,6 @@ pub mod history;
 mod keys;
 mod merkle;
 pub mod metrics;
-/// C2SP signed notes, shared with `deepseek-integrity`'s bundles.
-pub use deepseek_integrity::note;
 mod proof;
 mod segment;
 pub mod service;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::merkle::{self, Hash};
-use crate::note::NoteVerifier;
+use deepseek_integrity::note::NoteVerifier;
 
 /// A self-contained inclusion proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +75,7 @@ impl InclusionProof {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::note::NoteSigner;
+    use deepseek_integrity::note::NoteSigner;
 
     #[test]
     fn a_proof_checks_and_a_changed_entry_does_not() {

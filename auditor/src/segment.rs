@@ -20,7 +20,7 @@ use deepseek_integrity::digest::{hex, unhex32};
 
 use crate::checkpoint::Checkpoint;
 use crate::merkle::{Frontier, Hash};
-use crate::note::NoteVerifier;
+use deepseek_integrity::note::NoteVerifier;
 
 /// The directory of sealed segments, in a live log or an archive.
 pub(crate) const SEGMENTS: &str = "segments";

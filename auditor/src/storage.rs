@@ -16,9 +16,9 @@ use deepseek_integrity::digest::hex;
 
 use crate::entry::Entry;
 use crate::merkle::{self, Frontier, Hash};
-use crate::note::NoteSigner;
 use crate::segment::{self, CHECKPOINTS, Kind, Seal};
 use crate::verify::StoredCheckpoint;
+use deepseek_integrity::note::NoteSigner;
 
 /// The active segment's file inside the log directory.
 pub const ENTRIES: &str = "entries.log";

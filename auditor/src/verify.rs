@@ -8,7 +8,7 @@ use deepseek_integrity::digest::unhex32;
 use crate::checkpoint::Checkpoint;
 use crate::entry::Entry;
 use crate::merkle::{self, Frontier, Hash};
-use crate::note::NoteVerifier;
+use deepseek_integrity::note::NoteVerifier;
 
 /// A signed checkpoint as stored, and where it came from.
 #[derive(Debug, Clone)]
@@ -271,7 +271,7 @@ mod tests {
 
     use super::*;
     use crate::entry::Event;
-    use crate::note::NoteSigner;
+    use deepseek_integrity::note::NoteSigner;
 
     fn signer() -> NoteSigner {
         NoteSigner::from_seed("deepseek-audit/test", [3; 32]).expect("key")

@@ -130,7 +130,7 @@ fn fail(exit: Exit, error: &dyn std::fmt::Display) -> u8 {
 /// Runs one command and returns its exit code.
 pub fn run(cli: &Cli) -> u8 {
     if let Command::Bundle(command) = &cli.command {
-        return bundle::cli::run(command, cli.format);
+        return bundle::cli::run(command, cli.format == Format::Json);
     }
     if let Command::Keygen { out, verifier_out } = &cli.command {
         return match keygen(out, verifier_out.as_deref()) {

@@ -3,6 +3,8 @@
 //! ones are signed with the pinned key, so that what is refused is the
 //! archive itself, not a missing signature.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,6 +40,14 @@ impl Fixture {
         f
     }
 
+    /// [`Self::new`] with `tiny.bundle` made of the source tree.
+    fn created() -> Self {
+        let f = Self::new();
+        let (code, out) = f.create("tiny.bundle");
+        assert_eq!(code, 0, "{out}");
+        f
+    }
+
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
@@ -47,13 +57,7 @@ impl Fixture {
     }
 
     fn run(&self, args: &[&str]) -> (i32, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_deepseek-integrity"))
-            .args(args)
-            .output()
-            .expect("run deepseek-integrity");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.code().unwrap_or(-1), text)
+        common::run(args)
     }
 
     fn create(&self, out: &str) -> (i32, String) {
@@ -88,7 +92,7 @@ impl Fixture {
 
     /// A bundle of `members` (name, type, content) under a manifest listing
     /// `files`, signed by the release key.
-    fn craft(&self, out: &str, files: Vec<FileEntry>, members: &[(&str, tar::EntryType, &[u8])]) {
+    fn craft(&self, out: &str, files: Vec<FileEntry>, members: &[Member]) {
         self.craft_signed(out, files, members, None);
     }
 
@@ -98,7 +102,7 @@ impl Fixture {
         &self,
         out: &str,
         files: Vec<FileEntry>,
-        members: &[(&str, tar::EntryType, &[u8])],
+        members: &[Member],
         signed_for: Option<&[u8]>,
     ) {
         let manifest = Manifest {
@@ -207,7 +211,7 @@ fn a_bundle_verifies_with_only_the_public_key_and_extracts_the_same_files() {
             .is_some_and(|d| d.starts_with("sha256:"))
     );
     // Not over an existing bundle or directory.
-    refused(f.create("tiny.bundle"), 18, "File exists");
+    refused(f.create("tiny.bundle"), 18, "exists");
     refused(
         f.verify("tiny.bundle", &["--extract", &f.path("unpacked")]),
         18,
@@ -217,8 +221,7 @@ fn a_bundle_verifies_with_only_the_public_key_and_extracts_the_same_files() {
 
 #[test]
 fn a_changed_byte_anywhere_is_refused_and_nothing_is_extracted() {
-    let f = Fixture::new();
-    assert_eq!(f.create("tiny.bundle").0, 0);
+    let f = Fixture::created();
     let original = std::fs::read(f.path("tiny.bundle")).expect("bundle");
     // A byte of content, of a header, of padding, of the manifest, of the
     // signature, and of the end marker: every one is refused.
@@ -277,8 +280,7 @@ fn a_changed_byte_anywhere_is_refused_and_nothing_is_extracted() {
 
 #[test]
 fn a_wrong_key_no_key_or_a_foreign_signature_is_refused() {
-    let f = Fixture::new();
-    assert_eq!(f.create("tiny.bundle").0, 0);
+    let f = Fixture::created();
     let (code, out) = f.run(&[
         "bundle",
         "keygen",
@@ -346,119 +348,88 @@ fn a_wrong_key_no_key_or_a_foreign_signature_is_refused() {
     );
 }
 
+/// A member: its name, type and content.
+type Member<'a> = (&'a str, tar::EntryType, &'a [u8]);
+
 #[test]
 fn members_outside_the_manifest_or_not_plain_files_are_refused() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
     let f = Fixture::new();
-    let regular = tar::EntryType::Regular;
-    let a = entry("a", b"alpha");
-    let b = entry("b", b"beta");
-    // An extra file, a missing one, one out of order.
-    f.craft(
-        "extra.bundle",
-        vec![a.clone()],
-        &[
-            ("files/a", regular, b"alpha"),
-            ("files/b", regular, b"beta"),
-        ],
-    );
-    refused(
-        f.verify("extra.bundle", &[]),
-        27,
-        "an extra member after the 1 files",
-    );
-    f.craft(
-        "missing.bundle",
-        vec![a.clone(), b.clone()],
-        &[("files/a", regular, b"alpha")],
-    );
-    refused(f.verify("missing.bundle", &[]), 27, "b: missing");
-    f.craft(
-        "order.bundle",
-        vec![a.clone(), b.clone()],
-        &[
-            ("files/b", regular, b"beta"),
-            ("files/a", regular, b"alpha"),
-        ],
-    );
-    refused(f.verify("order.bundle", &[]), 27, "out of order");
-    // A member bigger than the manifest says.
-    f.craft(
-        "big.bundle",
-        vec![a.clone()],
-        &[("files/a", regular, b"alpha and more")],
-    );
-    refused(
-        f.verify("big.bundle", &[]),
-        27,
-        "14 bytes in the archive, 5 in the manifest",
-    );
-    // A symbolic link out of the bundle, a hard link, a directory.
-    f.craft(
-        "link.bundle",
-        vec![a.clone()],
-        &[("files/a", tar::EntryType::Symlink, b"")],
-    );
-    refused(
-        f.verify("link.bundle", &[]),
-        27,
-        "a symbolic link: bundles carry regular files only",
-    );
-    f.craft(
-        "hard.bundle",
-        vec![a.clone()],
-        &[("files/a", tar::EntryType::Link, b"")],
-    );
-    refused(f.verify("hard.bundle", &[]), 27, "a hard link");
-    f.craft(
-        "dir.bundle",
-        vec![a.clone()],
-        &[("files/", tar::EntryType::Directory, b"")],
-    );
-    refused(f.verify("dir.bundle", &[]), 27, "a directory");
-    // Path traversal, in the manifest and in the archive.
-    f.craft(
-        "dots.bundle",
-        vec![entry("../../etc/cron.d/x", b"x")],
-        &[("files/../../etc/cron.d/x", regular, b"x")],
-    );
-    refused(
-        f.verify("dots.bundle", &[]),
-        27,
-        "an empty, '.' or '..' component",
-    );
-    f.craft("abs.bundle", vec![entry("/etc/passwd", b"x")], &[]);
-    refused(f.verify("abs.bundle", &[]), 27, "absolute");
-    f.craft(
-        "sneak.bundle",
-        vec![a.clone()],
-        &[("files/../a", regular, b"alpha")],
-    );
-    refused(
-        f.verify("sneak.bundle", &["--extract", &f.path("out")]),
-        27,
-        "\"files/../a\" is refused: an empty, '.' or '..' component",
-    );
-    f.craft(
-        "other.bundle",
-        vec![a.clone()],
-        &[("files/c", regular, b"alpha")],
-    );
-    refused(
-        f.verify("other.bundle", &[]),
-        27,
-        "\"files/c\" is refused: not in the manifest",
-    );
-    assert!(!Path::new(&f.path("out")).exists());
-    assert!(!Path::new(&f.path("a")).exists(), "nothing written outside");
-    // A file that is also a directory of another, and a duplicate.
-    f.craft(
-        "prefix.bundle",
-        vec![entry("m", b"1"), entry("m/x", b"2")],
-        &[],
-    );
-    refused(f.verify("prefix.bundle", &[]), 27, "m is also a file");
-    f.craft("twice.bundle", vec![a.clone(), a.clone()], &[]);
-    refused(f.verify("twice.bundle", &[]), 27, "listed twice");
+    let (a, b) = (entry("a", b"alpha"), entry("b", b"beta"));
+    let alpha: Member = ("files/a", Regular, b"alpha");
+    let beta: Member = ("files/b", Regular, b"beta");
+    let cases: Vec<(Vec<FileEntry>, Vec<Member>, &str)> = vec![
+        // An extra file, a missing one, files out of order.
+        (
+            vec![a.clone()],
+            vec![alpha, beta],
+            "an extra member after the 1 files",
+        ),
+        (vec![a.clone(), b.clone()], vec![alpha], "b: missing"),
+        (
+            vec![a.clone(), b.clone()],
+            vec![beta, alpha],
+            "out of order",
+        ),
+        // A member bigger than the manifest says.
+        (
+            vec![a.clone()],
+            vec![("files/a", Regular, b"alpha and more")],
+            "14 bytes in the archive, 5 in the manifest",
+        ),
+        // A symbolic link out of the bundle, a hard link, a directory.
+        (
+            vec![a.clone()],
+            vec![("files/a", Symlink, b"")],
+            "a symbolic link: bundles carry regular files only",
+        ),
+        (vec![a.clone()], vec![("files/a", Link, b"")], "a hard link"),
+        (
+            vec![a.clone()],
+            vec![("files/", Directory, b"")],
+            "a directory",
+        ),
+        // Path traversal, in the manifest and in the archive.
+        (
+            vec![entry("../../etc/cron.d/x", b"x")],
+            vec![("files/../../etc/cron.d/x", Regular, b"x")],
+            "an empty, '.' or '..' component",
+        ),
+        (vec![entry("/etc/passwd", b"x")], vec![], "absolute"),
+        (
+            vec![a.clone()],
+            vec![("files/../a", Regular, b"alpha")],
+            "\"files/../a\" is refused: an empty, '.' or '..' component",
+        ),
+        (
+            vec![a.clone()],
+            vec![("files/c", Regular, b"alpha")],
+            "\"files/c\" is refused: not in the manifest",
+        ),
+        // A file that is also a directory of another, and a duplicate.
+        (
+            vec![entry("m", b"1"), entry("m/x", b"2")],
+            vec![],
+            "m is also a file",
+        ),
+        (vec![a.clone(), a.clone()], vec![], "listed twice"),
+    ];
+    for (files, members, needle) in cases {
+        f.craft("bad.bundle", files, &members);
+        refused(
+            f.verify("bad.bundle", &["--extract", &f.path("out")]),
+            27,
+            needle,
+        );
+        assert!(
+            !Path::new(&f.path("out")).exists(),
+            "{needle}: nothing extracted"
+        );
+        assert!(
+            !Path::new(&f.path("a")).exists(),
+            "{needle}: nothing written outside"
+        );
+    }
 }
 
 #[test]

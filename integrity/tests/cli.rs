@@ -2,6 +2,8 @@
 //! is reported with the right attribute and exit code, and every kind of
 //! database tampering is refused.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,13 +59,7 @@ impl Fixture {
     }
 
     fn run(&self, args: &[&str]) -> (i32, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_deepseek-integrity"))
-            .args(args)
-            .output()
-            .expect("run deepseek-integrity");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.code().unwrap_or(-1), text)
+        common::run(args)
     }
 
     fn cmd(&self, command: &str) -> (i32, String) {

@@ -11,10 +11,10 @@ use crate::entry::{self, Entry};
 use crate::exit::{self, fail};
 use crate::history::{self, History, HistoryError, Place, Sources};
 use crate::merkle;
-use crate::note::NoteVerifier;
 use crate::proof::InclusionProof;
 use crate::service::{ServiceConfig, VerifierError};
 use crate::storage::{self, StorageError};
+use deepseek_integrity::note::NoteVerifier;
 
 /// Where the log commands read the history from: the configuration (for
 /// the live directory and the pinned key) unless `--key` and

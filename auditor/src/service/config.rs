@@ -8,7 +8,7 @@ use serde::Deserialize;
 use deepseek_integrity::config::from_toml;
 use deepseek_integrity::keys::configured_verifier;
 
-use crate::note::{NoteError, NoteVerifier};
+use deepseek_integrity::note::{NoteError, NoteVerifier};
 
 /// `audit.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -220,7 +220,7 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::note::NoteSigner;
+    use deepseek_integrity::note::NoteSigner;
 
     /// `audit.toml` holding `text`, and a verifier key file (mode 0644)
     /// holding `key`, both in `dir`.

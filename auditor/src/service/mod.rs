@@ -27,8 +27,8 @@ pub use wire::{Reply, Request};
 pub(crate) use wire::{read_frame, write_frame};
 
 use crate::entry::{Entry, Event};
-use crate::note::NoteSigner;
 use crate::storage::{LogFile, TornTail};
+use deepseek_integrity::note::NoteSigner;
 use recorder::Recorder;
 use wire::{Incoming, TagOnly, read_incoming};
 

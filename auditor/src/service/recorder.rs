@@ -22,9 +22,9 @@ use super::error::ServiceError;
 use super::stats::Stats;
 use crate::checkpoint::Checkpoint;
 use crate::entry::{Entry, Event};
-use crate::note::NoteSigner;
 use crate::segment::CHECKPOINTS;
 use crate::storage::{LogFile, Readers, free_bytes, write_durably};
+use deepseek_integrity::note::NoteSigner;
 
 pub(super) fn now_ns() -> u128 {
     SystemTime::now()

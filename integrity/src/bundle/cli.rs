@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use super::{BundleError, CreateOptions, Kind, ReleaseKeys, Verified, create, verify};
-use crate::Format;
+use super::create::{CreateOptions, create};
+use super::error::BundleError;
+use super::manifest::Kind;
+use super::read::{ReleaseKeys, Verified, verify};
 use crate::exit::Exit;
 use crate::keys;
 use crate::note::NoteSigner;
@@ -69,15 +71,15 @@ pub struct CreateArgs {
 }
 
 /// Runs a bundle command; its exit code.
-pub fn run(command: &BundleCommand, format: Format) -> u8 {
+pub fn run(command: &BundleCommand, json: bool) -> u8 {
     let result = match command {
         BundleCommand::Keygen { name, out } => keygen(name, out),
-        BundleCommand::Create(args) => make(args, format),
+        BundleCommand::Create(args) => make(args, json),
         BundleCommand::Verify {
             bundle,
             key,
             extract,
-        } => check(bundle, key, extract.as_deref(), format),
+        } => check(bundle, key, extract.as_deref(), json),
     };
     match result {
         Ok(()) => Exit::Ok as u8,
@@ -106,7 +108,7 @@ fn keygen(name: &str, out: &Path) -> Result<(), BundleError> {
     Ok(())
 }
 
-fn make(args: &CreateArgs, format: Format) -> Result<(), BundleError> {
+fn make(args: &CreateArgs, json: bool) -> Result<(), BundleError> {
     let text = keys::read_secret(&args.key).map_err(|e| BundleError::Key(e.to_string()))?;
     let signer = NoteSigner::parse(&text)
         .map_err(|e| BundleError::Key(format!("{}: {e}", args.key.display())))?;
@@ -132,7 +134,7 @@ fn make(args: &CreateArgs, format: Format) -> Result<(), BundleError> {
     };
     let (manifest, digest) = create(&args.source, &options, &signer, &args.out)?;
     report(
-        format,
+        json,
         "created",
         &args.out,
         &Verified {
@@ -148,7 +150,7 @@ fn check(
     bundle: &Path,
     key: &[PathBuf],
     extract: Option<&Path>,
-    format: Format,
+    json: bool,
 ) -> Result<(), BundleError> {
     let keys = if key.is_empty() {
         ReleaseKeys::from_dir(Path::new(RELEASE_KEYS_DIR))?
@@ -158,26 +160,26 @@ fn check(
     let verified = if bundle == Path::new("-") {
         verify(std::io::stdin().lock(), &keys, extract)?
     } else {
-        let file = std::fs::File::open(bundle).map_err(super::io("read", bundle))?;
+        let file = std::fs::File::open(bundle).map_err(super::error::io("read", bundle))?;
         verify(
             std::io::BufReader::with_capacity(1 << 20, file),
             &keys,
             extract,
         )?
     };
-    report(format, "verified", bundle, &verified);
-    if let Some(dir) = extract {
-        if format == Format::Human {
-            println!("extracted to {}", dir.display());
-        }
+    report(json, "verified", bundle, &verified);
+    if let Some(dir) = extract
+        && !json
+    {
+        println!("extracted to {}", dir.display());
     }
     Ok(())
 }
 
-fn report(format: Format, what: &str, bundle: &Path, verified: &Verified) {
+fn report(json: bool, what: &str, bundle: &Path, verified: &Verified) {
     let manifest = &verified.manifest;
-    match format {
-        Format::Json => println!(
+    if json {
+        println!(
             "{}",
             serde_json::json!({
                 "bundle": bundle.display().to_string(),
@@ -186,8 +188,9 @@ fn report(format: Format, what: &str, bundle: &Path, verified: &Verified) {
                 "signer": verified.signer,
                 "manifest": manifest,
             })
-        ),
-        Format::Human => println!(
+        );
+    } else {
+        println!(
             "{what} {}: {} {} {}, {} files, {} bytes, digest sha256:{}, signed by {}",
             bundle.display(),
             manifest.kind.name(),
@@ -197,6 +200,6 @@ fn report(format: Format, what: &str, bundle: &Path, verified: &Verified) {
             manifest.bytes(),
             verified.digest,
             verified.signer
-        ),
+        );
     }
 }

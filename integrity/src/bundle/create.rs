@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::error::{BundleError, io, rename_new};
 use super::hashes::Hashes;
 use super::limits::{MAX_FILE, MAX_FILES};
-use super::manifest::{FORMAT, check_path, signed_text};
+use super::manifest::{
+    FILES, FORMAT, FileEntry, Kind, MANIFEST, Manifest, SIGNATURE, check_path, signed_text,
+};
 use super::ustar::header;
-use super::{BundleError, FILES, FileEntry, Kind, MANIFEST, Manifest, SIGNATURE, io};
 use crate::digest::hex;
 use crate::note::NoteSigner;
 
@@ -120,6 +122,36 @@ pub fn create(
         .sign(&signed_text(&manifest, &digest))
         .map_err(|e| BundleError::Key(e.to_string()))?;
 
+    if out.exists() {
+        return Err(io("create", out)(std::io::Error::from(
+            std::io::ErrorKind::AlreadyExists,
+        )));
+    }
+    // Written beside `out` and renamed into place once whole: a failure
+    // leaves no bundle that looks finished.
+    let partial = out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")
+    ));
+    let written = write(&partial, &bytes, &signature, &files, &manifest)
+        .and_then(|()| rename_new(&partial, out));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written?;
+    Ok((manifest, digest))
+}
+
+/// The archive: the manifest, its signature, then each file, hashed again
+/// as it is copied (a file that changed since it was listed is refused
+/// rather than shipped under a wrong digest).
+fn write(
+    out: &Path,
+    manifest_bytes: &[u8],
+    signature: &str,
+    files: &[(String, PathBuf)],
+    manifest: &Manifest,
+) -> Result<(), BundleError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -131,16 +163,17 @@ pub fn create(
             .append(&header(name, size)?, data)
             .map_err(io("write", out))
     };
-    append(MANIFEST, bytes.len() as u64, &mut bytes.as_slice())?;
+    append(
+        MANIFEST,
+        manifest_bytes.len() as u64,
+        &mut &manifest_bytes[..],
+    )?;
     append(SIGNATURE, signature.len() as u64, &mut signature.as_bytes())?;
     for ((name, path), entry) in files.iter().zip(&manifest.files) {
-        // Hashed again as it is copied: a file that changed since it was
-        // listed is refused rather than shipped under a wrong digest.
         let file = File::open(path).map_err(io("read", path))?;
         let mut checked = Checked::new(file.take(entry.size), &entry.sha256);
         append(&format!("{FILES}{name}"), entry.size, &mut checked)?;
         if !checked.matches() {
-            let _ = std::fs::remove_file(out);
             return Err(BundleError::Mismatch {
                 path: path.display().to_string(),
                 why: "changed while the bundle was made".into(),
@@ -153,8 +186,7 @@ pub fn create(
         .into_inner()
         .map_err(|e| io("write", out)(e.into_error()))?
         .sync_all()
-        .map_err(io("sync", out))?;
-    Ok((manifest, digest))
+        .map_err(io("sync", out))
 }
 
 /// A reader that hashes what passes, to compare with the listed digest.

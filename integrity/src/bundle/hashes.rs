@@ -70,3 +70,34 @@ impl Hashes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Hashes;
+    use crate::digest::{CHUNK_SIZE, chunk_count, chunk_digest, combine_chunks, file_stamp, hex};
+
+    /// The streamed chunked digest is the one the integrity database
+    /// computes for the same file, in parallel, by offsets.
+    #[test]
+    fn the_streamed_chunked_digest_is_the_databases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("weights");
+        for size in [CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 5] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &data).expect("write");
+            let stamp = file_stamp(&path).expect("stamp");
+            let chunks: Vec<[u8; 32]> = (0..chunk_count(size, CHUNK_SIZE))
+                .map(|c| {
+                    let len = CHUNK_SIZE.min(size - c * CHUNK_SIZE);
+                    chunk_digest(&path, c * CHUNK_SIZE, len, stamp).expect("chunk")
+                })
+                .collect();
+            let (streamed_size, sha256, chunked) =
+                Hashes::of_reader(&mut data.as_slice()).expect("hash");
+            assert_eq!(streamed_size, size);
+            assert_eq!(sha256, crate::digest::sha256_hex(&data));
+            let database = hex(&combine_chunks(CHUNK_SIZE, size, &chunks));
+            assert_eq!(chunked, (size >= CHUNK_SIZE).then_some(database), "{size}");
+        }
+    }
+}

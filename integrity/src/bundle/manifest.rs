@@ -2,8 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::BundleError;
-use super::limits::{MAX_FILES, MAX_NAME, MAX_PATH};
+use super::error::BundleError;
+use super::limits::{MAX_FILE, MAX_FILES, MAX_NAME, MAX_PATH};
+
+/// The first two members' names, and the directory of the files.
+pub const MANIFEST: &str = "manifest.json";
+pub const SIGNATURE: &str = "manifest.sig";
+pub const FILES: &str = "files/";
 
 /// The format's name, first in the manifest and in the signed text.
 pub const FORMAT: &str = "deepseek-bundle/1";
@@ -146,6 +151,12 @@ impl Manifest {
                     "{}: a digest is not 64 hex digits",
                     file.path
                 )));
+            }
+            if file.size > MAX_FILE {
+                return Err(BundleError::Path(
+                    file.path.clone(),
+                    format!("{} bytes, over {MAX_FILE}", file.size),
+                ));
             }
             if file.chunked_sha256.is_some() != (file.size >= crate::digest::CHUNK_SIZE) {
                 return Err(BundleError::Manifest(format!(

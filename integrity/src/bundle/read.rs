@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::error::{BundleError, io, rename_new};
 use super::hashes::Hashes;
 use super::limits::{MAX_KEYS, MAX_MANIFEST, MAX_SIGNATURE};
-use super::manifest::{FORMAT, signed_text};
+use super::manifest::{FILES, FORMAT, MANIFEST, Manifest, SIGNATURE, signed_text};
 use super::ustar::Reader;
-use super::{BundleError, FILES, MANIFEST, Manifest, SIGNATURE, io};
 use crate::digest::hex;
 use crate::note::NoteVerifier;
 
@@ -310,14 +310,7 @@ impl Target {
     }
 
     fn finish(mut self) -> Result<(), BundleError> {
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &self.partial,
-            rustix::fs::CWD,
-            &self.dir,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .map_err(|e| io("rename into place", &self.dir)(e.into()))?;
+        rename_new(&self.partial, &self.dir)?;
         let parent = match self.dir.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),

@@ -7,7 +7,7 @@
 
 use std::io::Read;
 
-use super::BundleError;
+use super::error::BundleError;
 use super::limits::MAX_TRAILER;
 use super::manifest::check_path;
 
