@@ -18,6 +18,8 @@
 #   make deb    the Debian package (CPU ONNX Runtime) in target/debian/;
 #               make deb-cuda for the CUDA one (fetches the ~300 MB GPU wheel)
 #   make man    the man pages, from the binaries' clap definitions, in target/release/man
+#   make bundle the software bundle: the package, its SBOM and checksums,
+#               signed (RELEASE_KEY=path, else a development key), in target/bundle/
 #   make check-units   systemd-analyze verify and security of the units
 #   make system-test   the package installed and driven under systemd in
 #               throwaway Debian 13 and Debian 12 roots (root, debootstrap,
@@ -36,7 +38,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models pyvenv deps clean FORCE man deb deb-cuda check-units system-test release gpu-check gpu-check-carry gpu-check-dry
+.PHONY: bundle run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models pyvenv deps clean FORCE man deb deb-cuda check-units system-test release gpu-check gpu-check-carry gpu-check-dry
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -277,9 +279,11 @@ $(VENV)/bin/python: | deps
 
 # The pinned tools, installed again when this list changes (bump the stamp's
 # number with it), so an existing .venv gets them too: jsonschema for the
-# SARIF report, openai for tests/python/openai_client.py.
-$(VENV)/.deps-2: | $(VENV)/bin/python
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0 openai==3.51.0
+# SARIF report, openai for tests/python/openai_client.py, cyclonedx-python-lib
+# for the SBOM's schema (packaging/check-sbom.py).
+$(VENV)/.deps-3: | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0 openai==3.51.0 \
+		"cyclonedx-python-lib[json-validation]==11.6.0"
 	touch $@
 
 # promtool and prometheus-node-exporter, Debian's, for the metrics tests:
@@ -296,7 +300,7 @@ $(PROM_TOOLS)/.unpacked-1:
 	rm -rf $(PROM_TOOLS)/debs
 	touch $@
 
-test: deps ort models $(VENV)/.deps-2 $(PROM_TOOLS)/.unpacked-1
+test: deps ort models $(VENV)/.deps-3 $(PROM_TOOLS)/.unpacked-1
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo run --quiet -p xtask -- structure
@@ -365,9 +369,31 @@ deb-cuda: release man $(CARGO_DEB)
 check-units: release
 	packaging/tests/check-units.sh target/release
 
+# The software bundle (docs/guide/bundles.md): the Debian package, its
+# CycloneDX SBOM (checked against the strict schema) and SHA256SUMS, signed
+# with RELEASE_KEY. Without one, a development key is made in target/bundle/:
+# a real release names the site's key (RELEASE_KEY=/path/release.key).
+BUNDLE_DIR := target/bundle
+RELEASE_KEY ?= $(BUNDLE_DIR)/dev-release.key
+bundle: deb $(VENV)/.deps-3
+	rm -rf $(BUNDLE_DIR)/stage $(BUNDLE_DIR)/deepseek-*.bundle
+	mkdir -p $(BUNDLE_DIR)/stage
+	[ -f $(RELEASE_KEY) ] || target/release/deepseek-integrity bundle keygen --name deepseek-dev --out $(RELEASE_KEY)
+	cp target/debian/deepseek_*.deb $(BUNDLE_DIR)/stage/
+	cargo run --quiet -p xtask -- sbom $(BUNDLE_DIR)/stage/deepseek_*.deb \
+		onnxruntime==1.31.1 $$(cat $(ORT_DIR)/.wheel-sha256) $(BUNDLE_DIR)/sbom.cdx.json
+	$(VENV)/bin/python packaging/check-sbom.py $(BUNDLE_DIR)/sbom.cdx.json $$(cat $(ORT_DIR)/.wheel-sha256)
+	cd $(BUNDLE_DIR)/stage && sha256sum *.deb >SHA256SUMS
+	version=$$(dpkg-deb -f $(BUNDLE_DIR)/stage/deepseek_*.deb Version) && \
+	target/release/deepseek-integrity bundle create --name deepseek --version $$version --kind software \
+		--key $(RELEASE_KEY) --sbom $(BUNDLE_DIR)/sbom.cdx.json \
+		--out $(BUNDLE_DIR)/deepseek-$$version.bundle $(BUNDLE_DIR)/stage && \
+	target/release/deepseek-integrity bundle verify $(BUNDLE_DIR)/deepseek-$$version.bundle --key $(basename $(RELEASE_KEY)).pub
+
 # Skips (and says why) without root, debootstrap or systemd-nspawn.
-system-test: deb
-	packaging/tests/system-test.sh --suite trixie target/debian/deepseek_*.deb
+system-test: deb bundle
+	packaging/tests/system-test.sh --suite trixie --bundle $(BUNDLE_DIR)/deepseek-*.bundle \
+		--release-key $(basename $(RELEASE_KEY)).pub target/debian/deepseek_*.deb
 	packaging/tests/system-test.sh --suite bookworm target/debian/deepseek_*.deb
 
 # BENCH_ARGS="--seconds 5" for longer measurements.

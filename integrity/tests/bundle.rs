@@ -105,6 +105,18 @@ impl Fixture {
         members: &[Member],
         signed_for: Option<&[u8]>,
     ) {
+        self.craft_with_note(out, files, members, signed_for, None);
+    }
+
+    /// The same with `note` as `manifest.sig`, signed or not.
+    fn craft_with_note(
+        &self,
+        out: &str,
+        files: Vec<FileEntry>,
+        members: &[Member],
+        signed_for: Option<&[u8]>,
+        note: Option<&str>,
+    ) {
         let manifest = Manifest {
             format: FORMAT.to_owned(),
             name: "tiny".into(),
@@ -116,13 +128,17 @@ impl Fixture {
             files,
         };
         let bytes = manifest.to_bytes();
-        let note = self
-            .signer()
-            .sign(&signed_text(
-                &manifest,
-                &sha256_hex(signed_for.unwrap_or(&bytes)),
-            ))
-            .expect("sign");
+        let note = note.map_or_else(
+            || {
+                self.signer()
+                    .sign(&signed_text(
+                        &manifest,
+                        &sha256_hex(signed_for.unwrap_or(&bytes)),
+                    ))
+                    .expect("sign")
+            },
+            str::to_owned,
+        );
         let mut archive = tar::Builder::new(Vec::new());
         let mut append = |name: &str, kind: tar::EntryType, data: &[u8]| {
             let mut header = tar::Header::new_ustar();
@@ -299,7 +315,7 @@ fn a_wrong_key_no_key_or_a_foreign_signature_is_refused() {
             &f.path("other.pub"),
         ]),
         26,
-        "pinned: other; the note names: release-test",
+        "pinned: other; the note names: \"release-test\"",
     );
     // A key directory: several named keys, one of them the signer.
     let keys = f.path("keys");
@@ -328,6 +344,25 @@ fn a_wrong_key_no_key_or_a_foreign_signature_is_refused() {
         26,
         "broken.pub",
     );
+    // A key that exists is not made again, and a bundle that cannot be read
+    // (a directory here; failing media) is an I/O error, not a bad bundle.
+    refused(
+        f.run(&[
+            "bundle",
+            "keygen",
+            "--name",
+            "again",
+            "--out",
+            &f.path("other.key"),
+        ]),
+        18,
+        "already exists",
+    );
+    refused(
+        f.run(&["bundle", "verify", &keys, "--key", &f.path("release.pub")]),
+        18,
+        "cannot read the bundle",
+    );
     // A signature by the pinned key, but for another manifest.
     f.craft_signed(
         "mixed.bundle",
@@ -336,6 +371,19 @@ fn a_wrong_key_no_key_or_a_foreign_signature_is_refused() {
         Some(b"another manifest"),
     );
     refused(f.verify("mixed.bundle", &[]), 26, "signed another manifest");
+    // An unsigned note whose signer name holds terminal escapes: they are
+    // quoted in the message, never printed raw.
+    f.craft_with_note(
+        "escape.bundle",
+        vec![entry("a", b"x")],
+        &[("files/a", tar::EntryType::Regular, b"x")],
+        None,
+        Some("text\n\n\u{2014} \u{1b}]0;owned\u{7}\u{1b}[2JFAKE-OK AAAA\n"),
+    );
+    let (code, out) = f.verify("escape.bundle", &[]);
+    assert_eq!(code, 26, "{out}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(out.contains("\\u{1b}]0;owned"), "{out:?}");
     f.craft(
         "sound.bundle",
         vec![entry("a", b"x")],
@@ -430,6 +478,62 @@ fn members_outside_the_manifest_or_not_plain_files_are_refused() {
             "{needle}: nothing written outside"
         );
     }
+}
+
+/// A partial directory swapped for a link to elsewhere while the bundle
+/// streams in: nothing is written there and nothing is renamed into place.
+/// The bundle is fed through a pipe, so the swap happens at a known point
+/// (once the first file exists), not at a time.
+#[test]
+fn a_partial_directory_swapped_during_extraction_is_refused() {
+    use std::io::Write;
+    let f = Fixture::created();
+    let bundle = std::fs::read(f.path("tiny.bundle")).expect("bundle");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deepseek-integrity"))
+        .args(["bundle", "verify", "-", "--key", &f.path("release.pub")])
+        .args(["--extract", &f.path("out")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Everything up to the middle of model.onnx (the second file).
+    let middle = bundle
+        .windows(16)
+        .position(|w| w == b"files/model.onnx")
+        .expect("member")
+        + 512
+        + 4096;
+    stdin.write_all(&bundle[..middle]).expect("write");
+    stdin.flush().expect("flush");
+    let partial = Path::new(&f.path(".out.partial")).join("config.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !partial.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first file never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::rename(f.path(".out.partial"), f.path("stolen")).expect("move away");
+    std::fs::create_dir(f.path("victim")).expect("victim");
+    std::os::unix::fs::symlink(f.path("victim"), f.path(".out.partial")).expect("plant");
+    stdin.write_all(&bundle[middle..]).expect("write the rest");
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(18), "{text}");
+    assert!(text.contains("replaced during the extraction"), "{text}");
+    assert!(
+        !Path::new(&f.path("out")).exists(),
+        "nothing renamed into place"
+    );
+    assert_eq!(
+        std::fs::read_dir(f.path("victim")).expect("victim").count(),
+        0,
+        "nothing written through the link"
+    );
 }
 
 #[test]

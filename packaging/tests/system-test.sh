@@ -21,20 +21,29 @@
 #    change a model byte and see the daemon refuse to start (65), purge the
 #    package; see the user namespace of PrivateUsers=identity keep client
 #    uids (systemd 257), a uid above 65535 refused, and measure what
-#    PrivateUsers=yes would do to the uids the audit log records;
+#    PrivateUsers=yes would do to the uids the audit log records; with
+#    --bundle, verify the software bundle (make bundle) offline against its
+#    pinned release key and reinstall from it, with no network;
 # 4. print the evidence and the result. Exit 0 when every check passed,
 #    1 otherwise. Skips (exit 0, saying why) without root, debootstrap or
 #    systemd-nspawn. MIRROR=URL picks the Debian mirror (default:
 #    debootstrap's own); SYSTEM_TEST_DIR another work directory.
 set -euo pipefail
 
-suite=trixie
-if [ "${1:-}" = --suite ]; then
-    suite=${2:?usage: $0 [--suite trixie|bookworm] PACKAGE.deb}
+usage="usage: $0 [--suite trixie|bookworm] [--bundle SOFTWARE.bundle --release-key RELEASE.pub] PACKAGE.deb"
+suite=trixie bundle= release_key=
+while [ $# -gt 1 ]; do
+    case $1 in
+        --suite) suite=${2:?$usage} ;;
+        --bundle) bundle=${2:?$usage} ;;
+        --release-key) release_key=${2:?$usage} ;;
+        *) break ;;
+    esac
     shift 2
-fi
+done
 case $suite in trixie | bookworm) ;; *) echo "system-test: unknown suite $suite (trixie or bookworm)" >&2; exit 64 ;; esac
-deb=${1:?usage: $0 [--suite trixie|bookworm] PACKAGE.deb}
+[ -z "$bundle" ] || [ -f "$release_key" ] || { echo "system-test: --bundle needs --release-key FILE" >&2; exit 64; }
+deb=${1:?$usage}
 skip() { echo "system-test: skipped: $*"; exit 0; }
 [ "$(id -u)" -eq 0 ] || skip "needs root (debootstrap, chroot and systemd-nspawn)"
 command -v debootstrap >/dev/null || skip "debootstrap is not installed (apt-get install debootstrap)"
@@ -67,6 +76,12 @@ check() { # NAME COMMAND...: pass on exit 0 (also the container's check)
 
 echo "== install in a chroot (no systemd running)"
 cp "$deb" "$root/tmp/deepseek.deb"
+# The software bundle and its release key, for the offline reinstall.
+rm -f "$root/root/deepseek.bundle" "$root/root/release.pub"
+if [ -n "$bundle" ]; then
+    cp "$bundle" "$root/root/deepseek.bundle"
+    cp "$release_key" "$root/root/release.pub"
+fi
 # The CUDA package's opt-in drop-in, tried on the GPU unit in the container.
 cp "$(dirname "$0")/../../systemd/deepseekd.service.d/gpu-private-devices.conf" "$root/root/"
 # As in any installer's chroot: systemd-tmpfiles needs /proc.
@@ -405,6 +420,26 @@ check "systemctl stop leaves nothing running" sh -c \
     'systemctl stop deepseekd.socket deepseekd.service deepseek-audit.socket deepseek-audit.service && ! pgrep -x deepseekd && ! pgrep -x deepseek-audit'
 check "every checkpoint also reached syslog (LOG_AUTHPRIV), from the auditor's own root" sh -c \
     'journalctl --no-pager -o cat -t deepseek-audit | grep -q "^checkpoint deepseek-audit/"'
+# The supply chain's door: the software bundle, carried in, verified
+# against the pinned release key with no network, and installed from.
+if [ -f /root/deepseek.bundle ]; then
+    systemctl start deepseekd.socket deepseek-audit.socket
+    install -d -m 0755 /etc/deepseek/release-keys
+    install -m 0644 /root/release.pub /etc/deepseek/release-keys/deepseek-dev.pub
+    cp /root/deepseek.bundle /root/tampered.bundle
+    # One byte of the package's content, far past the headers.
+    printf 'X' | dd of=/root/tampered.bundle bs=1 seek=$(( $(stat -c %s /root/tampered.bundle) / 2 )) conv=notrunc 2>/dev/null
+    check "a software bundle with one changed byte is refused (27), nothing extracted" sh -c \
+        'deepseek-integrity bundle verify /root/tampered.bundle --extract /root/tampered; test $? = 27 && test ! -e /root/tampered'
+    check "the software bundle verifies offline against the pinned release key" \
+        deepseek-integrity bundle verify /root/deepseek.bundle --extract /root/release
+    evidence "bundle verify" deepseek-integrity bundle verify /root/deepseek.bundle
+    check "it carries the package with SHA256SUMS, and the SBOM names the ONNX Runtime wheel" sh -ec '
+        cd /root/release && sha256sum -c SHA256SUMS
+        grep -q "\"purl\": \"pkg:pypi/onnxruntime@1.31.1\"" sbom.cdx.json'
+    check "dpkg -i from the bundle, with no network; the daemon answers after a restart" sh -c \
+        "dpkg -i /root/release/deepseek_*.deb >/dev/null && systemctl restart deepseekd.service && $(declare -f infer); request='$request'; infer alice | grep -qF '[3.0,5.0,7.0,9.0]'"
+fi
 check "apt-get purge keeps the audit log and its verifier key" sh -ec '
     DEBIAN_FRONTEND=noninteractive dpkg --purge deepseek >/dev/null
     test ! -e /etc/deepseek/audit.key && test ! -e /var/lib/deepseek-integrity/integrity.db

@@ -96,9 +96,14 @@ fn keygen(name: &str, out: &Path) -> Result<(), BundleError> {
         .map_err(|e| BundleError::Key(format!("the system has no randomness: {e}")))?;
     let signer = NoteSigner::from_seed(name, seed).map_err(|e| BundleError::Key(e.to_string()))?;
     let public = out.with_extension("pub");
-    keys::write_secret(out, &signer.to_string())
-        .and_then(|()| keys::write_verifier_file(&public, &signer.verifier().to_string(), out))
-        .map_err(|e| BundleError::Key(e.to_string()))?;
+    if public == out {
+        return Err(BundleError::KeyFile(format!(
+            "--out {}: the signing key cannot end in .pub, the name of its verifier key",
+            out.display()
+        )));
+    }
+    keys::write_secret(out, &signer.to_string())?;
+    keys::write_verifier_file(&public, &signer.verifier().to_string(), out)?;
     println!("wrote release key {} (mode 0600)", out.display());
     println!(
         "wrote verifier key {} (pin it in {RELEASE_KEYS_DIR}/)",
@@ -109,7 +114,7 @@ fn keygen(name: &str, out: &Path) -> Result<(), BundleError> {
 }
 
 fn make(args: &CreateArgs, json: bool) -> Result<(), BundleError> {
-    let text = keys::read_secret(&args.key).map_err(|e| BundleError::Key(e.to_string()))?;
+    let text = keys::read_secret(&args.key)?;
     let signer = NoteSigner::parse(&text)
         .map_err(|e| BundleError::Key(format!("{}: {e}", args.key.display())))?;
     let created = time::OffsetDateTime::now_utc()

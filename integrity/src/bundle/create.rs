@@ -83,15 +83,21 @@ pub fn create(
     signer: &NoteSigner,
     out: &Path,
 ) -> Result<(Manifest, String), BundleError> {
+    // Before any hashing, which may take long.
+    if out.symlink_metadata().is_ok() {
+        return Err(io("create", out)(std::io::Error::from(
+            std::io::ErrorKind::AlreadyExists,
+        )));
+    }
     let mut files = list(source)?;
     if let Some(sbom) = options.sbom {
         files.push(("sbom.cdx.json".to_owned(), sbom.to_owned()));
     }
     let mut entries = Vec::with_capacity(files.len());
     for (name, path) in &files {
-        let mut file = File::open(path).map_err(io("read", path))?;
+        let file = open_regular(name, path)?;
         let (size, sha256, chunked_sha256) =
-            Hashes::of_reader(&mut file).map_err(io("read", path))?;
+            Hashes::of_reader(&mut file.take(MAX_FILE + 1)).map_err(io("read", path))?;
         if size > MAX_FILE {
             return Err(BundleError::Path(
                 name.clone(),
@@ -122,18 +128,19 @@ pub fn create(
         .sign(&signed_text(&manifest, &digest))
         .map_err(|e| BundleError::Key(e.to_string()))?;
 
-    if out.exists() {
-        return Err(io("create", out)(std::io::Error::from(
-            std::io::ErrorKind::AlreadyExists,
-        )));
-    }
     // Written beside `out` and renamed into place once whole: a failure
     // leaves no bundle that looks finished.
     let partial = out.with_file_name(format!(
         ".{}.partial",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")
     ));
-    let written = write(&partial, &bytes, &signature, &files, &manifest)
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(io("create", &partial))?;
+    // From here the partial file is this run's own, removed on failure.
+    let written = write(file, &partial, &bytes, &signature, &files, &manifest)
         .and_then(|()| rename_new(&partial, out));
     if written.is_err() {
         let _ = std::fs::remove_file(&partial);
@@ -142,21 +149,35 @@ pub fn create(
     Ok((manifest, digest))
 }
 
+/// Opens a file to carry, never through a symbolic link, and only a
+/// regular file (a FIFO or a device would hang or never end).
+fn open_regular(name: &str, path: &Path) -> Result<File, BundleError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io("read", path))?;
+    if !file.metadata().map_err(io("read", path))?.is_file() {
+        return Err(BundleError::Path(
+            name.to_owned(),
+            "not a regular file (bundles carry regular files only)".into(),
+        ));
+    }
+    Ok(file)
+}
+
 /// The archive: the manifest, its signature, then each file, hashed again
 /// as it is copied (a file that changed since it was listed is refused
 /// rather than shipped under a wrong digest).
 fn write(
+    file: File,
     out: &Path,
     manifest_bytes: &[u8],
     signature: &str,
     files: &[(String, PathBuf)],
     manifest: &Manifest,
 ) -> Result<(), BundleError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .map_err(io("create", out))?;
     let mut archive = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
     let mut append = |name: &str, size: u64, data: &mut dyn Read| {
         archive
@@ -170,7 +191,7 @@ fn write(
     )?;
     append(SIGNATURE, signature.len() as u64, &mut signature.as_bytes())?;
     for ((name, path), entry) in files.iter().zip(&manifest.files) {
-        let file = File::open(path).map_err(io("read", path))?;
+        let file = open_regular(name, path)?;
         let mut checked = Checked::new(file.take(entry.size), &entry.sha256);
         append(&format!("{FILES}{name}"), entry.size, &mut checked)?;
         if !checked.matches() {

@@ -18,6 +18,9 @@ pub enum BundleError {
     Mismatch { path: String, why: String },
     #[error("a release key is invalid: {0}")]
     Key(String),
+    /// A key file that could not be read or written (it exists, say).
+    #[error("{0}")]
+    KeyFile(String),
 }
 
 impl BundleError {
@@ -25,11 +28,26 @@ impl BundleError {
     pub fn exit(&self) -> crate::exit::Exit {
         use crate::exit::Exit;
         match self {
-            Self::Io(..) => Exit::Io,
+            Self::Io(..) | Self::KeyFile(_) => Exit::Io,
             Self::Signature(_) | Self::Key(_) => Exit::Signature,
             Self::Manifest(_) | Self::Path(..) | Self::Archive(_) | Self::Mismatch { .. } => {
                 Exit::Bundle
             }
+        }
+    }
+}
+
+impl From<crate::keys::KeyError> for BundleError {
+    /// As `deepseek-integrity keygen` has them: a file that cannot be read
+    /// or written, or exists, is an I/O error (18); a key that is no key,
+    /// or open to others, is refused (26).
+    fn from(e: crate::keys::KeyError) -> Self {
+        use crate::keys::KeyError;
+        match e {
+            KeyError::Read { .. } | KeyError::Exists { .. } | KeyError::Write { .. } => {
+                Self::KeyFile(e.to_string())
+            }
+            _ => Self::Key(e.to_string()),
         }
     }
 }

@@ -145,10 +145,22 @@ impl Manifest {
         let mut paths = std::collections::BTreeSet::new();
         for file in &self.files {
             check_path(&file.path)?;
-            let hex = |d: &str| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+            if !fits_ustar(&format!("{FILES}{}", file.path)) {
+                return Err(BundleError::Path(
+                    file.path.clone(),
+                    "too long for a ustar header: after files/, at most 100 bytes, or a split at a '/' \
+                     into at most 155 and 100"
+                        .into(),
+                ));
+            }
+            let hex = |d: &str| {
+                d.len() == 64
+                    && d.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            };
             if !hex(&file.sha256) || !file.chunked_sha256.as_deref().is_none_or(hex) {
                 return Err(BundleError::Manifest(format!(
-                    "{}: a digest is not 64 hex digits",
+                    "{}: a digest is not 64 lowercase hex digits",
                     file.path
                 )));
             }
@@ -201,6 +213,16 @@ impl Manifest {
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+}
+
+/// Whether a ustar header holds `member`: whole in its 100-byte name, or
+/// split at a `/` into a prefix of at most 155 bytes and a name of at most
+/// 100.
+fn fits_ustar(member: &str) -> bool {
+    member.len() <= 100
+        || member
+            .match_indices('/')
+            .any(|(at, _)| at <= 155 && member.len() - at - 1 <= 100)
 }
 
 /// The text the release key signs: the format, what the bundle is, and the

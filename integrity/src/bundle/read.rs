@@ -3,11 +3,16 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    AtFlags, CWD, Mode, OFlags, RenameFlags, fstat, fsync, mkdirat, openat, renameat_with, statat,
+};
 
 use sha2::{Digest, Sha256};
 
-use super::error::{BundleError, io, rename_new};
+use super::error::{BundleError, io};
 use super::hashes::Hashes;
 use super::limits::{MAX_KEYS, MAX_MANIFEST, MAX_SIGNATURE};
 use super::manifest::{FILES, FORMAT, MANIFEST, Manifest, SIGNATURE, signed_text};
@@ -36,13 +41,16 @@ impl ReleaseKeys {
 
     /// Every `*.pub` file in `dir` (at most [`MAX_KEYS`]).
     pub fn from_dir(dir: &Path) -> Result<Self, BundleError> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io("read the release keys in", dir))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
-            .take(MAX_KEYS + 1)
-            .collect();
+        let mut paths = Vec::new();
+        for item in std::fs::read_dir(dir).map_err(io("read the release keys in", dir))? {
+            let path = item.map_err(io("read the release keys in", dir))?.path();
+            if path.extension().is_some_and(|e| e == "pub") {
+                paths.push(path);
+            }
+            if paths.len() > MAX_KEYS {
+                break;
+            }
+        }
         if paths.len() > MAX_KEYS {
             return Err(BundleError::Key(format!(
                 "{}: more than {MAX_KEYS} keys",
@@ -54,7 +62,23 @@ impl ReleaseKeys {
     }
 
     fn add(&mut self, path: &Path) -> Result<(), BundleError> {
-        let file = File::open(path).map_err(io("read the release key", path))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not through a FIFO or device, which could hang or never end.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io("read the release key", path))?;
+        if !file
+            .metadata()
+            .map_err(io("read the release key", path))?
+            .is_file()
+        {
+            return Err(BundleError::Key(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
+        }
         let mut text = String::new();
         file.take(MAX_KEY_FILE + 1)
             .read_to_string(&mut text)
@@ -122,29 +146,39 @@ fn small<R: Read>(
 }
 
 /// Which pinned key signed `note` for the manifest of digest `digest`.
-fn signer(keys: &ReleaseKeys, note: &str, digest: &str) -> Result<(String, String), BundleError> {
+fn signer<'n>(
+    keys: &ReleaseKeys,
+    note: &'n str,
+    digest: &str,
+) -> Result<(String, &'n str), BundleError> {
     for key in &keys.keys {
         if let Ok(text) = key.open(note) {
-            let mut lines = text.lines();
-            let (format, what, sum) = (lines.next(), lines.next(), lines.next());
-            if format != Some(FORMAT)
-                || sum != Some(&format!("manifest sha256 {digest}"))
-                || lines.next().is_some()
-            {
+            // Exactly three lines; the second is checked against the
+            // manifest once it is parsed.
+            let lines: Vec<&str> = text.split_terminator('\n').collect();
+            let [format, _, sum] = lines[..] else {
+                return Err(BundleError::Signature(format!(
+                    "{} signed another manifest, not this one",
+                    key.name()
+                )));
+            };
+            if format != FORMAT || sum != format!("manifest sha256 {digest}") {
                 return Err(BundleError::Signature(format!(
                     "{} signed another manifest, not this one",
                     key.name()
                 )));
             }
-            return Ok((key.to_string(), what.unwrap_or_default().to_owned()));
+            return Ok((key.to_string(), text));
         }
     }
     // Name the signers the note claims, to say which key would be needed.
-    let claimed: Vec<&str> = note
+    // Quoted: an unsigned note's names could hold terminal escapes.
+    let claimed: Vec<String> = note
         .lines()
         .filter_map(|l| l.strip_prefix("\u{2014} "))
         .filter_map(|l| l.split_whitespace().next())
         .take(8)
+        .map(|name| format!("{name:?}"))
         .collect();
     Err(BundleError::Signature(format!(
         "no valid signature by a pinned release key (pinned: {}; the note names: {})",
@@ -176,13 +210,12 @@ pub fn verify(
         .map_err(|_| BundleError::Signature(format!("{SIGNATURE} is not UTF-8")))?;
     let digest = hex(&Sha256::digest(&manifest_bytes));
     // The signature first: nothing unsigned is parsed beyond its hash.
-    let (signer, what) = signer(keys, &note, &digest)?;
+    let (signer, text) = signer(keys, &note, &digest)?;
     let manifest = Manifest::parse(&manifest_bytes)?;
     let expected = signed_text(&manifest, &digest);
-    if expected.lines().nth(1) != Some(what.as_str()) {
+    if text != expected {
         return Err(BundleError::Signature(format!(
-            "the signature is for {what:?}, the manifest says {:?}",
-            expected.lines().nth(1).unwrap_or_default()
+            "the signature is for {text:?}, the manifest says {expected:?}"
         )));
     }
     let mut target = extract.map(Target::new).transpose()?;
@@ -227,13 +260,24 @@ pub fn verify(
             }
         })?;
         let (_, sha256, chunked) = hashes.finish();
-        if sha256 != file.sha256 || chunked != file.chunked_sha256 {
+        let mismatch = if sha256 != file.sha256 {
+            Some(format!(
+                "SHA-256 {sha256}, the manifest says {}",
+                file.sha256
+            ))
+        } else if chunked != file.chunked_sha256 {
+            Some(format!(
+                "chunked SHA-256 {}, the manifest says {}",
+                chunked.unwrap_or_default(),
+                file.chunked_sha256.as_deref().unwrap_or_default()
+            ))
+        } else {
+            None
+        };
+        if let Some(mismatch) = mismatch {
             return Err(BundleError::Mismatch {
                 path: file.path.clone(),
-                why: format!(
-                    "its content does not match the manifest (SHA-256 {sha256}, the manifest says {})",
-                    file.sha256
-                ),
+                why: format!("its content does not match the manifest ({mismatch})"),
             });
         }
         if let Some((path, out)) = out {
@@ -262,64 +306,143 @@ pub fn verify(
 }
 
 /// An extraction in progress: a hidden sibling directory, renamed into
-/// place once everything matched, removed if anything did not.
+/// place once everything matched, removed if anything did not (not on a
+/// kill: a later run then names the leftover). Every file and directory is
+/// made relative to handles opened once, never through a path another
+/// user could swap for a symbolic link meanwhile.
 struct Target {
-    partial: PathBuf,
     dir: PathBuf,
+    /// The directory that holds DIR and its partial sibling.
+    parent: OwnedFd,
+    parent_path: PathBuf,
+    name: String,
+    partial_name: String,
+    partial: OwnedFd,
     done: bool,
+}
+
+fn errno(what: String) -> impl FnOnce(rustix::io::Errno) -> BundleError {
+    move |e| BundleError::Io(what, e.into())
 }
 
 impl Target {
     fn new(dir: &Path) -> Result<Self, BundleError> {
-        let name = dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-            BundleError::Io(
-                format!("cannot extract to {}", dir.display()),
-                std::io::Error::other("no directory name"),
-            )
-        })?;
-        let partial = dir.with_file_name(format!(".{name}.partial"));
-        if dir.exists() {
+        let cannot = || format!("cannot extract to {}", dir.display());
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| *n != "." && *n != "..")
+            .ok_or_else(|| BundleError::Io(cannot(), std::io::Error::other("no directory name")))?
+            .to_owned();
+        let parent_path = match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let parent = openat(
+            CWD,
+            &parent_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(format!("cannot open {}", parent_path.display())))?;
+        if statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             return Err(BundleError::Io(
-                format!("cannot extract to {}", dir.display()),
+                cannot(),
                 std::io::Error::from(std::io::ErrorKind::AlreadyExists),
             ));
         }
-        std::fs::create_dir(&partial).map_err(io("create", &partial))?;
+        let partial_name = format!(".{name}.partial");
+        mkdirat(&parent, partial_name.as_str(), Mode::from_raw_mode(0o755)).map_err(|e| {
+            let what = if e == rustix::io::Errno::EXIST {
+                format!(
+                    "cannot extract to {}: {} is left from an interrupted run; remove it",
+                    dir.display(),
+                    parent_path.join(&partial_name).display()
+                )
+            } else {
+                cannot()
+            };
+            BundleError::Io(what, e.into())
+        })?;
+        let partial = openat(
+            &parent,
+            partial_name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(cannot()))?;
         Ok(Self {
-            partial,
             dir: dir.to_owned(),
+            parent,
+            parent_path,
+            name,
+            partial_name,
+            partial,
             done: false,
         })
     }
 
     /// Creates `relative` (checked by the manifest) and its directories.
     fn file(&mut self, relative: &str) -> Result<(PathBuf, File), BundleError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.partial.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        let path = self.dir.join(relative);
+        let cannot = || format!("cannot create {}", path.display());
+        let (dirs, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+        let mut held: Option<OwnedFd> = None;
+        for component in dirs.split('/').filter(|c| !c.is_empty()) {
+            let at = held.as_ref().unwrap_or(&self.partial);
+            match mkdirat(at, component, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(errno(cannot())(e)),
+            }
+            let next = openat(
+                at,
+                component,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno(cannot()))?;
+            held = Some(next);
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io("create", &path))?;
-        Ok((path, file))
+        let at = held.as_ref().unwrap_or(&self.partial);
+        let file = openat(
+            at,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(errno(cannot()))?;
+        Ok((path, File::from(file)))
     }
 
     fn finish(mut self) -> Result<(), BundleError> {
-        rename_new(&self.partial, &self.dir)?;
-        let parent = match self.dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(io("sync", parent))?;
+        // The partial directory under its name must still be the one
+        // written: one swapped in meanwhile is not renamed into place.
+        let ours =
+            fstat(&self.partial).map_err(errno(format!("cannot stat {}", self.dir.display())))?;
+        let there = statat(
+            &self.parent,
+            self.partial_name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
+        if !there.is_ok_and(|s| s.st_dev == ours.st_dev && s.st_ino == ours.st_ino) {
+            return Err(BundleError::Io(
+                format!("cannot extract to {}", self.dir.display()),
+                std::io::Error::other("its partial directory was replaced during the extraction"),
+            ));
         }
+        renameat_with(
+            &self.parent,
+            self.partial_name.as_str(),
+            &self.parent,
+            self.name.as_str(),
+            RenameFlags::NOREPLACE,
+        )
+        .map_err(errno(format!(
+            "cannot rename into place {}",
+            self.dir.display()
+        )))?;
+        fsync(&self.parent)
+            .map_err(errno(format!("cannot sync {}", self.parent_path.display())))?;
         self.done = true;
         Ok(())
     }
@@ -328,7 +451,8 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         if !self.done {
-            let _ = std::fs::remove_dir_all(&self.partial);
+            // Not followed if it was swapped for a link: the link goes.
+            let _ = std::fs::remove_dir_all(self.parent_path.join(&self.partial_name));
         }
     }
 }

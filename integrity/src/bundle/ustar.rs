@@ -13,6 +13,17 @@ use super::manifest::check_path;
 
 const BLOCK: usize = 512;
 
+/// A read of the bundle failed: the bundle is cut short (refused as an
+/// archive), or it could not be read (an I/O error: failing media, a
+/// directory).
+fn failed(what: String, e: std::io::Error) -> BundleError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        BundleError::Archive(format!("{what}: {e}"))
+    } else {
+        BundleError::Io(format!("cannot read the bundle ({what})"), e)
+    }
+}
+
 /// A ustar header for a regular file: mode 0644, owner 0, time 0, so that
 /// the same files give the same archive.
 pub(super) fn header(path: &str, size: u64) -> Result<tar::Header, BundleError> {
@@ -58,7 +69,7 @@ impl<R: Read> Reader<R> {
         let mut block = [0u8; BLOCK];
         self.inner
             .read_exact(&mut block)
-            .map_err(|e| BundleError::Archive(format!("{what}: {e}")))?;
+            .map_err(|e| failed(what.to_owned(), e))?;
         Ok(block)
     }
 
@@ -114,7 +125,7 @@ impl<R: Read> Reader<R> {
             let n = self
                 .inner
                 .read(&mut buffer[..want])
-                .map_err(|e| BundleError::Archive(format!("{name}: {e}")))?;
+                .map_err(|e| failed(name.to_owned(), e))?;
             if n == 0 {
                 return Err(BundleError::Archive(format!(
                     "{name}: it ends {} bytes early",
@@ -128,7 +139,7 @@ impl<R: Read> Reader<R> {
         let padding = &mut padding[..self.padding];
         self.inner
             .read_exact(padding)
-            .map_err(|e| BundleError::Archive(format!("{name}: its padding: {e}")))?;
+            .map_err(|e| failed(format!("{name}: its padding"), e))?;
         if padding.iter().any(|&b| b != 0) {
             return Err(BundleError::Archive(format!(
                 "{name}: its padding holds data"
@@ -153,7 +164,7 @@ impl<R: Read> Reader<R> {
         loop {
             let n = rest
                 .read(&mut buffer)
-                .map_err(|e| BundleError::Archive(format!("after its end: {e}")))?;
+                .map_err(|e| failed("after its end".to_owned(), e))?;
             if n == 0 {
                 return Ok(());
             }
