@@ -368,6 +368,29 @@ fn a_sound_appliance_passes_and_each_planted_fault_fails_its_check() {
     assert_eq!(v.code, 2);
     chmod(&key, 0o600);
 
+    // A retired key, kept for a hand-over, readable by others: guarded
+    // like the current one, and its directory like the log's.
+    let previous = a.auditor().dir.join("previous.key");
+    fs::copy(&key, &previous).expect("copy");
+    chmod(&previous, 0o644);
+    let audit_toml = fs::read_to_string(&a.audit_config).expect("audit.toml");
+    fs::write(
+        &a.audit_config,
+        format!(
+            "{audit_toml}previous_signing_key = \"{}\"\n",
+            previous.display()
+        ),
+    )
+    .expect("audit.toml");
+    let v = a.verify();
+    v.expect("HARDEN-KEYS", "fail", "previous_signing_key");
+    v.expect("HARDEN-KEYS", "fail", "previous.key");
+    chmod(&previous, 0o606);
+    a.verify()
+        .expect("AUDIT-PERMISSIONS", "fail", "previous.key");
+    fs::write(&a.audit_config, &audit_toml).expect("audit.toml");
+    fs::remove_file(&previous).expect("remove");
+
     // A log file the daemon's user could rewrite.
     let entries = a.auditor().log_dir.join("entries.log");
     chmod(&entries, 0o646);

@@ -235,7 +235,10 @@ fn permissions(context: &Context) -> Result<Finding, Undecided> {
     // above them (renaming a parent replaces the whole log).
     // A sticky parent (`/tmp`) lets no one rename another user's entry.
     let mut paths: Vec<PathBuf> = Vec::new();
-    for top in [&config.log_dir, &config.signing_key] {
+    let keys: Vec<&PathBuf> = std::iter::once(&config.signing_key)
+        .chain(config.previous_signing_key.as_ref())
+        .collect();
+    for top in std::iter::once(&config.log_dir).chain(keys.iter().copied()) {
         paths.extend(
             top.ancestors()
                 .skip(1)
@@ -263,7 +266,7 @@ fn permissions(context: &Context) -> Result<Finding, Undecided> {
         };
         paths.push(item.into_path());
     }
-    paths.push(config.signing_key.clone());
+    paths.extend(keys.iter().map(|k| (*k).clone()));
     paths.sort();
     paths.dedup();
     let mut evidence = Vec::new();

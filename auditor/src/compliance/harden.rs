@@ -315,14 +315,21 @@ fn socket(context: &Context) -> Result<Finding, Undecided> {
 
 fn keys(context: &Context) -> Result<Finding, Undecided> {
     let users = &context.profile.users;
-    let audit_key = context.audit_config()?.signing_key.clone();
+    let audit = context.audit_config()?;
     let integrity_key = context.integrity()?.config.signing_key.clone();
     let mut evidence = Vec::new();
     let mut failed = false;
-    for (path, owner, key) in [
-        (&audit_key, &users.audit, "users.audit"),
-        (&integrity_key, &users.integrity, "users.integrity"),
-    ] {
+    // A retired audit key still signs for the history before its
+    // hand-over: it is guarded like the current one while it is configured.
+    let keys = [
+        Some((&audit.signing_key, &users.audit, "users.audit")),
+        audit
+            .previous_signing_key
+            .as_ref()
+            .map(|previous| (previous, &users.audit, "users.audit, previous_signing_key")),
+        Some((&integrity_key, &users.integrity, "users.integrity")),
+    ];
+    for (path, owner, key) in keys.into_iter().flatten() {
         match std::fs::symlink_metadata(path) {
             // An integrity key kept offline is the better practice.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && key == "users.integrity" => {
@@ -355,7 +362,7 @@ fn keys(context: &Context) -> Result<Finding, Undecided> {
     }
     Ok(Finding::verdict(
         failed,
-        "both keys mode 0600, owned by their service users",
+        "the signing keys are mode 0600, owned by their service users",
         "a signing key has the wrong mode or owner",
         evidence,
     ))
