@@ -55,6 +55,8 @@ pub struct CreateArgs {
     /// Version (the same characters).
     #[arg(long)]
     version: String,
+    /// What the bundle carries: a model directory, or packages with their
+    /// SBOM.
     #[arg(long, value_enum)]
     kind: Kind,
     /// The release key (`bundle keygen`).
