@@ -547,6 +547,13 @@ fn create_refuses_what_a_bundle_cannot_carry() {
     );
     assert!(!Path::new(&f.path("link.bundle")).exists());
     std::fs::remove_file(f.source().join("escape")).expect("rm");
+    // A name a ustar header cannot hold after `files/` (101 bytes, no `/`
+    // to split at): refused by the manifest's check, not at write time.
+    let long = "n".repeat(101);
+    std::fs::write(f.source().join(&long), b"x").expect("write");
+    refused(f.create("long.bundle"), 27, "too long for a ustar header");
+    assert!(!Path::new(&f.path("long.bundle")).exists());
+    std::fs::remove_file(f.source().join(&long)).expect("rm");
     let bad_name = f.run(&[
         "bundle",
         "create",

@@ -10,10 +10,8 @@ use sha2::{Digest, Sha256};
 use super::error::{BundleError, io, rename_new};
 use super::hashes::Hashes;
 use super::limits::{MAX_FILE, MAX_FILES};
-use super::manifest::{
-    FILES, FORMAT, FileEntry, Kind, MANIFEST, Manifest, SIGNATURE, check_path, signed_text,
-};
-use super::ustar::header;
+use super::manifest::{FILES, FORMAT, FileEntry, Kind, MANIFEST, Manifest, SIGNATURE, signed_text};
+use super::ustar::{check_path, header};
 use crate::digest::hex;
 use crate::note::NoteSigner;
 

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::BundleError;
-use super::limits::{MAX_FILE, MAX_FILES, MAX_NAME, MAX_PATH};
+use super::limits::{MAX_FILE, MAX_FILES, MAX_NAME};
+use super::ustar::{check_path, header};
 
 /// The first two members' names, and the directory of the files.
 pub const MANIFEST: &str = "manifest.json";
@@ -86,29 +87,6 @@ pub fn check_label(field: &'static str, value: &str) -> Result<(), BundleError> 
     }
 }
 
-/// A path inside the bundle: relative, `/`-separated, no empty, `.` or `..`
-/// component, no control character or backslash, at most [`MAX_PATH`]
-/// bytes (what a ustar header holds).
-pub fn check_path(path: &str) -> Result<(), BundleError> {
-    let refuse = |why: &str| Err(BundleError::Path(path.to_owned(), why.to_owned()));
-    if path.is_empty() || path.len() > MAX_PATH {
-        return refuse(&format!("expected 1 to {MAX_PATH} bytes"));
-    }
-    if path.starts_with('/') {
-        return refuse("absolute");
-    }
-    if path.chars().any(|c| c.is_control() || c == '\\') {
-        return refuse("a control character or backslash");
-    }
-    if path
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return refuse("an empty, '.' or '..' component");
-    }
-    Ok(())
-}
-
 impl Manifest {
     /// Parses and checks a manifest: its format, labels, paths (unique,
     /// none a prefix directory of another), digests, and the SBOM's place.
@@ -145,7 +123,7 @@ impl Manifest {
         let mut paths = std::collections::BTreeSet::new();
         for file in &self.files {
             check_path(&file.path)?;
-            if !fits_ustar(&format!("{FILES}{}", file.path)) {
+            if header(&format!("{FILES}{}", file.path), 0).is_err() {
                 return Err(BundleError::Path(
                     file.path.clone(),
                     "too long for a ustar header: after files/, at most 100 bytes, or a split at a '/' \
@@ -213,16 +191,6 @@ impl Manifest {
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
-}
-
-/// Whether a ustar header holds `member`: whole in its 100-byte name, or
-/// split at a `/` into a prefix of at most 155 bytes and a name of at most
-/// 100.
-fn fits_ustar(member: &str) -> bool {
-    member.len() <= 100
-        || member
-            .match_indices('/')
-            .any(|(at, _)| at <= 155 && member.len() - at - 1 <= 100)
 }
 
 /// The text the release key signs: the format, what the bundle is, and the

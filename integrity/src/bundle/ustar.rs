@@ -8,8 +8,7 @@
 use std::io::Read;
 
 use super::error::BundleError;
-use super::limits::MAX_TRAILER;
-use super::manifest::check_path;
+use super::limits::{MAX_PATH, MAX_TRAILER};
 
 const BLOCK: usize = 512;
 
@@ -22,6 +21,29 @@ fn failed(what: String, e: std::io::Error) -> BundleError {
     } else {
         BundleError::Io(format!("cannot read the bundle ({what})"), e)
     }
+}
+
+/// A path inside the bundle: relative, `/`-separated, no empty, `.` or `..`
+/// component, no control character or backslash, at most [`MAX_PATH`]
+/// bytes (what a ustar header holds).
+pub(super) fn check_path(path: &str) -> Result<(), BundleError> {
+    let refuse = |why: &str| Err(BundleError::Path(path.to_owned(), why.to_owned()));
+    if path.is_empty() || path.len() > MAX_PATH {
+        return refuse(&format!("expected 1 to {MAX_PATH} bytes"));
+    }
+    if path.starts_with('/') {
+        return refuse("absolute");
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return refuse("a control character or backslash");
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return refuse("an empty, '.' or '..' component");
+    }
+    Ok(())
 }
 
 /// A ustar header for a regular file: mode 0644, owner 0, time 0, so that
