@@ -158,22 +158,16 @@ fn crates(metadata: &Value) -> Result<Vec<Value>> {
 fn lock_checksums() -> Result<BTreeMap<(String, String), String>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    let mut sums = BTreeMap::new();
-    for block in text.split("[[package]]") {
-        let field = |key: &str| {
-            block.lines().find_map(|l| {
-                l.strip_prefix(&format!("{key} = \""))
-                    .and_then(|v| v.strip_suffix('"'))
-                    .map(str::to_owned)
-            })
-        };
-        if let (Some(name), Some(version), Some(sum)) =
-            (field("name"), field("version"), field("checksum"))
-        {
-            sums.insert((name, version), sum);
-        }
-    }
-    Ok(sums)
+    let lock: toml::Table = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let packages = lock.get("package").and_then(toml::Value::as_array);
+    Ok(packages
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let field = |key| p.get(key).and_then(toml::Value::as_str).map(str::to_owned);
+            Some(((field("name")?, field("version")?), field("checksum")?))
+        })
+        .collect())
 }
 
 /// The ONNX Runtime wheel, `NAME==VERSION`, with its pinned SHA-256.
