@@ -189,8 +189,14 @@ async fn a_full_cache_pool_runs_requests_one_after_the_other_and_a_full_queue_re
         );
     }
     // Each request decodes 149 steps after its first token. Had they shared
-    // a step, there would be fewer than 2 × 149.
-    let model = wait_for_model(&d, "tiny-r1", |m| m["batch"]["running"] == 0).await;
+    // a step, there would be fewer than 2 × 149. A request's admission ends
+    // after its last byte has left (it still records its completion), so
+    // the wait is for both: a busy machine showed `admitted` 1 for a moment
+    // after `running` was 0.
+    let model = wait_for_model(&d, "tiny-r1", |m| {
+        m["batch"]["running"] == 0 && m["admitted"] == 0
+    })
+    .await;
     assert_eq!(model["batch"]["steps"], 2 * 149, "{model}");
     assert_eq!(model["batch"]["cache_positions"], 0, "{model}");
     assert_eq!(model["admitted"], 0, "{model}");
