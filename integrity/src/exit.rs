@@ -23,6 +23,9 @@ pub enum Exit {
     Signature = 26,
     /// A bundle is malformed, or does not match its signed manifest.
     Bundle = 27,
+    /// The model store refused the operation: an unknown model or
+    /// version, a version that exists already, the active one removed.
+    Store = 28,
 }
 
 /// Bits summed into `check`'s exit code, as AIDE does: 1 added, 2 removed,

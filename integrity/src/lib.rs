@@ -19,6 +19,7 @@ pub mod fuzz;
 pub mod keys;
 pub mod note;
 pub mod scan;
+pub mod store;
 pub mod verify;
 
 use std::path::PathBuf;
