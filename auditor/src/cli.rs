@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{integrity_check, metrics, verify};
+use crate::commands::{integrity_check, metrics, model, verify};
 use crate::compliance;
 
 /// The deepseek appliance's auditor: the signed, tamper-evident audit log.
@@ -109,11 +109,93 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DIR")]
         textfile_dir: Option<PathBuf>,
     },
+    /// The model store: import signed model bundles, activate a version,
+    /// roll back, remove, list (docs/guide/models.md).
+    ///
+    /// Run as root. Every change is recorded in the audit log (through the
+    /// service at `socket` in audit.toml) before it takes effect, and
+    /// undone if it cannot be; the signed integrity database takes each
+    /// change in, signed with the integrity signing key.
+    #[command(after_help = model::EXIT_CODES)]
+    Model {
+        #[command(flatten)]
+        args: ModelArgs,
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Work with the log.
     Log {
         #[command(subcommand)]
         command: LogCommand,
     },
+}
+
+/// What every `model` command reads.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ModelArgs {
+    /// deepseek-integrity's configuration: the database, its signing key,
+    /// and the rule that must record the store (docs/guide/integrity.md).
+    #[arg(long, value_name = "PATH", default_value = deepseek_integrity::config::DEFAULT_CONFIG_PATH, global = true)]
+    pub(crate) integrity_config: PathBuf,
+    /// The store's root.
+    #[arg(long, value_name = "DIR", default_value = deepseek_integrity::store::layout::DEFAULT_ROOT, global = true)]
+    pub(crate) store: PathBuf,
+    /// Hashing threads (default: one per CPU).
+    #[arg(long, value_name = "N", global = true)]
+    pub(crate) jobs: Option<usize>,
+    /// How long the auditor may take to acknowledge a record.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, global = true)]
+    pub(crate) timeout: u64,
+    /// Print `list` as JSON.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Verify a model bundle against the pinned release keys as it streams
+    /// in, store it as ROOT/NAME/VERSION (its name and version are the
+    /// bundle's), record it in the signed integrity database, then remove
+    /// the oldest versions beyond --keep (never the active one).
+    Import {
+        /// The bundle (`deepseek-integrity bundle create --kind model`).
+        bundle: PathBuf,
+        /// A release key file to trust instead of every `*.pub` in
+        /// /etc/deepseek/release-keys; repeat for several.
+        #[arg(long, value_name = "FILE")]
+        key: Vec<PathBuf>,
+        /// Also activate the imported version.
+        #[arg(long)]
+        activate: bool,
+        /// Versions of the model to keep, the new one included.
+        #[arg(long, value_name = "N", default_value_t = deepseek_integrity::store::layout::DEFAULT_KEEP,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+                  .range(1..=deepseek_integrity::store::layout::MAX_KEEP as u64))]
+        keep: usize,
+        /// With --activate: restart deepseekd.service to serve it.
+        #[arg(long, requires = "activate")]
+        restart: bool,
+    },
+    /// Make VERSION the version of NAME that deepseekd serves.
+    Activate {
+        name: String,
+        version: String,
+        /// Restart deepseekd.service to serve it.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Re-activate the version that was active before the active one.
+    Rollback {
+        name: String,
+        /// Restart deepseekd.service to serve it.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Remove a version that is not active.
+    Remove { name: String, version: String },
+    /// Show every stored version: which is active, whether the signed
+    /// database records it, its signer and bundle digest.
+    List,
 }
 
 /// Where a log command reads the history: the live log of the

@@ -64,6 +64,21 @@ pub enum Event {
     /// (verifier keys): the seal after this entry is signed by both, and
     /// later checkpoints by the new key only.
     KeyRotated,
+    /// `deepseek-audit model import`: a model bundle entered the store
+    /// (`model`, `details.version`, `details.bundle_sha256`,
+    /// `details.signer`, `details.operator_uid`). Written before the
+    /// signed integrity database takes the version in; a `details.failed_seq`
+    /// entry of the same event follows if that then failed.
+    ModelImport,
+    /// `deepseek-audit model activate`: `details.version` became the
+    /// active version of `model` (`details.previous_version`).
+    ModelActivate,
+    /// `deepseek-audit model rollback`: as `model_activate`, back to the
+    /// version active before.
+    ModelRollback,
+    /// `deepseek-audit model remove` (or the retention after an import):
+    /// `details.version` of `model` left the store.
+    ModelRemove,
 }
 
 impl Event {
@@ -84,6 +99,10 @@ impl Event {
             Event::Alert => "alert",
             Event::LowSpace => "low_space",
             Event::KeyRotated => "key_rotated",
+            Event::ModelImport => "model_import",
+            Event::ModelActivate => "model_activate",
+            Event::ModelRollback => "model_rollback",
+            Event::ModelRemove => "model_remove",
         }
     }
 

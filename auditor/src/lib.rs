@@ -32,7 +32,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, LogCommand};
+use cli::{Cli, Command, LogCommand, ModelCommand};
 
 /// The command-line definition, from which the man pages are generated
 /// (`cargo run -p xtask -- man`), so they never drift from `--help`.
@@ -76,6 +76,51 @@ pub fn main() -> ExitCode {
                 timeout: std::time::Duration::from_secs(timeout),
             },
         ),
+        Command::Model { args, command } => {
+            use commands::model::Action;
+            let (action, restart, keys) = match command {
+                ModelCommand::Import {
+                    bundle,
+                    key,
+                    activate,
+                    keep,
+                    restart,
+                } => (
+                    Action::Import {
+                        bundle,
+                        activate,
+                        keep,
+                    },
+                    restart,
+                    key,
+                ),
+                ModelCommand::Activate {
+                    name,
+                    version,
+                    restart,
+                } => (Action::Activate { name, version }, restart, Vec::new()),
+                ModelCommand::Rollback { name, restart } => {
+                    (Action::Rollback { name }, restart, Vec::new())
+                }
+                ModelCommand::Remove { name, version } => {
+                    (Action::Remove { name, version }, false, Vec::new())
+                }
+                ModelCommand::List => (Action::List, false, Vec::new()),
+            };
+            commands::model::run(
+                &cli.config,
+                &action,
+                &commands::model::Options {
+                    integrity_config: &args.integrity_config,
+                    store: &args.store,
+                    keys: &keys,
+                    jobs: args.jobs,
+                    timeout: std::time::Duration::from_secs(args.timeout),
+                    restart,
+                    json: args.json,
+                },
+            )
+        }
         Command::Metrics {
             daemon_socket,
             textfile_dir,

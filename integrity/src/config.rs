@@ -14,7 +14,7 @@ use crate::keys::{VerifierKey, configured_verifier};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/deepseek/integrity.toml";
 
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The signed database.
@@ -122,7 +122,7 @@ impl Preset {
 }
 
 /// One `[[rule]]`: a path and what to record beneath it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// An absolute path: a file, or a directory to walk.
@@ -254,6 +254,15 @@ impl Config {
     /// The pinned verifier key, from `verifier_key` or `verifier_key_file`.
     pub fn verifier(&self) -> &VerifierKey {
         self.verifier.as_ref().expect("set by Config::parse")
+    }
+
+    /// The same database, keys and threshold with `rules` in place of
+    /// this configuration's: to record part of what it covers.
+    pub(crate) fn with_rules(&self, rules: Vec<Rule>) -> Self {
+        Self {
+            rules,
+            ..self.clone()
+        }
     }
 
     /// The rules with their globs compiled, most specific path first, so a

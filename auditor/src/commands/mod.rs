@@ -6,5 +6,6 @@ pub(crate) mod integrity_check;
 pub(crate) mod keygen;
 pub(crate) mod log;
 pub(crate) mod metrics;
+pub(crate) mod model;
 pub(crate) mod serve;
 pub(crate) mod verify;

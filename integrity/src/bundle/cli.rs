@@ -9,7 +9,7 @@ use clap::Subcommand;
 use super::create::{CreateOptions, create};
 use super::error::BundleError;
 use super::manifest::Kind;
-use super::read::{ReleaseKeys, Verified, verify};
+use super::read::{ReleaseKeys, Signed, verify};
 use crate::exit::Exit;
 use crate::keys;
 use crate::note::NoteSigner;
@@ -144,7 +144,7 @@ fn make(args: &CreateArgs, json: bool) -> Result<(), BundleError> {
         json,
         "created",
         &args.out,
-        &Verified {
+        &Signed {
             manifest,
             digest,
             signer: signer.verifier().to_string(),
@@ -174,7 +174,7 @@ fn check(
             extract,
         )?
     };
-    report(json, "verified", bundle, &verified);
+    report(json, "verified", bundle, &verified.signed);
     if let Some(dir) = extract
         && !json
     {
@@ -183,7 +183,7 @@ fn check(
     Ok(())
 }
 
-fn report(json: bool, what: &str, bundle: &Path, verified: &Verified) {
+fn report(json: bool, what: &str, bundle: &Path, verified: &Signed) {
     let manifest = &verified.manifest;
     if json {
         println!(

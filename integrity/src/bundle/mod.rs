@@ -20,4 +20,4 @@ mod ustar;
 pub use create::{CreateOptions, create};
 pub use error::BundleError;
 pub use manifest::{FILES, FileEntry, Kind, MANIFEST, Manifest, SIGNATURE};
-pub use read::{ReleaseKeys, Verified, verify};
+pub use read::{ReleaseKeys, Signed, Verified, signed, verify};

@@ -106,13 +106,15 @@ impl ReleaseKeys {
     }
 }
 
-/// A bundle that passed: what it is, its digest (SHA-256 of the manifest)
-/// and the release key that signed it.
+/// A bundle that passed, with the signed bytes themselves (the model store
+/// keeps them as the proof of origin).
 #[derive(Debug)]
 pub struct Verified {
-    pub manifest: Manifest,
-    pub digest: String,
-    pub signer: String,
+    pub signed: Signed,
+    /// `manifest.json` as the bundle carried it.
+    pub manifest_bytes: Vec<u8>,
+    /// `manifest.sig`, the signed note.
+    pub note: String,
 }
 
 /// Reads the next member, which must be `expected`, whole: at most
@@ -195,6 +197,42 @@ fn signer<'n>(
     )))
 }
 
+/// A manifest whose signature checked out: what it is, its digest and the
+/// release key that signed it.
+#[derive(Debug)]
+pub struct Signed {
+    pub manifest: Manifest,
+    /// SHA-256 of the manifest's bytes, hex.
+    pub digest: String,
+    /// The pinned release key that signed it.
+    pub signer: String,
+}
+
+/// Checks that `note` is a pinned release key's signature over exactly
+/// `manifest_bytes`, then parses them: a bundle's first step, and the
+/// model store's check of a version it keeps.
+pub fn signed(
+    keys: &ReleaseKeys,
+    manifest_bytes: &[u8],
+    note: &str,
+) -> Result<Signed, BundleError> {
+    let digest = hex(&Sha256::digest(manifest_bytes));
+    // The signature first: nothing unsigned is parsed beyond its hash.
+    let (signer, text) = signer(keys, note, &digest)?;
+    let manifest = Manifest::parse(manifest_bytes)?;
+    let expected = signed_text(&manifest, &digest);
+    if text != expected {
+        return Err(BundleError::Signature(format!(
+            "the signature is for {text:?}, the manifest says {expected:?}"
+        )));
+    }
+    Ok(Signed {
+        manifest,
+        digest,
+        signer,
+    })
+}
+
 /// Verifies the bundle `reader` streams against `keys`; with `extract`,
 /// also unpacks it there (a directory that must not exist yet), which
 /// appears only once every file matched.
@@ -208,16 +246,8 @@ pub fn verify(
     let note = small(&mut reader, SIGNATURE, MAX_SIGNATURE)?;
     let note = String::from_utf8(note)
         .map_err(|_| BundleError::Signature(format!("{SIGNATURE} is not UTF-8")))?;
-    let digest = hex(&Sha256::digest(&manifest_bytes));
-    // The signature first: nothing unsigned is parsed beyond its hash.
-    let (signer, text) = signer(keys, &note, &digest)?;
-    let manifest = Manifest::parse(&manifest_bytes)?;
-    let expected = signed_text(&manifest, &digest);
-    if text != expected {
-        return Err(BundleError::Signature(format!(
-            "the signature is for {text:?}, the manifest says {expected:?}"
-        )));
-    }
+    let signed = signed(keys, &manifest_bytes, &note)?;
+    let manifest = &signed.manifest;
     let mut target = extract.map(Target::new).transpose()?;
     let mut at = 0;
     while let Some(member) = reader.next()? {
@@ -299,9 +329,9 @@ pub fn verify(
         target.finish()?;
     }
     Ok(Verified {
-        manifest,
-        digest,
-        signer,
+        signed,
+        manifest_bytes,
+        note,
     })
 }
 

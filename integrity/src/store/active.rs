@@ -11,7 +11,11 @@ use crate::entry::{Entry, Kind};
 /// The active version of `name`: the target of `ROOT/NAME/active`, which
 /// the signed database (`entries`) must record as that same link, and
 /// whose directory the database must record.
-pub fn active_version(entries: &[Entry], layout: &Layout, name: &str) -> Result<String, StoreError> {
+pub fn active_version(
+    entries: &[Entry],
+    layout: &Layout,
+    name: &str,
+) -> Result<String, StoreError> {
     let link = layout.active(name);
     let target = match std::fs::read_link(&link) {
         Ok(target) => target,

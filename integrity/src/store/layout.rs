@@ -180,9 +180,8 @@ pub fn activations(layout: &Layout, name: &str) -> Result<Vec<String>, StoreErro
         .map_err(|_| StoreError::Mismatch(format!("{} is not UTF-8", path.display())))?;
     text.lines()
         .map(|line| {
-            check_version(line).map_err(|e| {
-                StoreError::Mismatch(format!("{}: {line:?}: {e}", path.display()))
-            })?;
+            check_version(line)
+                .map_err(|e| StoreError::Mismatch(format!("{}: {line:?}: {e}", path.display())))?;
             Ok(line.to_owned())
         })
         .collect()

@@ -4,9 +4,13 @@
 //! records each in the audit log; deepseekd serves the active version.
 
 mod active;
+mod amend;
 mod error;
+mod import;
 pub mod layout;
+mod ops;
 
 pub use active::active_version;
 pub use error::StoreError;
 pub use layout::{Layout, Origin};
+pub use ops::{Operation, Pending, Store, VersionInfo, list};
