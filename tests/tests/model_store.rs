@@ -452,3 +452,96 @@ fn imports_beyond_keep_remove_the_oldest_but_never_the_active_version() {
     assert_eq!(removed.len(), 1);
     assert_eq!(removed[0]["details"]["version"], "2");
 }
+
+/// `deepseek-audit verify`'s INTEG-MODEL-STORE alone, on this site: its
+/// result and the check's JSON.
+fn verify_store(site: &Site, keys: &Path) -> (String, String) {
+    let profile = site.dir.join("compliance.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "[files]\nintegrity_config = \"{}\"\nmodel_store = \"{}\"\nrelease_keys = \"{}\"\n\
+             daemon_config = \"{}\"\n[checks]\nselect = [\"INTEG-MODEL-STORE\"]\n",
+            site.integrity.display(),
+            site.store.display(),
+            keys.display(),
+            site.dir.join("no-daemon.toml").display()
+        ),
+    )
+    .expect("profile");
+    let (_, out) = run(
+        "deepseek-audit",
+        &[
+            "--config",
+            s(&site.auditor.config),
+            "verify",
+            "--profile",
+            s(&profile),
+            "--format",
+            "json",
+        ],
+    );
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let check = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "INTEG-MODEL-STORE"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no INTEG-MODEL-STORE in {report}"));
+    (
+        check["result"].as_str().expect("result").to_owned(),
+        check.to_string(),
+    )
+}
+
+#[test]
+fn verify_proves_each_active_version_is_a_signed_release_as_signed() {
+    let tmp = shared_tempdir();
+    let site = Site::new(tmp.path());
+    let keys = site.dir.join("release-keys");
+    std::fs::create_dir_all(&keys).expect("keys");
+    let (result, text) = verify_store(&site, &keys);
+    assert_eq!(result, "notapplicable", "an empty store: {text}");
+
+    std::fs::copy(&site.release_pub, keys.join("release-test.pub")).expect("pin");
+    for version in ["1", "2"] {
+        let bundle = site.bundle(
+            "m",
+            version,
+            &[("model.onnx", version.as_bytes())],
+            &site.release_key,
+        );
+        let (code, out) = site.import(&bundle, &["--activate"]);
+        assert_eq!(code, 0, "{out}");
+    }
+    let (result, text) = verify_store(&site, &keys);
+    assert_eq!(result, "pass", "{text}");
+    assert!(
+        text.contains("m 2: bundle sha256:") && text.contains("signed by release-test+"),
+        "{text}"
+    );
+
+    // The link moved by hand, outside the store's commands.
+    let link = site.store.join("m/active");
+    std::fs::remove_file(&link).expect("unlink");
+    std::os::unix::fs::symlink("1", &link).expect("link");
+    let (result, text) = verify_store(&site, &keys);
+    assert_eq!(result, "fail", "{text}");
+    assert!(text.contains("the link was changed outside"), "{text}");
+    std::fs::remove_file(&link).expect("unlink");
+    std::os::unix::fs::symlink("2", &link).expect("link");
+
+    // The release key no longer pinned: the origin is no longer proven.
+    std::fs::remove_file(keys.join("release-test.pub")).expect("unpin");
+    let other = site.dir.join("other.key");
+    ok(
+        "deepseek-integrity",
+        &["bundle", "keygen", "--name", "other", "--out", s(&other)],
+    );
+    std::fs::copy(site.dir.join("other.pub"), keys.join("other.pub")).expect("pin other");
+    let (result, text) = verify_store(&site, &keys);
+    assert_eq!(result, "fail", "{text}");
+    assert!(
+        text.contains("no valid signature by a pinned release key"),
+        "{text}"
+    );
+}

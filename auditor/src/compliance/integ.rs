@@ -45,7 +45,7 @@ pub(crate) static CHECKS: &[Check] = &[
     },
 ];
 
-fn database_of(
+pub(super) fn database_of(
     context: &Context,
 ) -> Result<
     (

@@ -17,6 +17,7 @@ pub(crate) mod harden;
 pub(crate) mod integ;
 pub(crate) mod procfs;
 pub(crate) mod profile;
+pub(crate) mod store;
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -32,6 +33,7 @@ pub(crate) fn catalog() -> Vec<&'static Check> {
     airgap::CHECKS
         .iter()
         .chain(integ::CHECKS)
+        .chain(store::CHECKS)
         .chain(audit_log::CHECKS)
         .chain(harden::CHECKS)
         .collect()

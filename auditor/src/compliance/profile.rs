@@ -35,6 +35,10 @@ pub(crate) struct Profile {
 pub(crate) struct Files {
     pub daemon_config: PathBuf,
     pub integrity_config: PathBuf,
+    /// The model store's root (INTEG-MODEL-STORE).
+    pub model_store: PathBuf,
+    /// The pinned release keys, one `NAME.pub` each (INTEG-MODEL-STORE).
+    pub release_keys: PathBuf,
 }
 
 impl Default for Files {
@@ -42,6 +46,8 @@ impl Default for Files {
         Self {
             daemon_config: PathBuf::from("/etc/deepseek/deepseekd.toml"),
             integrity_config: PathBuf::from("/etc/deepseek/integrity.toml"),
+            model_store: PathBuf::from(deepseek_integrity::store::layout::DEFAULT_ROOT),
+            release_keys: PathBuf::from(deepseek_integrity::bundle::cli::RELEASE_KEYS_DIR),
         }
     }
 }

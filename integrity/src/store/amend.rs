@@ -161,12 +161,11 @@ impl Recorded {
         key: &Signer25519,
         entries: Vec<Entry>,
     ) -> Result<Self, StoreError> {
-        let now = std::fs::read(&config.database).map_err(|source| {
-            database::DatabaseError::Read {
+        let now =
+            std::fs::read(&config.database).map_err(|source| database::DatabaseError::Read {
                 path: config.database.clone(),
                 source,
-            }
-        })?;
+            })?;
         if <[u8; 32]>::from(Sha256::digest(&now)) != self.sum {
             return Err(StoreError::Mismatch(format!(
                 "{} changed while the model store operation ran (deepseek-integrity update?): \

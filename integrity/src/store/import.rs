@@ -11,6 +11,7 @@ use super::amend::Scope;
 use super::error::{StoreError, io};
 use super::layout::{ORIGIN_FILE, Origin, check_name, check_version};
 use super::ops::{Operation, Pending, Store, replace_file, sync_parent};
+use super::provenance::matches_manifest;
 use crate::bundle::{self, FileEntry, Kind as BundleKind, MANIFEST, ReleaseKeys, SIGNATURE};
 use crate::digest::hex;
 use crate::entry::{Entry, Kind};
@@ -105,10 +106,12 @@ impl Store {
         }
         let mut scopes = self.model_scopes(name);
         scopes.push(Scope::tree(dir.clone()));
-        let entries =
-            self.recorded
-                .borrow()
-                .rescan(&self.config, &scopes, &self.options, &self.interrupted)?;
+        let entries = self.recorded.borrow().rescan(
+            &self.config,
+            &scopes,
+            &self.options,
+            &self.interrupted,
+        )?;
         matches_manifest(&entries, &dir, &manifest.files)?;
         pending.entries = Some(entries);
         pending.origin = Some(origin);
@@ -154,59 +157,6 @@ impl Store {
         }
         Ok(linked)
     }
-}
-
-/// Checks that the freshly recorded entries of a version's directory are
-/// exactly the manifest's files, with its sizes and digests: what gets
-/// signed is what the release key signed.
-fn matches_manifest(entries: &[Entry], dir: &Path, files: &[FileEntry]) -> Result<(), StoreError> {
-    let mismatch = |why: String| StoreError::Mismatch(format!("{}: {why}", dir.display()));
-    let mut expected: std::collections::BTreeMap<std::path::PathBuf, &FileEntry> =
-        files.iter().map(|f| (dir.join(&f.path), f)).collect();
-    for entry in entries.iter().filter(|e| e.path.starts_with(dir)) {
-        match entry.kind {
-            Kind::Dir => continue,
-            Kind::File => {}
-            other => {
-                return Err(mismatch(format!(
-                    "{} is a {}, not a file of the bundle",
-                    entry.path.display(),
-                    other.name()
-                )));
-            }
-        }
-        let Some(file) = expected.remove(&entry.path) else {
-            return Err(mismatch(format!(
-                "{} is not in the bundle's manifest",
-                entry.path.display()
-            )));
-        };
-        let sha256 = entry.attrs.sha256.map(|d| hex(&d));
-        let chunked = entry.attrs.chunked.map(|d| hex(&d));
-        // Each digest both sides have must agree, and there must be one.
-        let chunked_pair = chunked.as_ref().zip(file.chunked_sha256.as_ref());
-        let agrees = entry.attrs.size == Some(file.size)
-            && sha256.as_ref().is_none_or(|d| *d == file.sha256)
-            && chunked_pair.is_none_or(|(a, b)| a == b)
-            && (sha256.is_some() || chunked_pair.is_some());
-        if !agrees {
-            return Err(mismatch(format!(
-                "{} as recorded now (size {:?}, sha256 {:?}, chunked {:?}) does not match the \
-                 signed manifest (size {}, sha256 {}, chunked {:?})",
-                entry.path.display(),
-                entry.attrs.size,
-                sha256,
-                chunked,
-                file.size,
-                file.sha256,
-                file.chunked_sha256
-            )));
-        }
-    }
-    if let Some(path) = expected.keys().next() {
-        return Err(mismatch(format!("{} is missing", path.display())));
-    }
-    Ok(())
 }
 
 /// The staging directory, removed unless it was moved into place.

@@ -9,8 +9,10 @@ mod error;
 mod import;
 pub mod layout;
 mod ops;
+mod provenance;
 
 pub use active::active_version;
 pub use error::StoreError;
 pub use layout::{Layout, Origin};
 pub use ops::{Operation, Pending, Store, VersionInfo, list};
+pub use provenance::{Provenance, provenance};

@@ -325,10 +325,12 @@ impl Pending<'_> {
                 }
                 let mut scopes = store.model_scopes(&self.name);
                 scopes.push(Scope::tree(store.layout.version(&self.name, &self.version)));
-                store
-                    .recorded
-                    .borrow()
-                    .rescan(&store.config, &scopes, &store.options, &store.interrupted)?
+                store.recorded.borrow().rescan(
+                    &store.config,
+                    &scopes,
+                    &store.options,
+                    &store.interrupted,
+                )?
             }
         };
         let stored = store
