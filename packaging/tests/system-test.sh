@@ -19,7 +19,9 @@
 #    notify status, SIGKILL the daemon and see systemd restart it, run the
 #    integrity check unit and deepseek-audit verify, verify the audit log,
 #    change a model byte and see the daemon refuse to start (65), purge the
-#    package; see the user namespace of PrivateUsers=identity keep client
+#    package; import, activate, roll back and remove two signed releases
+#    of a model in the model store (store-cycle.sh), timing the restart's
+#    gap in service; see the user namespace of PrivateUsers=identity keep client
 #    uids (systemd 257), a uid above 65535 refused, and measure what
 #    PrivateUsers=yes would do to the uids the audit log records; with
 #    --bundle, verify the software bundle (make bundle) offline against its
@@ -82,6 +84,9 @@ if [ -n "$bundle" ]; then
     cp "$bundle" "$root/root/deepseek.bundle"
     cp "$release_key" "$root/root/release.pub"
 fi
+# Two releases of a model, for the model store's cycle (store-cycle.sh).
+rm -rf "$root/root/store" && mkdir -p "$root/root/store"
+cp "$(dirname "$0")/../../fixtures/models/demo.onnx" "$(dirname "$0")/../../fixtures/models/demo-v2.onnx" "$root/root/store/"
 # The CUDA package's opt-in drop-in, tried on the GPU unit in the container.
 cp "$(dirname "$0")/../../systemd/deepseekd.service.d/gpu-private-devices.conf" "$root/root/"
 # As in any installer's chroot: systemd-tmpfiles needs /proc.
@@ -401,6 +406,9 @@ evidence "directives systemd could not apply here (journal)" sh -c \
 evidence "systemd-analyze security deepseekd.service" sh -c \
     'systemd-analyze security --no-pager deepseekd.service | grep -E "✗|Overall"'
 
+INNER
+    cat "$(dirname "$0")/store-cycle.sh"
+    cat <<'INNER'
 # Refuse to run unsafely, and say why: a model that no longer matches the
 # signed database stops the daemon (65), is not restarted, and is recorded.
 printf 'x' >>/usr/share/deepseek/models/demo/demo.onnx
