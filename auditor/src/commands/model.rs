@@ -35,6 +35,8 @@ Exit codes:
       imported or already active, the active version removed, nothing to
       roll back to, another operation running
   64  bad command line
+  71  --restart: systemctl restart deepseekd.service failed (the activation
+      is done and recorded)
   74  the operation could NOT be recorded in the audit log, so it was
       undone (nothing changed); or it was recorded and then failed (a second
       entry says so)
