@@ -416,6 +416,7 @@ pub fn list(config: &Config, root: &Path) -> Result<Vec<VersionInfo>, StoreError
             .filter_map(|i| i.file_name().to_str().map(str::to_owned))
             .filter(|n| check_name(n).is_ok())
             .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io("read", root)(e)),
     };
     names.sort();
