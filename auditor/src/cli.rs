@@ -140,6 +140,11 @@ pub(crate) struct ModelArgs {
     /// The store's root.
     #[arg(long, value_name = "DIR", default_value = deepseek_integrity::store::layout::DEFAULT_ROOT, global = true)]
     pub(crate) store: PathBuf,
+    /// A release key file that imported and activated versions must be
+    /// signed by, instead of every `*.pub` in /etc/deepseek/release-keys;
+    /// repeat for several.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub(crate) key: Vec<PathBuf>,
     /// Hashing threads (default: one per CPU).
     #[arg(long, value_name = "N", global = true)]
     pub(crate) jobs: Option<usize>,
@@ -160,10 +165,6 @@ pub(crate) enum ModelCommand {
     Import {
         /// The bundle (`deepseek-integrity bundle create --kind model`).
         bundle: PathBuf,
-        /// A release key file to trust instead of every `*.pub` in
-        /// /etc/deepseek/release-keys; repeat for several.
-        #[arg(long, value_name = "FILE")]
-        key: Vec<PathBuf>,
         /// Also activate the imported version.
         #[arg(long)]
         activate: bool,

@@ -78,10 +78,9 @@ pub fn main() -> ExitCode {
         ),
         Command::Model { args, command } => {
             use commands::model::Action;
-            let (action, restart, keys) = match command {
+            let (action, restart) = match command {
                 ModelCommand::Import {
                     bundle,
-                    key,
                     activate,
                     keep,
                     restart,
@@ -92,20 +91,15 @@ pub fn main() -> ExitCode {
                         keep,
                     },
                     restart,
-                    key,
                 ),
                 ModelCommand::Activate {
                     name,
                     version,
                     restart,
-                } => (Action::Activate { name, version }, restart, Vec::new()),
-                ModelCommand::Rollback { name, restart } => {
-                    (Action::Rollback { name }, restart, Vec::new())
-                }
-                ModelCommand::Remove { name, version } => {
-                    (Action::Remove { name, version }, false, Vec::new())
-                }
-                ModelCommand::List => (Action::List, false, Vec::new()),
+                } => (Action::Activate { name, version }, restart),
+                ModelCommand::Rollback { name, restart } => (Action::Rollback { name }, restart),
+                ModelCommand::Remove { name, version } => (Action::Remove { name, version }, false),
+                ModelCommand::List => (Action::List, false),
             };
             commands::model::run(
                 &cli.config,
@@ -113,7 +107,7 @@ pub fn main() -> ExitCode {
                 &commands::model::Options {
                     integrity_config: &args.integrity_config,
                     store: &args.store,
-                    keys: &keys,
+                    keys: &args.key,
                     jobs: args.jobs,
                     timeout: std::time::Duration::from_secs(args.timeout),
                     restart,

@@ -169,6 +169,14 @@ pub fn run(cli: &Cli) -> u8 {
         database::store(&config.database, &database::encode(entries, &key))
             .map_err(|e| fail(Exit::Io, &e))
     };
+    // init and update sign a new database: one writer at a time.
+    let _lock = match cli.command {
+        Command::Init | Command::Update => match database::lock(&config.database) {
+            Ok(lock) => Some(lock),
+            Err(e) => return fail(Exit::Database, &e),
+        },
+        _ => None,
+    };
     let result = match cli.command {
         Command::Keygen { .. } | Command::Bundle(_) => unreachable!("handled above"),
         Command::Init => (|| {

@@ -11,9 +11,15 @@ use std::process::Command;
 use deepseek_tests::{Auditor, binary, model, shared_tempdir};
 use serde_json::Value;
 
-/// Runs a binary: exit code and stdout followed by stderr.
+/// Runs one of the workspace's binaries: exit code and stdout followed by
+/// stderr.
 fn run(name: &str, args: &[&str]) -> (i32, String) {
-    let output = Command::new(binary(name)).args(args).output().expect("run");
+    output(Command::new(binary(name)).args(args))
+}
+
+/// Runs `command`: exit code and stdout followed by stderr.
+fn output(command: &mut Command) -> (i32, String) {
+    let output = command.output().expect("run");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned()
@@ -131,13 +137,15 @@ impl Site {
             s(&self.integrity),
             "--store",
             s(&self.store),
+            "--key",
+            s(&self.release_pub),
         ];
         all.extend_from_slice(args);
         run("deepseek-audit", &all)
     }
 
     fn import(&self, bundle: &Path, extra: &[&str]) -> (i32, String) {
-        let mut args = vec!["import", s(bundle), "--key", s(&self.release_pub)];
+        let mut args = vec!["import", s(bundle)];
         args.extend_from_slice(extra);
         self.model(&args)
     }
@@ -543,5 +551,137 @@ fn verify_proves_each_active_version_is_a_signed_release_as_signed() {
     assert!(
         text.contains("no valid signature by a pinned release key"),
         "{text}"
+    );
+}
+
+/// What someone else did in the store is never signed by the next
+/// operation: a link moved by hand, a planted file, a version left by an
+/// interrupted import, a model directory that is a link. Each is refused
+/// (24, 28) with the way out, and the way out works.
+#[test]
+fn the_store_signs_only_what_its_own_operations_did() {
+    let tmp = shared_tempdir();
+    let site = Site::new(tmp.path());
+    let mut bundles = Vec::new();
+    for version in ["1", "2", "3"] {
+        let content = format!("graph {version}");
+        bundles.push(site.bundle(
+            "m",
+            version,
+            &[("model.onnx", content.as_bytes())],
+            &site.release_key,
+        ));
+    }
+    // Whatever the operator's umask, the daemon's user can read.
+    let (code, out) = output(Command::new("sh").args([
+            "-c",
+            &format!(
+                "umask 077; exec {} --config {} model --integrity-config {} --store {} --key {} import {} --activate",
+                binary("deepseek-audit").display(),
+                site.auditor.config.display(),
+                site.integrity.display(),
+                site.store.display(),
+                site.release_pub.display(),
+                bundles[0].display()
+            ),
+        ]));
+    assert_eq!(code, 0, "{out}");
+    let mode = |p: &str| std::fs::metadata(site.store.join(p)).expect(p).mode() & 0o777;
+    assert_eq!(
+        [
+            mode("m"),
+            mode("m/1"),
+            mode("m/1/model.onnx"),
+            mode("m/.origin/1/origin.json")
+        ],
+        [0o755, 0o755, 0o644, 0o644]
+    );
+    let (code, out) = site.import(&bundles[1], &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // The link moved by hand: an import refuses to sign it; activating
+    // (a recorded step) is the way out.
+    let link = site.store.join("m/active");
+    std::fs::remove_file(&link).expect("unlink");
+    std::os::unix::fs::symlink("2", &link).expect("link");
+    let (code, out) = site.import(&bundles[2], &[]);
+    assert_eq!(code, 24, "{out}");
+    assert!(
+        out.contains("differs from the signed integrity database") && out.contains("changed"),
+        "{out}"
+    );
+    assert!(
+        !site.store.join("m/3").exists(),
+        "the refused import left its version"
+    );
+    let (code, out) = site.model(&["remove", "m", "1"]);
+    assert_eq!(
+        code, 28,
+        "the signed active version, whatever the link says: {out}"
+    );
+    let (code, out) = site.model(&["activate", "m", "2"]);
+    assert_eq!(code, 0, "{out}");
+    site.assert_clean("an activation over a moved link");
+
+    // A planted file, and a version left by an interrupted import.
+    std::fs::write(site.store.join("m/notes"), b"x").expect("plant");
+    let (code, out) = site.import(&bundles[2], &[]);
+    assert_eq!(code, 24, "{out}");
+    assert!(out.contains("added") && out.contains("m/notes"), "{out}");
+    std::fs::remove_file(site.store.join("m/notes")).expect("unplant");
+    std::fs::create_dir(site.store.join("m/9")).expect("leftover");
+    std::fs::write(site.store.join("m/9/model.onnx"), b"evil").expect("leftover file");
+    let (code, out) = site.model(&["activate", "m", "9"]);
+    assert_eq!(code, 28, "an unrecorded version activated: {out}");
+    let (code, out) = site.model(&["rollback", "m"]);
+    assert_eq!(code, 24, "{out}");
+    let (code, out) = site.model(&["remove", "m", "9"]);
+    assert_eq!(code, 0, "the way out of a leftover: {out}");
+    site.assert_clean("the leftover removed");
+
+    // While the integrity database is locked (an update running), nothing.
+    let (code, out) = output(Command::new("flock").args([
+        "-n",
+        s(&site.dir),
+        binary("deepseek-audit").to_str().expect("utf8"),
+        "--config",
+        s(&site.auditor.config),
+        "model",
+        "--integrity-config",
+        s(&site.integrity),
+        "--store",
+        s(&site.store),
+        "--key",
+        s(&site.release_pub),
+        "import",
+        s(&bundles[2]),
+    ]));
+    assert_eq!(code, 24, "{out}");
+    assert!(out.contains("is in use"), "{out}");
+
+    // --keep 1 keeps the active version and the one just imported.
+    let (code, out) = site.import(&bundles[2], &["--keep", "1"]);
+    assert_eq!(code, 0, "{out}");
+    let versions: Vec<String> = site
+        .list()
+        .iter()
+        .map(|v| v["version"].as_str().expect("version").to_owned())
+        .collect();
+    assert_eq!(versions, ["2", "3"], "{out}");
+    site.assert_clean("retention");
+
+    // A model directory that is a link is not followed.
+    let elsewhere = site.dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, site.store.join("n")).expect("link");
+    let n = site.bundle("n", "1", &[("model.onnx", b"n")], &site.release_key);
+    let (code, out) = site.import(&n, &[]);
+    assert_eq!(code, 28, "{out}");
+    assert!(out.contains("is not a directory"), "{out}");
+    assert!(
+        std::fs::read_dir(&elsewhere)
+            .expect("read")
+            .next()
+            .is_none()
     );
 }

@@ -114,11 +114,24 @@ fn run_inner(audit_config: &Path, action: &Action, options: &Options<'_>) -> Res
     let interrupted = deepseek_integrity::check::interrupt_on_signals()
         .map_err(|e| Failed(e.exit() as u8, e.to_string()))?;
     let scan = deepseek_integrity::check::scan_options(options.jobs, false);
+    // What the store writes is root's and readable by the daemon's user,
+    // whatever umask the operator's shell has (docs/guide/models.md).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let store = Store::open(config, options.store, scan, interrupted)?;
     let recorder = Recorder {
         socket: &socket,
         store: options.store,
         timeout: options.timeout,
+    };
+    // The release keys that imported and activated versions must be
+    // signed by.
+    let keys = || {
+        if options.keys.is_empty() {
+            ReleaseKeys::from_dir(Path::new(deepseek_integrity::bundle::cli::RELEASE_KEYS_DIR))
+        } else {
+            ReleaseKeys::from_files(options.keys)
+        }
+        .map_err(StoreError::from)
     };
     let activated = match action {
         Action::List => unreachable!("listed above"),
@@ -127,12 +140,7 @@ fn run_inner(audit_config: &Path, action: &Action, options: &Options<'_>) -> Res
             activate,
             keep,
         } => {
-            let keys = if options.keys.is_empty() {
-                ReleaseKeys::from_dir(Path::new(deepseek_integrity::bundle::cli::RELEASE_KEYS_DIR))
-            } else {
-                ReleaseKeys::from_files(options.keys)
-            }
-            .map_err(StoreError::from)?;
+            let keys = keys()?;
             let file = std::fs::File::open(bundle).map_err(|e| {
                 Failed(
                     deepseek_integrity::exit::Exit::Io as u8,
@@ -143,19 +151,19 @@ fn run_inner(audit_config: &Path, action: &Action, options: &Options<'_>) -> Res
             let (name, version) = (pending.name.clone(), pending.version.clone());
             recorder.commit(pending)?;
             if *activate {
-                recorder.commit(store.activate(&name, &version)?)?;
+                recorder.commit(store.activate(&name, &version, &keys)?)?;
             }
-            for old in store.surplus(&name, *keep)? {
+            for old in store.surplus(&name, *keep, &version)? {
                 recorder.commit(store.remove(&name, &old)?)?;
             }
             *activate
         }
         Action::Activate { name, version } => {
-            recorder.commit(store.activate(name, version)?)?;
+            recorder.commit(store.activate(name, version, &keys()?)?)?;
             true
         }
         Action::Rollback { name } => {
-            recorder.commit(store.rollback(name)?)?;
+            recorder.commit(store.rollback(name, &keys()?)?)?;
             true
         }
         Action::Remove { name, version } => {
@@ -194,12 +202,24 @@ impl Recorder<'_> {
             pending.name,
             pending.version
         );
-        let seq = client::append(self.socket, &entry, self.timeout).map_err(|e| {
-            Failed(
-                exit::IO,
-                format!("the {what} was NOT recorded in the audit log, so it was undone: {e}"),
-            )
-        })?;
+        let seq = match client::append(self.socket, &entry, self.timeout) {
+            Ok(seq) => seq,
+            Err(e) => {
+                drop(pending); // undone
+                // A record that timed out may still land later: say that
+                // the operation under its id did not take effect.
+                let mut undone = entry.clone();
+                undone
+                    .details
+                    .insert("result".to_owned(), "undone".to_owned());
+                undone.details.insert("error".to_owned(), e.to_string());
+                let _ = client::append(self.socket, &undone, self.timeout);
+                return Err(Failed(
+                    exit::IO,
+                    format!("the {what} was NOT recorded in the audit log, so it was undone: {e}"),
+                ));
+            }
+        };
         if let Err(e) = pending.commit() {
             let mut failed = entry.clone();
             failed
@@ -254,8 +274,13 @@ impl Recorder<'_> {
         {
             put("login_uid", login.to_string());
         }
+        // One id for the operation's entries: its record, and a later
+        // `undone` or `failed_seq` entry about it.
+        let mut id = [0u8; 16];
+        let _ = getrandom::getrandom(&mut id);
         Entry {
             model: Some(pending.name.clone()),
+            request_id: Some(deepseek_integrity::digest::hex(&id)),
             peer: Some(Peer {
                 uid,
                 gid: nix::unistd::getgid().as_raw(),

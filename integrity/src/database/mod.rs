@@ -52,6 +52,12 @@ pub enum DatabaseError {
     },
     #[error("database {path} has an invalid signature: it was modified after signing")]
     BadSignature { path: PathBuf },
+    #[error(
+        "database {path} is in use: another deepseek-integrity init or update, or a \
+         deepseek-audit model operation, holds its lock (flock on its directory); run this \
+         again when it is done"
+    )]
+    Busy { path: PathBuf },
     #[error("database {path}, line {line}: {reason}")]
     Malformed {
         path: PathBuf,
@@ -183,6 +189,30 @@ pub fn load(path: &Path, pinned: &VerifierKey) -> Result<Vec<Entry>, DatabaseErr
         source,
     })?;
     decode(path, &bytes, pinned)
+}
+
+/// Takes the lock of the database at `path` (an exclusive `flock` on its
+/// directory), held until the returned handle is dropped: whatever signs a
+/// new database holds it from reading the old one to storing the new, so
+/// that two writers never sign over each other's work.
+pub fn lock(path: &Path) -> Result<std::os::fd::OwnedFd, DatabaseError> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| DatabaseError::Read {
+        path: dir.to_owned(),
+        source: e.into(),
+    })?;
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        DatabaseError::Busy {
+            path: path.to_owned(),
+        }
+    })?;
+    Ok(fd)
 }
 
 /// Replaces the database at `path` atomically: a synced temporary file

@@ -68,3 +68,14 @@ pub fn active_version(
     }
     Ok(version)
 }
+
+/// The active version of `name` as the signed database records it (the
+/// target of its `active` link entry), whatever the disk says now.
+pub(super) fn recorded_active(entries: &[Entry], layout: &Layout, name: &str) -> Option<String> {
+    let link = layout.active(name);
+    entries
+        .iter()
+        .find(|e| e.path == link && e.kind == Kind::Symlink)
+        .and_then(|e| e.attrs.target.as_deref()?.to_str().map(str::to_owned))
+        .filter(|v| check_version(v).is_ok())
+}

@@ -114,6 +114,61 @@ impl Recorded {
         })
     }
 
+    /// Refuses unless `scopes` on disk are exactly as the signed database
+    /// records them, but for the paths in `except` (those the operation
+    /// rewrites whole): an operation re-records its scopes, and must not
+    /// sign a change someone else made there (a link moved by hand, a
+    /// planted file, an import that was killed).
+    pub(super) fn unchanged(
+        &self,
+        config: &Config,
+        scopes: &[Scope],
+        except: &[PathBuf],
+        options: &Options,
+        interrupted: &AtomicBool,
+    ) -> Result<(), StoreError> {
+        let outside = |path: &Path| !except.iter().any(|e| path.starts_with(e));
+        let in_scope = |e: &&Entry| scopes.iter().any(|s| s.holds(&e.path)) && outside(&e.path);
+        let current: Vec<Entry> = self
+            .rescan(config, scopes, options, interrupted)?
+            .into_iter()
+            .filter(|e| in_scope(&e))
+            .collect();
+        let recorded: Vec<Entry> = self.entries.iter().filter(in_scope).cloned().collect();
+        let d = crate::compare::compare(&recorded, &current);
+        if d.is_empty() {
+            return Ok(());
+        }
+        let paths: Vec<String> = d
+            .changed
+            .iter()
+            .map(|c| format!("changed {}", c.path))
+            .chain(
+                d.added
+                    .iter()
+                    .map(|e| format!("added {}", e.path.display())),
+            )
+            .chain(
+                d.removed
+                    .iter()
+                    .map(|e| format!("removed {}", e.path.display())),
+            )
+            .collect();
+        Err(StoreError::Mismatch(format!(
+            "the store differs from the signed integrity database ({}{}): it was changed \
+             outside `deepseek-audit model`, or an operation was interrupted. Nothing was \
+             done. Review with `deepseek-integrity check`; a version left by an interrupted \
+             import goes with `deepseek-audit model remove NAME VERSION`, a moved link is \
+             set with `deepseek-audit model activate NAME VERSION` (docs/guide/models.md)",
+            paths.iter().take(8).cloned().collect::<Vec<_>>().join(", "),
+            if paths.len() > 8 {
+                format!(" and {} more", paths.len() - 8)
+            } else {
+                String::new()
+            }
+        )))
+    }
+
     /// The entries with `scopes` recorded afresh from the disk.
     pub(super) fn rescan(
         &self,

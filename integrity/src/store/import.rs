@@ -56,6 +56,7 @@ impl Store {
         check_version(version)?;
         let dir = layout.version(name, version);
         let origin_dir = layout.origin(name, version);
+        self.unchanged(name, std::slice::from_ref(&staging))?;
         if dir.exists() || origin_dir.exists() {
             return Err(StoreError::Refused(format!(
                 "{name} {version} is already in the store ({}): remove it first to import it again",
@@ -136,7 +137,7 @@ impl Store {
             .entries
             .iter()
             .filter(|e| e.kind == Kind::File && e.path.starts_with(&model))
-            .filter(|e| !e.path.starts_with(self.layout.origins(name)))
+            .filter(|e| !e.path.starts_with(self.layout.origins(name)) && !e.path.starts_with(&dir))
             .collect();
         let mut linked = 0;
         for file in files {

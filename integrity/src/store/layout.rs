@@ -8,9 +8,11 @@
 //!                                     the bundle's signed manifest: the proof of origin
 //! ROOT/NAME/.origin/VERSION/origin.json
 //!                                     the bundle digest, signer and import time
-//! ROOT/NAME/.origin/activations       the activation stack, newest last (rollback pops it)
-//! ROOT/.lock                          held while an operation runs
+//! ROOT/NAME/.activations              the activation stack, newest last (rollback pops it)
 //! ```
+//!
+//! Hidden names cannot be versions (a version never starts with `.`), so
+//! the store's own files never collide with one.
 //!
 //! All of it is in the signed integrity database, the link's target
 //! included, so an activation is signed like a file.
@@ -29,7 +31,7 @@ pub const ACTIVE: &str = "active";
 /// The directory of the versions' signed manifests and origin records.
 pub const ORIGIN: &str = ".origin";
 /// The activation stack, one version per line, newest last.
-pub const ACTIVATIONS: &str = "activations";
+pub const ACTIVATIONS: &str = ".activations";
 /// The origin record in each version's origin directory.
 pub const ORIGIN_FILE: &str = "origin.json";
 /// How many versions of a model are kept by default.
@@ -84,7 +86,7 @@ impl Layout {
     }
 
     pub fn activations(&self, name: &str) -> PathBuf {
-        self.origins(name).join(ACTIVATIONS)
+        self.model(name).join(ACTIVATIONS)
     }
 }
 

@@ -10,10 +10,12 @@ use std::sync::atomic::AtomicBool;
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 
-use super::active::active_version;
+use super::active::recorded_active;
 use super::amend::{Recorded, Scope, check_coverage, signing_key};
 use super::error::{StoreError, io};
 use super::layout::{ACTIVATIONS, ACTIVE, Layout, Origin, activations, check_name, check_version};
+use super::provenance::provenance;
+use crate::bundle::ReleaseKeys;
 use crate::config::{Attr, Config};
 use crate::entry::{Entry, Kind};
 use crate::keys::Signer25519;
@@ -52,6 +54,9 @@ pub struct Store {
     pub(super) interrupted: std::sync::Arc<AtomicBool>,
     /// `flock`ed: one operation at a time.
     _lock: OwnedFd,
+    /// The integrity database's lock: no `deepseek-integrity update` signs
+    /// meanwhile.
+    _database_lock: OwnedFd,
 }
 
 /// One version of a stored model, as `list` shows it.
@@ -119,6 +124,7 @@ impl Store {
                 root.display()
             ))
         })?;
+        let database_lock = crate::database::lock(&config.database)?;
         let key = signing_key(&config)?;
         let recorded = Recorded::load(&config)?;
         Ok(Self {
@@ -129,6 +135,7 @@ impl Store {
             options,
             interrupted,
             _lock: lock,
+            _database_lock: database_lock,
         })
     }
 
@@ -186,7 +193,29 @@ impl Store {
 
     /// The active version the signed database records for `name`.
     pub(super) fn recorded_active(&self, name: &str) -> Option<String> {
-        active_version(&self.recorded.borrow().entries, &self.layout, name).ok()
+        recorded_active(&self.recorded.borrow().entries, &self.layout, name)
+    }
+
+    /// Refuses unless the store's paths for `name` are as signed, but for
+    /// `except`, which the operation rewrites whole.
+    pub(super) fn unchanged(&self, name: &str, except: &[PathBuf]) -> Result<(), StoreError> {
+        let model = self.layout.model(name);
+        match std::fs::symlink_metadata(&model) {
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError::Refused(format!(
+                    "{} is not a directory (a link?): the store keeps each model in a directory",
+                    model.display()
+                )));
+            }
+            _ => {}
+        }
+        self.recorded.borrow().unchanged(
+            &self.config,
+            &self.model_scopes(name),
+            except,
+            &self.options,
+            &self.interrupted,
+        )
     }
 
     /// Whether the signed database records `version` of `name`.
@@ -201,7 +230,15 @@ impl Store {
 
     /// Activates `version` of `name`: the link and the activation stack
     /// are rewritten now, and signed when committed.
-    pub fn activate(&self, name: &str, version: &str) -> Result<Pending<'_>, StoreError> {
+    ///
+    /// The version must be a signed release as signed: its kept manifest
+    /// signed by one of `keys` and matching what the database records.
+    pub fn activate(
+        &self,
+        name: &str,
+        version: &str,
+        keys: &ReleaseKeys,
+    ) -> Result<Pending<'_>, StoreError> {
         check_name(name)?;
         check_version(version)?;
         if !self.is_recorded(name, version) {
@@ -217,13 +254,13 @@ impl Store {
         let mut stack = activations(&self.layout, name)?;
         stack.retain(|v| v != version && self.is_recorded(name, v));
         stack.push(version.to_owned());
-        self.switch(Operation::Activate, name, version, &stack)
+        self.switch(Operation::Activate, name, version, &stack, keys)
     }
 
     /// Re-activates the version that was active before the active one
     /// (skipping any removed since), and pops the active one off the
     /// activation stack, so that a second rollback goes one further back.
-    pub fn rollback(&self, name: &str) -> Result<Pending<'_>, StoreError> {
+    pub fn rollback(&self, name: &str, keys: &ReleaseKeys) -> Result<Pending<'_>, StoreError> {
         check_name(name)?;
         let active = self.recorded_active(name).ok_or_else(|| {
             StoreError::Refused(format!("{name} has no active version to roll back from"))
@@ -241,19 +278,31 @@ impl Store {
                  nothing to roll back to"
             )));
         };
-        self.switch(Operation::Rollback, name, &previous, &stack)
+        self.switch(Operation::Rollback, name, &previous, &stack, keys)
     }
 
     /// Points the link at `version` and writes `stack`, then records them.
+    /// The link and the stack are rewritten whole, so they may differ from
+    /// the database (a link moved by hand, an activation interrupted):
+    /// that is what an activation repairs.
     fn switch(
         &self,
         operation: Operation,
         name: &str,
         version: &str,
         stack: &[String],
+        keys: &ReleaseKeys,
     ) -> Result<Pending<'_>, StoreError> {
         let link = self.layout.active(name);
         let stack_path = self.layout.activations(name);
+        self.unchanged(name, &[link.clone(), stack_path.clone()])?;
+        provenance(
+            &self.recorded.borrow().entries,
+            &self.layout,
+            keys,
+            name,
+            version,
+        )?;
         let undo = Undo::Restore {
             link: std::fs::read_link(&link).ok(),
             stack: std::fs::read(&stack_path).ok(),
@@ -288,16 +337,35 @@ impl Store {
                 "{name} {version} is the active version: activate another (or roll back) first"
             )));
         }
+        self.unchanged(
+            name,
+            &[
+                self.layout.version(name, version),
+                self.layout.origin(name, version),
+            ],
+        )?;
         self.pending(Operation::Remove, name, version, None, Vec::new())
     }
 
     /// The versions beyond the newest `keep` imports of `name`, oldest
-    /// first; never the active one.
-    pub fn surplus(&self, name: &str, keep: usize) -> Result<Vec<String>, StoreError> {
+    /// first; never the active one nor `imported` (the version just
+    /// imported), which count towards `keep`.
+    pub fn surplus(
+        &self,
+        name: &str,
+        keep: usize,
+        imported: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let active = self.recorded_active(name);
+        let mut protected: Vec<&str> = vec![imported];
+        if let Some(active) = active.as_deref()
+            && active != imported
+        {
+            protected.push(active);
+        }
         let mut versions = self.versions(name)?;
-        versions.retain(|v| Some(v) != active.as_ref());
-        let kept = keep.saturating_sub(usize::from(active.is_some()));
+        versions.retain(|v| !protected.contains(&v.as_str()));
+        let kept = keep.saturating_sub(protected.len());
         let excess = versions.len().saturating_sub(kept);
         versions.truncate(excess);
         Ok(versions)
@@ -422,7 +490,7 @@ pub fn list(config: &Config, root: &Path) -> Result<Vec<VersionInfo>, StoreError
     names.sort();
     let mut list = Vec::new();
     for name in names {
-        let active = active_version(&entries, &layout, &name).ok();
+        let active = recorded_active(&entries, &layout, &name);
         for version in versions(&layout, &name)? {
             let dir = layout.version(&name, &version);
             list.push(VersionInfo {
