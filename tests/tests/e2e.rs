@@ -29,6 +29,7 @@ mod llm;
 mod llm_batch;
 mod llm_engine;
 mod metrics;
+mod model_store;
 mod notify;
 mod openai_client;
 mod sandbox;
