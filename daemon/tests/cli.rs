@@ -103,7 +103,7 @@ fn check_config_names_file_line_and_key_and_exits_78() {
     );
     assert!(
         out.contains(
-            "unknown field `intra_threads`, expected one of `name`, `kind`, `path`, `model_file`"
+            "unknown field `intra_threads`, expected one of `name`, `kind`, `path`, `store`, `model_file`"
         ),
         "{out}"
     );

@@ -38,23 +38,28 @@ pub fn sandbox_table(extra: &str) -> String {
 }
 
 /// Signs an integrity database covering the directories of the models in
-/// `tables` (the `[[model]]` tables of a configuration), with a fresh key in
-/// `dir`, using the integrity library the daemon itself verifies with.
-/// Returns the `[integrity]` table pointing at it.
+/// `tables` (the `[[model]]` tables of a configuration), and the whole store
+/// of a model served from one, with a fresh key in `dir`, using the
+/// integrity library the daemon itself verifies with. Returns the
+/// `[integrity]` table pointing at it.
 pub fn integrity_table(dir: &Path, tables: &str) -> String {
     let parsed: toml::Table = toml::from_str(tables).unwrap_or_default();
-    let mut model_dirs: Vec<PathBuf> = parsed
+    // Each directory, and whether the rule walks beneath it.
+    let mut model_dirs: Vec<(PathBuf, bool)> = parsed
         .get("model")
         .and_then(|m| m.as_array())
         .into_iter()
         .flatten()
         .filter_map(|m| {
+            if let Some(store) = m.get("store").and_then(|s| s.as_str()) {
+                return Some((PathBuf::from(store), true));
+            }
             let path = Path::new(m.get("path")?.as_str()?);
             // A causal LM's path is its directory; a tensor model's, its file.
             if m.get("kind").and_then(|k| k.as_str()) == Some("causal-lm") {
-                Some(path.to_owned())
+                Some((path.to_owned(), false))
             } else {
-                Some(path.parent()?.to_owned())
+                Some((path.parent()?.to_owned(), false))
             }
         })
         .collect();
@@ -65,7 +70,7 @@ pub fn integrity_table(dir: &Path, tables: &str) -> String {
     let database = dir.join("integrity.db");
     let rules: String = model_dirs
         .iter()
-        .map(|d| format!("[[rule]]\npath = \"{}\"\nrecursive = false\npreset = \"model\"\ndigest = \"sha256\"\n", d.display()))
+        .map(|(d, recursive)| format!("[[rule]]\npath = \"{}\"\nrecursive = {recursive}\npreset = \"model\"\ndigest = \"sha256\"\n", d.display()))
         .collect();
     let config_text = format!(
         "database = \"{}\"\nsigning_key = \"{}\"\nverifier_key = \"{}\"\n{rules}",

@@ -34,3 +34,4 @@ mod notify;
 mod openai_client;
 mod sandbox;
 mod smollm2;
+mod store_serving;

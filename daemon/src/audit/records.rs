@@ -34,21 +34,30 @@ pub(crate) fn start(config_sha256: String, lockdown: Vec<(String, String)>) -> E
     start
 }
 
-/// The `model_load` records: name, file and the digest of the bytes loaded
-/// from it, which `deepseek-audit verify` compares with the database
-/// (INTEG-MODELS).
-pub(crate) fn model_loads(
-    models: &[(String, PathBuf)],
-    digests: &BTreeMap<String, String>,
-) -> Vec<Entry> {
+/// What a `model_load` record names: the model, its graph file and, for a
+/// model in the store, the version served.
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    pub name: String,
+    pub path: PathBuf,
+    pub version: Option<String>,
+}
+
+/// The `model_load` records: name, file (and `version` for a store model)
+/// and the digest of the bytes loaded from it, which `deepseek-audit
+/// verify` compares with the database (INTEG-MODELS).
+pub(crate) fn model_loads(models: &[Loaded], digests: &BTreeMap<String, String>) -> Vec<Entry> {
     models
         .iter()
-        .map(|(name, path)| {
+        .map(|model| {
             let mut load = Entry::event(Event::ModelLoad);
-            load.model = Some(name.clone());
-            load.model_sha256 = digests.get(name).cloned();
+            load.model = Some(model.name.clone());
+            load.model_sha256 = digests.get(&model.name).cloned();
             load.details
-                .insert("path".to_owned(), path.display().to_string());
+                .insert("path".to_owned(), model.path.display().to_string());
+            if let Some(version) = &model.version {
+                load.details.insert("version".to_owned(), version.clone());
+            }
             load
         })
         .collect()

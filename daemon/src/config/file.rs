@@ -5,6 +5,7 @@ use std::path::Path;
 
 use deepseek_integrity::config::from_toml;
 use deepseek_integrity::keys::{VerifierKey, configured_verifier};
+use deepseek_integrity::store::layout::check_name;
 use serde::Deserialize;
 
 use super::error::ConfigError;
@@ -93,12 +94,27 @@ impl Config {
             .into_iter()
             .filter_map(|(key, dir)| Some((key.to_owned(), dir.as_ref()?))),
         );
-        paths.extend(
-            self.models
-                .iter()
-                .enumerate()
-                .map(|(index, model)| (format!("model[{index}].path"), &model.path)),
-        );
+        for (index, model) in self.models.iter().enumerate() {
+            let key = |name: &str| format!("model[{index}].{name}");
+            match (&model.path, &model.store) {
+                (Some(_), Some(_)) => {
+                    return Err(semantic(
+                        &key("store"),
+                        format!("conflicts with {}: set only one of the two", key("path")),
+                    ));
+                }
+                (None, None) => {
+                    return Err(semantic(
+                        &key("path"),
+                        "missing: set path (the model's own files) or store (the model store's \
+                         root, to serve the model's active version)"
+                            .to_owned(),
+                    ));
+                }
+                (Some(path), None) => paths.push((key("path"), path)),
+                (None, Some(store)) => paths.push((key("store"), store)),
+            }
+        }
         // Relative paths would depend on the working directory systemd happens
         // to give the daemon; refuse them rather than guess.
         if let Some((key, relative)) = paths.iter().find(|(_, path)| !path.is_absolute()) {
@@ -167,9 +183,29 @@ impl Config {
                     ));
                 }
             }
+            if model.store.is_some() {
+                // The active version is the one the signed database records:
+                // without the database there is nothing to resolve it against.
+                if !self.integrity.enforce {
+                    return Err(semantic(
+                        &key("store"),
+                        "requires integrity.enforce = true: the active version served is the \
+                         one the signed integrity database records"
+                            .to_owned(),
+                    ));
+                }
+                check_name(model.name.get_ref().as_str())
+                    .map_err(|e| semantic(&key("name"), e.to_string()))?;
+            } else if !model.is_causal_lm() && model.model_file.is_some() {
+                return Err(semantic(
+                    &key("model_file"),
+                    "only for kind = \"causal-lm\" models and models in a store: a tensor \
+                     model's path names its graph"
+                        .to_owned(),
+                ));
+            }
             if !model.is_causal_lm() {
                 for (name, set) in [
-                    ("model_file", model.model_file.is_some()),
                     ("context_length", model.context_length.is_some()),
                     ("max_prompt_bytes", model.max_prompt_bytes.is_some()),
                     ("kv_cache_tokens", model.kv_cache_tokens.is_some()),
@@ -203,7 +239,7 @@ impl Config {
             {
                 return Err(semantic(
                     &key("model_file"),
-                    format!("expected a file name inside model[{index}].path, got {file:?}"),
+                    format!("expected a file name inside the model's directory, got {file:?}"),
                 ));
             }
         }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
+use deepseek_integrity::store::layout::ACTIVE;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -19,10 +20,17 @@ pub struct ModelConfig {
     #[serde(default)]
     pub kind: ModelKind,
     /// The `.onnx` file of a tensor model; the directory of a causal LM
-    /// (Hugging Face Optimum's layout, docs/guide/config.md).
-    pub path: PathBuf,
-    /// Causal LMs: the graph's file name inside `path`, such as
-    /// onnx-community's `model_fp16.onnx`.
+    /// (Hugging Face Optimum's layout, docs/guide/config.md). Exactly one of
+    /// `path` and `store` is set.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The model store's root: the model is its active version there
+    /// (`STORE/NAME/VERSION`), as the signed integrity database records it.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// The graph's file name inside the model's directory, such as
+    /// onnx-community's `model_fp16.onnx`: causal LMs, and tensor models in
+    /// a store.
     #[serde(default)]
     pub model_file: Option<String>,
     /// Causal LMs: the longest prompt plus completion, in tokens; default
@@ -79,6 +87,11 @@ pub struct ModelConfig {
     /// and answered 504; unset is [`DEFAULT_INFER_TIMEOUT_MS`].
     #[serde(default)]
     pub infer_timeout_ms: Option<std::num::NonZeroU64>,
+    /// A store model's active version, resolved once at start against the
+    /// signed database: what is verified, granted and loaded from then on,
+    /// whatever the link says later.
+    #[serde(skip)]
+    pub version: Option<String>,
 }
 
 /// A causal LM's `max_prompt_bytes` when unset: 32 bytes for each token of
@@ -103,7 +116,8 @@ pub enum ModelKind {
     CausalLm,
 }
 
-/// The graph file of a causal LM when `model_file` is not set.
+/// The graph file of a causal LM or a store model when `model_file` is not
+/// set.
 pub const DEFAULT_MODEL_FILE: &str = "model.onnx";
 
 impl ModelConfig {
@@ -124,23 +138,41 @@ impl ModelConfig {
         )
     }
 
-    /// The directory holding the model's files: verified as a whole against
-    /// the integrity database and granted (read-only) by Landlock.
-    pub fn dir(&self) -> &Path {
-        if self.is_causal_lm() {
-            &self.path
+    /// The key naming where the model is, for errors: `path` or `store`.
+    pub fn location_key(&self) -> &'static str {
+        if self.store.is_some() {
+            "store"
         } else {
-            self.path.parent().unwrap_or(Path::new("/"))
+            "path"
         }
     }
 
-    /// The ONNX graph file.
-    pub fn onnx(&self) -> PathBuf {
+    /// The directory holding the model's files: verified as a whole against
+    /// the integrity database and granted (read-only) by Landlock. For a
+    /// store model, its resolved version's directory; before the daemon
+    /// resolves it (`check-config`, `print-policy`), its `active` link.
+    pub fn dir(&self) -> PathBuf {
+        if let Some(root) = &self.store {
+            let model = root.join(self.name.get_ref().as_str());
+            return model.join(self.version.as_deref().unwrap_or(ACTIVE));
+        }
+        // Validation leaves exactly one of `path` and `store`.
+        let path = self.path.as_deref().unwrap_or(Path::new("/"));
         if self.is_causal_lm() {
-            self.path
-                .join(self.model_file.as_deref().unwrap_or(DEFAULT_MODEL_FILE))
+            path.to_owned()
         } else {
-            self.path.clone()
+            path.parent().unwrap_or(Path::new("/")).to_owned()
+        }
+    }
+
+    /// The ONNX graph file: a tensor model's `path`, else `model_file` in
+    /// the model's directory.
+    pub fn onnx(&self) -> PathBuf {
+        match &self.path {
+            Some(file) if !self.is_causal_lm() => file.clone(),
+            _ => self
+                .dir()
+                .join(self.model_file.as_deref().unwrap_or(DEFAULT_MODEL_FILE)),
         }
     }
 }

@@ -341,6 +341,96 @@ fn causal_lm_models_are_directories() {
     assert_eq!(tensor.onnx(), PathBuf::from("/models/demo.onnx"));
 }
 
+/// [`MINIMAL`] with its model served from the store at `/var/lib/deepseek/models`.
+fn stored() -> String {
+    MINIMAL.replace(
+        "path = \"/models/demo.onnx\"",
+        "store = \"/var/lib/deepseek/models\"",
+    )
+}
+
+#[test]
+fn a_store_model_is_its_active_version_once_resolved() {
+    let mut config = parse(&stored()).expect("store parses");
+    let model = &mut config.models[0];
+    assert_eq!(model.location_key(), "store");
+    // Before the daemon resolves it against the database: the link.
+    assert_eq!(
+        model.dir(),
+        Path::new("/var/lib/deepseek/models/demo/active")
+    );
+    model.version = Some("1.0.0".to_owned());
+    assert_eq!(
+        model.dir(),
+        Path::new("/var/lib/deepseek/models/demo/1.0.0")
+    );
+    assert_eq!(
+        model.onnx(),
+        PathBuf::from("/var/lib/deepseek/models/demo/1.0.0/model.onnx")
+    );
+    let named = stored().replace(
+        "name = \"demo\"",
+        "name = \"demo\"\nmodel_file = \"m.onnx\"",
+    );
+    let mut config = parse(&named).expect("a tensor model in a store may name its graph");
+    config.models[0].version = Some("2".to_owned());
+    assert_eq!(
+        config.models[0].onnx(),
+        PathBuf::from("/var/lib/deepseek/models/demo/2/m.onnx")
+    );
+    let own = MINIMAL.replace(
+        "name = \"demo\"",
+        "name = \"demo\"\nmodel_file = \"m.onnx\"",
+    );
+    assert_eq!(
+        parse(&own).expect_err("path names the graph").to_string(),
+        "/etc/deepseek/deepseekd.toml: model[0].model_file: only for kind = \"causal-lm\" models \
+         and models in a store: a tensor model's path names its graph"
+    );
+}
+
+#[test]
+fn a_model_has_either_path_or_store() {
+    let both = MINIMAL.replace(
+        "path = \"/models/demo.onnx\"",
+        "path = \"/models/demo.onnx\"\nstore = \"/var/lib/deepseek/models\"",
+    );
+    assert_eq!(
+        parse(&both).expect_err("both").to_string(),
+        "/etc/deepseek/deepseekd.toml: model[0].store: conflicts with model[0].path: set only \
+         one of the two"
+    );
+    let neither = MINIMAL.replace("path = \"/models/demo.onnx\"\n", "");
+    assert_eq!(
+        parse(&neither).expect_err("neither").to_string(),
+        "/etc/deepseek/deepseekd.toml: model[0].path: missing: set path (the model's own files) \
+         or store (the model store's root, to serve the model's active version)"
+    );
+}
+
+#[test]
+fn a_relative_store_is_refused() {
+    let relative = stored().replace("/var/lib/deepseek/models", "models");
+    assert_eq!(
+        parse(&relative).expect_err("relative").to_string(),
+        "/etc/deepseek/deepseekd.toml: model[0].store: expected an absolute path, got \"models\""
+    );
+}
+
+#[test]
+fn a_store_needs_the_integrity_database_enforced() {
+    let unverified = stored().replace("[integrity]", "[integrity]\nenforce = false");
+    assert_eq!(
+        parse(&unverified).expect_err("unverified").to_string(),
+        "/etc/deepseek/deepseekd.toml: model[0].store: requires integrity.enforce = true: the \
+         active version served is the one the signed integrity database records"
+    );
+    // A name the store cannot hold (a bundle label starts with neither '.' nor '-').
+    let dash = stored().replace("name = \"demo\"", "name = \"-demo\"");
+    let err = parse(&dash).expect_err("dash").to_string();
+    assert!(err.contains("model[0].name: "), "{err}");
+}
+
 #[test]
 fn a_cache_pool_needs_batching() {
     let text = MINIMAL.replace(
@@ -387,7 +477,7 @@ fn causal_lm_keys_are_checked() {
         parse(&escape)
             .expect_err("escape")
             .to_string()
-            .contains("model[0].model_file: expected a file name inside model[0].path")
+            .contains("model[0].model_file: expected a file name inside the model's directory")
     );
     let kind = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nkind = \"llm\"");
     assert!(

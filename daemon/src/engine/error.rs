@@ -6,10 +6,12 @@ use std::path::PathBuf;
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("model {model:?} (model[{index}].path): cannot read {path}: {source}")]
+    #[error("model {model:?} (model[{index}].{key}): cannot read {path}: {source}")]
     Unreadable {
         model: String,
         index: usize,
+        /// `path` or `store` ([`crate::config::ModelConfig::location_key`]).
+        key: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -26,6 +28,13 @@ pub enum LoadError {
     Integrity {
         model: String,
         source: deepseek_integrity::verify::VerifyError,
+    },
+    /// A store model whose active version the signed database does not
+    /// confirm: refused like a model that fails verification.
+    #[error("model {model:?} (model store) refused, not loaded: {source}")]
+    Store {
+        model: String,
+        source: deepseek_integrity::store::StoreError,
     },
     #[error("model {model:?} (causal-lm): {reason}")]
     CausalLm { model: String, reason: String },

@@ -95,7 +95,7 @@ fn verify(
 ) -> Result<(BTreeMap<PathBuf, Vec<u8>>, ModelBytes), LoadError> {
     let started = std::time::Instant::now();
     let name = config.name.get_ref().as_str();
-    let dir = config.dir();
+    let dir = &config.dir();
     let onnx = config.onnx();
     let metadata: Vec<PathBuf> = if config.is_causal_lm() {
         llm::files::METADATA_FILES
@@ -156,6 +156,7 @@ fn read_unverified(index: usize, config: &ModelConfig) -> Result<ModelBytes, Loa
     let graph = std::fs::read(&onnx).map_err(|source| LoadError::Unreadable {
         model: config.name.get_ref().as_str().to_owned(),
         index,
+        key: config.location_key(),
         path: onnx.clone(),
         source,
     })?;
@@ -205,6 +206,7 @@ impl Engine {
                 let info = lm.info();
                 tracing::info!(
                     model = %info.name,
+                    version = info.version.as_ref().map(tracing::field::display),
                     dir = %info.dir.display(),
                     device = %info.device,
                     slots = info.slots,
@@ -226,6 +228,7 @@ impl Engine {
             let info = model.info();
             tracing::info!(
                 model = %info.name,
+                version = info.version.as_ref().map(tracing::field::display),
                 path = %info.path.display(),
                 device = %info.device,
                 sessions = info.sessions,

@@ -40,6 +40,8 @@ impl Serialize for DataType {
 #[derive(Debug, Clone)]
 pub(crate) struct ModelInfo {
     pub name: String,
+    /// The version served, for a model in the store.
+    pub version: Option<String>,
     pub path: PathBuf,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
@@ -93,7 +95,8 @@ impl Model {
         let outputs = specs(&name, "output", first.outputs())?;
         let info = ModelInfo {
             name,
-            path: config.path.clone(),
+            version: config.version.clone(),
+            path: config.onnx(),
             inputs,
             outputs,
             requested_device: config.device,
@@ -391,6 +394,7 @@ mod tests {
         };
         ModelInfo {
             name: "multi".to_owned(),
+            version: None,
             path: PathBuf::from("/m.onnx"),
             inputs: vec![
                 spec("a", DataType::Fp32, &[-1, 3], &["batch", ""]),

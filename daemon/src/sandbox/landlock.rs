@@ -100,10 +100,10 @@ pub(super) fn plan(config: &Config) -> Plan {
             true,
         );
     }
-    let mut model_dirs: Vec<&Path> = config.models.iter().map(ModelConfig::dir).collect();
+    let mut model_dirs: Vec<PathBuf> = config.models.iter().map(ModelConfig::dir).collect();
     model_dirs.sort();
     model_dirs.dedup();
-    for dir in model_dirs {
+    for dir in &model_dirs {
         grant(
             dir,
             read_only(),

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use nix::unistd::{Gid, Uid};
 use serde::Serialize;
 
-use self::landlock::{LandlockReport, Plan};
+use self::landlock::LandlockReport;
 use self::privileges::Account;
 use self::seccomp::SeccompReport;
 use self::status::StatusFile;
@@ -50,7 +50,6 @@ pub struct Report {
 pub struct Lockdown {
     enforce: bool,
     account: Option<Account>,
-    plan: Plan,
     cuda: bool,
     seccomp_mode: SeccompMode,
     status: StatusFile,
@@ -78,7 +77,6 @@ impl Lockdown {
         Ok(Self {
             enforce: config.sandbox.enforce,
             account,
-            plan: landlock::plan(config),
             cuda: config.models.iter().any(|m| m.device == Device::Cuda),
             seccomp_mode: config.sandbox.seccomp,
             status,
@@ -104,8 +102,10 @@ impl Lockdown {
 
     /// Steps 2 to 6. Must run before any other thread exists (tokio, ONNX
     /// Runtime and CUDA all start threads): capabilities and Landlock are
-    /// per thread, inherited only by threads created afterwards.
-    pub fn before_threads(&mut self, opened: String) -> Result<(), SandboxError> {
+    /// per thread, inherited only by threads created afterwards. The
+    /// Landlock rules are made here from `config`, once each store model's
+    /// version is resolved, so that they grant that version's directory.
+    pub fn before_threads(&mut self, config: &Config, opened: String) -> Result<(), SandboxError> {
         self.record("1 prepare", opened);
         if !self.enforce {
             tracing::error!(
@@ -126,7 +126,7 @@ impl Lockdown {
         self.record("4 drop capabilities", dropped);
         let nnp = privileges::no_new_privs()?;
         self.record("5 no_new_privs", nnp);
-        let landlock = landlock::apply(&self.plan, &self.status)?;
+        let landlock = landlock::apply(&landlock::plan(config), &self.status)?;
         self.record(
             "6 landlock",
             format!(

@@ -37,6 +37,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v2/models/{name}/infer",
             post(kserve::infer).layer(limited.clone()),
         )
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(kserve::version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(kserve::version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(kserve::version_infer).layer(limited.clone()),
+        )
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{id}", get(openai::get_model))
         .route(
@@ -151,6 +163,7 @@ async fn too_many(
             let model = path
                 .strip_prefix("/v2/models/")
                 .and_then(|rest| rest.strip_suffix("/infer"))
+                .and_then(|rest| rest.split("/versions/").next())
                 .filter(|name| state.engine.digests().contains_key(*name));
             let entry = records::limited(
                 records::Request {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use nix::unistd::{Gid, Uid};
 
-use super::startup::load_database;
+use super::startup::{load_database, resolve_store};
 use crate::config::{Config, ConfigError};
 use crate::engine;
 use crate::exit::Exit;
@@ -66,7 +66,7 @@ pub(super) fn prepare_lockdown(
 
 /// `deepseekd check-config`: everything that can be checked without loading.
 pub(crate) fn check_config(path: &Path) -> Exit {
-    let config = match load_config(path) {
+    let mut config = match load_config(path) {
         Ok(config) => config,
         Err(exit) => return exit,
     };
@@ -81,7 +81,14 @@ pub(crate) fn check_config(path: &Path) -> Exit {
             "deepseekd: warning: integrity.enforce = false: models would be loaded without verification"
         );
     }
-    if let Err(e) = load_database(&config) {
+    let database = match load_database(&config) {
+        Ok(database) => database,
+        Err(e) => {
+            report(&e);
+            return Exit::Model;
+        }
+    };
+    if let Err(e) = resolve_store(&mut config, database.as_deref()) {
         report(&e);
         return Exit::Model;
     }
@@ -91,7 +98,7 @@ pub(crate) fn check_config(path: &Path) -> Exit {
             .models
             .iter()
             .enumerate()
-            .map(|(i, m)| (format!("model[{i}].path"), m.onnx())),
+            .map(|(i, m)| (format!("model[{i}].{}", m.location_key()), m.onnx())),
     );
     for (key, file) in files {
         if let Err(e) = std::fs::File::open(&file) {
@@ -173,13 +180,19 @@ pub(super) fn preflight(path: &Path, config: &Config) -> Result<(), Exit> {
             return Err(Exit::Config);
         }
     }
+    // A store model's files are checked once its version is resolved, by
+    // verification against the database that records them.
     for (index, model) in config.models.iter().enumerate() {
+        if model.store.is_some() {
+            continue;
+        }
         if let Err(source) = std::fs::File::open(model.onnx()) {
             tracing::error!(
                 "{}",
                 engine::LoadError::Unreadable {
                     model: model.name.get_ref().as_str().to_owned(),
                     index,
+                    key: model.location_key(),
                     path: model.onnx(),
                     source,
                 }

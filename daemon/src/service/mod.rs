@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use deepseek_integrity::entry::Entry;
 
-use crate::audit::{self, records};
+use crate::audit::records;
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::metrics::Metrics;
@@ -26,7 +26,10 @@ use crate::server::socket::{self, Origin};
 use crate::server::{self, refusal::Refusals, router};
 use check::{load_config, preflight, prepare_lockdown, resolve_groups};
 use signals::{restate, shutdown_signal, watchdog};
-use startup::{connect_auditor, load_database, load_engine, warn_unless_reconnectable};
+use startup::{
+    connect_auditor, load_database, load_engine, record_refusal, refusal, resolve_store,
+    start_audit, warn_unless_reconnectable,
+};
 
 /// Runs the daemon until SIGTERM or SIGINT, in the order of
 /// docs/guide/hardening.md: everything that needs privileges or a single thread
@@ -36,7 +39,7 @@ pub(crate) fn serve(path: &std::path::Path) -> Exit {
     // First, while nothing of ours is open yet: whatever the caller left
     // open is not the daemon's to keep.
     let closed = sandbox::inherited::close_descriptors();
-    let config = match load_config(path) {
+    let mut config = match load_config(path) {
         Ok(config) => config,
         Err(exit) => return exit,
     };
@@ -122,6 +125,10 @@ pub(crate) fn serve(path: &std::path::Path) -> Exit {
             return Exit::Model;
         }
     };
+    // Before the Landlock rules are made: they grant the version resolved.
+    if let Err(e) = resolve_store(&mut config, database.as_deref()) {
+        return refuse_unresolved(&config, auditor, &e);
+    }
     // Everything that reads the environment has read it (LISTEN_*,
     // NOTIFY_SOCKET, WATCHDOG_*); still single-threaded.
     let kept = match sandbox::inherited::clear_environment() {
@@ -148,19 +155,13 @@ pub(crate) fn serve(path: &std::path::Path) -> Exit {
         }
     );
     lockdown.set_environment(kept);
-    if let Err(e) = lockdown.before_threads(opened) {
+    if let Err(e) = lockdown.before_threads(&config, opened) {
         tracing::error!("{e}");
         return Exit::Sandbox;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return Exit::Software;
-        }
+        Err(exit) => return exit,
     };
     let exit = runtime.block_on(run(
         config, database, access, listener, lockdown, auditor, notifier,
@@ -169,6 +170,38 @@ pub(crate) fn serve(path: &std::path::Path) -> Exit {
     runtime.shutdown_timeout(Duration::from_secs(1));
     tracing::info!(code = exit as u8, "exiting");
     exit
+}
+
+/// The async runtime the daemon serves on.
+fn async_runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            Exit::Software
+        })
+}
+
+/// Refuses a store model whose version could not be resolved, before the
+/// lockdown (nothing was loaded), recording it as a model that failed its
+/// integrity check is recorded.
+fn refuse_unresolved(
+    config: &Config,
+    auditor: Option<std::os::unix::net::UnixStream>,
+    error: &crate::engine::LoadError,
+) -> Exit {
+    let refusal = refusal(config, error);
+    let runtime = match async_runtime() {
+        Ok(runtime) => runtime,
+        Err(exit) => return exit,
+    };
+    runtime.block_on(async {
+        match start_audit(config, auditor) {
+            Ok(audit) => record_refusal(&audit, refusal).await,
+            Err(exit) => exit,
+        }
+    })
 }
 
 async fn run(
@@ -180,20 +213,9 @@ async fn run(
     auditor: Option<std::os::unix::net::UnixStream>,
     notifier: notify::Notifier,
 ) -> Exit {
-    let audit = match auditor.map(|s| {
-        audit::AuditClient::start(
-            s,
-            config.audit.socket.clone(),
-            Duration::from_millis(config.audit.timeout_ms.get()),
-            config.audit.required,
-        )
-    }) {
-        Some(Ok(client)) => client,
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot use the connection to the auditor");
-            return Exit::Runtime;
-        }
-        None => audit::AuditClient::disabled(),
+    let audit = match start_audit(&config, auditor) {
+        Ok(audit) => audit,
+        Err(exit) => return exit,
     };
     let audit_required = config.audit.required;
     let record_content = config.audit.record_content;
@@ -244,23 +266,20 @@ async fn run(
     let started = std::time::Instant::now();
     // Clients that connect meanwhile wait in the listen backlog: nothing is
     // read from a client before the whole lockdown is in place.
-    let model_files: Vec<(String, std::path::PathBuf)> = config
+    let model_files: Vec<records::Loaded> = config
         .models
         .iter()
-        .map(|m| (m.name.get_ref().as_str().to_owned(), m.onnx()))
+        .map(|m| records::Loaded {
+            name: m.name.get_ref().as_str().to_owned(),
+            path: m.onnx(),
+            version: m.version.clone(),
+        })
         .collect();
     let loading = tokio::task::spawn_blocking(move || load_engine(&config, database.as_deref()));
     let engine = tokio::select! {
         loaded = loading => match loaded {
             Ok(Ok(engine)) => engine,
-            Ok(Err((exit, refused))) => {
-                if let Some(refused) = refused
-                    && let Err(e) = audit.record(*refused).await
-                {
-                    tracing::error!(error = %e, "the refused model could not be recorded");
-                }
-                return exit;
-            }
+            Ok(Err(refusal)) => return record_refusal(&audit, refusal).await,
             Err(e) => {
                 tracing::error!(error = %e, "the model loader failed");
                 return Exit::Software;

@@ -34,16 +34,12 @@ fn main() -> ExitCode {
         return ExitCode::from(64);
     };
     let config = deepseekd::config::Config::load(Path::new(config_path)).expect("config");
-    let model_dir = config.models[0]
-        .path
-        .parent()
-        .expect("model dir")
-        .to_owned();
+    let model_dir = config.models[0].dir();
     let mut lockdown = deepseekd::sandbox::Lockdown::prepare(&config).expect("prepare");
 
     // A thread that exists before Landlock: the lockdown must refuse to run.
     let _early = (probe == "thread-before-landlock").then(|| std::thread::spawn(std::thread::park));
-    if let Err(e) = lockdown.before_threads("probe".to_owned()) {
+    if let Err(e) = lockdown.before_threads(&config, "probe".to_owned()) {
         println!("lockdown failed: {e}");
         return ExitCode::from(77);
     }
@@ -60,7 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::from(77);
     }
     let result = match probe.as_str() {
-        "read-model" => outcome(std::fs::read(&config.models[0].path).map_err(errno)),
+        "read-model" => outcome(std::fs::read(config.models[0].onnx()).map_err(errno)),
         "read-passwd" => outcome(std::fs::read("/etc/passwd").map_err(errno)),
         "read-shadow" => outcome(std::fs::read("/etc/shadow").map_err(errno)),
         "write-model-dir" => {

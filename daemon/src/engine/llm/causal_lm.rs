@@ -42,6 +42,8 @@ fn preparing() -> Arc<Semaphore> {
 #[derive(Debug, Clone)]
 pub struct LmInfo {
     pub name: String,
+    /// The version served, for a model in the store.
+    pub version: Option<String>,
     pub dir: PathBuf,
     pub graph: PathBuf,
     pub device: Device,
@@ -266,7 +268,8 @@ impl CausalLm {
             && tokenizer.token_to_id("</think>").is_some();
         let info = LmInfo {
             name,
-            dir: config.dir().to_owned(),
+            version: config.version.clone(),
+            dir: config.dir(),
             graph: graph_path,
             device,
             cpu_fallback_reason,
@@ -538,7 +541,7 @@ pub fn read_files(
     config: &ModelConfig,
     verified: BTreeMap<PathBuf, Vec<u8>>,
 ) -> Result<(ModelFiles, Tokenizer, ChatTemplate), DirectoryError> {
-    let files = ModelFiles::read(config.dir(), &config.onnx(), verified)?;
+    let files = ModelFiles::read(&config.dir(), &config.onnx(), verified)?;
     let tokenizer = Tokenizer::from_bytes(&files.tokenizer_json).map_err(|source| {
         DirectoryError::Tokenizer {
             file: files.dir.join("tokenizer.json"),

@@ -65,6 +65,32 @@ fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, Api
     })
 }
 
+/// Finds a model for a versioned route (`/v2/models/{name}/versions/{version}`):
+/// only the version it serves, a store model's, is there; any other is 404,
+/// answered before a body is read and without a record (nothing ran).
+fn find_version<'a>(
+    state: &'a AppState,
+    name: &str,
+    version: &str,
+) -> Result<&'a Arc<Model>, ApiError> {
+    let model = find_model(state, name)?;
+    match &model.info().version {
+        Some(served) if served == version => Ok(model),
+        Some(served) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model {name:?} has no version {version:?} here: this daemon serves version {served:?}"
+            ),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model {name:?} has no versions (it is not served from the model store): use /v2/models/{name}"
+            ),
+        )),
+    }
+}
+
 pub(super) async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -72,7 +98,7 @@ pub(super) async fn model_metadata(
     let info = find_model(&state, &name)?.info();
     Ok(axum::Json(json!({
         "name": info.name,
-        "versions": [],
+        "versions": info.version.as_slice(),
         "platform": "onnxruntime_onnx",
         "inputs": info.inputs,
         "outputs": info.outputs,
@@ -96,6 +122,41 @@ pub(super) async fn model_ready(
 ) -> Result<Response, ApiError> {
     find_model(&state, &name)?;
     Ok(axum::Json(json!({ "name": name, "ready": true })).into_response())
+}
+
+/// `GET /v2/models/{name}/versions/{version}`: [`model_metadata`], for the
+/// version served only.
+pub(super) async fn version_metadata(
+    state: State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    find_version(&state, &name, &version)?;
+    model_metadata(state, Path(name)).await
+}
+
+/// `GET /v2/models/{name}/versions/{version}/ready`: [`model_ready`], for
+/// the version served only.
+pub(super) async fn version_ready(
+    state: State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    find_version(&state, &name, &version)?;
+    model_ready(state, Path(name)).await
+}
+
+/// `POST /v2/models/{name}/versions/{version}/infer`: [`infer`], with its
+/// limits and its record, for the version served only.
+pub(super) async fn version_infer(
+    state: State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+    peer: axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match find_version(&state, &name, &version) {
+        Ok(_) => infer(state, Path(name), peer, headers, body).await,
+        Err(error) => error.into_response(),
+    }
 }
 
 pub(super) async fn infer(

@@ -43,9 +43,11 @@ pub(crate) async fn get_model(
     Ok(axum::Json(model_object(&state, lm)).into_response())
 }
 
+/// A model as `/v1/models` lists it; a model from the store also names the
+/// version served.
 fn model_object(state: &AppState, lm: &CausalLm) -> Value {
     let info = lm.info();
-    json!({
+    let mut object = json!({
         "id": info.name,
         "object": "model",
         "created": state.started_unix,
@@ -66,7 +68,11 @@ fn model_object(state: &AppState, lm: &CausalLm) -> Value {
         "layers": info.layers,
         "kv_heads": info.kv_heads,
         "head_dim": info.head_dim,
-    })
+    });
+    if let Some(version) = &info.version {
+        object["version"] = json!(version);
+    }
+    object
 }
 
 /// `POST /v1/chat/completions`.
