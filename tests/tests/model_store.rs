@@ -127,9 +127,9 @@ impl Site {
         out
     }
 
-    /// `deepseek-audit model ARGS` with this site's files.
-    fn model(&self, args: &[&str]) -> (i32, String) {
-        let mut all = vec![
+    /// `deepseek-audit model` with this site's files, and `args`.
+    fn model_command(&self, args: &[&str]) -> Vec<String> {
+        let site = [
             "--config",
             s(&self.auditor.config),
             "model",
@@ -140,8 +140,17 @@ impl Site {
             "--key",
             s(&self.release_pub),
         ];
-        all.extend_from_slice(args);
-        run("deepseek-audit", &all)
+        std::iter::once(binary("deepseek-audit").to_str().expect("utf8"))
+            .chain(site)
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs `deepseek-audit model ARGS` with this site's files.
+    fn model(&self, args: &[&str]) -> (i32, String) {
+        let command = self.model_command(args);
+        output(Command::new(&command[0]).args(&command[1..]))
     }
 
     fn import(&self, bundle: &Path, extra: &[&str]) -> (i32, String) {
@@ -573,18 +582,11 @@ fn the_store_signs_only_what_its_own_operations_did() {
         ));
     }
     // Whatever the operator's umask, the daemon's user can read.
-    let (code, out) = output(Command::new("sh").args([
-            "-c",
-            &format!(
-                "umask 077; exec {} --config {} model --integrity-config {} --store {} --key {} import {} --activate",
-                binary("deepseek-audit").display(),
-                site.auditor.config.display(),
-                site.integrity.display(),
-                site.store.display(),
-                site.release_pub.display(),
-                bundles[0].display()
-            ),
-        ]));
+    let (code, out) = output(
+        Command::new("sh")
+            .args(["-c", "umask 077; exec \"$@\"", "sh"])
+            .args(site.model_command(&["import", s(&bundles[0]), "--activate"])),
+    );
     assert_eq!(code, 0, "{out}");
     let mode = |p: &str| std::fs::metadata(site.store.join(p)).expect(p).mode() & 0o777;
     assert_eq!(
@@ -640,22 +642,11 @@ fn the_store_signs_only_what_its_own_operations_did() {
     site.assert_clean("the leftover removed");
 
     // While the integrity database is locked (an update running), nothing.
-    let (code, out) = output(Command::new("flock").args([
-        "-n",
-        s(&site.dir),
-        binary("deepseek-audit").to_str().expect("utf8"),
-        "--config",
-        s(&site.auditor.config),
-        "model",
-        "--integrity-config",
-        s(&site.integrity),
-        "--store",
-        s(&site.store),
-        "--key",
-        s(&site.release_pub),
-        "import",
-        s(&bundles[2]),
-    ]));
+    let (code, out) = output(
+        Command::new("flock")
+            .args(["-n", s(&site.dir)])
+            .args(site.model_command(&["import", s(&bundles[2])])),
+    );
     assert_eq!(code, 24, "{out}");
     assert!(out.contains("is in use"), "{out}");
 
