@@ -176,6 +176,9 @@ run-config: FORCE
 		'[files]' \
 		'daemon_config = "$(RUN_DIR)/deepseekd.toml"' \
 		'integrity_config = "$(RUN_DIR)/integrity.toml"' \
+		'# The demo serves no models from a store: its own, empty.' \
+		'model_store = "$(RUN_DIR)/models"' \
+		'release_keys = "$(RUN_DIR)/release-keys"' \
 		'' \
 		'[users]' \
 		'audit = "$(shell id -un)"' \

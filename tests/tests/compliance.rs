@@ -589,7 +589,7 @@ fn verify_itself_failing_exits_1_and_list_prints_the_catalog() {
         .iter()
         .map(|c| c["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids.len(), 21, "{ids:?}");
+    assert_eq!(ids.len(), 22, "{ids:?}");
     for group in ["AIRGAP-", "INTEG-", "AUDIT-", "HARDEN-"] {
         assert!(ids.iter().any(|id| id.starts_with(group)), "{ids:?}");
     }
