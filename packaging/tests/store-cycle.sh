@@ -92,8 +92,11 @@ check "store: 2.0.0 removed; 1.0.0 still serves" sh -ec "
     test ! -e /var/lib/deepseek/models/scorer/2.0.0
     $(declare -f infer_store served); request='$request'; served '$v1' 1.0.0"
 check "store: the removal is audited" audited model_remove 2.0.0
-check "store: the loads name their versions" sh -c \
-    'exported model_load | grep -F "\"model\":\"scorer\"" | grep -cF "\"version\":" | grep -qx 4'
+loaded_versions() { # the versions of scorer's model_load records, in order
+    exported model_load | grep -F '"model":"scorer"' | grep -o '"version":"[^"]*"' | cut -d'"' -f4 | tr '\n' ' '
+}
+check "store: its model_load records name the versions served: 1.0.0, 2.0.0, 1.0.0" \
+    test "$(loaded_versions)" = "1.0.0 2.0.0 1.0.0 "
 check "store: deepseek-audit verify: INTEG-MODEL-STORE passes" sh -c \
     'deepseek-audit verify --format json | tr -d "\n" | grep -o "\"id\": *\"INTEG-MODEL-STORE\"[^{]*" | tr -d " " | grep -qF "\"result\":\"pass\""'
 check "store: a link moved by hand is refused at start (65), and named" sh -ec '
