@@ -38,13 +38,16 @@ for r in 1 2; do
         --out m-$r.bundle r$r >/dev/null
 done
 sync
-t() { /usr/bin/time -f "%e s" "$@" 2>&1 >/dev/null | tail -1; }
-model() { "$bin/deepseek-audit" --config audit.toml model --integrity-config store.toml --store "$dir/store" --key release.pub "$@"; }
-echo "manual, release 1: verify --extract $(t "$bin/deepseek-integrity" bundle verify m-1.bundle --key release.pub --extract manual/m-1)" \
-     "+ update $(t "$bin/deepseek-integrity" --config manual.toml update)"
-echo "store,  release 1: model import $(t model import m-1.bundle --activate)"
-echo "manual, release 2: verify --extract $(t "$bin/deepseek-integrity" bundle verify m-2.bundle --key release.pub --extract manual/m-2)" \
-     "+ update $(t "$bin/deepseek-integrity" --config manual.toml update)"
-echo "store,  release 2: model import $(t model import m-2.bundle)"
+t() { # COMMAND...: its wall time; a failure stops the run, with its error
+    /usr/bin/time -f "%e s" -o "$dir/time" "$@" >/dev/null || { echo "failed: $*" >&2; exit 1; }
+    cat "$dir/time"
+}
+model=("$bin/deepseek-audit" --config audit.toml model --integrity-config store.toml --store "$dir/store" --key release.pub)
+for r in 1 2; do
+    extract=$(t "$bin/deepseek-integrity" bundle verify m-$r.bundle --key release.pub --extract manual/m-$r)
+    update=$(t "$bin/deepseek-integrity" --config manual.toml update)
+    import=$(t "${model[@]}" import m-$r.bundle --activate)
+    echo "release $r: manual: verify --extract $extract + update $update; store: model import --activate $import"
+done
 echo "disk: manual $(du -sm manual | cut -f1) MiB, store $(du -sm store | cut -f1) MiB (two releases of ${size} MiB each)"
 "$bin/deepseek-integrity" --config store.toml check >/dev/null && echo "store: deepseek-integrity check clean"
