@@ -28,6 +28,7 @@ mod limits;
 mod llm;
 mod llm_batch;
 mod llm_engine;
+mod logprobs;
 mod metrics;
 mod model_store;
 mod notify;

@@ -208,6 +208,7 @@ fn generate_streams_the_recorded_text_and_counts_tokens() {
             stop: Vec::new(),
             stop_ids: HashSet::from([1]),
             split_reasoning: false,
+            logprobs: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let finished = generate(&mut slot, &spec, &tokenizer, request, tx).expect("generate");
@@ -256,6 +257,7 @@ fn a_closed_channel_cancels_within_a_step() {
         stop: Vec::new(),
         stop_ids: HashSet::new(),
         split_reasoning: true,
+        logprobs: None,
     };
     // The client left before the first token: the first event cannot be
     // delivered, and the generation ends there.

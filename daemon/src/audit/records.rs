@@ -273,14 +273,16 @@ pub(crate) fn add_content(entry: &mut Entry, request: Option<String>, response: 
 }
 
 /// What a generation request's records say about it once it is prepared:
-/// its prompt tokens and the prompt text's digest, whether it streams, and
-/// the seed the client chose.
+/// its prompt tokens and the prompt text's digest, whether it streams, the
+/// seed the client chose, and how many alternatives per token it asked
+/// logprobs with (that it asked; the values, which tell the text, never).
 #[derive(Debug)]
 pub(crate) struct Generation<'a> {
     pub prompt_tokens: usize,
     pub prompt_sha256: &'a str,
     pub stream: bool,
     pub seed: Option<i64>,
+    pub logprobs: Option<usize>,
 }
 
 /// Notes the endpoint of a generation request (also on refusals).
@@ -301,6 +303,9 @@ impl Generation<'_> {
             .insert("stream".to_owned(), self.stream.to_string());
         if let Some(seed) = self.seed {
             entry.details.insert("seed".to_owned(), seed.to_string());
+        }
+        if let Some(top) = self.logprobs {
+            entry.details.insert("logprobs".to_owned(), top.to_string());
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use super::reasoning::Split;
+use super::logprobs::{Logprobs, TokenLogprob};
 use super::sampling::SamplingParams;
 
 /// The most prompt tokens run at once (see [`super::decoder::Slot::prefill`]).
@@ -24,6 +24,8 @@ pub struct GenerateRequest {
     pub stop_ids: HashSet<u32>,
     /// Split `<think>` reasoning from the answer.
     pub split_reasoning: bool,
+    /// Each token's logprob, when the client asked.
+    pub logprobs: Option<Logprobs>,
 }
 
 /// Why a generation ended.
@@ -73,8 +75,15 @@ impl Finished {
     }
 }
 
-/// The pieces of text one step decided; either may be empty.
-pub type Delta = Split;
+/// What a step decided for the client: the pieces of text (either may be
+/// empty), and with them the logprobs of the tokens generated since the
+/// last delta, when the request asked for them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    pub reasoning: String,
+    pub content: String,
+    pub logprobs: Vec<TokenLogprob>,
+}
 
 /// Why a generation failed; the detail goes to the log, not the client.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,11 @@
 //! One request's side of a generation, whichever engine runs its forward
-//! passes: it turns each step's logits into the next token, the text that
-//! token completes (whole characters, stop strings cut, reasoning split)
-//! and an event to the client, and says when the generation ends. The
-//! per-slot loop ([`generate`], on a blocking thread that holds a slot) and
-//! the batch scheduler ([`super::batch`]) both drive it, so a request's
-//! output does not depend on which one ran it.
+//! passes: it turns each step's logits into the next token (and its
+//! logprobs, when asked), the text that token completes (whole characters,
+//! stop strings cut, reasoning split) and an event to the client, and says
+//! when the generation ends. The per-slot loop ([`generate`], on a blocking
+//! thread that holds a slot) and the batch scheduler ([`super::batch`])
+//! both drive it, so a request's output does not depend on which one ran
+//! it.
 
 use std::time::Instant;
 
@@ -15,7 +16,8 @@ use super::decoder::{GraphSpec, Slot};
 use super::generate::{
     Delta, FinishReason, Finished, GenerateError, GenerateRequest, PREFILL_CHUNK,
 };
-use super::reasoning::ReasoningSplitter;
+use super::logprobs::{TokenLogprob, token_logprob};
+use super::reasoning::{ReasoningSplitter, Split};
 use super::sampling::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
 use super::tokenizer::{TextStream, Tokenizer};
@@ -43,6 +45,10 @@ pub(crate) struct Generation<'t> {
     /// A stop string matched: what the decoder still holds comes after it.
     matched: bool,
     first_token_at: Option<Instant>,
+    /// The tokenizer's vocabulary: logprobs are over these ids.
+    vocab: usize,
+    /// Logprobs of the tokens whose text has not been sent yet.
+    pending: Vec<TokenLogprob>,
     events: mpsc::UnboundedSender<Delta>,
 }
 
@@ -61,6 +67,8 @@ impl<'t> Generation<'t> {
             generated: 0,
             matched: false,
             first_token_at: None,
+            vocab: tokenizer.vocab_size(),
+            pending: Vec::new(),
             events,
             request,
         }
@@ -95,6 +103,10 @@ impl<'t> Generation<'t> {
         if self.request.stop_ids.contains(&id) {
             return Ok(Next::Done(FinishReason::Stop));
         }
+        if let Some(asked) = self.request.logprobs {
+            self.pending
+                .push(token_logprob(logits, self.vocab, id, asked.top));
+        }
         let piece = match self.stop.push(&self.text.push(id)?) {
             StopOutcome::Stopped(piece) => {
                 self.matched = true;
@@ -103,10 +115,13 @@ impl<'t> Generation<'t> {
             StopOutcome::Continue(piece) => piece,
         };
         self.digest.update(piece.as_bytes());
-        let delta = self.split.push(&piece);
-        let gone = if delta.reasoning.is_empty() && delta.content.is_empty() {
+        let split = self.split.push(&piece);
+        // Logprobs wait for text to go with, so that each event's are
+        // those of the tokens whose text it carries.
+        let gone = if split.reasoning.is_empty() && split.content.is_empty() {
             self.events.is_closed()
         } else {
+            let delta = self.delta(split);
             self.events.send(delta).is_err()
         };
         if gone {
@@ -140,7 +155,8 @@ impl<'t> Generation<'t> {
             let tail = self.split.finish();
             last.reasoning.push_str(&tail.reasoning);
             last.content.push_str(&tail.content);
-            if !(last.reasoning.is_empty() && last.content.is_empty()) {
+            let last = self.delta(last);
+            if !(last.reasoning.is_empty() && last.content.is_empty() && last.logprobs.is_empty()) {
                 let _ = self.events.send(last);
             }
         }
@@ -151,6 +167,15 @@ impl<'t> Generation<'t> {
             reasoning_closed: self.split.closed(),
             first_token_at: self.first_token_at,
         })
+    }
+
+    /// `split` as an event, with the logprobs waiting for it.
+    fn delta(&mut self, split: Split) -> Delta {
+        Delta {
+            reasoning: split.reasoning,
+            content: split.content,
+            logprobs: std::mem::take(&mut self.pending),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod decoder;
 pub mod files;
 pub mod generate;
 pub mod generation;
+pub mod logprobs;
 pub(crate) mod prepare;
 pub(crate) mod reasoning;
 pub mod sampling;

@@ -10,6 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::causal_lm::CausalLm;
 use super::generate::GenerateRequest;
+use super::logprobs::Logprobs;
 use super::sampling::SamplingParams;
 use super::template::{ChatTemplate, Message, TemplateError};
 use super::tokenizer::{Tokenizer, TokenizerError};
@@ -75,6 +76,8 @@ pub struct Overrides {
     pub parse_special: bool,
     /// Return a chat's reasoning apart, when the model reasons.
     pub split_reasoning: bool,
+    /// Each token's logprob and how many alternatives (already bounded).
+    pub logprobs: Option<Logprobs>,
 }
 
 /// A prompt ready to run.
@@ -179,6 +182,7 @@ impl CausalLm {
             stop: overrides.stop,
             stop_ids,
             split_reasoning,
+            logprobs: overrides.logprobs,
         };
         Ok(Prepared {
             request,

@@ -33,9 +33,9 @@ enum State {
 
 /// The newly decided pieces of one step (either may be empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Split {
-    pub reasoning: String,
-    pub content: String,
+pub(crate) struct Split {
+    pub(crate) reasoning: String,
+    pub(crate) content: String,
 }
 
 impl ReasoningSplitter {

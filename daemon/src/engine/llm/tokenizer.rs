@@ -127,6 +127,17 @@ impl Tokenizer {
         self.inner.decode(ids, true).map_err(failed)
     }
 
+    /// One token's own text, as a logprob names it: decoded alone, special
+    /// tokens included (a token holding part of a character gives U+FFFD),
+    /// or its vocabulary string should decoding fail.
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner
+            .decode(&[id], false)
+            .ok()
+            .or_else(|| self.inner.id_to_token(id))
+            .unwrap_or_default()
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

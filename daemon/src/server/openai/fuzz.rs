@@ -5,25 +5,28 @@
 
 use axum::http::StatusCode;
 
-use super::prepare::refuse_unsupported;
-use super::wire::{MAX_PARAM_BYTES, parse_body};
+use super::prepare::{asked_logprobs, refuse_unsupported};
+use super::wire::{Endpoint, MAX_PARAM_BYTES, parse_body};
 
 /// Chat and completion bodies, with every field the parser knows: the
 /// seeds of `openai_request`.
 pub const OPENAI_SAMPLES: &[&str] = &[
-    r#"{"model":"tiny-r1","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_tokens":16,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"presence_penalty":0.5,"frequency_penalty":-0.5,"seed":-3,"stop":["\n\n","</s>"],"stop_token_ids":[1,2],"ignore_eos":false,"stream":true,"stream_options":{"include_usage":true},"n":1,"logprobs":false,"tools":[],"response_format":{"type":"text"},"reasoning_format":"deepseek","logit_bias":{},"user":"ignored"}"#,
-    r#"{"model":"tiny-r1","prompt":"Once upon a time","max_completion_tokens":4,"stop":"\u2014","echo":false}"#,
+    r#"{"model":"tiny-r1","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_tokens":16,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"presence_penalty":0.5,"frequency_penalty":-0.5,"seed":-3,"stop":["\n\n","</s>"],"stop_token_ids":[1,2],"ignore_eos":false,"stream":true,"stream_options":{"include_usage":true},"n":1,"logprobs":true,"top_logprobs":3,"tools":[],"response_format":{"type":"text"},"reasoning_format":"deepseek","logit_bias":{},"user":"ignored"}"#,
+    r#"{"model":"tiny-r1","prompt":"Once upon a time","max_completion_tokens":4,"stop":"\u2014","echo":false,"logprobs":2}"#,
     r#"{"model":"tiny-r1","prompt":["one"],"suffix":null,"temperature":2.0}"#,
 ];
 
 /// Any body is parsed or refused with a 400 whose error serializes and
 /// names a bounded parameter (it is echoed to the client and recorded in
 /// the audit log as `details.error_param`); a parsed one goes through the checks of
-/// unsupported fields. Never a panic.
+/// unsupported fields and of logprobs, as either endpoint. Never a panic.
 pub fn openai_request(data: &[u8]) {
     match parse_body(data) {
         Ok(body) => {
             let _ = refuse_unsupported(&body);
+            for endpoint in [Endpoint::Chat, Endpoint::Completions] {
+                let _ = asked_logprobs(endpoint, &body);
+            }
         }
         Err(error) => {
             assert_eq!(error.status, StatusCode::BAD_REQUEST);

@@ -3,8 +3,9 @@
 //! or streamed as server-sent events, with errors in OpenAI's shape.
 //!
 //! [`handlers`] are the endpoints; [`wire`] parses a body within its
-//! limits, [`prepare`] checks it and hands the engine a prompt, [`whole`] and [`stream`] answer, [`record`]
-//! keeps what the audit records share. Every request is audited with
+//! limits, [`prepare`] checks it and hands the engine a prompt, [`whole`]
+//! and [`stream`] answer ([`logprobs`] shapes the logprobs asked for),
+//! [`record`] keeps what the audit records share. Every request is audited with
 //! digests and token counts, never its text: a whole answer leaves only
 //! once its record is acknowledged; a stream starts only once its
 //! `request` record is, and ends with a `completion` record before
@@ -15,6 +16,7 @@ mod error;
 #[doc(hidden)]
 pub(crate) mod fuzz;
 mod handlers;
+mod logprobs;
 mod prepare;
 mod record;
 mod stream;

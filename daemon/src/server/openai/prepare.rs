@@ -6,16 +6,17 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::OpenAiError;
 use super::wire::{
-    ApiRequest, ChatMessage, Endpoint, MAX_MODEL_BYTES, MAX_ROLE_BYTES, MAX_STOP_BYTES, ROLES,
-    ReasoningFormat, TextOr, parse_body,
+    ApiRequest, ChatMessage, Endpoint, LogprobsField, MAX_LOGPROBS, MAX_MODEL_BYTES,
+    MAX_ROLE_BYTES, MAX_STOP_BYTES, MAX_TOP_LOGPROBS, ROLES, ReasoningFormat, TextOr, parse_body,
 };
 use crate::engine::llm::generate::GenerateRequest;
+use crate::engine::llm::logprobs::Logprobs;
 use crate::engine::llm::prepare::{Overrides, PrepareError, Prompt, PromptError};
 use crate::engine::llm::template::Message;
 use crate::engine::llm::tokenizer::TokenizerError;
@@ -64,11 +65,6 @@ pub(super) fn refuse_unsupported(body: &ApiRequest) -> Result<(), OpenAiError> {
     let checks = [
         (body.n.is_some_and(|n| n != 1), "n other than 1", "n"),
         (
-            given(&body.logprobs, &|v| *v == json!(false) || *v == json!(0)),
-            "logprobs",
-            "logprobs",
-        ),
-        (
             given(&body.tools, &|v| v.as_array().is_some_and(Vec::is_empty)),
             "tools",
             "tools",
@@ -92,6 +88,64 @@ pub(super) fn refuse_unsupported(body: &ApiRequest) -> Result<(), OpenAiError> {
         Some((_, what, param)) => Err(unsupported(what, param)),
         None => Ok(()),
     }
+}
+
+/// The logprobs a request asks for, with OpenAI's types and bounds: chat's
+/// `logprobs: true` with `top_logprobs` alternatives (0 to
+/// [`MAX_TOP_LOGPROBS`], and only with `logprobs: true`), the legacy
+/// endpoint's `logprobs` count (0 to [`MAX_LOGPROBS`]; `false` is off, as
+/// `null`). The legacy endpoint has no `top_logprobs`: it is ignored there.
+pub(super) fn asked_logprobs(
+    endpoint: Endpoint,
+    body: &ApiRequest,
+) -> Result<Option<Logprobs>, OpenAiError> {
+    let wrong_type = |what: &str| {
+        OpenAiError::invalid(
+            format!("invalid request body: logprobs must be {what}"),
+            Some("logprobs"),
+            Some("invalid_type"),
+        )
+    };
+    match (endpoint, body.logprobs) {
+        (Endpoint::Chat, Some(LogprobsField::Count(_))) => Err(wrong_type(
+            "a boolean on /v1/chat/completions (top_logprobs says how many alternatives)",
+        )),
+        (Endpoint::Chat, field) => {
+            let asked = field == Some(LogprobsField::Flag(true));
+            match body.top_logprobs {
+                Some(_) if !asked => Err(OpenAiError::invalid(
+                    "top_logprobs is only allowed with logprobs: true",
+                    Some("top_logprobs"),
+                    None,
+                )),
+                Some(top) => Ok(Some(Logprobs {
+                    top: at_most("top_logprobs", top, MAX_TOP_LOGPROBS)?,
+                })),
+                None => Ok(asked.then_some(Logprobs { top: 0 })),
+            }
+        }
+        (Endpoint::Completions, Some(LogprobsField::Flag(true))) => Err(wrong_type(
+            "an integer on /v1/completions: how many alternatives, 0 to 5",
+        )),
+        (Endpoint::Completions, Some(LogprobsField::Count(top))) => Ok(Some(Logprobs {
+            top: at_most("logprobs", top, MAX_LOGPROBS)?,
+        })),
+        (Endpoint::Completions, _) => Ok(None),
+    }
+}
+
+/// `value` of the field `name`, if it is in 0..=`max`.
+fn at_most(name: &str, value: i64, max: usize) -> Result<usize, OpenAiError> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v <= max)
+        .ok_or_else(|| {
+            OpenAiError::invalid(
+                format!("{name} must be between 0 and {max}, got {value}"),
+                Some(name),
+                None,
+            )
+        })
 }
 
 /// 400 `context_length_exceeded` for text that cannot fit, found before
@@ -160,6 +214,7 @@ pub(super) async fn prepare(
     *model_name = Some(body.model.clone());
     let model = Arc::clone(find(state, &body.model)?);
     refuse_unsupported(&body)?;
+    let logprobs = asked_logprobs(endpoint, &body)?;
     check_range("temperature", body.temperature, 0.0, 2.0)?;
     if body.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
         return Err(OpenAiError::invalid(
@@ -277,6 +332,7 @@ pub(super) async fn prepare(
         parse_special,
         split_reasoning: endpoint == Endpoint::Chat
             && body.reasoning_format != Some(ReasoningFormat::None),
+        logprobs,
     };
     let ready = model
         .prepare(prompt, overrides)

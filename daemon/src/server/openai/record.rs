@@ -63,6 +63,7 @@ impl Record {
             prompt_sha256: &prepared.prompt_sha256,
             stream: prepared.stream,
             seed: prepared.seed,
+            logprobs: prepared.generate.logprobs.map(|asked| asked.top),
         }
         .add_to(entry);
     }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::error::{OpenAiError, record_entry};
+use super::logprobs::Logprobs;
 use super::prepare::Prepared;
 use super::record::Record;
 use super::whole::{finish, start, usage};
@@ -30,6 +31,8 @@ struct Chunks<'a> {
     body: mpsc::Sender<Result<Bytes, Infallible>>,
     /// Every byte sent before `[DONE]`, for the `completion` record.
     digest: Sha256,
+    /// A completion's `text_offset` so far, in characters.
+    offset: usize,
 }
 
 impl Chunks<'_> {
@@ -66,8 +69,14 @@ impl Chunks<'_> {
 
     /// A chunk with one choice: `chat` as a chat completion's `delta`, or
     /// `text` as a completion's.
-    fn choice(&self, chat: Value, text: &str, finish_reason: Option<&str>) -> Value {
-        let mut choice = json!({"index": 0, "logprobs": null, "finish_reason": finish_reason});
+    fn choice(
+        &self,
+        chat: Value,
+        text: &str,
+        logprobs: Value,
+        finish_reason: Option<&str>,
+    ) -> Value {
+        let mut choice = json!({"index": 0, "logprobs": logprobs, "finish_reason": finish_reason});
         match self.prepared.endpoint {
             Endpoint::Chat => choice["delta"] = chat,
             Endpoint::Completions => choice["text"] = Value::from(text),
@@ -75,9 +84,12 @@ impl Chunks<'_> {
         self.chunk(json!([choice]))
     }
 
-    /// The chunks carrying `delta`'s text, one per non-empty piece.
-    fn pieces(&self, delta: &Delta) -> Vec<Value> {
-        match self.prepared.endpoint {
+    /// The chunks carrying `delta`'s text, one per non-empty piece; the
+    /// first carries the logprobs of the delta's tokens, when asked.
+    fn pieces(&mut self, delta: &Delta) -> Vec<Value> {
+        let mut logprobs = self.logprobs(delta);
+        // (a chat delta, a completion's text)
+        let mut pieces: Vec<(Value, String)> = match self.prepared.endpoint {
             Endpoint::Chat => [
                 (!delta.reasoning.is_empty()).then(
                     || json!({"reasoning_content": delta.reasoning, "reasoning": delta.reasoning}),
@@ -86,17 +98,44 @@ impl Chunks<'_> {
             ]
             .into_iter()
             .flatten()
-            .map(|chat| self.choice(chat, "", None))
+            .map(|chat| (chat, String::new()))
             .collect(),
             Endpoint::Completions => {
                 let text = format!("{}{}", delta.reasoning, delta.content);
                 if text.is_empty() {
                     Vec::new()
                 } else {
-                    vec![self.choice(Value::Null, &text, None)]
+                    vec![(Value::Null, text)]
                 }
             }
+        };
+        // Tokens whose text was all held back or cut (a stop string) at
+        // the end: their logprobs still go out, with empty text.
+        if pieces.is_empty() && !logprobs.is_null() {
+            pieces.push((json!({"content": ""}), String::new()));
         }
+        pieces
+            .into_iter()
+            .map(|(chat, text)| self.choice(chat, &text, logprobs.take(), None))
+            .collect()
+    }
+
+    /// The `logprobs` of `delta`'s tokens (there are some only when asked);
+    /// null when none.
+    fn logprobs(&mut self, delta: &Delta) -> Value {
+        if delta.logprobs.is_empty() {
+            return Value::Null;
+        }
+        let logprobs = Logprobs::new(
+            self.prepared.endpoint,
+            self.prepared.model.tokenizer(),
+            &delta.logprobs,
+            self.offset,
+        );
+        if self.prepared.endpoint == Endpoint::Completions {
+            self.offset = logprobs.end_offset();
+        }
+        serde_json::to_value(logprobs).expect("logprobs serialize")
     }
 }
 
@@ -116,9 +155,15 @@ pub(super) async fn drive_stream(
         created: unix_time_nanos() / 1_000_000_000,
         body,
         digest: Sha256::new(),
+        offset: 0,
     };
     let (mut deltas, task) = start(&prepared, admitted);
-    let first = chunks.choice(json!({"role": "assistant", "content": ""}), "", None);
+    let first = chunks.choice(
+        json!({"role": "assistant", "content": ""}),
+        "",
+        Value::Null,
+        None,
+    );
     let mut connected = chunks.send(&first).await;
     while connected {
         // A client that leaves is noticed at once, also while the request
@@ -155,7 +200,7 @@ pub(super) async fn drive_stream(
         }
     };
     if connected && finished.reason != FinishReason::Cancelled {
-        let done = chunks.choice(json!({}), "", Some(finished.reason.as_str()));
+        let done = chunks.choice(json!({}), "", Value::Null, Some(finished.reason.as_str()));
         connected = chunks.send(&done).await;
     }
     records::finished(&mut entry, &finished, record.started);

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use deepseek_audit::entry::Event;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::error::{OpenAiError, record_entry};
+use super::logprobs::Logprobs;
 use super::prepare::Prepared;
 use super::record::Record;
 use super::wire::Endpoint;
@@ -58,6 +60,7 @@ pub(super) async fn drive_whole(
                 Some(delta) => {
                     text.reasoning.push_str(&delta.reasoning);
                     text.content.push_str(&delta.content);
+                    text.logprobs.extend(delta.logprobs);
                 }
                 None => break,
             },
@@ -75,10 +78,10 @@ pub(super) async fn drive_whole(
         }
         Err(e) => {
             let error = OpenAiError::from(e);
-            (error.status, error.body(), None)
+            let body = serde_json::to_vec(&error.body()).expect("JSON values serialize");
+            (error.status, body, None)
         }
     };
-    let body = serde_json::to_vec(&body).expect("JSON values serialize");
     let status = if finished
         .as_ref()
         .is_some_and(|f| f.reason == FinishReason::Cancelled)
@@ -111,8 +114,32 @@ pub(super) async fn drive_whole(
     }
 }
 
-fn whole_body(record: &Record, prepared: &Prepared, text: &Delta, finished: &Finished) -> Value {
-    let choice = match prepared.endpoint {
+/// A whole answer, keys in alphabetical order as in every other body
+/// (`serde_json::Value` sorts them).
+#[derive(Serialize)]
+struct WholeBody<'a> {
+    choices: [WholeChoice<'a>; 1],
+    created: u64,
+    id: &'a str,
+    model: &'a str,
+    object: &'static str,
+    usage: Value,
+}
+
+/// The logprobs are written straight from the engine's, not built as a
+/// `Value` first ([`logprobs`]).
+#[derive(Serialize)]
+struct WholeChoice<'a> {
+    finish_reason: &'static str,
+    index: u32,
+    logprobs: Option<Logprobs<'a>>,
+    /// `{"message": ...}` (chat) or `{"text": ...}` (completions).
+    #[serde(flatten)]
+    answer: Value,
+}
+
+fn whole_body(record: &Record, prepared: &Prepared, text: &Delta, finished: &Finished) -> Vec<u8> {
+    let answer = match prepared.endpoint {
         Endpoint::Chat => {
             let split = prepared.generate.split_reasoning;
             let reasoning = split.then(|| text.reasoning.clone());
@@ -121,28 +148,32 @@ fn whole_body(record: &Record, prepared: &Prepared, text: &Delta, finished: &Fin
             } else {
                 None
             };
-            json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "reasoning_content": reasoning, "reasoning": reasoning},
-                "logprobs": null,
-                "finish_reason": finished.reason.as_str(),
-            })
+            json!({"message": {"role": "assistant", "content": content, "reasoning_content": reasoning, "reasoning": reasoning}})
         }
-        Endpoint::Completions => json!({
-            "index": 0,
-            "text": format!("{}{}", text.reasoning, text.content),
-            "logprobs": null,
-            "finish_reason": finished.reason.as_str(),
-        }),
+        Endpoint::Completions => json!({"text": format!("{}{}", text.reasoning, text.content)}),
     };
-    json!({
-        "id": record.id,
-        "object": prepared.endpoint.object(false),
-        "created": unix_time_nanos() / 1_000_000_000,
-        "model": prepared.model.info().name,
-        "choices": [choice],
-        "usage": usage(prepared, finished),
-    })
+    let logprobs = prepared.generate.logprobs.map(|_| {
+        Logprobs::new(
+            prepared.endpoint,
+            prepared.model.tokenizer(),
+            &text.logprobs,
+            0,
+        )
+    });
+    let body = WholeBody {
+        choices: [WholeChoice {
+            finish_reason: finished.reason.as_str(),
+            index: 0,
+            logprobs,
+            answer,
+        }],
+        created: unix_time_nanos() / 1_000_000_000,
+        id: &record.id,
+        model: &prepared.model.info().name,
+        object: prepared.endpoint.object(false),
+        usage: usage(prepared, finished),
+    };
+    serde_json::to_vec(&body).expect("the answer serializes")
 }
 
 /// The `usage` object of a response or of the last chunk.

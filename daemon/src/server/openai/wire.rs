@@ -59,6 +59,10 @@ pub(super) const MAX_CONTENT_PARTS: usize = 1024;
 pub(super) const MAX_STOP_ITEMS: usize = 64;
 pub(super) const MAX_STOP_BYTES: usize = 1024;
 pub(super) const MAX_STOP_TOKEN_IDS: usize = 256;
+/// Alternatives per token: chat's `top_logprobs` and the legacy
+/// endpoint's `logprobs` (OpenAI's bounds).
+pub(super) const MAX_TOP_LOGPROBS: usize = 20;
+pub(super) const MAX_LOGPROBS: usize = 5;
 /// The start of every limit's error, which is not a type error.
 pub(super) const OVER_LIMIT: &str = "over the limit";
 
@@ -170,8 +174,12 @@ pub(super) struct ApiRequest {
     pub(super) stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub(super) n: Option<u32>,
+    /// A boolean for chat, an integer for completions: [`super::prepare`]
+    /// checks which, and the bounds.
     #[serde(default)]
-    pub(super) logprobs: Option<Value>,
+    pub(super) logprobs: Option<LogprobsField>,
+    #[serde(default)]
+    pub(super) top_logprobs: Option<i64>,
     #[serde(default)]
     pub(super) tools: Option<Value>,
     #[serde(default)]
@@ -188,6 +196,38 @@ pub(super) struct ApiRequest {
     /// name); off by default, so that text cannot forge a turn.
     #[serde(default)]
     pub(super) parse_special: Option<bool>,
+}
+
+/// `logprobs` as sent: chat's boolean or the legacy endpoint's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LogprobsField {
+    Flag(bool),
+    /// Saturated to `i64`'s range; bounded once the endpoint is known.
+    Count(i64),
+}
+
+impl<'de> Deserialize<'de> for LogprobsField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Field;
+        impl Visitor<'_> for Field {
+            type Value = LogprobsField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean or an integer")
+            }
+            fn visit_bool<E: de::Error>(self, flag: bool) -> Result<Self::Value, E> {
+                Ok(LogprobsField::Flag(flag))
+            }
+            fn visit_i64<E: de::Error>(self, count: i64) -> Result<Self::Value, E> {
+                Ok(LogprobsField::Count(count))
+            }
+            fn visit_u64<E: de::Error>(self, count: u64) -> Result<Self::Value, E> {
+                Ok(LogprobsField::Count(
+                    i64::try_from(count).unwrap_or(i64::MAX),
+                ))
+            }
+        }
+        deserializer.deserialize_any(Field)
+    }
 }
 
 #[derive(Debug, Deserialize)]
