@@ -367,3 +367,42 @@ fn the_openai_python_client_reads_logprobs_whole_and_streamed() {
         d.log()
     );
 }
+
+/// A whole answer is bounded by `server.max_response_bytes`, as a KServe
+/// one is: logprobs make it far larger than its text, and a client that
+/// never reads could otherwise make the daemon hold any size. Over the
+/// limit it is 413 `response_too_large`, recorded with the tokens spent;
+/// the same request streamed is answered, and without logprobs it fits.
+#[tokio::test]
+async fn a_whole_answer_over_max_response_bytes_is_413_and_streamed_it_is_answered() {
+    let d = Daemon::start(
+        "max_response_bytes = 8192",
+        &llm_table(MODEL, &llm_fixture(), ""),
+    );
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 32, "ignore_eos": true, "temperature": 0,
+        "logprobs": true, "top_logprobs": 20});
+    let response = post_json(&d.socket, CHAT, &body).await;
+    assert_eq!(response.status, 413, "{:?}", response.body);
+    let error = response.json();
+    assert_eq!(error["error"]["code"], "response_too_large", "{error}");
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("server.max_response_bytes") && message.contains("\"stream\": true"),
+        "{message}"
+    );
+    let chunks = streamed(&d, CHAT, &body).await;
+    let tokens: usize = chunks
+        .iter()
+        .map(|l| l["content"].as_array().expect("content").len())
+        .sum();
+    assert_eq!(
+        tokens, 32,
+        "the streamed answer carries every token's logprobs"
+    );
+    let mut plain = body.clone();
+    let fields = plain.as_object_mut().expect("object");
+    fields.remove("logprobs");
+    fields.remove("top_logprobs");
+    answer(&d, CHAT, &plain).await;
+}

@@ -160,6 +160,13 @@ async fn serves(d: &Daemon, root: &Path, version: &str, other: &str) {
             )
         );
     }
+    // A client's version is echoed, but not at any length.
+    let long = "v".repeat(60_000);
+    let response = get(&d.socket, &format!("/v2/models/demo/versions/{long}"))
+        .await
+        .expect("get");
+    assert_eq!(response.status, 404);
+    assert!(response.body.len() < 1024, "{} bytes", response.body.len());
     let (status, models) = fetch(d, "/v1/models").await;
     assert_eq!(status, 200);
     assert_eq!(models["data"][0]["id"], "tiny-r1");

@@ -1,5 +1,6 @@
 //! Reading a request body: within `server.max_body_bytes`, and within
-//! [`BODY_READ_TIMEOUT`].
+//! [`BODY_READ_TIMEOUT`]; and writing a response body within
+//! `server.max_response_bytes` ([`Bounded`]).
 
 use std::time::Duration;
 
@@ -50,5 +51,33 @@ pub(crate) async fn read_body(
             StatusCode::BAD_REQUEST,
             format!("cannot read the request body: {e}"),
         )),
+    }
+}
+
+/// A writer that fails instead of growing its buffer past a limit: a small
+/// request can ask for a large answer, which then never takes more memory
+/// than `server.max_response_bytes`.
+pub(crate) struct Bounded<'a> {
+    out: &'a mut Vec<u8>,
+    limit: usize,
+}
+
+impl<'a> Bounded<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>, limit: usize) -> Self {
+        Self { out, limit }
+    }
+}
+
+impl std::io::Write for Bounded<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.out.len().saturating_add(bytes.len()) > self.limit {
+            return Err(std::io::Error::other("over the response limit"));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ mod error;
 mod recording;
 mod state;
 
-pub(crate) use body::read_body;
+pub(crate) use body::{Bounded, read_body};
 pub(crate) use deepseek_integrity::digest::sha256_hex;
 pub(crate) use error::{ApiError, cancelled};
 pub(crate) use recording::{Recorded, audit_peer, record_or_refuse};

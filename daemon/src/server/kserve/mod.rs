@@ -65,6 +65,10 @@ fn find_model<'a>(state: &'a AppState, name: &str) -> Result<&'a Arc<Model>, Api
     })
 }
 
+/// The most bytes of a requested version echoed in a 404 (a version is at
+/// most 128 bytes).
+const MAX_ECHOED_VERSION: usize = 128;
+
 /// Finds a model for a versioned route (`/v2/models/{name}/versions/{version}`):
 /// only the version it serves, a store model's, is there; any other is 404,
 /// answered before a body is read and without a record (nothing ran).
@@ -79,7 +83,9 @@ fn find_version<'a>(
         Some(served) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "model {name:?} has no version {version:?} here: this daemon serves version {served:?}"
+                "model {name:?} has no version {:?} here: this daemon serves version {served:?}",
+                // A client's path segment: echoed, but not at any length.
+                deepseek_audit::entry::cut(version, MAX_ECHOED_VERSION),
             ),
         )),
         None => Err(ApiError::new(

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::codec::{self, Json};
 use crate::engine::{DataType, NamedTensor};
+use crate::server::http::Bounded;
 
 /// The header that carries the length of the JSON part of a binary request
 /// or response.
@@ -298,32 +299,6 @@ pub(crate) fn encode_response(
         codec::write_binary(&output.data, &mut body);
     }
     Ok(EncodedResponse { body, json_length })
-}
-
-/// A writer that fails instead of growing its buffer past a limit.
-struct Bounded<'a> {
-    out: &'a mut Vec<u8>,
-    limit: usize,
-}
-
-impl<'a> Bounded<'a> {
-    fn new(out: &'a mut Vec<u8>, limit: usize) -> Self {
-        Self { out, limit }
-    }
-}
-
-impl std::io::Write for Bounded<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if self.out.len().saturating_add(bytes.len()) > self.limit {
-            return Err(std::io::Error::other("over the response limit"));
-        }
-        self.out.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::audit::records;
 use crate::engine::InferError;
 use crate::engine::llm::generate::{Delta, FinishReason, Finished};
 use crate::entropy::unix_time_nanos;
-use crate::server::http::{AppState, sha256_hex};
+use crate::server::http::{AppState, Bounded, sha256_hex};
 
 /// Starts the generation; its deltas arrive on the returned receiver.
 pub(super) fn start(
@@ -71,15 +71,28 @@ pub(super) async fn drive_whole(
         }
     }
     let finished = finish(task).await;
+    let refused = |error: OpenAiError| {
+        let body = serde_json::to_vec(&error.body()).expect("JSON values serialize");
+        (error.status, body)
+    };
     let (status, body, finished) = match finished {
-        Ok(finished) => {
-            let body = whole_body(&record, &prepared, &text, &finished);
-            (StatusCode::OK, body, Some(finished))
-        }
+        // An answer over the limit still records what was generated.
+        Ok(finished) => match whole_body(
+            &record,
+            &prepared,
+            &text,
+            &finished,
+            state.max_response_bytes,
+        ) {
+            Ok(body) => (StatusCode::OK, body, Some(finished)),
+            Err(error) => {
+                let (status, body) = refused(error);
+                (status, body, Some(finished))
+            }
+        },
         Err(e) => {
-            let error = OpenAiError::from(e);
-            let body = serde_json::to_vec(&error.body()).expect("JSON values serialize");
-            (error.status, body, None)
+            let (status, body) = refused(OpenAiError::from(e));
+            (status, body, None)
         }
     };
     let status = if finished
@@ -138,7 +151,18 @@ struct WholeChoice<'a> {
     answer: Value,
 }
 
-fn whole_body(record: &Record, prepared: &Prepared, text: &Delta, finished: &Finished) -> Vec<u8> {
+/// The answer's body, written into at most `limit` bytes
+/// (`server.max_response_bytes`): logprobs make an answer far larger than
+/// its text (over 1 KB a token with `top_logprobs: 20`), so a whole answer
+/// is bounded like a KServe one. Over the limit it is 413, and the client
+/// is told to stream instead (a stream holds no whole answer).
+fn whole_body(
+    record: &Record,
+    prepared: &Prepared,
+    text: &Delta,
+    finished: &Finished,
+    limit: usize,
+) -> Result<Vec<u8>, OpenAiError> {
     let answer = match prepared.endpoint {
         Endpoint::Chat => {
             let split = prepared.generate.split_reasoning;
@@ -173,7 +197,19 @@ fn whole_body(record: &Record, prepared: &Prepared, text: &Delta, finished: &Fin
         object: prepared.endpoint.object(false),
         usage: usage(prepared, finished),
     };
-    serde_json::to_vec(&body).expect("the answer serializes")
+    let mut out = Vec::new();
+    match serde_json::to_writer(Bounded::new(&mut out, limit), &body) {
+        Ok(()) => Ok(out),
+        Err(e) if e.is_io() => Err(OpenAiError::coded(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the answer would exceed the limit of {limit} bytes (server.max_response_bytes): \
+                 ask for it with \"stream\": true, or for fewer tokens or logprobs"
+            ),
+            "response_too_large",
+        )),
+        Err(e) => unreachable!("an answer serializes (all keys are strings): {e}"),
+    }
 }
 
 /// The `usage` object of a response or of the last chunk.
