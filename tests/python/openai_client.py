@@ -14,26 +14,9 @@ installs openai==3.51.0 there; it talks HTTP through httpx2, not httpx).
 import json
 import sys
 
-import httpx2
 import openai
 
-MODEL = "tiny-r1"
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(condition, what, got=None, want=None):
-    if not condition:
-        detail = what
-        if got is not None or want is not None:
-            detail += f"\n  got:  {got!r}\n  want: {want!r}"
-        raise CheckFailed(detail)
-
-
-def equal(got, want, what):
-    check(got == want, what, got, want)
+from client_checks import MODEL, CheckFailed, check, client as connect, equal, passed, run
 
 
 def extra(model, name):
@@ -42,10 +25,6 @@ def extra(model, name):
     if value is None and model.model_extra:
         value = model.model_extra.get(name)
     return value
-
-
-def passed(what):
-    print(f"ok: {what}", flush=True)
 
 
 def prompt(expected, name):
@@ -67,13 +46,7 @@ def check_usage(usage, prompt_tokens, completion_tokens, what):
 def main(socket, expected_path):
     with open(expected_path, encoding="utf-8") as f:
         expected = json.load(f)
-    client = openai.OpenAI(
-        base_url="http://localhost/v1",
-        api_key="unused",
-        max_retries=0,
-        timeout=60.0,
-        http_client=httpx2.Client(transport=httpx2.HTTPTransport(uds=socket)),
-    )
+    client = connect(socket)
 
     # models.list
     ids = [m.id for m in client.models.list()]
@@ -211,8 +184,4 @@ def main(socket, expected_path):
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(f"usage: {sys.argv[0]} SOCKET EXPECTED_JSON")
-    try:
-        main(sys.argv[1], sys.argv[2])
-    except CheckFailed as e:
-        print(f"FAILED: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run(main, sys.argv[1], sys.argv[2])

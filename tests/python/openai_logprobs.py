@@ -15,33 +15,11 @@ Run by tests/tests/logprobs.rs with the Python of .venv.
 
 import sys
 
-import httpx2
-import openai
+from client_checks import MODEL, check, client as connect, equal, passed, run
 
-MODEL = "tiny-r1"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 TOP = 3
 MAX_TOKENS = 8
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(condition, what, got=None, want=None):
-    if not condition:
-        detail = what
-        if got is not None or want is not None:
-            detail += f"\n  got:  {got!r}\n  want: {want!r}"
-        raise CheckFailed(detail)
-
-
-def equal(got, want, what):
-    check(got == want, what, got, want)
-
-
-def passed(what):
-    print(f"ok: {what}", flush=True)
 
 
 def check_token(entry, what):
@@ -150,21 +128,11 @@ def check_completion(client):
 
 
 def main(socket):
-    client = openai.OpenAI(
-        base_url="http://localhost/v1",
-        api_key="unused",
-        max_retries=0,
-        timeout=60.0,
-        http_client=httpx2.Client(transport=httpx2.HTTPTransport(uds=socket)),
-    )
+    client = connect(socket)
     check_chat(client)
     check_completion(client)
     print("all logprobs checks passed", flush=True)
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1])
-    except CheckFailed as failure:
-        print(f"FAILED: {failure}", flush=True)
-        sys.exit(1)
+    run(main, sys.argv[1])
