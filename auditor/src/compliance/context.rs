@@ -221,6 +221,19 @@ impl Context {
             .map(|i| (&entries[i], &entries[i + 1..])))
     }
 
+    /// The daemon's `model_load` records: those after its start record
+    /// ([`Context::start_record`]) up to the next start, with that start.
+    pub(crate) fn model_loads(&self, pid: i32) -> Result<Option<(&Entry, Vec<&Entry>)>, Undecided> {
+        Ok(self.start_record(pid)?.map(|(start, after)| {
+            let loads = after
+                .iter()
+                .take_while(|e| e.event != Event::Start)
+                .filter(|e| e.event == Event::ModelLoad)
+                .collect();
+            (start, loads)
+        }))
+    }
+
     /// The running daemon: `--pid`, then `daemon.pidfile`, then the unit's
     /// `MainPID` when systemd is PID 1, then the process holding the
     /// daemon's listening socket.

@@ -8,7 +8,6 @@ use super::check::Check;
 use super::context::Context;
 use super::finding::{Evidence, Finding, Undecided};
 use super::procfs;
-use crate::entry::Event;
 
 pub(crate) static CHECKS: &[Check] = &[
     Check {
@@ -213,13 +212,9 @@ fn daemon_exe(context: &Context) -> Result<Finding, Undecided> {
 fn models(context: &Context) -> Result<Finding, Undecided> {
     let daemon = context.daemon()?;
     let (integrity, recorded) = database_of(context)?;
-    let Some((start, after)) = context.start_record(daemon.pid)? else {
+    let Some((start, loads)) = context.model_loads(daemon.pid)? else {
         return Ok(Finding::no_start_record(daemon.pid));
     };
-    let loads = after
-        .iter()
-        .take_while(|e| e.event != Event::Start)
-        .filter(|e| e.event == Event::ModelLoad);
     let mut evidence = Vec::new();
     let mut bad = Vec::new();
     for load in loads {

@@ -2,8 +2,6 @@
 //! bundle signed by a pinned release key, holds exactly the files that
 //! bundle's manifest lists, and is what the running daemon serves.
 
-use std::path::Path;
-
 use deepseek_integrity::bundle::ReleaseKeys;
 use deepseek_integrity::store::{self, Layout};
 
@@ -11,7 +9,6 @@ use super::check::Check;
 use super::context::Context;
 use super::finding::{Evidence, Finding, Undecided};
 use super::integ::database_of;
-use crate::entry::Event;
 
 pub(crate) static CHECKS: &[Check] = &[Check {
     id: "INTEG-MODEL-STORE",
@@ -25,7 +22,7 @@ pub(crate) static CHECKS: &[Check] = &[Check {
 fn model_store(context: &Context) -> Result<Finding, Undecided> {
     let files = &context.profile.files;
     let root = &files.model_store;
-    let names = store_names(root)?;
+    let names = store::layout::model_names(root).map_err(|e| Undecided::Error(e.to_string()))?;
     if names.is_empty() {
         return Ok(Finding::not_applicable(
             format!("no models in the store {}", root.display()),
@@ -77,16 +74,13 @@ fn model_store(context: &Context) -> Result<Finding, Undecided> {
                 evidence.push(Evidence::new(source, e.to_string(), expected));
             }
         }
-        if let Some((seq, loaded)) = served
-            .iter()
-            .find(|(_, (n, _))| n == name)
-            .map(|(s, (_, v))| (s, v))
-            && loaded != &version
+        if let Some(loaded) = served.iter().find(|s| &s.model == name)
+            && loaded.version != version
         {
-            bad.push(format!("{name} (serves {loaded})"));
+            bad.push(format!("{name} (serves {})", loaded.version));
             evidence.push(Evidence::new(
-                format!("audit log entry {seq} (model_load of {name})"),
-                format!("the running daemon serves {loaded}"),
+                format!("audit log entry {} (model_load of {name})", loaded.seq),
+                format!("the running daemon serves {}", loaded.version),
                 format!("the active version {version} (restart deepseekd after an activation)"),
             ));
         }
@@ -102,47 +96,32 @@ fn model_store(context: &Context) -> Result<Finding, Undecided> {
     ))
 }
 
-/// The model directories of the store (none if it does not exist).
-fn store_names(root: &Path) -> Result<Vec<String>, Undecided> {
-    let read = match std::fs::read_dir(root) {
-        Ok(read) => read,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(Undecided::Error(format!(
-                "cannot read {}: {e}",
-                root.display()
-            )));
-        }
-    };
-    let mut names: Vec<String> = read
-        .filter_map(Result::ok)
-        .filter(|i| i.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|i| i.file_name().to_str().map(str::to_owned))
-        .filter(|n| store::layout::check_name(n).is_ok())
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
 /// The versions the running daemon loaded, by entry: (seq, (model,
 /// version)) from the `model_load` records after its start record. Empty
 /// when no daemon runs or its records cannot be read: the store's own
 /// proof stands on its own.
-fn served_versions(context: &Context) -> Vec<(u64, (String, String))> {
+fn served_versions(context: &Context) -> Vec<Served> {
     let Ok(daemon) = context.daemon() else {
         return Vec::new();
     };
-    let Ok(Some((_, after))) = context.start_record(daemon.pid) else {
+    let Ok(Some((_, loads))) = context.model_loads(daemon.pid) else {
         return Vec::new();
     };
-    after
-        .iter()
-        .take_while(|e| e.event != Event::Start)
-        .filter(|e| e.event == Event::ModelLoad)
+    loads
+        .into_iter()
         .filter_map(|e| {
-            let model = e.model.clone()?;
-            let version = e.details.get("version")?.clone();
-            Some((e.seq, (model, version)))
+            Some(Served {
+                seq: e.seq,
+                model: e.model.clone()?,
+                version: e.details.get("version")?.clone(),
+            })
         })
         .collect()
+}
+
+/// A version the running daemon loaded, by its `model_load` record.
+struct Served {
+    seq: u64,
+    model: String,
+    version: String,
 }

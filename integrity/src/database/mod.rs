@@ -184,11 +184,15 @@ pub fn decode(
 
 /// Reads and verifies the database at `path`.
 pub fn load(path: &Path, pinned: &VerifierKey) -> Result<Vec<Entry>, DatabaseError> {
-    let bytes = std::fs::read(path).map_err(|source| DatabaseError::Read {
+    decode(path, &read(path)?, pinned)
+}
+
+/// The database's bytes at `path`, unverified (for [`decode`]).
+pub fn read(path: &Path) -> Result<Vec<u8>, DatabaseError> {
+    std::fs::read(path).map_err(|source| DatabaseError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    decode(path, &bytes, pinned)
+    })
 }
 
 /// Takes the lock of the database at `path` (an exclusive `flock` on its
@@ -196,23 +200,31 @@ pub fn load(path: &Path, pinned: &VerifierKey) -> Result<Vec<Entry>, DatabaseErr
 /// new database holds it from reading the old one to storing the new, so
 /// that two writers never sign over each other's work.
 pub fn lock(path: &Path) -> Result<std::os::fd::OwnedFd, DatabaseError> {
-    use rustix::fs::{FlockOperation, Mode, OFlags};
     let dir = path.parent().unwrap_or(Path::new("/"));
+    lock_directory(dir)
+        .map_err(|source| DatabaseError::Read {
+            path: dir.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| DatabaseError::Busy {
+            path: path.to_owned(),
+        })
+}
+
+/// An exclusive `flock` on the directory `dir`, without waiting: `None`
+/// while another holds it. Released when the handle is dropped.
+pub(crate) fn lock_directory(dir: &Path) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
     let fd = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(|e| DatabaseError::Read {
-        path: dir.to_owned(),
-        source: e.into(),
-    })?;
-    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        DatabaseError::Busy {
-            path: path.to_owned(),
-        }
-    })?;
-    Ok(fd)
+    )?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Replaces the database at `path` atomically: a synced temporary file

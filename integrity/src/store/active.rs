@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::error::{StoreError, io};
-use super::layout::{Layout, check_version};
+use super::layout::{Layout, check_version, is_recorded};
 use crate::entry::{Entry, Kind};
 
 /// The active version of `name`: the target of `ROOT/NAME/active`, which
@@ -59,11 +59,10 @@ pub fn active_version(
             )));
         }
     }
-    let dir = layout.version(name, &version);
-    if !entries.iter().any(|e| e.path == dir && e.kind == Kind::Dir) {
+    if !is_recorded(entries, layout, name, &version) {
         return Err(StoreError::Mismatch(format!(
             "the active version {version} of {name:?} ({}) is not in the signed integrity database",
-            dir.display()
+            layout.version(name, &version).display()
         )));
     }
     Ok(version)

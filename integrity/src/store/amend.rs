@@ -102,11 +102,7 @@ pub(super) struct Recorded {
 
 impl Recorded {
     pub(super) fn load(config: &Config) -> Result<Self, StoreError> {
-        let bytes =
-            std::fs::read(&config.database).map_err(|source| database::DatabaseError::Read {
-                path: config.database.clone(),
-                source,
-            })?;
+        let bytes = database::read(&config.database)?;
         let entries = database::decode(&config.database, &bytes, config.verifier())?;
         Ok(Self {
             entries,
@@ -129,8 +125,7 @@ impl Recorded {
     ) -> Result<(), StoreError> {
         let outside = |path: &Path| !except.iter().any(|e| path.starts_with(e));
         let in_scope = |e: &&Entry| scopes.iter().any(|s| s.holds(&e.path)) && outside(&e.path);
-        let current: Vec<Entry> = self
-            .rescan(config, scopes, options, interrupted)?
+        let current: Vec<Entry> = scan_scopes(config, scopes, options, interrupted)?
             .into_iter()
             .filter(|e| in_scope(&e))
             .collect();
@@ -177,31 +172,13 @@ impl Recorded {
         options: &Options,
         interrupted: &AtomicBool,
     ) -> Result<Vec<Entry>, StoreError> {
-        let mut rules = Vec::new();
-        for scope in scopes {
-            let rule = covering(config, &scope.path).ok_or_else(|| {
-                StoreError::Uncovered(format!(
-                    "no [[rule]] of the integrity configuration records {}",
-                    scope.path.display()
-                ))
-            })?;
-            rules.push(Rule {
-                path: scope.path.clone(),
-                recursive: scope.recursive,
-                ..rule.clone()
-            });
-        }
-        let scanned = scan::scan(&config.with_rules(rules), options, interrupted)?;
+        let scanned = scan_scopes(config, scopes, options, interrupted)?;
         let mut entries: Vec<Entry> = self
             .entries
             .iter()
             .filter(|e| !scopes.iter().any(|s| s.holds(&e.path)))
             .cloned()
-            .chain(
-                scanned
-                    .into_iter()
-                    .filter(|e| scopes.iter().any(|s| s.holds(&e.path))),
-            )
+            .chain(scanned)
             .collect();
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         entries.dedup_by(|a, b| a.path == b.path);
@@ -216,11 +193,7 @@ impl Recorded {
         key: &Signer25519,
         entries: Vec<Entry>,
     ) -> Result<Self, StoreError> {
-        let now =
-            std::fs::read(&config.database).map_err(|source| database::DatabaseError::Read {
-                path: config.database.clone(),
-                source,
-            })?;
+        let now = database::read(&config.database)?;
         if <[u8; 32]>::from(Sha256::digest(&now)) != self.sum {
             return Err(StoreError::Mismatch(format!(
                 "{} changed while the model store operation ran (deepseek-integrity update?): \
@@ -235,6 +208,35 @@ impl Recorded {
             sum: Sha256::digest(&bytes).into(),
         })
     }
+}
+
+/// What `scopes` hold on disk now, recorded with the rules that cover
+/// them (each re-rooted at its scope).
+fn scan_scopes(
+    config: &Config,
+    scopes: &[Scope],
+    options: &Options,
+    interrupted: &AtomicBool,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut rules = Vec::new();
+    for scope in scopes {
+        let rule = covering(config, &scope.path).ok_or_else(|| {
+            StoreError::Uncovered(format!(
+                "no [[rule]] of the integrity configuration records {}",
+                scope.path.display()
+            ))
+        })?;
+        rules.push(Rule {
+            path: scope.path.clone(),
+            recursive: scope.recursive,
+            ..rule.clone()
+        });
+    }
+    let scanned = scan::scan(&config.with_rules(rules), options, interrupted)?;
+    Ok(scanned
+        .into_iter()
+        .filter(|e| scopes.iter().any(|s| s.holds(&e.path)))
+        .collect())
 }
 
 /// The signing key of `config`, which must be the pinned verifier's.

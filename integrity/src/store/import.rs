@@ -10,7 +10,7 @@ use std::path::Path;
 use super::amend::Scope;
 use super::error::{StoreError, io};
 use super::layout::{ORIGIN_FILE, Origin, check_name, check_version};
-use super::ops::{Operation, Pending, Store, replace_file, sync_parent};
+use super::ops::{Operation, Pending, Store, Undo, replace_file, sync_parent};
 use super::provenance::matches_manifest;
 use crate::bundle::{self, FileEntry, Kind as BundleKind, MANIFEST, ReleaseKeys, SIGNATURE};
 use crate::digest::hex;
@@ -78,8 +78,7 @@ impl Store {
             Operation::Import,
             name,
             version,
-            None,
-            vec![dir.clone(), origin_dir.clone()],
+            Undo::Remove(vec![dir.clone(), origin_dir.clone()]),
         )?;
         sync_parent(&dir)?;
         let linked = if self.may_link() {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{StoreError, io};
 use crate::bundle::manifest::check_label;
+use crate::entry::{Entry, Kind};
 
 /// The store's default root.
 pub const DEFAULT_ROOT: &str = "/var/lib/deepseek/models";
@@ -102,6 +103,31 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// The models in the store at `root`: its directories whose names are
+/// model names, sorted; none when the store does not exist yet.
+pub fn model_names(root: &Path) -> Result<Vec<String>, StoreError> {
+    let read = match std::fs::read_dir(root) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("read", root)(e)),
+    };
+    let mut names: Vec<String> = read
+        .filter_map(Result::ok)
+        .filter(|i| i.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|i| i.file_name().to_str().map(str::to_owned))
+        .filter(|n| check_name(n).is_ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether the signed database (`entries`) records `version` of `name`:
+/// its directory.
+pub(super) fn is_recorded(entries: &[Entry], layout: &Layout, name: &str, version: &str) -> bool {
+    let dir = layout.version(name, version);
+    entries.iter().any(|e| e.path == dir && e.kind == Kind::Dir)
 }
 
 /// A version: a bundle label other than `active`, which names the link.

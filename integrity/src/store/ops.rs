@@ -8,16 +8,17 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
-
 use super::active::recorded_active;
 use super::amend::{Recorded, Scope, check_coverage, signing_key};
 use super::error::{StoreError, io};
-use super::layout::{ACTIVATIONS, ACTIVE, Layout, Origin, activations, check_name, check_version};
+use super::layout::{
+    ACTIVATIONS, ACTIVE, Layout, Origin, activations, check_name, check_version, is_recorded,
+    model_names,
+};
 use super::provenance::provenance;
 use crate::bundle::ReleaseKeys;
 use crate::config::{Attr, Config};
-use crate::entry::{Entry, Kind};
+use crate::entry::Entry;
 use crate::keys::Signer25519;
 use crate::scan::Options;
 
@@ -91,7 +92,7 @@ pub struct Pending<'s> {
 
 /// How to take back what a prepared operation wrote.
 #[derive(Debug)]
-enum Undo {
+pub(super) enum Undo {
     Nothing,
     /// An import: its version and origin directories.
     Remove(Vec<PathBuf>),
@@ -112,18 +113,14 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let layout = Layout::new(root)?;
         check_coverage(&config, root)?;
-        let lock = rustix::fs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io("open the model store", root)(e.into()))?;
-        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            StoreError::Refused(format!(
-                "another model store operation holds {} (flock): wait for it to finish",
-                root.display()
-            ))
-        })?;
+        let lock = crate::database::lock_directory(root)
+            .map_err(io("open the model store", root))?
+            .ok_or_else(|| {
+                StoreError::Refused(format!(
+                    "another model store operation holds {} (flock): wait for it to finish",
+                    root.display()
+                ))
+            })?;
         let database_lock = crate::database::lock(&config.database)?;
         let key = signing_key(&config)?;
         let recorded = Recorded::load(&config)?;
@@ -166,13 +163,14 @@ impl Store {
         versions(&self.layout, name)
     }
 
+    /// An operation on `version` of `name`, to be recorded, then signed
+    /// (its `entries` set by the operation) or taken back by `undo`.
     pub(super) fn pending(
         &self,
         operation: Operation,
         name: &str,
         version: &str,
-        entries: Option<Vec<Entry>>,
-        undo_paths: Vec<PathBuf>,
+        undo: Undo,
     ) -> Result<Pending<'_>, StoreError> {
         Ok(Pending {
             store: self,
@@ -181,12 +179,8 @@ impl Store {
             version: version.to_owned(),
             previous: self.recorded_active(name),
             origin: Origin::read(&self.layout, name, version)?,
-            entries,
-            undo: if undo_paths.is_empty() {
-                Undo::Nothing
-            } else {
-                Undo::Remove(undo_paths)
-            },
+            entries: None,
+            undo,
             done: false,
         })
     }
@@ -220,12 +214,7 @@ impl Store {
 
     /// Whether the signed database records `version` of `name`.
     fn is_recorded(&self, name: &str, version: &str) -> bool {
-        let dir = self.layout.version(name, version);
-        self.recorded
-            .borrow()
-            .entries
-            .iter()
-            .any(|e| e.path == dir && e.kind == Kind::Dir)
+        is_recorded(&self.recorded.borrow().entries, &self.layout, name, version)
     }
 
     /// Activates `version` of `name`: the link and the activation stack
@@ -307,8 +296,7 @@ impl Store {
             link: std::fs::read_link(&link).ok(),
             stack: std::fs::read(&stack_path).ok(),
         };
-        let mut pending = self.pending(operation, name, version, None, Vec::new())?;
-        pending.undo = undo;
+        let mut pending = self.pending(operation, name, version, undo)?;
         replace_link(&link, Path::new(version))?;
         let mut text = stack.join("\n");
         text.push('\n');
@@ -344,7 +332,7 @@ impl Store {
                 self.layout.origin(name, version),
             ],
         )?;
-        self.pending(Operation::Remove, name, version, None, Vec::new())
+        self.pending(Operation::Remove, name, version, Undo::Nothing)
     }
 
     /// The versions beyond the newest `keep` imports of `name`, oldest
@@ -447,6 +435,17 @@ impl Drop for Pending<'_> {
 /// hidden ones), oldest import first (by their origin records; a version
 /// without one sorts first, by name).
 pub(super) fn versions(layout: &Layout, name: &str) -> Result<Vec<String>, StoreError> {
+    Ok(versions_with_origins(layout, name)?
+        .into_iter()
+        .map(|(version, _)| version)
+        .collect())
+}
+
+/// [`versions`], each with its origin record, read once.
+fn versions_with_origins(
+    layout: &Layout,
+    name: &str,
+) -> Result<Vec<(String, Option<Origin>)>, StoreError> {
     let dir = layout.model(name);
     let read = match std::fs::read_dir(&dir) {
         Ok(read) => read,
@@ -463,12 +462,15 @@ pub(super) fn versions(layout: &Layout, name: &str) -> Result<Vec<String>, Store
             continue;
         }
         if item.file_type().map_err(io("read", &dir))?.is_dir() {
-            let imported = Origin::read(layout, name, &version)?.map(|o| o.imported_ns);
-            versions.push((imported, version));
+            let origin = Origin::read(layout, name, &version)?;
+            versions.push((origin.as_ref().map(|o| o.imported_ns), version, origin));
         }
     }
-    versions.sort();
-    Ok(versions.into_iter().map(|(_, v)| v).collect())
+    versions.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok(versions
+        .into_iter()
+        .map(|(_, version, origin)| (version, origin))
+        .collect())
 }
 
 /// Every stored version of every model, with the active one marked and
@@ -477,26 +479,14 @@ pub(super) fn versions(layout: &Layout, name: &str) -> Result<Vec<String>, Store
 pub fn list(config: &Config, root: &Path) -> Result<Vec<VersionInfo>, StoreError> {
     let layout = Layout::new(root)?;
     let entries = crate::database::load(&config.database, config.verifier())?;
-    let mut names: Vec<String> = match std::fs::read_dir(root) {
-        Ok(read) => read
-            .filter_map(Result::ok)
-            .filter(|i| i.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|i| i.file_name().to_str().map(str::to_owned))
-            .filter(|n| check_name(n).is_ok())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io("read", root)(e)),
-    };
-    names.sort();
     let mut list = Vec::new();
-    for name in names {
+    for name in model_names(root)? {
         let active = recorded_active(&entries, &layout, &name);
-        for version in versions(&layout, &name)? {
-            let dir = layout.version(&name, &version);
+        for (version, origin) in versions_with_origins(&layout, &name)? {
             list.push(VersionInfo {
                 active: active.as_deref() == Some(version.as_str()),
-                recorded: entries.iter().any(|e| e.path == dir && e.kind == Kind::Dir),
-                origin: Origin::read(&layout, &name, &version)?,
+                recorded: is_recorded(&entries, &layout, &name, &version),
+                origin,
                 name: name.clone(),
                 version,
             });
