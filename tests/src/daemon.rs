@@ -264,10 +264,12 @@ impl Daemon {
                 self.child = None;
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "deepseekd did not exit within {timeout:?}"
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "deepseekd did not exit within {timeout:?}; its log:\n{}",
+                    self.log()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

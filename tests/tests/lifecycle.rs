@@ -227,7 +227,9 @@ async fn takes_its_socket_from_systemd() {
         d.log()
     );
     d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    // A hang detector, not a speed test: on a machine busy with other
+    // builds, its exit once took over 10 s.
+    assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }
 
 /// Writes a config with `runtime` and `models` and runs the daemon on it.
