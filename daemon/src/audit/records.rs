@@ -283,6 +283,8 @@ pub(crate) struct Generation<'a> {
     pub stream: bool,
     pub seed: Option<i64>,
     pub logprobs: Option<usize>,
+    /// The structured-output constraint's kind and its schema's digest.
+    pub constraint: Option<(&'a str, &'a str)>,
 }
 
 /// Notes the endpoint of a generation request (also on refusals).
@@ -306,6 +308,14 @@ impl Generation<'_> {
         }
         if let Some(top) = self.logprobs {
             entry.details.insert("logprobs".to_owned(), top.to_string());
+        }
+        if let Some((kind, schema_sha256)) = self.constraint {
+            entry
+                .details
+                .insert("constraint".to_owned(), kind.to_owned());
+            entry
+                .details
+                .insert("schema_sha256".to_owned(), schema_sha256.to_owned());
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::batch::BatchSnapshot;
 use super::batch::scheduler::{Batcher, Job, Limits, Setup, StartError};
+use super::constraint::Grammars;
 use super::decoder::{GraphSpec, KvPlacement, Slot};
 use super::files::{self, ModelFiles};
 use super::generate::{Delta, Finished, GenerateRequest};
@@ -114,6 +115,8 @@ pub struct CausalLm {
     pub(super) stop_ids: HashSet<u32>,
     /// The tokenizer has `<think>` and `</think>`: split the reasoning.
     pub(super) reasoning: bool,
+    /// Compiles the schemas of structured output.
+    pub(super) grammars: Grammars,
     runner: Runner,
     pub(super) admission: Arc<Semaphore>,
     /// Shared by every causal LM ([`PREPARING`]).
@@ -264,8 +267,14 @@ impl CausalLm {
                 (Runner::Slots(Arc::new(Pool::new(slots))), None)
             }
         };
-        let reasoning = tokenizer.token_to_id("<think>").is_some()
-            && tokenizer.token_to_id("</think>").is_some();
+        let think_end = tokenizer.token_to_id("</think>");
+        let reasoning = tokenizer.token_to_id("<think>").is_some() && think_end.is_some();
+        let grammars = Grammars::new(
+            &files.tokenizer_json,
+            tokenizer.vocab_size(),
+            &stop_ids,
+            think_end.filter(|_| reasoning),
+        );
         let info = LmInfo {
             name,
             version: config.version.clone(),
@@ -300,6 +309,7 @@ impl CausalLm {
             defaults,
             stop_ids,
             reasoning,
+            grammars,
         })
     }
 

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use super::constraint::Constraint;
 use super::logprobs::{Logprobs, TokenLogprob};
 use super::sampling::SamplingParams;
 
@@ -11,7 +12,7 @@ use super::sampling::SamplingParams;
 pub const PREFILL_CHUNK: usize = 512;
 
 /// What to generate.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GenerateRequest {
     pub prompt_ids: Vec<u32>,
     /// Completion tokens at most (already within the context).
@@ -26,6 +27,26 @@ pub struct GenerateRequest {
     pub split_reasoning: bool,
     /// Each token's logprob, when the client asked.
     pub logprobs: Option<Logprobs>,
+    /// The JSON schema the answer is held to (structured output).
+    pub constraint: Option<Constraint>,
+}
+
+impl GenerateRequest {
+    /// The request to run, leaving this one for the audit record: the
+    /// constraint, one generation's state, moves with it.
+    pub fn for_run(&mut self) -> Self {
+        Self {
+            prompt_ids: self.prompt_ids.clone(),
+            max_tokens: self.max_tokens,
+            sampling: self.sampling,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            stop_ids: self.stop_ids.clone(),
+            split_reasoning: self.split_reasoning,
+            logprobs: self.logprobs,
+            constraint: self.constraint.take(),
+        }
+    }
 }
 
 /// Why a generation ended.
@@ -92,4 +113,6 @@ pub enum GenerateError {
     Runtime { step: usize, source: ort::Error },
     #[error("detokenizing failed: {0}")]
     Tokenizer(#[from] super::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Constraint(#[from] super::constraint::ConstraintError),
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::constraint::Constraint;
 use super::decoder::{GraphSpec, Slot};
 use super::generate::{
     Delta, FinishReason, Finished, GenerateError, GenerateRequest, PREFILL_CHUNK,
@@ -49,13 +50,15 @@ pub(crate) struct Generation<'t> {
     vocab: usize,
     /// Logprobs of the tokens whose text has not been sent yet.
     pending: Vec<TokenLogprob>,
+    /// The JSON schema the answer is held to, taken from the request.
+    constraint: Option<Constraint>,
     events: mpsc::UnboundedSender<Delta>,
 }
 
 impl<'t> Generation<'t> {
     pub(crate) fn new(
         tokenizer: &'t Tokenizer,
-        request: GenerateRequest,
+        mut request: GenerateRequest,
         events: mpsc::UnboundedSender<Delta>,
     ) -> Self {
         Self {
@@ -69,6 +72,7 @@ impl<'t> Generation<'t> {
             first_token_at: None,
             vocab: tokenizer.vocab_size(),
             pending: Vec::new(),
+            constraint: request.constraint.take(),
             events,
             request,
         }
@@ -97,11 +101,20 @@ impl<'t> Generation<'t> {
         if self.generated == self.request.max_tokens {
             return Ok(Next::Done(FinishReason::Length));
         }
-        let id = self.sampler.sample(logits);
+        let stop_ids = &self.request.stop_ids;
+        let id = match &mut self.constraint {
+            Some(constraint) => self
+                .sampler
+                .sample_masked(logits, |work| constraint.mask(work, stop_ids))?,
+            None => self.sampler.sample(logits),
+        };
         self.first_token_at.get_or_insert_with(Instant::now);
         self.generated += 1;
-        if self.request.stop_ids.contains(&id) {
+        if stop_ids.contains(&id) {
             return Ok(Next::Done(FinishReason::Stop));
+        }
+        if let Some(constraint) = &mut self.constraint {
+            constraint.accept(id)?;
         }
         if let Some(asked) = self.request.logprobs {
             self.pending

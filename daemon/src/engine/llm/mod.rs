@@ -5,6 +5,7 @@
 
 pub mod batch;
 mod causal_lm;
+pub mod constraint;
 pub mod decoder;
 pub mod files;
 pub mod generate;

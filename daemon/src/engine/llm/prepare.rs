@@ -6,9 +6,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::causal_lm::CausalLm;
+use super::constraint::ConstraintError;
 use super::generate::GenerateRequest;
 use super::logprobs::Logprobs;
 use super::sampling::SamplingParams;
@@ -78,6 +80,8 @@ pub struct Overrides {
     pub split_reasoning: bool,
     /// Each token's logprob and how many alternatives (already bounded).
     pub logprobs: Option<Logprobs>,
+    /// The JSON schema the answer is held to (already bounded in size).
+    pub schema: Option<Value>,
 }
 
 /// A prompt ready to run.
@@ -107,6 +111,10 @@ pub enum PrepareError {
         prompt_tokens: usize,
         max_tokens: Option<usize>,
     },
+    /// The schema cannot be enforced: the client's to fix, or the model
+    /// cannot be constrained.
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
     #[error(transparent)]
     Infer(#[from] InferError),
 }
@@ -131,14 +139,22 @@ impl CausalLm {
         let preparing = self.preparing().await?;
         let lm = Arc::clone(self);
         let parse_special = overrides.parse_special;
-        let (text, prompt_ids) = tokio::task::spawn_blocking(move || {
+        // The output starts inside the reasoning when the template opens it.
+        let reasons = self.reasoning && matches!(prompt, Prompt::Chat(_));
+        let schema = overrides.schema;
+        let (text, prompt_ids, constraint) = tokio::task::spawn_blocking(move || {
             let _preparing = preparing;
-            match prompt {
+            // Compiled here, off the runtime's threads like the prompt.
+            let constraint = schema
+                .map(|schema| lm.grammars.compile(&schema, reasons))
+                .transpose()?;
+            let (text, ids) = match prompt {
                 Prompt::Chat(messages) => lm.chat_prompt(messages, parse_special),
                 Prompt::Text(text) => lm
                     .completion_prompt(&text, parse_special)
                     .map(|ids| (text, ids)),
-            }
+            }?;
+            Ok::<_, PrepareError>((text, ids, constraint))
         })
         .await
         .map_err(|e| InferError::Runtime(e.to_string()))??;
@@ -183,6 +199,7 @@ impl CausalLm {
             stop_ids,
             split_reasoning,
             logprobs: overrides.logprobs,
+            constraint,
         };
         Ok(Prepared {
             request,

@@ -88,9 +88,24 @@ impl Sampler {
     /// When no id below `vocab` has a logit above -inf (NaN counts as -inf)
     /// there is nothing sensible to choose; it then returns the lowest id, 0.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let never = |_: &mut [f32]| Ok::<(), std::convert::Infallible>(());
+        match self.sample_masked(logits, never) {
+            Ok(id) => id,
+        }
+    }
+
+    /// [`Sampler::sample`] with `mask` first setting to −∞ the logits of
+    /// the tokens that may not come next (structured output), before the
+    /// penalties and the rest.
+    pub(crate) fn sample_masked<E>(
+        &mut self,
+        logits: &[f32],
+        mask: impl FnOnce(&mut [f32]) -> Result<(), E>,
+    ) -> Result<u32, E> {
         let n = self.vocab.min(logits.len());
         self.work.clear();
         self.work.extend_from_slice(&logits[..n]);
+        mask(&mut self.work)?;
         self.apply_penalties();
 
         let id = if self.params.temperature > 0.0 {
@@ -101,7 +116,7 @@ impl Sampler {
         if (id as usize) < n {
             self.count(id);
         }
-        id
+        Ok(id)
     }
 
     /// OpenAI's formula: `l -= c * frequency + (c > 0) * presence`.

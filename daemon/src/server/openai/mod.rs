@@ -4,7 +4,8 @@
 //!
 //! [`handlers`] are the endpoints; [`wire`] parses a body within its
 //! limits, [`prepare`] checks it and hands the engine a prompt, [`whole`]
-//! and [`stream`] answer ([`logprobs`] shapes the logprobs asked for),
+//! and [`stream`] answer ([`logprobs`] shapes the logprobs asked for,
+//! [`format`] turns `response_format` into the schema the engine enforces),
 //! [`record`] keeps what the audit records share. Every request is audited with
 //! digests and token counts, never its text: a whole answer leaves only
 //! once its record is acknowledged; a stream starts only once its
@@ -13,6 +14,7 @@
 //! that disconnects cancels it and it is still recorded.
 
 mod error;
+mod format;
 #[doc(hidden)]
 pub(crate) mod fuzz;
 mod handlers;

@@ -11,10 +11,12 @@ use serde_json::value::RawValue;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::OpenAiError;
+use super::format::{Kind, response_format};
 use super::wire::{
     ApiRequest, ChatMessage, Endpoint, LogprobsField, MAX_LOGPROBS, MAX_MODEL_BYTES,
     MAX_ROLE_BYTES, MAX_STOP_BYTES, MAX_TOP_LOGPROBS, ROLES, ReasoningFormat, TextOr, parse_body,
 };
+use crate::engine::llm::constraint::ConstraintError;
 use crate::engine::llm::generate::GenerateRequest;
 use crate::engine::llm::logprobs::Logprobs;
 use crate::engine::llm::prepare::{Overrides, PrepareError, Prompt, PromptError};
@@ -34,6 +36,9 @@ pub(super) struct Prepared {
     pub(super) seed: Option<i64>,
     /// SHA-256 of the prompt text (rendered template or the prompt itself).
     pub(super) prompt_sha256: String,
+    /// The constraint the answer is held to: its kind and schema digest,
+    /// for the audit record.
+    pub(super) constraint: Option<(Kind, String)>,
 }
 
 fn check_range(name: &str, value: Option<f32>, low: f32, high: f32) -> Result<(), OpenAiError> {
@@ -68,11 +73,6 @@ pub(super) fn refuse_unsupported(body: &ApiRequest) -> Result<(), OpenAiError> {
             given(&body.tools, &|v| v.as_array().is_some_and(Vec::is_empty)),
             "tools",
             "tools",
-        ),
-        (
-            given(&body.response_format, &|v| v["type"] == "text"),
-            "a response_format other than text",
-            "response_format",
         ),
         (
             given(&body.logit_bias, &|v| {
@@ -162,7 +162,7 @@ fn too_many_bytes(context: usize, bytes: usize, limit: usize, param: &str) -> Op
     )
 }
 
-fn over_limit(param: &str, what: &str, size: usize, max: usize) -> OpenAiError {
+pub(super) fn over_limit(param: &str, what: &str, size: usize, max: usize) -> OpenAiError {
     OpenAiError::invalid(
         format!("{param} is {size} {what}, over the limit of {max}"),
         Some(param),
@@ -215,6 +215,15 @@ pub(super) async fn prepare(
     let model = Arc::clone(find(state, &body.model)?);
     refuse_unsupported(&body)?;
     let logprobs = asked_logprobs(endpoint, &body)?;
+    let format = response_format(body.response_format)?;
+    if format.is_some() && body.ignore_eos == Some(true) {
+        // A constrained answer ends where its JSON does.
+        return Err(OpenAiError::invalid(
+            "ignore_eos cannot be used with a response_format other than text",
+            Some("ignore_eos"),
+            None,
+        ));
+    }
     check_range("temperature", body.temperature, 0.0, 2.0)?;
     if body.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
         return Err(OpenAiError::invalid(
@@ -333,6 +342,7 @@ pub(super) async fn prepare(
         split_reasoning: endpoint == Endpoint::Chat
             && body.reasoning_format != Some(ReasoningFormat::None),
         logprobs,
+        schema: format.as_ref().map(|f| f.schema.clone()),
     };
     let ready = model
         .prepare(prompt, overrides)
@@ -349,6 +359,7 @@ pub(super) async fn prepare(
             .unwrap_or(false),
         seed: body.seed,
         prompt_sha256: ready.prompt_sha256,
+        constraint: format.map(|f| (f.kind, f.schema_sha256)),
     };
     Ok((prepared, admitted))
 }
@@ -374,6 +385,14 @@ fn prepare_error(error: PrepareError, context: usize, param: &str) -> OpenAiErro
     match error {
         PrepareError::Prompt(e) => prompt_error(e, param),
         PrepareError::Infer(e) => e.into(),
+        PrepareError::Constraint(e) => OpenAiError::invalid(
+            e.to_string(),
+            Some(match e {
+                ConstraintError::Unavailable(_) => "model",
+                _ => "response_format",
+            }),
+            None,
+        ),
         PrepareError::Empty => OpenAiError::invalid(
             format!("the {param} is empty: there is nothing to continue"),
             Some(param),

@@ -64,6 +64,10 @@ impl Record {
             stream: prepared.stream,
             seed: prepared.seed,
             logprobs: prepared.generate.logprobs.map(|asked| asked.top),
+            constraint: prepared
+                .constraint
+                .as_ref()
+                .map(|(kind, digest)| (kind.as_str(), digest.as_str())),
         }
         .add_to(entry);
     }

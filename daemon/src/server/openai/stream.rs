@@ -145,10 +145,11 @@ impl Chunks<'_> {
 pub(super) async fn drive_stream(
     state: Arc<AppState>,
     record: Record,
-    prepared: Prepared,
+    mut prepared: Prepared,
     admitted: OwnedSemaphorePermit,
     body: mpsc::Sender<Result<Bytes, Infallible>>,
 ) {
+    let (mut deltas, task) = start(&mut prepared, admitted);
     let mut chunks = Chunks {
         record: &record,
         prepared: &prepared,
@@ -157,7 +158,6 @@ pub(super) async fn drive_stream(
         digest: Sha256::new(),
         offset: 0,
     };
-    let (mut deltas, task) = start(&prepared, admitted);
     let first = chunks.choice(
         json!({"role": "assistant", "content": ""}),
         "",

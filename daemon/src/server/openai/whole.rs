@@ -22,7 +22,7 @@ use crate::server::http::{AppState, Bounded, sha256_hex};
 
 /// Starts the generation; its deltas arrive on the returned receiver.
 pub(super) fn start(
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     admitted: OwnedSemaphorePermit,
 ) -> (
     mpsc::UnboundedReceiver<Delta>,
@@ -31,8 +31,11 @@ pub(super) fn start(
     // Unbounded, so that a client slow to read never holds up the batch
     // its request decodes in: it holds at most `max_tokens` small deltas.
     let (tx, rx) = mpsc::unbounded_channel();
-    let task =
-        tokio::spawn(Arc::clone(&prepared.model).generate(admitted, prepared.generate.clone(), tx));
+    let task = tokio::spawn(Arc::clone(&prepared.model).generate(
+        admitted,
+        prepared.generate.for_run(),
+        tx,
+    ));
     (rx, task)
 }
 
@@ -48,11 +51,11 @@ pub(super) async fn finish(
 pub(super) async fn drive_whole(
     state: Arc<AppState>,
     record: Record,
-    prepared: Prepared,
+    mut prepared: Prepared,
     admitted: OwnedSemaphorePermit,
     mut answer: oneshot::Sender<Response>,
 ) {
-    let (mut deltas, task) = start(&prepared, admitted);
+    let (mut deltas, task) = start(&mut prepared, admitted);
     let mut text = Delta::default();
     loop {
         tokio::select! {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::error::OpenAiError;
+use super::format::ResponseFormat;
 
 /// Which endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +184,7 @@ pub(super) struct ApiRequest {
     #[serde(default)]
     pub(super) tools: Option<Value>,
     #[serde(default)]
-    pub(super) response_format: Option<Value>,
+    pub(super) response_format: Option<ResponseFormat>,
     #[serde(default)]
     pub(super) echo: Option<bool>,
     #[serde(default)]

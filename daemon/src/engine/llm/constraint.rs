@@ -1,0 +1,447 @@
+//! Structured output: the answer is held to a JSON schema while it is
+//! decoded, by masking at each step the tokens that cannot continue valid
+//! JSON, not by checking and retrying afterwards
+//! (docs/development/llm-serving.md, "Structured output").
+//!
+//! llguidance does the work: a [`Grammars`] per model (the tokenizer's
+//! token bytes in a trie), a schema compiled per request into a
+//! [`Constraint`], whose mask each [`super::generation::Generation::step`]
+//! applies before sampling. For a model that reasons (`<think>` ...
+//! `</think>`), the reasoning is free and the constraint starts with the
+//! token after `</think>`; until then only the end of the answer is masked,
+//! so that it cannot end before its JSON.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use llguidance::api::{ParserLimits, TopLevelGrammar};
+use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{Value, json};
+
+/// The most bytes of llguidance's message a client is shown: it may quote
+/// the schema.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Why a schema cannot constrain this model's output.
+#[derive(Debug, thiserror::Error)]
+pub enum ConstraintError {
+    /// The tokenizer's tokens could not be read as bytes (not byte-level
+    /// BPE): the model cannot be constrained at all.
+    #[error("structured output is not available for this model: {0}")]
+    Unavailable(String),
+    /// The client's schema did not compile (an unsupported keyword, an
+    /// unsatisfiable schema, or one over the grammar limits).
+    #[error("the JSON schema cannot be enforced: {0}")]
+    Schema(String),
+    /// The mask could not be computed mid-generation (a step over the
+    /// parser's limits).
+    #[error("the output constraint failed at a step: {0}")]
+    Step(String),
+}
+
+/// What compiles a request's schema for one model: built once at load.
+pub(crate) struct Grammars {
+    factory: Result<ParserFactory, String>,
+    /// The `</think>` token: the constraint waits for it when the model
+    /// reasons.
+    think_end: Option<u32>,
+}
+
+impl fmt::Debug for Grammars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grammars")
+            .field("available", &self.factory.is_ok())
+            .field("think_end", &self.think_end)
+            .finish()
+    }
+}
+
+/// The JSON layout every constrained answer gets: `", "` and `": "`
+/// (Python's `json.dumps`), no other whitespace. Free whitespace would let a
+/// model pad its answer without bound.
+fn layout() -> Value {
+    json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+        "lenient": false,
+    })
+}
+
+impl Grammars {
+    /// `tokenizer_json`: the model's `tokenizer.json`; `vocab`: the ids the
+    /// sampler draws from; `stop_ids`: the model's end tokens, which the
+    /// grammar must never take for text; `think_end`: `</think>`'s id when
+    /// the model reasons.
+    pub(crate) fn new(
+        tokenizer_json: &[u8],
+        vocab: usize,
+        stop_ids: &HashSet<u32>,
+        think_end: Option<u32>,
+    ) -> Self {
+        let factory = token_env(tokenizer_json, vocab, stop_ids).and_then(|env| {
+            let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+            factory.quiet();
+            *factory.limits_mut() = ParserLimits {
+                // Errors name the schema's fault, not the parser's state.
+                verbose_errors: false,
+                ..ParserLimits::default()
+            };
+            Ok(factory)
+        });
+        if let Err(reason) = &factory {
+            tracing::warn!(reason, "structured output is unavailable for this model");
+        }
+        Self { factory, think_end }
+    }
+
+    /// Compiles `schema` for one generation; `reasons`: the output starts
+    /// inside the model's reasoning.
+    pub(crate) fn compile(
+        &self,
+        schema: &Value,
+        reasons: bool,
+    ) -> Result<Constraint, ConstraintError> {
+        let factory = self
+            .factory
+            .as_ref()
+            .map_err(|reason| ConstraintError::Unavailable(reason.clone()))?;
+        let mut schema = schema.clone();
+        match schema.as_object_mut() {
+            // Ours, whatever the client wrote there.
+            Some(object) => object.insert("x-guidance".to_owned(), layout()),
+            None => {
+                return Err(ConstraintError::Schema(
+                    "a JSON schema is an object".to_owned(),
+                ));
+            }
+        };
+        let parser = factory
+            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .map_err(|e| ConstraintError::Schema(cut(&e.to_string())))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(error) = matcher.get_error() {
+            return Err(ConstraintError::Schema(cut(&error)));
+        }
+        Ok(Constraint {
+            matcher,
+            waiting: if reasons { self.think_end } else { None },
+            eos: factory.tok_env().tok_trie().eos_token(),
+        })
+    }
+}
+
+fn cut(message: &str) -> String {
+    deepseek_audit::entry::cut(message, MAX_MESSAGE_BYTES)
+}
+
+/// The tokenizer as llguidance sees it: each token's bytes, the end tokens
+/// marked special so that no grammar takes them for text.
+fn token_env(
+    tokenizer_json: &[u8],
+    vocab: usize,
+    stop_ids: &HashSet<u32>,
+) -> Result<TokEnv, String> {
+    let json: Value = serde_json::from_slice(tokenizer_json).map_err(|e| e.to_string())?;
+    // llguidance's reader asserts on byte-fallback vocabularies it does not
+    // expect; only byte-level BPE (the decoder this daemon serves) is read.
+    if json["decoder"]["type"] != "ByteLevel" {
+        return Err(format!(
+            "the tokenizer's decoder is {}, not ByteLevel",
+            json["decoder"]["type"]
+        ));
+    }
+    let mut words =
+        llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| e.to_string())?;
+    if words.len() > vocab {
+        return Err(format!(
+            "tokenizer.json lists {} tokens, the tokenizer {vocab}",
+            words.len()
+        ));
+    }
+    words.resize(vocab, Vec::new());
+    for &id in stop_ids {
+        if let Some(word) = words.get_mut(id as usize)
+            && word.first() != Some(&TokTrie::SPECIAL_TOKEN_MARKER)
+        {
+            word.insert(0, TokTrie::SPECIAL_TOKEN_MARKER);
+        }
+    }
+    let eos = stop_ids
+        .iter()
+        .copied()
+        .min()
+        .ok_or("the model has no end-of-sequence token")?;
+    let info = TokRxInfo::new(vocab as u32, eos);
+    let trie = TokTrie::from(&info, &words);
+    Ok(Arc::new(ApproximateTokEnv::new(trie)))
+}
+
+/// One generation's constraint: where its JSON stands.
+pub struct Constraint {
+    matcher: Matcher,
+    /// `</think>`, while the reasoning is still open.
+    waiting: Option<u32>,
+    /// The end token the grammar knows; every stop id stands for it.
+    eos: u32,
+}
+
+impl fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Constraint")
+            .field("waiting", &self.waiting)
+            .field("stopped", &self.matcher.is_stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Constraint {
+    /// Sets to −∞ the logits of the tokens that cannot come next: while
+    /// the reasoning is open, only the stop tokens; after it, every token
+    /// the grammar refuses, and the stop tokens until the JSON is complete.
+    pub(crate) fn mask(
+        &mut self,
+        logits: &mut [f32],
+        stop_ids: &HashSet<u32>,
+    ) -> Result<(), ConstraintError> {
+        if self.waiting.is_some() {
+            for &id in stop_ids {
+                if let Some(logit) = logits.get_mut(id as usize) {
+                    *logit = f32::NEG_INFINITY;
+                }
+            }
+            return Ok(());
+        }
+        let allowed = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| ConstraintError::Step(cut(&e.to_string())))?;
+        let end = allowed.is_allowed(self.eos);
+        // The stop tokens' own logits, kept for when the JSON may end.
+        let ends: Vec<(usize, f32)> = stop_ids
+            .iter()
+            .filter_map(|&id| Some((id as usize, *logits.get(id as usize)?)))
+            .collect();
+        let known = allowed.len().min(logits.len());
+        let (inside, beyond) = logits.split_at_mut(known);
+        for (id, logit) in (0u32..).zip(inside.iter_mut()) {
+            if !allowed.is_allowed(id) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        beyond.fill(f32::NEG_INFINITY);
+        for (id, logit) in ends {
+            logits[id] = if end { logit } else { f32::NEG_INFINITY };
+        }
+        if !logits.iter().any(|l| *l > f32::NEG_INFINITY) {
+            return Err(ConstraintError::Step(
+                "no token the model can produce continues the JSON".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes the sampled token (not a stop token) into the constraint.
+    pub(crate) fn accept(&mut self, id: u32) -> Result<(), ConstraintError> {
+        if let Some(think_end) = self.waiting {
+            if id == think_end {
+                self.waiting = None;
+            }
+            return Ok(());
+        }
+        self.matcher
+            .consume_token(id)
+            .map_err(|e| ConstraintError::Step(cut(&e.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::llm::test_support as fixture;
+    use crate::engine::llm::tokenizer::Tokenizer;
+
+    /// The fixture's EOS.
+    const EOS: u32 = 1;
+
+    fn grammars() -> (Grammars, Tokenizer) {
+        let bytes = std::fs::read(fixture::dir().join("tokenizer.json")).expect("tokenizer.json");
+        let tokenizer = fixture::tokenizer();
+        let think_end = tokenizer.token_to_id("</think>");
+        let grammars = Grammars::new(
+            &bytes,
+            tokenizer.vocab_size(),
+            &HashSet::from([EOS]),
+            think_end,
+        );
+        (grammars, tokenizer)
+    }
+
+    /// Walks the constraint with pseudo-random logits (a fixed LCG), taking
+    /// the highest allowed token each step, until a stop token; returns the
+    /// ids before it.
+    fn walk(constraint: &mut Constraint, vocab: usize, seed: u64, steps: usize) -> Vec<u32> {
+        let stop = HashSet::from([EOS]);
+        let mut state = seed;
+        let mut ids = Vec::new();
+        for _ in 0..steps {
+            let mut logits: Vec<f32> = (0..vocab)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (state >> 40) as f32 / (1u64 << 24) as f32
+                })
+                .collect();
+            constraint.mask(&mut logits, &stop).expect("mask");
+            let id = (0u32..)
+                .zip(&logits)
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(id, _)| id)
+                .expect("a token");
+            if id == EOS {
+                return ids;
+            }
+            constraint.accept(id).expect("accept");
+            ids.push(id);
+        }
+        panic!("no end within {steps} steps: {ids:?}");
+    }
+
+    /// The layout is fixed: outside strings, one space after each `,` and
+    /// `:`, no other whitespace.
+    fn assert_layout(text: &str) {
+        let (mut in_string, mut escaped, mut previous) = (false, false, ' ');
+        for c in text.chars() {
+            if in_string {
+                in_string = escaped || c != '"';
+                escaped = !escaped && c == '\\';
+            } else if c == '"' {
+                in_string = true;
+            } else if c.is_whitespace() {
+                assert!(c == ' ' && matches!(previous, ',' | ':'), "{text}");
+            } else {
+                assert!(!matches!(previous, ',' | ':'), "{text}");
+            }
+            previous = if in_string { '"' } else { c };
+        }
+    }
+
+    #[test]
+    fn random_logits_held_to_a_schema_give_json_that_matches_it() {
+        let (grammars, tokenizer) = grammars();
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "kind": {"enum": ["a", "b"]},
+                "n": {"type": "integer", "minimum": 0, "maximum": 9},
+                "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2},
+            },
+            "required": ["kind", "n", "tags"],
+            "additionalProperties": false,
+        });
+        for seed in 0..20 {
+            let mut constraint = grammars.compile(&schema, false).expect("compiles");
+            let ids = walk(&mut constraint, tokenizer.vocab_size(), seed, 400);
+            let text = tokenizer.decode(&ids).expect("decode");
+            let value: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(
+                ["a", "b"].contains(&value["kind"].as_str().expect("kind")),
+                "{text}"
+            );
+            assert!(value["n"].as_u64().expect("n") <= 9, "{text}");
+            let tags = value["tags"].as_array().expect("tags");
+            assert!(
+                tags.len() <= 2
+                    && tags
+                        .iter()
+                        .all(|t| t.as_str().is_some_and(|t| t.chars().count() <= 3)),
+                "{text}"
+            );
+            assert_eq!(value.as_object().expect("object").len(), 3, "{text}");
+            assert_layout(&text);
+        }
+    }
+
+    #[test]
+    fn the_reasoning_is_free_until_think_closes_but_cannot_end_the_answer() {
+        let (grammars, tokenizer) = grammars();
+        let think_end = tokenizer.token_to_id("</think>").expect("</think>");
+        let mut constraint = grammars
+            .compile(&json!({"type": "object"}), true)
+            .expect("compiles");
+        let stop = HashSet::from([EOS]);
+        let mut logits = vec![0.0; tokenizer.vocab_size()];
+        constraint.mask(&mut logits, &stop).expect("mask");
+        let open = logits.iter().filter(|l| l.is_finite()).count();
+        assert_eq!(open, tokenizer.vocab_size() - 1, "only EOS is masked");
+        assert_eq!(logits[EOS as usize], f32::NEG_INFINITY);
+        // Any text, then </think>: from there, JSON.
+        let text = tokenizer.encode("not { json", false).expect("encode");
+        for &id in text.iter().chain([&think_end]) {
+            constraint.accept(id).expect("free reasoning");
+        }
+        let mut logits = vec![0.0; tokenizer.vocab_size()];
+        constraint.mask(&mut logits, &stop).expect("mask");
+        let open: Vec<String> = (0u32..)
+            .zip(&logits)
+            .filter(|(_, l)| l.is_finite())
+            .map(|(id, _)| tokenizer.token_text(id))
+            .collect();
+        assert!(open.iter().all(|t| t.starts_with('{')), "{open:?}");
+    }
+
+    #[test]
+    fn a_schema_that_cannot_be_enforced_is_refused_with_the_reason() {
+        let (grammars, _) = grammars();
+        for (schema, says) in [
+            (
+                json!({"type": "object", "properties": {"a": {"type": "frobnicate"}}}),
+                "frobnicate",
+            ),
+            (
+                json!({"type": "string", "minLength": 5, "maxLength": 2}),
+                "",
+            ),
+            (json!([1, 2]), "object"),
+        ] {
+            let error = grammars.compile(&schema, false).expect_err("refused");
+            assert!(matches!(error, ConstraintError::Schema(_)), "{error}");
+            assert!(error.to_string().contains(says), "{error}");
+            assert!(error.to_string().len() < MAX_MESSAGE_BYTES + 100, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_clients_x_guidance_cannot_loosen_the_layout() {
+        let (grammars, tokenizer) = grammars();
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}},
+            "required": ["a"], "additionalProperties": false,
+            "x-guidance": {"whitespace_flexible": true, "whitespace_pattern": " *"}});
+        let mut constraint = grammars.compile(&schema, false).expect("compiles");
+        let ids = walk(&mut constraint, tokenizer.vocab_size(), 7, 200);
+        let text = tokenizer.decode(&ids).expect("decode");
+        assert!(
+            text.starts_with("{\"a\": ") && !text.contains("  "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_tokenizer_that_is_not_byte_level_makes_it_unavailable() {
+        let grammars = Grammars::new(
+            br#"{"decoder": {"type": "Metaspace"}}"#,
+            10,
+            &HashSet::from([1]),
+            None,
+        );
+        let error = grammars
+            .compile(&json!({"type": "object"}), false)
+            .expect_err("unavailable");
+        assert!(matches!(error, ConstraintError::Unavailable(_)), "{error}");
+        assert!(error.to_string().contains("Metaspace"), "{error}");
+    }
+}
