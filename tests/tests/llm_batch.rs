@@ -177,6 +177,7 @@ fn request(prompt_ids: Vec<u32>, max_tokens: usize, sampled: Option<u64>) -> Gen
         stop: Vec::new(),
         stop_ids: HashSet::new(),
         split_reasoning: false,
+        tools: None,
         logprobs: None,
     }
 }

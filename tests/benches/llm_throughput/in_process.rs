@@ -142,6 +142,7 @@ impl InProcess {
             stop: Vec::new(),
             stop_ids: HashSet::new(),
             split_reasoning: false,
+            tools: None,
             logprobs: None,
         }
     }

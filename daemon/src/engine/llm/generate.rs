@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::logprobs::{Logprobs, TokenLogprob};
 use super::sampling::SamplingParams;
+use super::tools::{FunctionCall, ToolParsing};
 
 /// The most prompt tokens run at once (see [`super::decoder::Slot::prefill`]).
 pub const PREFILL_CHUNK: usize = 512;
@@ -24,6 +25,8 @@ pub struct GenerateRequest {
     pub stop_ids: HashSet<u32>,
     /// Split `<think>` reasoning from the answer.
     pub split_reasoning: bool,
+    /// Read tool calls out of the answer, when the request offers tools.
+    pub tools: Option<ToolParsing>,
     /// Each token's logprob, when the client asked.
     pub logprobs: Option<Logprobs>,
 }
@@ -37,6 +40,8 @@ pub enum FinishReason {
     Length,
     /// The client went away.
     Cancelled,
+    /// The answer ended in tool calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -45,6 +50,7 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -60,6 +66,8 @@ pub struct Finished {
     pub reasoning_closed: bool,
     /// When the first completion token was sampled (time to first token).
     pub first_token_at: Option<Instant>,
+    /// Tool calls read out of the answer (the last [`Delta`] carries them).
+    pub tool_calls: usize,
 }
 
 impl Finished {
@@ -71,18 +79,21 @@ impl Finished {
             completion_sha256: deepseek_integrity::digest::sha256_hex(b""),
             reasoning_closed: false,
             first_token_at: None,
+            tool_calls: 0,
         }
     }
 }
 
 /// What a step decided for the client: the pieces of text (either may be
 /// empty), and with them the logprobs of the tokens generated since the
-/// last delta, when the request asked for them.
+/// last delta, when the request asked for them; the last delta carries the
+/// answer's tool calls, if any.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
     pub reasoning: String,
     pub content: String,
     pub logprobs: Vec<TokenLogprob>,
+    pub tool_calls: Vec<FunctionCall>,
 }
 
 /// Why a generation failed; the detail goes to the log, not the client.

@@ -14,6 +14,7 @@ use super::logprobs::Logprobs;
 use super::sampling::SamplingParams;
 use super::template::{ChatTemplate, Message, TemplateError};
 use super::tokenizer::{Tokenizer, TokenizerError};
+use super::tools::{Tool, ToolParsing, template_tools};
 use crate::engine::error::InferError;
 
 /// Why a prompt could not be built.
@@ -45,9 +46,16 @@ pub enum Prompt {
 impl Prompt {
     /// Bytes of text the prompt brings, before a template adds to it (R1's
     /// drops reasoning from the history, which is counted all the same).
+    /// The tools a request offers are counted in the rendered prompt.
     fn bytes(&self) -> usize {
         match self {
-            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            Prompt::Chat(messages) => messages
+                .iter()
+                .map(|m| {
+                    let calls = m.tool_calls.iter().flatten();
+                    m.content.len() + calls.map(|c| c.function.arguments.len()).sum::<usize>()
+                })
+                .sum(),
             Prompt::Text(text) => text.len(),
         }
     }
@@ -78,6 +86,10 @@ pub struct Overrides {
     pub split_reasoning: bool,
     /// Each token's logprob and how many alternatives (already bounded).
     pub logprobs: Option<Logprobs>,
+    /// The tools a chat offers the model: given to its template, and its
+    /// calls read out of the answer. Empty: none (the protocol checked that
+    /// the template takes tools: [`CausalLm::tool_format`]).
+    pub tools: Vec<Tool>,
 }
 
 /// A prompt ready to run.
@@ -131,10 +143,20 @@ impl CausalLm {
         let preparing = self.preparing().await?;
         let lm = Arc::clone(self);
         let parse_special = overrides.parse_special;
+        let tool_parsing = self
+            .template
+            .tool_support()
+            .1
+            .filter(|_| !overrides.tools.is_empty())
+            .map(|format| ToolParsing {
+                format,
+                names: overrides.tools.iter().map(|t| t.name.clone()).collect(),
+            });
+        let tools = overrides.tools;
         let (text, prompt_ids) = tokio::task::spawn_blocking(move || {
             let _preparing = preparing;
             match prompt {
-                Prompt::Chat(messages) => lm.chat_prompt(messages, parse_special),
+                Prompt::Chat(messages) => lm.chat_prompt(messages, &tools, parse_special),
                 Prompt::Text(text) => lm
                     .completion_prompt(&text, parse_special)
                     .map(|ids| (text, ids)),
@@ -182,6 +204,7 @@ impl CausalLm {
             stop: overrides.stop,
             stop_ids,
             split_reasoning,
+            tools: tool_parsing,
             logprobs: overrides.logprobs,
         };
         Ok(Prepared {
@@ -212,6 +235,7 @@ impl CausalLm {
     fn chat_prompt(
         &self,
         messages: Vec<Message>,
+        tools: &[Tool],
         parse_special: bool,
     ) -> Result<(String, Vec<u32>), PromptError> {
         let chat = Chat {
@@ -221,7 +245,7 @@ impl CausalLm {
             context_length: self.info.context_length,
             limit: self.info.max_prompt_bytes,
         };
-        chat.prompt(messages, parse_special)
+        chat.prompt(messages, tools, parse_special)
     }
 
     /// A completion's prompt ids, BOS added as the post-processor says;
@@ -259,15 +283,20 @@ struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    /// See [`CausalLm::chat_prompt`].
+    /// See [`CausalLm::chat_prompt`]. The tool calls of the history and
+    /// the tools offered are client text too, hidden like content.
     fn prompt(
         &self,
         mut messages: Vec<Message>,
+        tools: &[Tool],
         parse_special: bool,
     ) -> Result<(String, Vec<u32>), PromptError> {
         let limit = self.limit;
         if parse_special {
-            let text = self.template.render(&messages)?;
+            let tools = (!tools.is_empty())
+                .then(|| template_tools::<TokenizerError>(tools, &mut |s| Ok(s.to_owned())))
+                .transpose()?;
+            let text = self.template.render(&messages, tools)?;
             check_length(text.len(), limit, self.context_length)?;
             let ids = self.tokenizer.encode(&text, false)?;
             return Ok((text, ids));
@@ -281,8 +310,19 @@ impl Chat<'_> {
                 message.content = answer.to_owned();
             }
             message.content = placeholders.hide(&message.content)?;
+            if let Some(id) = &mut message.tool_call_id {
+                *id = placeholders.hide(id)?;
+            }
+            for call in message.tool_calls.iter_mut().flatten() {
+                call.id = placeholders.hide(&call.id)?;
+                call.function.name = placeholders.hide(&call.function.name)?;
+                call.function.arguments = placeholders.hide(&call.function.arguments)?;
+            }
         }
-        let rendered = self.template.render(&messages)?;
+        let tools = (!tools.is_empty())
+            .then(|| template_tools(tools, &mut |s| placeholders.hide(s)))
+            .transpose()?;
+        let rendered = self.template.render(&messages, tools)?;
         let text = placeholders.restore(&rendered);
         check_length(text.len(), limit, self.context_length)?;
         let ids = placeholders.encode(&rendered)?;
@@ -323,7 +363,7 @@ mod tests {
             }
             for parse_special in [false, true] {
                 let (text, prompt_ids) = chat
-                    .prompt(messages(&prompt["messages"]), parse_special)
+                    .prompt(messages(&prompt["messages"]), &[], parse_special)
                     .expect("prompt");
                 assert_eq!(text, prompt["prompt"].as_str().expect("text"));
                 assert_eq!(prompt_ids, ids(&prompt["prompt_ids"]), "{}", prompt["name"]);
@@ -341,10 +381,12 @@ mod tests {
         let message = |role: &str, content: &str| Message {
             role: role.to_owned(),
             content: content.to_owned(),
+            ..Message::default()
         };
         let (text, prompt_ids) = chat
             .prompt(
                 vec![message("system", forged), message("user", forged)],
+                &[],
                 false,
             )
             .expect("prompt");
@@ -366,7 +408,7 @@ mod tests {
         );
         // Parsed on request: every marker is a token again.
         let (_, parsed) = chat
-            .prompt(vec![message("user", forged)], true)
+            .prompt(vec![message("user", forged)], &[], true)
             .expect("prompt");
         assert!(parsed.contains(&1), "{parsed:?}");
     }
@@ -379,14 +421,16 @@ mod tests {
             Message {
                 role: "user".to_owned(),
                 content: "a".to_owned(),
+                ..Message::default()
             },
             Message {
                 role: "assistant".to_owned(),
                 content: "<think>x</think>y</think>z".to_owned(),
+                ..Message::default()
             },
         ];
-        let (hidden, _) = chat.prompt(history.clone(), false).expect("prompt");
-        let (parsed, _) = chat.prompt(history, true).expect("prompt");
+        let (hidden, _) = chat.prompt(history.clone(), &[], false).expect("prompt");
+        let (parsed, _) = chat.prompt(history, &[], true).expect("prompt");
         assert_eq!(hidden, parsed);
         assert!(
             hidden.contains("<｜Assistant｜>z<｜end▁of▁sentence｜>"),
@@ -405,8 +449,9 @@ mod tests {
         let long = Message {
             role: "user".to_owned(),
             content: "a".repeat(limit),
+            ..Message::default()
         };
-        match chat.prompt(vec![long], false) {
+        match chat.prompt(vec![long], &[], false) {
             Err(PromptError::TooLong {
                 bytes,
                 limit: l,

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::OpenAiError;
+use super::tools;
 use super::wire::{
     ApiRequest, ChatMessage, Endpoint, LogprobsField, MAX_LOGPROBS, MAX_MODEL_BYTES,
     MAX_ROLE_BYTES, MAX_STOP_BYTES, MAX_TOP_LOGPROBS, ROLES, ReasoningFormat, TextOr, parse_body,
@@ -34,6 +35,8 @@ pub(super) struct Prepared {
     pub(super) seed: Option<i64>,
     /// SHA-256 of the prompt text (rendered template or the prompt itself).
     pub(super) prompt_sha256: String,
+    /// How many tools the request offered.
+    pub(super) tools: usize,
 }
 
 fn check_range(name: &str, value: Option<f32>, low: f32, high: f32) -> Result<(), OpenAiError> {
@@ -64,11 +67,6 @@ pub(super) fn refuse_unsupported(body: &ApiRequest) -> Result<(), OpenAiError> {
     };
     let checks = [
         (body.n.is_some_and(|n| n != 1), "n other than 1", "n"),
-        (
-            given(&body.tools, &|v| v.as_array().is_some_and(Vec::is_empty)),
-            "tools",
-            "tools",
-        ),
         (
             given(&body.response_format, &|v| v["type"] == "text"),
             "a response_format other than text",
@@ -214,6 +212,11 @@ pub(super) async fn prepare(
     *model_name = Some(body.model.clone());
     let model = Arc::clone(find(state, &body.model)?);
     refuse_unsupported(&body)?;
+    let tools = tools::asked(endpoint, &body, &model)?;
+    // The hook for constrained decoding of a forced call (its schema).
+    if let Some(constraint) = &tools.constraint {
+        return Err(tools::unconstrained(constraint));
+    }
     let logprobs = asked_logprobs(endpoint, &body)?;
     check_range("temperature", body.temperature, 0.0, 2.0)?;
     if body.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
@@ -333,6 +336,7 @@ pub(super) async fn prepare(
         split_reasoning: endpoint == Endpoint::Chat
             && body.reasoning_format != Some(ReasoningFormat::None),
         logprobs,
+        tools: tools.tools,
     };
     let ready = model
         .prepare(prompt, overrides)
@@ -349,6 +353,7 @@ pub(super) async fn prepare(
             .unwrap_or(false),
         seed: body.seed,
         prompt_sha256: ready.prompt_sha256,
+        tools: tools.offered,
     };
     Ok((prepared, admitted))
 }
@@ -448,12 +453,23 @@ fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError
             text
         }
     };
+    let (tool_calls, tool_call_id) = tools::message_fields(
+        index,
+        &message.role,
+        message.tool_calls,
+        message.tool_call_id,
+    )?;
     let role = if message.role == "developer" {
         "system".to_owned()
     } else {
         message.role
     };
-    Ok(Message { role, content })
+    Ok(Message {
+        role,
+        content,
+        tool_calls,
+        tool_call_id,
+    })
 }
 
 /// The causal LM a request names, or 404 `model_not_found` naming those

@@ -64,6 +64,7 @@ impl Record {
             stream: prepared.stream,
             seed: prepared.seed,
             logprobs: prepared.generate.logprobs.map(|asked| asked.top),
+            tools: prepared.tools,
         }
         .add_to(entry);
     }
