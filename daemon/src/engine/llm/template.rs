@@ -187,9 +187,8 @@ impl serde_json::ser::Formatter for Spaced {
 mod tests {
     use super::*;
     use crate::engine::llm::test_support as fixture;
-    use serde_json::Value;
 
-    fn fixture() -> (ChatTemplate, Value) {
+    fn fixture() -> (ChatTemplate, serde_json::Value) {
         (fixture::template(), fixture::json("expected.json"))
     }
 
@@ -227,5 +226,31 @@ mod tests {
             err.to_string(),
             "Only system, user and assistant roles are supported."
         );
+    }
+
+    #[test]
+    fn tojson_is_pythons_json_dumps_and_tools_are_detected() {
+        let source =
+            "{{ tools | tojson }}|{{ tools | tojson(indent=2) }}|{{ messages[0] | tojson }}";
+        let template = ChatTemplate::new(source.to_owned(), None, None).expect("compiles");
+        assert_eq!(template.tool_support(), (true, None));
+        let tools: Value =
+            serde_json::from_str(r#"[{"z": "<&'>", "a": [1, 2.5, null]}, {}]"#).expect("JSON");
+        let rendered = template
+            .render(
+                &[Message {
+                    role: "user".to_owned(),
+                    content: "é\n".to_owned(),
+                    ..Message::default()
+                }],
+                Some(tools),
+            )
+            .expect("render");
+        assert_eq!(
+            rendered,
+            "[{\"z\": \"<&'>\", \"a\": [1, 2.5, null]}, {}]|[\n  {\n    \"z\": \"<&'>\",\n    \"a\": [\n      1,\n      2.5,\n      null\n    ]\n  },\n  {}\n]|{\"role\": \"user\", \"content\": \"é\\n\"}"
+        );
+        let (stock, _) = fixture();
+        assert_eq!(stock.tool_support(), (false, None));
     }
 }

@@ -109,7 +109,7 @@ pub enum ToolsError {
 /// (`{"type": "function", "function": {"name", "description", "parameters"}}`,
 /// absent fields left out), every string of them passed through `hide`
 /// (which keeps added tokens spelled in client text from becoming tokens).
-pub(crate) fn template_tools<E>(
+pub fn template_tools<E>(
     tools: &[Tool],
     hide: &mut dyn FnMut(&str) -> Result<String, E>,
 ) -> Result<TemplateValue, E> {
