@@ -284,10 +284,12 @@ $(VENV)/bin/python: | deps
 # number with it), so an existing .venv gets them too: jsonschema for the
 # SARIF report, openai for tests/python/openai_client.py, cyclonedx-python-lib
 # for the SBOM's schema (packaging/check-sbom.py), onnxruntime (the version
-# the daemon pins) and numpy for tests/python/logprobs_reference.py.
-$(VENV)/.deps-4: | $(VENV)/bin/python
+# the daemon pins) and numpy for tests/python/logprobs_reference.py, jinja2
+# for tests/python/render_template.py (chat templates as transformers renders them).
+$(VENV)/.deps-5: | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema==4.26.0 openai==3.51.0 \
-		"cyclonedx-python-lib[json-validation]==11.6.0" onnxruntime==1.31.1 numpy==2.4.6
+		"cyclonedx-python-lib[json-validation]==11.6.0" onnxruntime==1.31.1 numpy==2.4.6 \
+		jinja2==3.1.6
 	touch $@
 
 # promtool and prometheus-node-exporter, Debian's, for the metrics tests:
@@ -304,7 +306,7 @@ $(PROM_TOOLS)/.unpacked-1:
 	rm -rf $(PROM_TOOLS)/debs
 	touch $@
 
-test: deps ort models $(VENV)/.deps-4 $(PROM_TOOLS)/.unpacked-1
+test: deps ort models $(VENV)/.deps-5 $(PROM_TOOLS)/.unpacked-1
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo run --quiet -p xtask -- structure
@@ -379,7 +381,7 @@ check-units: release
 # a real release names the site's key (RELEASE_KEY=/path/release.key).
 BUNDLE_DIR := target/bundle
 RELEASE_KEY ?= $(BUNDLE_DIR)/dev-release.key
-bundle: deb $(VENV)/.deps-4
+bundle: deb $(VENV)/.deps-5
 	rm -rf $(BUNDLE_DIR)/stage $(BUNDLE_DIR)/deepseek-*.bundle
 	mkdir -p $(BUNDLE_DIR)/stage
 	[ -f $(RELEASE_KEY) ] || target/release/deepseek-integrity bundle keygen --name deepseek-dev --out $(RELEASE_KEY)

@@ -36,3 +36,4 @@ mod openai_client;
 mod sandbox;
 mod smollm2;
 mod store_serving;
+mod tools;

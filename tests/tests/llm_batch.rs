@@ -86,14 +86,14 @@ struct Outcome {
     sha256: String,
 }
 
-fn submit(scheduler: &mut Scheduler<'_>, request: &GenerateRequest) -> Pending {
+fn submit(scheduler: &mut Scheduler<'_>, request: &mut GenerateRequest) -> Pending {
     let (events, received) = mpsc::unbounded_channel();
     let (done, finished) = oneshot::channel();
     let admitted = Arc::new(Semaphore::new(1))
         .try_acquire_owned()
         .expect("a permit");
     scheduler.enqueue(Job {
-        request: request.clone(),
+        request: request.for_run(),
         events,
         done,
         admitted,
@@ -151,7 +151,7 @@ fn run_to_end(scheduler: &mut Scheduler<'_>, limits: Limits) -> usize {
     widest
 }
 
-fn alone(scheduler: &mut Scheduler<'_>, request: &GenerateRequest) -> Outcome {
+fn alone(scheduler: &mut Scheduler<'_>, request: &mut GenerateRequest) -> Outcome {
     let pending = submit(scheduler, request);
     assert_eq!(run_to_end(scheduler, ROOMY), 1);
     pending.outcome()
@@ -177,6 +177,9 @@ fn request(prompt_ids: Vec<u32>, max_tokens: usize, sampled: Option<u64>) -> Gen
         stop: Vec::new(),
         stop_ids: HashSet::new(),
         split_reasoning: false,
+        reasoning_open: false,
+        calls: None,
+        constraint: None,
         logprobs: None,
     }
 }
@@ -205,9 +208,9 @@ fn assert_batched_equals_alone_in(
     max_tokens: usize,
 ) {
     with_scheduler_in(dir, placement, ROOMY, |scheduler| {
-        let requests = eight(prompts, max_tokens);
-        let alone: Vec<Outcome> = requests.iter().map(|r| alone(scheduler, r)).collect();
-        let pending: Vec<Pending> = requests.iter().map(|r| submit(scheduler, r)).collect();
+        let mut requests = eight(prompts, max_tokens);
+        let alone: Vec<Outcome> = requests.iter_mut().map(|r| alone(scheduler, r)).collect();
+        let pending: Vec<Pending> = requests.iter_mut().map(|r| submit(scheduler, r)).collect();
         let widest = run_to_end(scheduler, ROOMY);
         assert_eq!(
             widest,
@@ -306,7 +309,7 @@ fn the_warm_up_finds_a_graph_that_does_not_take_padded_rows() {
 fn requests_leaving_and_joining_mid_stream_leave_the_others_unchanged() {
     with_scheduler(&llm_fixture(), ROOMY, |scheduler| {
         let mut requests = eight(&tiny_prompts(), 32);
-        let alone: Vec<Outcome> = requests.iter().map(|r| alone(scheduler, r)).collect();
+        let alone: Vec<Outcome> = requests.iter_mut().map(|r| alone(scheduler, r)).collect();
         // 1: a stop string from the middle of its answer.
         let stop = alone[1].text.chars().skip(6).take(3).collect::<String>();
         requests[1].stop = vec![stop.clone()];
@@ -314,8 +317,10 @@ fn requests_leaving_and_joining_mid_stream_leave_the_others_unchanged() {
         requests[2].max_tokens = 5;
         // 3: raw_completion ends at its EOS (id 1) after 18 tokens.
         requests[3].stop_ids = HashSet::from([1]);
-        let mut pending: Vec<Pending> =
-            requests[..6].iter().map(|r| submit(scheduler, r)).collect();
+        let mut pending: Vec<Pending> = requests[..6]
+            .iter_mut()
+            .map(|r| submit(scheduler, r))
+            .collect();
         for turn in 1..=12 {
             scheduler.turn();
             // 0: the client leaves after turn 4; 6 and 7 join at turn 10.
@@ -323,7 +328,7 @@ fn requests_leaving_and_joining_mid_stream_leave_the_others_unchanged() {
                 pending[0].leave();
             }
             if turn == 10 {
-                pending.extend(requests[6..].iter().map(|r| submit(scheduler, r)));
+                pending.extend(requests[6..].iter_mut().map(|r| submit(scheduler, r)));
             }
         }
         run_to_end(scheduler, ROOMY);
@@ -372,11 +377,11 @@ fn a_full_cache_pool_makes_requests_wait_and_never_evicts() {
     };
     with_scheduler(&llm_fixture(), limits, |scheduler| {
         let prompt = token_ids(&tiny_prompts()[0]["prompt_ids"]);
-        let first = request(prompt.clone(), 40, None);
-        let second = request(prompt, 40, Some(7));
-        let alone_second = alone(scheduler, &second);
-        let running = submit(scheduler, &first);
-        let waiting = submit(scheduler, &second);
+        let mut first = request(prompt.clone(), 40, None);
+        let mut second = request(prompt, 40, Some(7));
+        let alone_second = alone(scheduler, &mut second);
+        let running = submit(scheduler, &mut first);
+        let waiting = submit(scheduler, &mut second);
         scheduler.turn();
         let stats = scheduler.stats();
         assert_eq!((stats.running, stats.queued), (1, 1), "{stats:?}");

@@ -208,6 +208,9 @@ fn generate_streams_the_recorded_text_and_counts_tokens() {
             stop: Vec::new(),
             stop_ids: HashSet::from([1]),
             split_reasoning: false,
+            reasoning_open: false,
+            calls: None,
+            constraint: None,
             logprobs: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -257,6 +260,9 @@ fn a_closed_channel_cancels_within_a_step() {
         stop: Vec::new(),
         stop_ids: HashSet::new(),
         split_reasoning: true,
+        reasoning_open: true,
+        calls: None,
+        constraint: None,
         logprobs: None,
     };
     // The client left before the first token: the first event cannot be

@@ -274,8 +274,9 @@ pub(crate) fn add_content(entry: &mut Entry, request: Option<String>, response: 
 
 /// What a generation request's records say about it once it is prepared:
 /// its prompt tokens and the prompt text's digest, whether it streams, the
-/// seed the client chose, and how many alternatives per token it asked
-/// logprobs with (that it asked; the values, which tell the text, never).
+/// seed the client chose, how many alternatives per token it asked
+/// logprobs with (that it asked; the values, which tell the text, never),
+/// and how many tools it offered (not their names: they tell the task).
 #[derive(Debug)]
 pub(crate) struct Generation<'a> {
     pub prompt_tokens: usize,
@@ -285,6 +286,7 @@ pub(crate) struct Generation<'a> {
     pub logprobs: Option<usize>,
     /// The structured-output constraint's kind and its schema's digest.
     pub constraint: Option<(&'a str, &'a str)>,
+    pub tools: usize,
 }
 
 /// Notes the endpoint of a generation request (also on refusals).
@@ -317,12 +319,18 @@ impl Generation<'_> {
                 .details
                 .insert("schema_sha256".to_owned(), schema_sha256.to_owned());
         }
+        if self.tools > 0 {
+            entry
+                .details
+                .insert("tools".to_owned(), self.tools.to_string());
+        }
     }
 }
 
 /// Notes how a generation ended: completion tokens, the digest of the
-/// completion's text, the finish reason and, when a token was generated,
-/// the time from `started` (the request's arrival) to the first one.
+/// completion's text, the finish reason, how many tool calls it made (when
+/// it made some) and, when a token was generated, the time from `started`
+/// (the request's arrival) to the first one.
 pub(crate) fn finished(entry: &mut Entry, finished: &Finished, started: Instant) {
     if let Some(first) = finished.first_token_at {
         let ttft = first.saturating_duration_since(started).as_micros();
@@ -337,4 +345,9 @@ pub(crate) fn finished(entry: &mut Entry, finished: &Finished, started: Instant)
         "finish_reason".to_owned(),
         finished.reason.as_str().to_owned(),
     );
+    if finished.tool_calls > 0 {
+        entry
+            .details
+            .insert("tool_calls".to_owned(), finished.tool_calls.to_string());
+    }
 }

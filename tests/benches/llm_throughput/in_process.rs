@@ -142,6 +142,9 @@ impl InProcess {
             stop: Vec::new(),
             stop_ids: HashSet::new(),
             split_reasoning: false,
+            reasoning_open: false,
+            calls: None,
+            constraint: None,
             logprobs: None,
         }
     }

@@ -18,8 +18,9 @@ use super::files::{self, ModelFiles};
 use super::generate::{Delta, Finished, GenerateRequest};
 use super::generation;
 use super::sampling::SamplingParams;
-use super::template::{ChatTemplate, Message, TemplateError};
+use super::template::{ChatTemplate, TemplateError};
 use super::tokenizer::Tokenizer;
+use super::tools::{ToolFormat, ToolsError};
 use crate::config::{Device, ModelConfig};
 use crate::engine::error::{InferError, LoadError};
 use crate::engine::pool::Pool;
@@ -336,9 +337,15 @@ impl CausalLm {
         self.reasoning
     }
 
-    /// The chat prompt, as the model's template writes it.
-    pub fn render(&self, messages: &[Message]) -> Result<String, TemplateError> {
-        self.template.render(messages)
+    /// The format the model writes tool calls in, or why it takes no
+    /// tools: its template does not use `tools`, or writes calls in a
+    /// format this server does not parse.
+    pub fn tool_format(&self) -> Result<ToolFormat, ToolsError> {
+        match self.template.tool_support() {
+            (false, _) => Err(ToolsError::NoToolSupport),
+            (true, None) => Err(ToolsError::UnknownFormat),
+            (true, Some(format)) => Ok(format),
+        }
     }
 
     /// The most bytes of prompt text tokenized ([`LmInfo::max_prompt_bytes`]).

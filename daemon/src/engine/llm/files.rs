@@ -1,7 +1,7 @@
 //! The files of a causal-LM directory in Hugging Face Optimum's layout:
 //! `config.json`, `generation_config.json` (optional), `tokenizer.json`,
-//! `tokenizer_config.json` (with `chat_template`, or a `chat_template.jinja`
-//! beside it), onnxruntime-genai's `genai_config.json` (optional) and the
+//! `tokenizer_config.json` (with `chat_template`; a `chat_template.jinja`
+//! beside it takes precedence), onnxruntime-genai's `genai_config.json` (optional) and the
 //! ONNX graph.
 //!
 //! Every file is parsed from the bytes the integrity check hashed when the
@@ -288,9 +288,16 @@ fn chat_template(
         file: dir.join(name),
         reason: reason.to_owned(),
     };
+    // `chat_template.jinja` wins, as in transformers (which lets it clobber
+    // the config's): an operator gives a model another template (the tools
+    // template the package ships) by placing the file, which the integrity
+    // database then covers like the others.
     match (field, jinja) {
-        (Some(TemplateField::One(template)), _) => Ok(template),
-        (Some(TemplateField::Named(named)), _) => named
+        (_, Some(bytes)) => {
+            String::from_utf8(bytes).map_err(|_| error(CHAT_TEMPLATE, "not UTF-8 text"))
+        }
+        (Some(TemplateField::One(template)), None) => Ok(template),
+        (Some(TemplateField::Named(named)), None) => named
             .into_iter()
             .find(|t| t.name == "default")
             .map(|t| t.template)
@@ -300,9 +307,6 @@ fn chat_template(
                     "chat_template: a list of named templates without one named \"default\"",
                 )
             }),
-        (None, Some(bytes)) => {
-            String::from_utf8(bytes).map_err(|_| error(CHAT_TEMPLATE, "not UTF-8 text"))
-        }
         (None, None) => Err(error(
             TOKENIZER_CONFIG,
             "chat_template: missing (and no chat_template.jinja beside it); the chat API needs the model's template",
@@ -384,5 +388,15 @@ mod tests {
         let files = ModelFiles::read(&dir, &onnx, verified).expect("fixture");
         assert!(matches!(files.graph, Graph::Bytes(ref b) if b == b"graph"));
         assert!(!files.generation.do_sample);
+    }
+
+    #[test]
+    fn chat_template_jinja_takes_precedence_as_in_transformers() {
+        let dir = fixture();
+        let onnx = dir.join("model.onnx");
+        let mut verified = BTreeMap::new();
+        verified.insert(dir.join(CHAT_TEMPLATE), b"{{ tools }}".to_vec());
+        let files = ModelFiles::read(&dir, &onnx, verified).expect("fixture");
+        assert_eq!(files.tokenizer.chat_template, "{{ tools }}");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::constraint::Constraint;
 use super::logprobs::{Logprobs, TokenLogprob};
 use super::sampling::SamplingParams;
+use super::tools::{Calls, FunctionCall};
 
 /// The most prompt tokens run at once (see [`super::decoder::Slot::prefill`]).
 pub const PREFILL_CHUNK: usize = 512;
@@ -25,6 +26,11 @@ pub struct GenerateRequest {
     pub stop_ids: HashSet<u32>,
     /// Split `<think>` reasoning from the answer.
     pub split_reasoning: bool,
+    /// The prompt ends in an open `<think>`: the output starts inside the
+    /// reasoning (else a leading `<think>` may still open it).
+    pub reasoning_open: bool,
+    /// Read tool calls out of the answer, when the request offers tools.
+    pub calls: Option<Calls>,
     /// Each token's logprob, when the client asked.
     pub logprobs: Option<Logprobs>,
     /// The JSON schema the answer is held to (structured output).
@@ -43,6 +49,8 @@ impl GenerateRequest {
             stop: self.stop.clone(),
             stop_ids: self.stop_ids.clone(),
             split_reasoning: self.split_reasoning,
+            reasoning_open: self.reasoning_open,
+            calls: self.calls.clone(),
             logprobs: self.logprobs,
             constraint: self.constraint.take(),
         }
@@ -58,6 +66,8 @@ pub enum FinishReason {
     Length,
     /// The client went away.
     Cancelled,
+    /// The answer ended in tool calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -66,6 +76,7 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -81,6 +92,8 @@ pub struct Finished {
     pub reasoning_closed: bool,
     /// When the first completion token was sampled (time to first token).
     pub first_token_at: Option<Instant>,
+    /// Tool calls read out of the answer (the last [`Delta`] carries them).
+    pub tool_calls: usize,
 }
 
 impl Finished {
@@ -92,18 +105,21 @@ impl Finished {
             completion_sha256: deepseek_integrity::digest::sha256_hex(b""),
             reasoning_closed: false,
             first_token_at: None,
+            tool_calls: 0,
         }
     }
 }
 
 /// What a step decided for the client: the pieces of text (either may be
 /// empty), and with them the logprobs of the tokens generated since the
-/// last delta, when the request asked for them.
+/// last delta, when the request asked for them; the last delta carries the
+/// answer's tool calls, if any.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
     pub reasoning: String,
     pub content: String,
     pub logprobs: Vec<TokenLogprob>,
+    pub tool_calls: Vec<FunctionCall>,
 }
 
 /// Why a generation failed; the detail goes to the log, not the client.

@@ -22,6 +22,7 @@ use super::reasoning::{ReasoningSplitter, Split};
 use super::sampling::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
 use super::tokenizer::{TextStream, Tokenizer};
+use super::tool_parser::CallParser;
 
 /// What to do after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub(crate) struct Generation<'t> {
     text: TextStream<'t>,
     stop: StopMatcher,
     split: ReasoningSplitter,
+    /// The answer's tool calls, read out of its content.
+    calls: Option<CallParser>,
     digest: Sha256,
     generated: usize,
     /// A stop string matched: what the decoder still holds comes after it.
@@ -65,7 +68,8 @@ impl<'t> Generation<'t> {
             sampler: Sampler::new(request.sampling, request.seed, tokenizer.vocab_size()),
             text: tokenizer.stream(),
             stop: StopMatcher::new(request.stop.clone()),
-            split: ReasoningSplitter::new(request.split_reasoning),
+            split: ReasoningSplitter::new(request.split_reasoning, request.reasoning_open),
+            calls: request.calls.clone().map(CallParser::new),
             digest: Sha256::new(),
             generated: 0,
             matched: false,
@@ -129,6 +133,7 @@ impl<'t> Generation<'t> {
         };
         self.digest.update(piece.as_bytes());
         let split = self.split.push(&piece);
+        let split = self.calls_out_of(split);
         // Logprobs wait for text to go with, so that each event's are
         // those of the tokens whose text it carries.
         let gone = if split.reasoning.is_empty() && split.content.is_empty() {
@@ -151,7 +156,8 @@ impl<'t> Generation<'t> {
 
     /// Sends what the decoders still hold (unless the client left) and
     /// says how the generation ended.
-    pub(crate) fn finish(mut self, reason: FinishReason) -> Result<Finished, GenerateError> {
+    pub(crate) fn finish(mut self, mut reason: FinishReason) -> Result<Finished, GenerateError> {
+        let mut called = 0;
         if reason != FinishReason::Cancelled {
             let mut rest = String::new();
             if !self.matched {
@@ -168,8 +174,22 @@ impl<'t> Generation<'t> {
             let tail = self.split.finish();
             last.reasoning.push_str(&tail.reasoning);
             last.content.push_str(&tail.content);
-            let last = self.delta(last);
-            if !(last.reasoning.is_empty() && last.content.is_empty() && last.logprobs.is_empty()) {
+            let mut last = self.calls_out_of(last);
+            let calls = match self.calls.take() {
+                Some(parser) => {
+                    let (held, calls) = parser.finish();
+                    last.content.push_str(&held);
+                    calls
+                }
+                None => Vec::new(),
+            };
+            let mut last = self.delta(last);
+            last.tool_calls = calls;
+            called = last.tool_calls.len();
+            if called > 0 {
+                reason = FinishReason::ToolCalls;
+            }
+            if last != Delta::default() {
                 let _ = self.events.send(last);
             }
         }
@@ -179,7 +199,17 @@ impl<'t> Generation<'t> {
             completion_sha256: deepseek_integrity::digest::hex(&self.digest.finalize()),
             reasoning_closed: self.split.closed(),
             first_token_at: self.first_token_at,
+            tool_calls: called,
         })
+    }
+
+    /// `split` with its content through the tool-call parser, when the
+    /// request offers tools: what could be a call is held back.
+    fn calls_out_of(&mut self, mut split: Split) -> Split {
+        if let Some(parser) = &mut self.calls {
+            split.content = parser.push(&split.content);
+        }
+        split
     }
 
     /// `split` as an event, with the logprobs waiting for it.
@@ -188,6 +218,7 @@ impl<'t> Generation<'t> {
             reasoning: split.reasoning,
             content: split.content,
             logprobs: std::mem::take(&mut self.pending),
+            tool_calls: Vec::new(),
         }
     }
 }

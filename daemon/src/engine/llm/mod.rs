@@ -15,8 +15,10 @@ pub(crate) mod prepare;
 pub(crate) mod reasoning;
 pub mod sampling;
 pub(crate) mod stop;
-pub(crate) mod template;
+pub mod template;
 pub mod tokenizer;
+pub(crate) mod tool_parser;
+pub mod tools;
 
 #[cfg(test)]
 pub(crate) mod test_support;

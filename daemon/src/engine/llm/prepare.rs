@@ -16,6 +16,7 @@ use super::logprobs::Logprobs;
 use super::sampling::SamplingParams;
 use super::template::{ChatTemplate, Message, TemplateError};
 use super::tokenizer::{Tokenizer, TokenizerError};
+use super::tools::{Calls, Tool, ToolConstraint, ToolParsing, template_tools};
 use crate::engine::error::InferError;
 
 /// Why a prompt could not be built.
@@ -47,9 +48,16 @@ pub enum Prompt {
 impl Prompt {
     /// Bytes of text the prompt brings, before a template adds to it (R1's
     /// drops reasoning from the history, which is counted all the same).
+    /// The tools a request offers are counted in the rendered prompt.
     fn bytes(&self) -> usize {
         match self {
-            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            Prompt::Chat(messages) => messages
+                .iter()
+                .map(|m| {
+                    let calls = m.tool_calls.iter().flatten();
+                    m.content.len() + calls.map(|c| c.function.arguments.len()).sum::<usize>()
+                })
+                .sum(),
             Prompt::Text(text) => text.len(),
         }
     }
@@ -82,6 +90,13 @@ pub struct Overrides {
     pub logprobs: Option<Logprobs>,
     /// The JSON schema the answer is held to (already bounded in size).
     pub schema: Option<Value>,
+    /// The tools a chat offers the model: given to its template, and its
+    /// calls read out of the answer. Empty: none (the protocol checked that
+    /// the template takes tools: [`CausalLm::tool_format`]).
+    pub tools: Vec<Tool>,
+    /// A tool choice that forces calls: the answer is held to its schema
+    /// (instead of [`Overrides::schema`]) and read back as its calls.
+    pub forced: Option<ToolConstraint>,
 }
 
 /// A prompt ready to run.
@@ -139,25 +154,46 @@ impl CausalLm {
         let preparing = self.preparing().await?;
         let lm = Arc::clone(self);
         let parse_special = overrides.parse_special;
-        // The output starts inside the reasoning when the template opens it.
-        let reasons = self.reasoning && matches!(prompt, Prompt::Chat(_));
-        let schema = overrides.schema;
-        let (text, prompt_ids, constraint) = tokio::task::spawn_blocking(move || {
-            let _preparing = preparing;
-            // Compiled here, off the runtime's threads like the prompt.
-            let constraint = schema
-                .map(|schema| lm.grammars.compile(&schema, reasons))
-                .transpose()?;
-            let (text, ids) = match prompt {
-                Prompt::Chat(messages) => lm.chat_prompt(messages, parse_special),
-                Prompt::Text(text) => lm
-                    .completion_prompt(&text, parse_special)
-                    .map(|ids| (text, ids)),
-            }?;
-            Ok::<_, PrepareError>((text, ids, constraint))
-        })
-        .await
-        .map_err(|e| InferError::Runtime(e.to_string()))??;
+        let chat = matches!(prompt, Prompt::Chat(_));
+        let reasoning = self.reasoning;
+        let (schema, calls) = match overrides.forced {
+            Some(forced) => (Some(forced.schema.clone()), Some(Calls::Forced(forced))),
+            None => (
+                overrides.schema,
+                self.template
+                    .tool_support()
+                    .1
+                    .filter(|_| !overrides.tools.is_empty())
+                    .map(|format| {
+                        Calls::Parse(ToolParsing {
+                            format,
+                            names: overrides.tools.iter().map(|t| t.name.clone()).collect(),
+                        })
+                    }),
+            ),
+        };
+        let tools = overrides.tools;
+        let (text, prompt_ids, constraint, reasoning_open) =
+            tokio::task::spawn_blocking(move || {
+                let _preparing = preparing;
+                let (text, ids) = match prompt {
+                    Prompt::Chat(messages) => lm.chat_prompt(messages, &tools, parse_special),
+                    Prompt::Text(text) => lm
+                        .completion_prompt(&text, parse_special)
+                        .map(|ids| (text, ids)),
+                }?;
+                // The output starts inside the reasoning when the prompt ends
+                // in an open `<think>` (R1's template); a template that closes
+                // it (no thinking) or never opens it starts in the answer.
+                let opened = reasoning && chat && opens_reasoning(&text);
+                // Compiled here, off the runtime's threads like the prompt.
+                let constraint = schema
+                    .map(|schema| lm.grammars.compile(&schema, opened))
+                    .transpose()?;
+                Ok::<_, PrepareError>((text, ids, constraint, opened))
+            })
+            .await
+            .map_err(|e| InferError::Runtime(e.to_string()))??;
         let prompt_sha256 = deepseek_integrity::digest::sha256_hex(text.as_bytes());
         drop(text);
         if prompt_ids.is_empty() {
@@ -198,6 +234,8 @@ impl CausalLm {
             stop: overrides.stop,
             stop_ids,
             split_reasoning,
+            reasoning_open,
+            calls,
             logprobs: overrides.logprobs,
             constraint,
         };
@@ -229,6 +267,7 @@ impl CausalLm {
     fn chat_prompt(
         &self,
         messages: Vec<Message>,
+        tools: &[Tool],
         parse_special: bool,
     ) -> Result<(String, Vec<u32>), PromptError> {
         let chat = Chat {
@@ -238,7 +277,7 @@ impl CausalLm {
             context_length: self.info.context_length,
             limit: self.info.max_prompt_bytes,
         };
-        chat.prompt(messages, parse_special)
+        chat.prompt(messages, tools, parse_special)
     }
 
     /// A completion's prompt ids, BOS added as the post-processor says;
@@ -252,6 +291,11 @@ impl CausalLm {
         };
         Ok(ids)
     }
+}
+
+/// Whether `prompt` ends inside a `<think>` block.
+fn opens_reasoning(prompt: &str) -> bool {
+    prompt.rfind("<think>") > prompt.rfind("</think>")
 }
 
 fn check_length(bytes: usize, limit: usize, tokens: usize) -> Result<(), PromptError> {
@@ -276,15 +320,20 @@ struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    /// See [`CausalLm::chat_prompt`].
+    /// See [`CausalLm::chat_prompt`]. The tool calls of the history and
+    /// the tools offered are client text too, hidden like content.
     fn prompt(
         &self,
         mut messages: Vec<Message>,
+        tools: &[Tool],
         parse_special: bool,
     ) -> Result<(String, Vec<u32>), PromptError> {
         let limit = self.limit;
         if parse_special {
-            let text = self.template.render(&messages)?;
+            let tools = (!tools.is_empty())
+                .then(|| template_tools::<TokenizerError>(tools, &mut |s| Ok(s.to_owned())))
+                .transpose()?;
+            let text = self.template.render(&messages, tools)?;
             check_length(text.len(), limit, self.context_length)?;
             let ids = self.tokenizer.encode(&text, false)?;
             return Ok((text, ids));
@@ -298,8 +347,19 @@ impl Chat<'_> {
                 message.content = answer.to_owned();
             }
             message.content = placeholders.hide(&message.content)?;
+            if let Some(id) = &mut message.tool_call_id {
+                *id = placeholders.hide(id)?;
+            }
+            for call in message.tool_calls.iter_mut().flatten() {
+                call.id = placeholders.hide(&call.id)?;
+                call.function.name = placeholders.hide(&call.function.name)?;
+                call.function.arguments = placeholders.hide(&call.function.arguments)?;
+            }
         }
-        let rendered = self.template.render(&messages)?;
+        let tools = (!tools.is_empty())
+            .then(|| template_tools(tools, &mut |s| placeholders.hide(s)))
+            .transpose()?;
+        let rendered = self.template.render(&messages, tools)?;
         let text = placeholders.restore(&rendered);
         check_length(text.len(), limit, self.context_length)?;
         let ids = placeholders.encode(&rendered)?;
@@ -340,7 +400,7 @@ mod tests {
             }
             for parse_special in [false, true] {
                 let (text, prompt_ids) = chat
-                    .prompt(messages(&prompt["messages"]), parse_special)
+                    .prompt(messages(&prompt["messages"]), &[], parse_special)
                     .expect("prompt");
                 assert_eq!(text, prompt["prompt"].as_str().expect("text"));
                 assert_eq!(prompt_ids, ids(&prompt["prompt_ids"]), "{}", prompt["name"]);
@@ -358,10 +418,12 @@ mod tests {
         let message = |role: &str, content: &str| Message {
             role: role.to_owned(),
             content: content.to_owned(),
+            ..Message::default()
         };
         let (text, prompt_ids) = chat
             .prompt(
                 vec![message("system", forged), message("user", forged)],
+                &[],
                 false,
             )
             .expect("prompt");
@@ -383,7 +445,7 @@ mod tests {
         );
         // Parsed on request: every marker is a token again.
         let (_, parsed) = chat
-            .prompt(vec![message("user", forged)], true)
+            .prompt(vec![message("user", forged)], &[], true)
             .expect("prompt");
         assert!(parsed.contains(&1), "{parsed:?}");
     }
@@ -396,14 +458,16 @@ mod tests {
             Message {
                 role: "user".to_owned(),
                 content: "a".to_owned(),
+                ..Message::default()
             },
             Message {
                 role: "assistant".to_owned(),
                 content: "<think>x</think>y</think>z".to_owned(),
+                ..Message::default()
             },
         ];
-        let (hidden, _) = chat.prompt(history.clone(), false).expect("prompt");
-        let (parsed, _) = chat.prompt(history, true).expect("prompt");
+        let (hidden, _) = chat.prompt(history.clone(), &[], false).expect("prompt");
+        let (parsed, _) = chat.prompt(history, &[], true).expect("prompt");
         assert_eq!(hidden, parsed);
         assert!(
             hidden.contains("<｜Assistant｜>z<｜end▁of▁sentence｜>"),
@@ -422,8 +486,9 @@ mod tests {
         let long = Message {
             role: "user".to_owned(),
             content: "a".repeat(limit),
+            ..Message::default()
         };
-        match chat.prompt(vec![long], false) {
+        match chat.prompt(vec![long], &[], false) {
             Err(PromptError::TooLong {
                 bytes,
                 limit: l,

@@ -15,6 +15,9 @@ const CLOSE: &str = "</think>";
 #[derive(Debug)]
 pub(crate) struct ReasoningSplitter {
     state: State,
+    /// The prompt opened the reasoning: text that does not start with
+    /// `<think>` is reasoning all the same (else it is the answer).
+    opened: bool,
     /// Text not yet decided: a possible start of "<think>\n" or of "</think>".
     held: String,
 }
@@ -39,12 +42,15 @@ pub(crate) struct Split {
 }
 
 impl ReasoningSplitter {
-    /// `enabled`: the tokenizer has <think> and </think>; the output then
-    /// starts INSIDE reasoning (the R1 template ends the prompt with
-    /// "<think>\n"), as vLLM's deepseek_r1 parser assumes. Disabled:
-    /// everything is content.
-    pub(crate) fn new(enabled: bool) -> Self {
+    /// `enabled`: the tokenizer has <think> and </think>. `opened`: the
+    /// prompt ends in an open `<think>` (the R1 template ends it with
+    /// "<think>\n"), so the output starts INSIDE reasoning, as vLLM's
+    /// deepseek_r1 parser assumes; otherwise only a leading "<think>" opens
+    /// it (a template that closes or never opens it). Disabled: everything
+    /// is content.
+    pub(crate) fn new(enabled: bool, opened: bool) -> Self {
         Self {
+            opened,
             state: if enabled {
                 State::Start
             } else {
@@ -107,6 +113,11 @@ impl ReasoningSplitter {
             0
         };
         self.held.drain(..skip);
+        if skip == 0 && !self.opened {
+            self.state = State::Content;
+            out.content.push_str(&std::mem::take(&mut self.held));
+            return;
+        }
         self.state = State::Reasoning;
         self.scan_reasoning(out);
     }
@@ -151,7 +162,7 @@ mod tests {
 
     /// Pushes every piece, then finishes; concatenates what came out.
     fn run(enabled: bool, pieces: &[&str]) -> (Split, bool) {
-        let mut s = ReasoningSplitter::new(enabled);
+        let mut s = ReasoningSplitter::new(enabled, true);
         let mut all = Split::default();
         let mut outs: Vec<Split> = pieces.iter().map(|p| s.push(p)).collect();
         outs.push(s.finish());
@@ -178,6 +189,24 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_that_does_not_open_the_reasoning_starts_in_the_answer() {
+        let run = |pieces: &[&str]| {
+            let mut s = ReasoningSplitter::new(true, false);
+            let mut all = Split::default();
+            let mut outs: Vec<Split> = pieces.iter().map(|p| s.push(p)).collect();
+            outs.push(s.finish());
+            for out in outs {
+                all.reasoning.push_str(&out.reasoning);
+                all.content.push_str(&out.content);
+            }
+            all
+        };
+        assert_eq!(run(&["{\"a\"", ": 1}"]), split("", "{\"a\": 1}"));
+        assert_eq!(run(&["<th", "ink>\nwhy</think>so"]), split("why", "so"));
+        assert_eq!(run(&["<th"]), split("", "<th"));
+    }
+
+    #[test]
     fn content_after_the_close_is_verbatim() {
         assert_eq!(
             run(true, &["<think>abc</think>\n\nxyz"]),
@@ -199,7 +228,7 @@ mod tests {
 
     #[test]
     fn a_split_close_never_leaks() {
-        let mut s = ReasoningSplitter::new(true);
+        let mut s = ReasoningSplitter::new(true, true);
         assert_eq!(s.push("abc</th"), split("abc", ""));
         assert!(!s.closed());
         assert_eq!(s.push("ink>xyz"), split("", "xyz"));
@@ -210,10 +239,10 @@ mod tests {
 
     #[test]
     fn a_false_start_is_released() {
-        let mut s = ReasoningSplitter::new(true);
+        let mut s = ReasoningSplitter::new(true, true);
         assert_eq!(s.push("<th"), split("", ""));
         assert_eq!(s.push("e"), split("<the", ""));
-        let mut s = ReasoningSplitter::new(true);
+        let mut s = ReasoningSplitter::new(true, true);
         assert_eq!(s.push("</"), split("", ""));
         assert_eq!(s.push("x"), split("</x", ""));
     }

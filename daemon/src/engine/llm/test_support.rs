@@ -45,6 +45,7 @@ pub(crate) fn messages(value: &Value) -> Vec<Message> {
         .map(|m| Message {
             role: m["role"].as_str().expect("role").to_owned(),
             content: m["content"].as_str().expect("content").to_owned(),
+            ..Message::default()
         })
         .collect()
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::error::OpenAiError;
 use super::prepare::over_limit;
+use crate::engine::llm::tools::{Forced, ToolConstraint};
 use crate::server::http::sha256_hex;
 
 /// Bytes of a schema, as compact JSON: what bounds the work of compiling
@@ -40,6 +41,10 @@ pub(super) struct JsonSchema {
 pub(super) enum Kind {
     JsonObject,
     JsonSchema,
+    /// `tool_choice` names a function: the answer is its arguments.
+    ToolFunction,
+    /// `tool_choice: "required"`: the answer is one call or more.
+    ToolsRequired,
 }
 
 impl Kind {
@@ -47,6 +52,8 @@ impl Kind {
         match self {
             Kind::JsonObject => "json_object",
             Kind::JsonSchema => "json_schema",
+            Kind::ToolFunction => "tool_function",
+            Kind::ToolsRequired => "tools_required",
         }
     }
 }
@@ -81,10 +88,32 @@ impl Format {
     }
 }
 
-/// The constraint `response_format` asks for; `None` for text.
-pub(super) fn response_format(
+/// The constraint of a request: `response_format`'s, or the schema of a
+/// tool choice that forces calls (not both).
+pub(super) fn constraint(
     format: Option<ResponseFormat>,
+    forced: Option<&ToolConstraint>,
 ) -> Result<Option<Format>, OpenAiError> {
+    let format = response_format(format)?;
+    match (format, forced) {
+        (Some(_), Some(_)) => Err(OpenAiError::invalid(
+            "response_format cannot be combined with a tool_choice that forces a call",
+            Some("response_format"),
+            None,
+        )),
+        (None, Some(forced)) => {
+            let kind = match forced.forced {
+                Forced::Function(_) => Kind::ToolFunction,
+                Forced::Required => Kind::ToolsRequired,
+            };
+            Format::new(kind, forced.schema.clone(), "tool_choice").map(Some)
+        }
+        (format, None) => Ok(format),
+    }
+}
+
+/// The constraint `response_format` asks for; `None` for text.
+fn response_format(format: Option<ResponseFormat>) -> Result<Option<Format>, OpenAiError> {
     match format {
         None | Some(ResponseFormat::Text) => Ok(None),
         Some(ResponseFormat::JsonObject) => Format::new(

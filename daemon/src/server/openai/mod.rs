@@ -3,9 +3,11 @@
 //! or streamed as server-sent events, with errors in OpenAI's shape.
 //!
 //! [`handlers`] are the endpoints; [`wire`] parses a body within its
-//! limits, [`prepare`] checks it and hands the engine a prompt, [`whole`]
-//! and [`stream`] answer ([`logprobs`] shapes the logprobs asked for,
-//! [`format`] turns `response_format` into the schema the engine enforces),
+//! limits, [`prepare`] checks it and hands the engine a prompt ([`tools`]
+//! reads and checks the tool fields, and shapes an answer's calls;
+//! [`format`] turns `response_format` into the schema the engine
+//! enforces), [`whole`] and [`stream`] answer ([`logprobs`] shapes the
+//! logprobs asked for),
 //! [`record`] keeps what the audit records share. Every request is audited with
 //! digests and token counts, never its text: a whole answer leaves only
 //! once its record is acknowledged; a stream starts only once its
@@ -22,6 +24,7 @@ mod logprobs;
 mod prepare;
 mod record;
 mod stream;
+mod tools;
 mod whole;
 mod wire;
 

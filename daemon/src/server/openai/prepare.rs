@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::OpenAiError;
-use super::format::{Kind, response_format};
+use super::format::{Kind, constraint};
+use super::tools;
 use super::wire::{
     ApiRequest, ChatMessage, Endpoint, LogprobsField, MAX_LOGPROBS, MAX_MODEL_BYTES,
     MAX_ROLE_BYTES, MAX_STOP_BYTES, MAX_TOP_LOGPROBS, ROLES, ReasoningFormat, TextOr, parse_body,
@@ -39,6 +40,8 @@ pub(super) struct Prepared {
     /// The constraint the answer is held to: its kind and schema digest,
     /// for the audit record.
     pub(super) constraint: Option<(Kind, String)>,
+    /// How many tools the request offered.
+    pub(super) tools: usize,
 }
 
 fn check_range(name: &str, value: Option<f32>, low: f32, high: f32) -> Result<(), OpenAiError> {
@@ -69,11 +72,6 @@ pub(super) fn refuse_unsupported(body: &ApiRequest) -> Result<(), OpenAiError> {
     };
     let checks = [
         (body.n.is_some_and(|n| n != 1), "n other than 1", "n"),
-        (
-            given(&body.tools, &|v| v.as_array().is_some_and(Vec::is_empty)),
-            "tools",
-            "tools",
-        ),
         (
             given(&body.logit_bias, &|v| {
                 v.as_object().is_some_and(serde_json::Map::is_empty)
@@ -214,12 +212,14 @@ pub(super) async fn prepare(
     *model_name = Some(body.model.clone());
     let model = Arc::clone(find(state, &body.model)?);
     refuse_unsupported(&body)?;
+    let tools = tools::asked(endpoint, &body, &model)?;
     let logprobs = asked_logprobs(endpoint, &body)?;
-    let format = response_format(body.response_format)?;
+    let format = constraint(body.response_format, tools.constraint.as_ref())?;
     if format.is_some() && body.ignore_eos == Some(true) {
         // A constrained answer ends where its JSON does.
         return Err(OpenAiError::invalid(
-            "ignore_eos cannot be used with a response_format other than text",
+            "ignore_eos cannot be used with a constrained answer (a response_format other than \
+             text, or a tool_choice that forces a call)",
             Some("ignore_eos"),
             None,
         ));
@@ -342,7 +342,13 @@ pub(super) async fn prepare(
         split_reasoning: endpoint == Endpoint::Chat
             && body.reasoning_format != Some(ReasoningFormat::None),
         logprobs,
-        schema: format.as_ref().map(|f| f.schema.clone()),
+        // A forced call's schema goes with it, to read its calls back.
+        schema: format
+            .as_ref()
+            .filter(|_| tools.constraint.is_none())
+            .map(|f| f.schema.clone()),
+        tools: tools.tools,
+        forced: tools.constraint,
     };
     let ready = model
         .prepare(prompt, overrides)
@@ -360,6 +366,7 @@ pub(super) async fn prepare(
         seed: body.seed,
         prompt_sha256: ready.prompt_sha256,
         constraint: format.map(|f| (f.kind, f.schema_sha256)),
+        tools: tools.offered,
     };
     Ok((prepared, admitted))
 }
@@ -467,12 +474,23 @@ fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError
             text
         }
     };
+    let (tool_calls, tool_call_id) = tools::message_fields(
+        index,
+        &message.role,
+        message.tool_calls,
+        message.tool_call_id,
+    )?;
     let role = if message.role == "developer" {
         "system".to_owned()
     } else {
         message.role
     };
-    Ok(Message { role, content })
+    Ok(Message {
+        role,
+        content,
+        tool_calls,
+        tool_call_id,
+    })
 }
 
 /// The causal LM a request names, or 404 `model_not_found` naming those

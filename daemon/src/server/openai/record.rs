@@ -68,6 +68,7 @@ impl Record {
                 .constraint
                 .as_ref()
                 .map(|(kind, digest)| (kind.as_str(), digest.as_str())),
+            tools: prepared.tools,
         }
         .add_to(entry);
     }

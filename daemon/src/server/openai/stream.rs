@@ -16,6 +16,7 @@ use super::error::{OpenAiError, record_entry};
 use super::logprobs::Logprobs;
 use super::prepare::Prepared;
 use super::record::Record;
+use super::tools::calls_json;
 use super::whole::{finish, start, usage};
 use super::wire::Endpoint;
 use crate::audit::records;
@@ -109,6 +110,13 @@ impl Chunks<'_> {
                 }
             }
         };
+        // The answer's calls, at its end: one chunk with all of them.
+        if !delta.tool_calls.is_empty() {
+            pieces.push((
+                json!({"tool_calls": calls_json(&delta.tool_calls, true)}),
+                String::new(),
+            ));
+        }
         // Tokens whose text was all held back or cut (a stop string) at
         // the end: their logprobs still go out, with empty text.
         if pieces.is_empty() && !logprobs.is_null() {

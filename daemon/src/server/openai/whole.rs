@@ -13,6 +13,7 @@ use super::error::{OpenAiError, record_entry};
 use super::logprobs::Logprobs;
 use super::prepare::Prepared;
 use super::record::Record;
+use super::tools::calls_json;
 use super::wire::Endpoint;
 use crate::audit::records;
 use crate::engine::InferError;
@@ -64,6 +65,7 @@ pub(super) async fn drive_whole(
                     text.reasoning.push_str(&delta.reasoning);
                     text.content.push_str(&delta.content);
                     text.logprobs.extend(delta.logprobs);
+                    text.tool_calls.extend(delta.tool_calls);
                 }
                 None => break,
             },
@@ -170,12 +172,18 @@ fn whole_body(
         Endpoint::Chat => {
             let split = prepared.generate.split_reasoning;
             let reasoning = split.then(|| text.reasoning.clone());
-            let content = if !split || finished.reasoning_closed {
+            // No content beside calls is null, as OpenAI sends it.
+            let only_calls = text.content.is_empty() && !text.tool_calls.is_empty();
+            let content = if (!split || finished.reasoning_closed) && !only_calls {
                 Some(text.content.clone())
             } else {
                 None
             };
-            json!({"message": {"role": "assistant", "content": content, "reasoning_content": reasoning, "reasoning": reasoning}})
+            let mut message = json!({"role": "assistant", "content": content, "reasoning_content": reasoning, "reasoning": reasoning});
+            if !text.tool_calls.is_empty() {
+                message["tool_calls"] = calls_json(&text.tool_calls, false);
+            }
+            json!({"message": message})
         }
         Endpoint::Completions => json!({"text": format!("{}{}", text.reasoning, text.content)}),
     };

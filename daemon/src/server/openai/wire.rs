@@ -181,8 +181,12 @@ pub(super) struct ApiRequest {
     pub(super) logprobs: Option<LogprobsField>,
     #[serde(default)]
     pub(super) top_logprobs: Option<i64>,
+    /// Kept as JSON text until [`super::tools`] reads them: the order of a
+    /// schema's keys is shown to the model.
     #[serde(default)]
-    pub(super) tools: Option<Value>,
+    pub(super) tools: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub(super) tool_choice: Option<Box<RawValue>>,
     #[serde(default)]
     pub(super) response_format: Option<ResponseFormat>,
     #[serde(default)]
@@ -236,6 +240,11 @@ pub(super) struct ChatMessage {
     pub(super) role: String,
     #[serde(default)]
     pub(super) content: Option<Content>,
+    /// An assistant's calls, read by [`super::tools`].
+    #[serde(default)]
+    pub(super) tool_calls: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub(super) tool_call_id: Option<String>,
 }
 
 /// A message's content: text, or text parts.
@@ -290,22 +299,39 @@ fn cut_param(mut param: String) -> String {
 /// parameter. Separate from [`super::prepare`] for the fuzz target `openai_request`
 /// ([`fuzz`]).
 pub(super) fn parse_body(bytes: &[u8]) -> Result<ApiRequest, OpenAiError> {
+    parse_at(bytes, "")
+}
+
+/// `bytes` as a `T` found at `prefix` in the body (`""` for the body
+/// itself), every error a 400 naming the parameter by its path.
+pub(super) fn parse_at<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    prefix: &str,
+) -> Result<T, OpenAiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let missing = inner.to_string().starts_with("missing field");
-        let param = if path == "." {
-            inner
-                .to_string()
-                .split('`')
-                .nth(1)
-                .filter(|_| missing)
-                .map(str::to_owned)
-        } else {
+        let join = |path: &str| match (prefix, path.starts_with('[')) {
+            ("", _) => path.to_owned(),
+            (_, true) => format!("{prefix}{path}"),
+            (_, false) => format!("{prefix}.{path}"),
+        };
+        // A missing field is named with the path to its object.
+        let field = inner
+            .to_string()
+            .split('`')
+            .nth(1)
+            .filter(|_| missing)
+            .map(str::to_owned);
+        let param = match (path.as_str(), field) {
+            (".", Some(field)) => Some(join(&field)),
+            (".", None) => (!prefix.is_empty()).then(|| prefix.to_owned()),
             // serde_path_to_error names the key of an unknown field too,
             // which the client chose: cut, as it is echoed and recorded.
-            Some(cut_param(path))
+            (path, Some(field)) => Some(cut_param(join(&format!("{path}.{field}")))),
+            (path, None) => Some(cut_param(join(path))),
         };
         let code = if missing {
             Some("missing_required_parameter")

@@ -1,0 +1,418 @@
+//! Tools on the chat API, end to end: the shipped DeepSeek-R1 tools
+//! template (packaging/templates/deepseek-r1-tools.jinja) renders as
+//! transformers' jinja2 does (tests/python/render_template.py), in
+//! process; the real daemon, serving a copy of tiny-r1 with a compact tools
+//! template as `chat_template.jinja` ([`COMPACT`]), renders tools, calls
+//! and results as jinja2 does (the audit record's `prompt_sha256`); the limits on the tool fields are 400s naming
+//! the field; and the official `openai` client sends tools and tool results.
+//!
+//! tiny-r1's random weights never write a tool call, so the parsing of
+//! calls out of an answer is covered by the unit tests of
+//! `daemon/src/engine/llm/tool_parser.rs`, not here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use deepseek_tests::{
+    Daemon, llm_fixture, llm_table, openai_error, post_json, python, shared_tempdir, workspace,
+};
+use deepseekd::engine::llm::template::{ChatTemplate, Message};
+use deepseekd::engine::llm::tools::{FunctionCall, HistoryCall, Tool, template_tools};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const MODEL: &str = "tiny-r1";
+const BOS: &str = "<｜begin▁of▁sentence｜>";
+const EOS: &str = "<｜end▁of▁sentence｜>";
+
+fn tools_template() -> String {
+    std::fs::read_to_string(workspace().join("packaging/templates/deepseek-r1-tools.jinja"))
+        .expect("the shipped tools template")
+}
+
+/// A template that takes tools in DeepSeek's format, small enough for
+/// tiny-r1's context of 256 tokens, which the shipped one's tool section
+/// alone overflows (its markers are no tokens of tiny-r1's vocabulary, so
+/// each is some 20 tokens of text): the daemon's rendering is checked
+/// with it, the shipped template's in process.
+const COMPACT: &str = "{{ bos_token }}{% if tools %}{{ tools | tojson }}{% endif %}\
+{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}\
+{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] or '' }}\
+{% for c in m['tool_calls'] or [] %}<｜tool▁call▁begin｜>{{ c['function']['name'] }}{{ c['function']['arguments'] }}{% endfor %}\
+{{ eos_token }}{% elif m['role'] == 'tool' %}[{{ m['tool_call_id'] }}]{{ m['content'] }}{% endif %}{% endfor %}\
+<｜Assistant｜><think>\n";
+
+/// A copy of tiny-r1 in `dir` with `template` as `chat_template.jinja`,
+/// as an operator gives a model another template.
+fn tools_fixture(dir: &Path, template: &str) -> PathBuf {
+    let copy = dir.join(MODEL);
+    std::fs::create_dir(&copy).expect("mkdir");
+    for entry in std::fs::read_dir(llm_fixture()).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+    }
+    std::fs::write(copy.join("chat_template.jinja"), template).expect("template");
+    copy
+}
+
+/// Prompts rendered by jinja2 for `cases`, a JSON array of
+/// `{"messages", "tools"}` (text: the order of the keys is rendered).
+fn jinja2(template: &str, cases: &str) -> Vec<String> {
+    let python = python(&["jinja2"]);
+    let spec = format!(
+        r#"{{"template": {}, "bos_token": "{BOS}", "eos_token": "{EOS}", "cases": {cases}}}"#,
+        Value::from(template)
+    );
+    let mut child = Command::new(python)
+        .arg(workspace().join("tests/python/render_template.py"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run render_template.py");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(spec.as_bytes())
+        .expect("write cases");
+    let output = child.wait_with_output().expect("render_template.py");
+    assert!(
+        output.status.success(),
+        "render_template.py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("prompts")
+}
+
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city, now <b>&'\"</b> ☀",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "now"}}
+    ])
+}
+
+fn call_history() -> Value {
+    json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"unit\": \"C\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "9 C"},
+        {"role": "assistant", "content": "<think>easy</think>Paris 21 C, Oslo 9 C."},
+        {"role": "user", "content": "And now?"}
+    ])
+}
+
+/// The conversations compared: without tools, with tools, with calls and
+/// results in the history, results last.
+fn cases() -> Vec<Value> {
+    let history = call_history();
+    let results_last = Value::Array(history.as_array().expect("history")[..5].to_vec());
+    vec![
+        json!({"messages": [{"role": "user", "content": "Hi"}], "tools": null}),
+        json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools()}),
+        json!({"messages": history, "tools": weather_tools()}),
+        json!({"messages": results_last, "tools": weather_tools()}),
+        json!({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]}),
+    ]
+}
+
+/// A case's messages and tools as the daemon hands them to the template.
+fn engine_case(case: &Value) -> (Vec<Message>, Vec<Tool>) {
+    let messages = case["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| Message {
+            role: m["role"].as_str().expect("role").to_owned(),
+            content: m["content"].as_str().unwrap_or_default().to_owned(),
+            tool_calls: m["tool_calls"].as_array().map(|calls| {
+                calls
+                    .iter()
+                    .map(|c| HistoryCall {
+                        id: c["id"].as_str().expect("id").to_owned(),
+                        kind: "function",
+                        function: FunctionCall {
+                            name: c["function"]["name"].as_str().expect("name").to_owned(),
+                            arguments: c["function"]["arguments"]
+                                .as_str()
+                                .expect("arguments")
+                                .to_owned(),
+                        },
+                    })
+                    .collect()
+            }),
+            tool_call_id: m["tool_call_id"].as_str().map(str::to_owned),
+        })
+        .collect();
+    let tools = case["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| Tool {
+            name: t["function"]["name"].as_str().expect("name").to_owned(),
+            description: t["function"]["description"].as_str().map(str::to_owned),
+            // As jinja2 gets them (serde_json's Value sorts the keys; the
+            // unit tests of tools.rs check that the client's order is kept).
+            parameters: (!t["function"]["parameters"].is_null()).then(|| {
+                let text = t["function"]["parameters"].to_string();
+                serde_json::value::RawValue::from_string(text).expect("JSON")
+            }),
+        })
+        .collect();
+    (messages, tools)
+}
+
+#[test]
+fn the_tools_template_renders_as_transformers_jinja2_does() {
+    let source = tools_template();
+    let template = ChatTemplate::new(source.clone(), Some(BOS.to_owned()), Some(EOS.to_owned()))
+        .expect("compiles");
+    let cases = cases();
+    // The tools as the daemon hands them over, and to jinja2 the same.
+    let engine: Vec<_> = cases
+        .iter()
+        .map(|case| {
+            let (messages, tools) = engine_case(case);
+            let tools = (!tools.is_empty())
+                .then(|| template_tools::<()>(&tools, &mut |s| Ok(s.to_owned())).expect("tools"));
+            (messages, tools)
+        })
+        .collect();
+    let texts: Vec<String> = cases
+        .iter()
+        .zip(&engine)
+        .map(|(case, (_, tools))| {
+            let tools = serde_json::to_string(tools).expect("tools JSON");
+            format!(r#"{{"messages": {}, "tools": {tools}}}"#, case["messages"])
+        })
+        .collect();
+    let want = jinja2(&source, &format!("[{}]", texts.join(",")));
+    for ((case, (messages, tools)), want) in cases.iter().zip(engine).zip(&want) {
+        let got = template.render(&messages, tools).expect("renders");
+        assert_eq!(&got, want, "{case}");
+    }
+    // What the template writes, spot-checked.
+    assert!(
+        want[1].contains("\"description\": \"The weather in a city, now <b>&'\\\"</b> ☀\""),
+        "{}",
+        want[1]
+    );
+    assert!(want[2].contains("<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜>"), "{}", want[2]);
+    assert!(want[2].contains("<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>21 C<｜tool▁output▁end｜><｜tool▁output▁begin｜>9 C<｜tool▁output▁end｜><｜tool▁outputs▁end｜><｜Assistant｜>Paris 21 C, Oslo 9 C.<｜end▁of▁sentence｜>"), "{}", want[2]);
+    assert!(
+        want[3].ends_with("<｜tool▁outputs▁end｜><｜Assistant｜><think>\n"),
+        "{}",
+        want[3]
+    );
+    assert_eq!(
+        want[0],
+        format!("{BOS}<｜User｜>Hi<｜Assistant｜><think>\n")
+    );
+}
+
+fn sha256(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_renders_tools_and_tool_results_as_jinja2_does() {
+    let dir = shared_tempdir();
+    let copy = tools_fixture(dir.path(), COMPACT);
+    let d = Daemon::start("", &llm_table(MODEL, &copy, ""));
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]);
+    // As the template receives them: OpenAI's keys in OpenAI's order, the
+    // schema's as sent (serde_json sorts them).
+    let template_tools = r#"[{"type": "function", "function": {"name": "f", "parameters": {"properties": {}, "type": "object"}}}]"#;
+    let conversations = [
+        json!([{"role": "user", "content": "Hi"}]),
+        json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "1"}
+        ]),
+    ];
+    let cases: Vec<String> = conversations
+        .iter()
+        .map(|m| format!(r#"{{"messages": {m}, "tools": {template_tools}}}"#))
+        .collect();
+    let prompts = jinja2(COMPACT, &format!("[{}]", cases.join(",")));
+    for (messages, prompt) in conversations.iter().zip(&prompts) {
+        let body = json!({"model": MODEL, "messages": messages, "tools": tools, "max_tokens": 2, "temperature": 0});
+        let response = post_json(&d.socket, "/v1/chat/completions", &body).await;
+        assert_eq!(response.status, 200, "{:?}\n{}", response.body, d.log());
+        let answer = response.json();
+        // The random weights write no call: a plain answer.
+        assert_eq!(answer["choices"][0]["finish_reason"], "length");
+        assert!(answer["choices"][0]["message"].get("tool_calls").is_none());
+        let id = answer["id"].as_str().expect("id").to_owned();
+        let auditor = d.auditor.as_ref().expect("auditor");
+        let entries = auditor.entries();
+        let record = entries
+            .iter()
+            .find(|e| e["request_id"] == id.as_str() && e["event"] == "request")
+            .expect("the request's record");
+        assert_eq!(
+            record["details"]["prompt_sha256"],
+            sha256(prompt),
+            "{prompt}"
+        );
+        assert_eq!(record["details"]["tools"], "1");
+        assert!(record.get("content").is_none_or(Value::is_null));
+        // Counts only: no tool name in the record.
+        assert!(!record.to_string().contains("\"f\""), "{record}");
+    }
+
+    // tool_choice "none": rendered without tools.
+    let body = json!({"model": MODEL, "messages": conversations[0], "tools": tools, "tool_choice": "none", "max_tokens": 1});
+    let response = post_json(&d.socket, "/v1/chat/completions", &body).await;
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    let plain = jinja2(
+        COMPACT,
+        &format!(r#"[{{"messages": {}, "tools": null}}]"#, conversations[0]),
+    );
+    let id = response.json()["id"].as_str().expect("id").to_owned();
+    let entries = d.auditor.as_ref().expect("auditor").entries();
+    let record = entries
+        .iter()
+        .find(|e| e["request_id"] == id.as_str() && e["event"] == "request")
+        .expect("record");
+    assert_eq!(record["details"]["prompt_sha256"], sha256(&plain[0]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_and_their_limits_are_400s_naming_the_field() {
+    let dir = shared_tempdir();
+    let copy = tools_fixture(dir.path(), COMPACT);
+    let models = format!(
+        "{}{}",
+        llm_table(MODEL, &copy, ""),
+        llm_table("plain-r1", &llm_fixture(), "")
+    );
+    let d = Daemon::start("", &models);
+    let chat = "/v1/chat/completions";
+    let tool = |name: &str| json!({"type": "function", "function": {"name": name}});
+    let body = |model: &str, extra: Value| {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1});
+        for (key, value) in extra.as_object().expect("object") {
+            body[key] = value.clone();
+        }
+        body
+    };
+    let many: Vec<Value> = (0..129).map(|i| tool(&format!("f{i}"))).collect();
+    let cases = [
+        (
+            body("plain-r1", json!({"tools": [tool("f")]})),
+            "tools",
+            "chat template has no tool support",
+        ),
+        (
+            body(MODEL, json!({"tools": [tool(&"n".repeat(65))]})),
+            "tools[0].function.name",
+            "1 to 64 characters",
+        ),
+        (
+            body(MODEL, json!({"tools": [tool("f"), tool("a b")]})),
+            "tools[1].function.name",
+            "1 to 64 characters",
+        ),
+        (
+            body(MODEL, json!({"tools": many})),
+            "tools",
+            "more than 128 items",
+        ),
+        (
+            body(
+                MODEL,
+                json!({"tools": [tool("f")], "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            ),
+            "tool_choice.function.name",
+            "\"g\", which is not among tools",
+        ),
+        (
+            body(
+                MODEL,
+                json!({"tools": [tool("f")], "tool_choice": "sometimes"}),
+            ),
+            "tool_choice",
+            "must be",
+        ),
+        (
+            body(
+                MODEL,
+                json!({"tools": [tool("f")], "tool_choice": "required"}),
+            ),
+            "tool_choice",
+            "requires constrained decoding",
+        ),
+        (
+            body(MODEL, json!({"tool_choice": "auto"})),
+            "tool_choice",
+            "only allowed when tools are given",
+        ),
+        (
+            body(
+                MODEL,
+                json!({"messages": [{"role": "user", "content": "x", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}),
+            ),
+            "messages[0].tool_calls",
+            "only assistant messages",
+        ),
+        (
+            json!({"model": MODEL, "prompt": "x", "tools": [tool("f")]}),
+            "tools",
+            "/v1/chat/completions",
+        ),
+    ];
+    for (request, param, message) in cases {
+        let path = if request.get("prompt").is_some() {
+            "/v1/completions"
+        } else {
+            chat
+        };
+        let (status, error) = openai_error(&d, path, &request).await;
+        assert_eq!((status, &error["param"]), (400, &json!(param)), "{error}");
+        let text = error["message"].as_str().expect("message");
+        assert!(text.contains(message), "{text}");
+        if param == "tools" && message.contains("no tool support") {
+            assert!(text.contains("\"plain-r1\""), "names the model: {text}");
+        }
+    }
+    // The stock template with tool_choice "none" is fine: no tools rendered.
+    let none = body(
+        "plain-r1",
+        json!({"tools": [tool("f")], "tool_choice": "none"}),
+    );
+    assert_eq!(post_json(&d.socket, chat, &none).await.status, 200);
+}
+
+#[test]
+fn the_openai_python_client_sends_tools_and_tool_results() {
+    let python = python(&["openai", "httpx2"]);
+    let dir = shared_tempdir();
+    let copy = tools_fixture(dir.path(), COMPACT);
+    let d = Daemon::start("", &llm_table(MODEL, &copy, ""));
+    let output = Command::new(&python)
+        .arg(workspace().join("tests/python/openai_tools.py"))
+        .arg(&d.socket)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run tests/python/openai_tools.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("all openai tools checks passed"),
+        "tests/python/openai_tools.py failed ({}):\n{stdout}\n{}\n--- daemon log\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        d.log()
+    );
+}
