@@ -14,6 +14,7 @@
 
 mod audit;
 mod batching;
+mod chat_client;
 mod compliance;
 mod compliance_reports;
 mod hardening_audit;
