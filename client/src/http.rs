@@ -96,24 +96,35 @@ impl Daemon {
     }
 
     async fn connect(&self) -> Result<(SendRequest<Full<Bytes>>, ConnectionTask), Error> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| {
-                let socket = self.socket.clone();
-                match source.kind() {
-                    ErrorKind::NotFound => Error::NoSocket { socket },
-                    ErrorKind::PermissionDenied => Error::SocketPermission { socket },
-                    ErrorKind::ConnectionRefused => Error::NotListening { socket },
-                    _ => Error::Connect { socket, source },
-                }
-            })?;
+        let socket = self.socket.clone();
+        let refused = |source: std::io::Error| match source.kind() {
+            ErrorKind::NotFound => Error::NoSocket { socket },
+            ErrorKind::PermissionDenied => Error::SocketPermission { socket },
+            ErrorKind::ConnectionRefused => Error::NotListening { socket },
+            _ => Error::Connect { socket, source },
+        };
+        // Connecting to a Unix socket does not wait for the server.
+        let stream = std::os::unix::net::UnixStream::connect(&self.socket).map_err(refused)?;
+        let io = |source| Error::Connect {
+            socket: self.socket.clone(),
+            source,
+        };
+        let closer = stream.try_clone().map_err(io)?;
+        stream.set_nonblocking(true).map_err(io)?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(io)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| self.transport(source))?;
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok((sender, ConnectionTask(task.abort_handle())))
+        Ok((
+            sender,
+            ConnectionTask {
+                task: task.abort_handle(),
+                closer,
+            },
+        ))
     }
 
     async fn whole(&self, body: Incoming) -> Result<Bytes, Error> {
@@ -135,14 +146,21 @@ impl Daemon {
     }
 }
 
-/// The task driving a connection: dropped, it is aborted, which closes
-/// the socket at once (an answer read halfway leaves nothing to reuse).
+/// The task driving a connection. Dropped, it shuts the socket down at
+/// once, so the daemon sees the client leave even while the runtime is
+/// not running (a session waits in the line editor, outside it), and is
+/// aborted. An answer read halfway leaves nothing to reuse.
 #[derive(Debug)]
-struct ConnectionTask(tokio::task::AbortHandle);
+struct ConnectionTask {
+    task: tokio::task::AbortHandle,
+    /// The same socket, for the shutdown.
+    closer: std::os::unix::net::UnixStream,
+}
 
 impl Drop for ConnectionTask {
     fn drop(&mut self) {
-        self.0.abort();
+        let _ = self.closer.shutdown(std::net::Shutdown::Both);
+        self.task.abort();
     }
 }
 

@@ -29,16 +29,17 @@ pub(crate) async fn ask(
     let mut answer = Answer::default();
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
+    let written = |e| Error::Io {
+        what: "cannot write the answer",
+        source: e,
+    };
     let mut stream = tokio::select! {
         stream = daemon.chat(request) => stream?,
         _ = &mut interrupt => {
             answer.interrupted = true;
+            renderer.finish(Some("stopped")).map_err(written)?;
             return Ok(answer);
         }
-    };
-    let written = |e| Error::Io {
-        what: "cannot write the answer",
-        source: e,
     };
     let mut note = None;
     loop {

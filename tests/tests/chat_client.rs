@@ -6,13 +6,12 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use deepseek_tests::{
     Auditor, Daemon, binary, is_root, llm_fixture, llm_table, ort_library, post_json,
-    shared_tempdir, workspace, write_config_audited,
+    shared_tempdir, write_config_audited,
 };
 use serde_json::{Value, json};
 
@@ -264,9 +263,14 @@ fn a_member_of_the_group_is_answered_and_others_are_told_why_not() {
         return;
     }
     let d = daemon_for_group("");
-    let member = chat_as(STRANGER, NOGROUP, &d.socket, &["hi"]);
+    let expected = answer(&d, json!([{"role": "user", "content": QUESTION}]));
+    let asked = [&GREEDY[..], &[QUESTION]].concat();
+    let member = chat_as(STRANGER, NOGROUP, &d.socket, &asked);
     assert_eq!(code(&member), 0, "{}", text(&member.stderr));
-    assert!(!member.stdout.is_empty());
+    assert_eq!(
+        text(&member.stdout),
+        format!("{}\n", expected["content"].as_str().expect("an answer"))
+    );
 
     // Not in the group: the socket's mode refuses the connection.
     let outsider = chat_as(STRANGER, STRANGER, &d.socket, &["hi"]);

@@ -15,6 +15,7 @@
 mod audit;
 mod batching;
 mod chat_client;
+mod chat_session;
 mod compliance;
 mod compliance_reports;
 mod hardening_audit;
