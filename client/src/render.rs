@@ -157,21 +157,19 @@ impl Renderer {
         } else {
             text.to_owned()
         };
-        let at_line_start = text.ends_with('\n');
-        match sink {
-            Sink::Stdout => {
-                let mut stdout = io::stdout().lock();
-                stdout.write_all(bytes.as_bytes())?;
-                stdout.flush()?;
-                self.stdout_at_line_start = at_line_start;
-            }
-            Sink::Stderr => {
-                let mut stderr = io::stderr().lock();
-                stderr.write_all(bytes.as_bytes())?;
-                stderr.flush()?;
-                self.stderr_at_line_start = at_line_start;
-            }
-        }
+        let (mut writer, at_line_start): (Box<dyn Write>, _) = match sink {
+            Sink::Stdout => (
+                Box::new(io::stdout().lock()),
+                &mut self.stdout_at_line_start,
+            ),
+            Sink::Stderr => (
+                Box::new(io::stderr().lock()),
+                &mut self.stderr_at_line_start,
+            ),
+        };
+        writer.write_all(bytes.as_bytes())?;
+        writer.flush()?;
+        *at_line_start = text.ends_with('\n');
         Ok(())
     }
 }
