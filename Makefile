@@ -52,8 +52,9 @@ $(ORT_LIB):
 # network-namespace tests of `deepseek-audit verify`, xmllint to validate its
 # JUnit report, python3-venv for .venv (jsonschema for its SARIF), groff to
 # check the man pages, debootstrap and systemd-nspawn (systemd-container)
-# for the package's system test. Installed
-# only when missing, so a developer's machine is not touched needlessly.
+# for the package's system test, tmux to drive `deepseek chat` under a real
+# terminal. Installed only when missing, so a developer's machine is not
+# touched needlessly.
 deps:
 	@missing=""; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
@@ -67,6 +68,7 @@ deps:
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v systemd-nspawn >/dev/null || missing="$$missing systemd-container"; \
 	command -v dpkg-deb >/dev/null || missing="$$missing dpkg"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	python3 -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
@@ -343,7 +345,7 @@ $(CARGO_DEB):
 	cargo install cargo-deb --version $(CARGO_DEB_VERSION) --locked --root $(CURDIR)/.tools
 
 release:
-	cargo build --release --bin deepseekd --bin deepseek-integrity --bin deepseek-audit
+	cargo build --release --bin deepseekd --bin deepseek-integrity --bin deepseek-audit --bin deepseek
 
 # The pages carry the last commit's date, so a rebuild gives the same files.
 man:

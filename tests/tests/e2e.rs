@@ -14,6 +14,8 @@
 
 mod audit;
 mod batching;
+mod chat_client;
+mod chat_session;
 mod compliance;
 mod compliance_reports;
 mod hardening_audit;

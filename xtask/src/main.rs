@@ -20,8 +20,9 @@ usage: cargo run -p xtask -- man OUT_DIR
        cargo run -p xtask -- sbom DEB NAME==VERSION WHEEL_SHA256 OUT
 
 Tasks:
-  man OUT_DIR  write the section-8 man pages of deepseekd, deepseek-audit and
-               deepseek-integrity, one per command and subcommand, as plain
+  man OUT_DIR  write the man pages of deepseekd, deepseek-audit and
+               deepseek-integrity (section 8) and deepseek (section 1), one
+               per command and subcommand, as plain
                roff files in OUT_DIR (created if missing). The date in the
                pages is SOURCE_DATE_EPOCH's when it is set, else today's.
   structure [ROOT]

@@ -1,5 +1,7 @@
-//! The man pages: one section-8 page per binary and per subcommand (named
-//! as git names them: `deepseek-audit-log-verify.8`), rendered by
+//! The man pages: one page per binary and per subcommand (named as git
+//! names them: `deepseek-audit-log-verify.8`), in section 8 for the
+//! administrators' binaries and 1 for `deepseek`, the users' client,
+//! rendered by
 //! `clap_mangen` from the same `clap::Command` that `--help` prints.
 //!
 //! The page is composed from `clap_mangen`'s pieces rather than taken whole,
@@ -19,16 +21,20 @@ use clap_mangen::Man;
 use clap_mangen::roff::{Roff, bold, italic, roman};
 
 /// System administration commands and daemons.
-const SECTION: &str = "8";
+const ADMIN: &str = "8";
+/// User commands.
+const USER: &str = "1";
 /// The `.TH` manual name: the centre of the page header.
 const MANUAL: &str = "deepseek appliance";
 
-/// The binaries that get pages, from their crates' own definitions.
-fn binaries() -> [Command; 3] {
+/// The binaries that get pages, from their crates' own definitions, each
+/// with its section.
+fn binaries() -> [(Command, &'static str); 4] {
     [
-        deepseekd::command(),
-        deepseek_audit::command(),
-        deepseek_integrity::command(),
+        (deepseekd::command(), ADMIN),
+        (deepseek_audit::command(), ADMIN),
+        (deepseek_integrity::command(), ADMIN),
+        (deepseek_client::command(), USER),
     ]
 }
 
@@ -37,9 +43,12 @@ pub(crate) fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let date = page_date()?;
     let binaries = binaries();
-    let names: Vec<String> = binaries.iter().map(|c| c.get_name().to_owned()).collect();
+    let names: Vec<(String, &str)> = binaries
+        .iter()
+        .map(|(c, section)| (c.get_name().to_owned(), *section))
+        .collect();
     let mut written = Vec::new();
-    for cmd in binaries {
+    for (cmd, section) in binaries {
         let name = cmd.get_name().to_owned();
         let Some(version) = cmd.get_version().map(ToString::to_string) else {
             bail!("{name} has no version in its clap definition");
@@ -47,7 +56,8 @@ pub(crate) fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
         let binary = Binary {
             source: format!("{name} {version}"),
             date: date.clone(),
-            others: names.iter().filter(|n| **n != name).cloned().collect(),
+            section,
+            others: names.iter().filter(|(n, _)| *n != name).cloned().collect(),
         };
         // Building sets each subcommand's display name (`deepseek-audit-log`)
         // and usage name (`deepseek-audit log`) from its parents. The `help`
@@ -58,7 +68,7 @@ pub(crate) fn generate(out_dir: &Path) -> Result<Vec<PathBuf>> {
         collect(&cmd, &[], &mut pages);
         for (page_cmd, ancestors) in pages {
             let page = render(page_cmd, &ancestors, &binary)?;
-            let path = out_dir.join(format!("{}.{SECTION}", page_name(page_cmd)));
+            let path = out_dir.join(format!("{}.{section}", page_name(page_cmd)));
             fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
             written.push(path);
         }
@@ -72,7 +82,9 @@ struct Binary {
     source: String,
     date: String,
     /// The other binaries, for SEE ALSO on the top-level page.
-    others: Vec<String>,
+    others: Vec<(String, &'static str)>,
+    /// The section of its pages.
+    section: &'static str,
 }
 
 fn without_help_subcommand(cmd: Command) -> Command {
@@ -110,7 +122,7 @@ fn descendants(cmd: &Command, out: &mut Vec<String>) {
 
 fn render(cmd: &Command, ancestors: &[String], binary: &Binary) -> Result<Vec<u8>> {
     let man = Man::new(cmd.clone())
-        .section(SECTION)
+        .section(binary.section)
         .date(&binary.date)
         .source(&binary.source)
         .manual(MANUAL);
@@ -153,8 +165,10 @@ fn render(cmd: &Command, ancestors: &[String], binary: &Binary) -> Result<Vec<u8
         .text([roman(&binary.source)]);
     // Left-adjusted: justifying a list of long names spreads it thin.
     tail.control("SH", ["SEE ALSO"]).control("ad", ["l"]);
-    let mut see_also = ancestors.to_vec();
-    descendants(cmd, &mut see_also);
+    let mut own = ancestors.to_vec();
+    descendants(cmd, &mut own);
+    let mut see_also: Vec<(String, &str)> =
+        own.into_iter().map(|name| (name, binary.section)).collect();
     if ancestors.is_empty() {
         see_also.extend(binary.others.iter().cloned());
     }
@@ -163,15 +177,15 @@ fn render(cmd: &Command, ancestors: &[String], binary: &Binary) -> Result<Vec<u8
     Ok(page)
 }
 
-/// `name(8), other(8)`, the names in bold.
-fn references(names: &[String]) -> Vec<clap_mangen::roff::Inline> {
+/// `name(8), other(1)`, the names in bold.
+fn references(names: &[(String, &str)]) -> Vec<clap_mangen::roff::Inline> {
     let mut inlines = Vec::new();
-    for (i, name) in names.iter().enumerate() {
+    for (i, (name, section)) in names.iter().enumerate() {
         if i > 0 {
             inlines.push(roman(", "));
         }
         inlines.push(bold(name));
-        inlines.push(roman(format!("({SECTION})")));
+        inlines.push(roman(format!("({section})")));
     }
     inlines
 }

@@ -2,9 +2,9 @@
 //! package, for the software bundle (`make bundle`).
 //!
 //! It lists what the package ships and what it needs:
-//! - every crate compiled into the three binaries (the normal and build
-//!   dependencies of `deepseekd`, `deepseek-audit` and
-//!   `deepseek-integrity`, as `cargo metadata` resolves them from
+//! - every crate compiled into the four binaries (the normal and build
+//!   dependencies of `deepseekd`, `deepseek-audit`, `deepseek-integrity`
+//!   and `deepseek-client`, as `cargo metadata` resolves them from
 //!   Cargo.lock), with the registry's SHA-256;
 //! - the ONNX Runtime wheel whose libraries it ships, with its pinned
 //!   SHA-256;
@@ -18,7 +18,12 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 /// The binaries' packages, the roots of what is compiled in.
-const ROOTS: [&str; 3] = ["deepseekd", "deepseek-audit", "deepseek-integrity"];
+const ROOTS: [&str; 4] = [
+    "deepseekd",
+    "deepseek-audit",
+    "deepseek-integrity",
+    "deepseek-client",
+];
 
 /// What `sbom` is told.
 pub(crate) struct Inputs<'a> {
@@ -246,7 +251,14 @@ mod tests {
     fn the_crates_are_those_compiled_into_the_binaries() {
         let crates = crates(&metadata().expect("cargo metadata")).expect("crates");
         let find = |name: &str| crates.iter().find(|c| c["name"] == name);
-        for shipped in ["deepseekd", "ed25519-dalek", "tokio", "tar", "sha2"] {
+        for shipped in [
+            "deepseekd",
+            "ed25519-dalek",
+            "tokio",
+            "tar",
+            "sha2",
+            "rustyline",
+        ] {
             assert!(find(shipped).is_some(), "{shipped} missing");
         }
         assert!(find("tokio").is_some_and(|c| {

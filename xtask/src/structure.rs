@@ -23,10 +23,11 @@ use anyhow::{Context as _, Result};
 pub(crate) const MAX_LINES: usize = 600;
 
 /// The crates' source trees, relative to the workspace root.
-const CRATES: [&str; 5] = [
+const CRATES: [&str; 6] = [
     "daemon/src",
     "auditor/src",
     "integrity/src",
+    "client/src",
     "tests/src",
     "xtask/src",
 ];

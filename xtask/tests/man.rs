@@ -1,5 +1,5 @@
 //! `xtask man OUT_DIR`, run as the real binary: a page for every command of
-//! the three CLIs (the expected list is walked from their clap definitions,
+//! the four CLIs (the expected list is walked from their clap definitions,
 //! so a new subcommand without a page fails here), the right header on
 //! each, and pages that groff renders without a warning.
 #![forbid(unsafe_code)]
@@ -23,29 +23,33 @@ struct Page {
     /// `deepseek-audit`
     binary: String,
     version: String,
+    /// `8`, or `1` for the users' `deepseek`.
+    section: &'static str,
     after_help: Option<String>,
     /// The pages below this one.
     descendants: Vec<String>,
 }
 
-fn binaries() -> [Command; 3] {
+fn binaries() -> [(Command, &'static str); 4] {
     [
-        deepseekd::command(),
-        deepseek_audit::command(),
-        deepseek_integrity::command(),
+        (deepseekd::command(), "8"),
+        (deepseek_audit::command(), "8"),
+        (deepseek_integrity::command(), "8"),
+        (deepseek_client::command(), "1"),
     ]
 }
 
 /// Every command of the unbuilt tree (so clap's generated `help` is not in
 /// it yet; a `help` of our own would have no page either), hidden ones
 /// excepted.
-fn walk(cmd: &Command, name: &str, usage: &str, binary: &str, version: &str, out: &mut Vec<Page>) {
+fn walk(cmd: &Command, name: &str, usage: &str, of: &Page, out: &mut Vec<Page>) {
     let index = out.len();
     out.push(Page {
         name: name.to_owned(),
         usage: usage.to_owned(),
-        binary: binary.to_owned(),
-        version: version.to_owned(),
+        binary: of.binary.clone(),
+        version: of.version.clone(),
+        section: of.section,
         after_help: cmd.get_after_help().map(ToString::to_string),
         descendants: Vec::new(),
     });
@@ -55,7 +59,7 @@ fn walk(cmd: &Command, name: &str, usage: &str, binary: &str, version: &str, out
         }
         let sub_name = format!("{name}-{}", sub.get_name());
         let sub_usage = format!("{usage} {}", sub.get_name());
-        walk(sub, &sub_name, &sub_usage, binary, version, out);
+        walk(sub, &sub_name, &sub_usage, of, out);
     }
     let below: Vec<String> = out[index + 1..].iter().map(|p| p.name.clone()).collect();
     out[index].descendants = below;
@@ -63,10 +67,18 @@ fn walk(cmd: &Command, name: &str, usage: &str, binary: &str, version: &str, out
 
 fn expected_pages() -> Vec<Page> {
     let mut pages = Vec::new();
-    for cmd in binaries() {
+    for (cmd, section) in binaries() {
         let name = cmd.get_name().to_owned();
-        let version = cmd.get_version().expect("a version").to_owned();
-        walk(&cmd, &name, &name, &name, &version, &mut pages);
+        let binary = Page {
+            name: name.clone(),
+            usage: name.clone(),
+            binary: name.clone(),
+            version: cmd.get_version().expect("a version").to_owned(),
+            section,
+            after_help: None,
+            descendants: Vec::new(),
+        };
+        walk(&cmd, &name, &name, &binary, &mut pages);
     }
     pages
 }
@@ -124,8 +136,10 @@ fn every_command_has_a_page_with_its_name_section_and_version() {
                 .into_owned()
         })
         .collect();
-    let expected_names: BTreeSet<String> =
-        expected.iter().map(|p| format!("{}.8", p.name)).collect();
+    let expected_names: BTreeSet<String> = expected
+        .iter()
+        .map(|p| format!("{}.{}", p.name, p.section))
+        .collect();
     assert_eq!(written_names, expected_names);
     for must in [
         "deepseekd.8",
@@ -139,6 +153,8 @@ fn every_command_has_a_page_with_its_name_section_and_version() {
         "deepseek-audit-log-check-proof.8",
         "deepseek-integrity.8",
         "deepseek-integrity-check.8",
+        "deepseek.1",
+        "deepseek-chat.1",
     ] {
         assert!(
             written_names.contains(must),
@@ -146,13 +162,16 @@ fn every_command_has_a_page_with_its_name_section_and_version() {
         );
     }
 
-    let binaries: Vec<String> = binaries().iter().map(|c| c.get_name().to_owned()).collect();
+    let binaries: Vec<(String, &str)> = binaries()
+        .iter()
+        .map(|(c, section)| (c.get_name().to_owned(), *section))
+        .collect();
     for page in &expected {
-        let path = dir.path().join(format!("{}.8", page.name));
+        let path = dir.path().join(format!("{}.{}", page.name, page.section));
         let text = fs::read_to_string(&path).expect("the page");
         let th = format!(
-            ".TH {} 8 2026-01-01 \"{} {}\" \"deepseek appliance\"\n",
-            page.name, page.binary, page.version
+            ".TH {} {} 2026-01-01 \"{} {}\" \"deepseek appliance\"\n",
+            page.name, page.section, page.binary, page.version
         );
         assert!(text.contains(&th), "{}: no `{th}` in\n{text}", page.name);
         assert!(
@@ -179,15 +198,19 @@ fn every_command_has_a_page_with_its_name_section_and_version() {
         // SEE ALSO: the pages below; on a binary's page the other binaries,
         // on a subcommand's its binary's page.
         let see_also = section(&text, "\"SEE ALSO\"");
-        let mut refs = page.descendants.clone();
+        let mut refs: Vec<(String, &str)> = page
+            .descendants
+            .iter()
+            .map(|d| (d.clone(), page.section))
+            .collect();
         if page.name == page.binary {
-            refs.extend(binaries.iter().filter(|b| **b != page.binary).cloned());
+            refs.extend(binaries.iter().filter(|(b, _)| *b != page.binary).cloned());
         } else {
-            refs.push(page.binary.clone());
+            refs.push((page.binary.clone(), page.section));
         }
-        for r in refs {
+        for (r, section) in refs {
             assert!(
-                see_also.contains(&format!("\\fB{}\\fR(8)", roff(&r))),
+                see_also.contains(&format!("\\fB{}\\fR({section})", roff(&r))),
                 "{}: SEE ALSO lacks {r}:\n{see_also}",
                 page.name
             );
