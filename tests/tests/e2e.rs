@@ -38,4 +38,5 @@ mod openai_client;
 mod sandbox;
 mod smollm2;
 mod store_serving;
+mod structured;
 mod tools;

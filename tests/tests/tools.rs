@@ -158,8 +158,7 @@ fn engine_case(case: &Value) -> (Vec<Message>, Vec<Tool>) {
         .map(|t| Tool {
             name: t["function"]["name"].as_str().expect("name").to_owned(),
             description: t["function"]["description"].as_str().map(str::to_owned),
-            // As jinja2 gets them (serde_json's Value sorts the keys; the
-            // unit tests of tools.rs check that the client's order is kept).
+            // As jinja2 gets them, in the client's order.
             parameters: (!t["function"]["parameters"].is_null()).then(|| {
                 let text = t["function"]["parameters"].to_string();
                 serde_json::value::RawValue::from_string(text).expect("JSON")
@@ -231,8 +230,8 @@ async fn the_daemon_renders_tools_and_tool_results_as_jinja2_does() {
     let d = Daemon::start("", &llm_table(MODEL, &copy, ""));
     let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]);
     // As the template receives them: OpenAI's keys in OpenAI's order, the
-    // schema's as sent (serde_json sorts them).
-    let template_tools = r#"[{"type": "function", "function": {"name": "f", "parameters": {"properties": {}, "type": "object"}}}]"#;
+    // schema's as sent.
+    let template_tools = r#"[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]"#;
     let conversations = [
         json!([{"role": "user", "content": "Hi"}]),
         json!([
@@ -349,10 +348,10 @@ async fn tools_and_their_limits_are_400s_naming_the_field() {
         (
             body(
                 MODEL,
-                json!({"tools": [tool("f")], "tool_choice": "required"}),
+                json!({"tools": [tool("f")], "tool_choice": "required", "response_format": {"type": "json_object"}}),
             ),
-            "tool_choice",
-            "requires constrained decoding",
+            "response_format",
+            "cannot be combined",
         ),
         (
             body(MODEL, json!({"tool_choice": "auto"})),
@@ -393,6 +392,123 @@ async fn tools_and_their_limits_are_400s_naming_the_field() {
         json!({"tools": [tool("f")], "tool_choice": "none"}),
     );
     assert_eq!(post_json(&d.socket, chat, &none).await.status, 200);
+}
+
+/// [`COMPACT`] showing only how many tools there are (the tools' JSON
+/// alone would overflow tiny-r1's context), and answering without
+/// reasoning: a forced call is held to its schema from the first token
+/// (the random weights seldom close a reasoning of their own within the
+/// context).
+fn compact_without_reasoning() -> String {
+    let opened = "<｜Assistant｜><think>\n";
+    assert!(COMPACT.ends_with(opened));
+    let tools = "{{ tools | tojson }}";
+    assert!(COMPACT.contains(tools));
+    COMPACT[..COMPACT.len() - opened.len()].replace(tools, "{{ tools | length }} tools")
+        + "<｜Assistant｜>"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_tool_choice_answers_with_calls_its_schema_allows() {
+    let dir = shared_tempdir();
+    let copy = tools_fixture(dir.path(), &compact_without_reasoning());
+    let d = Daemon::start("", &llm_table(MODEL, &copy, ""));
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string", "pattern": "^[A-Za-z]{1,8}$"}, "unit": {"enum": ["C", "F"]}},
+            "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {},
+            "additionalProperties": false}}}
+    ]);
+    let check_call = |call: &Value, context: &str| {
+        assert_eq!(call["type"], "function", "{context}");
+        assert!(
+            call["id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{context}"
+        );
+        let name = call["function"]["name"].as_str().expect("name");
+        let arguments: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().expect("arguments"))
+                .unwrap_or_else(|e| panic!("{context}: {e}"));
+        match name {
+            "get_weather" => {
+                let city = arguments["city"].as_str().expect("city");
+                assert!(
+                    (1..=8).contains(&city.len()) && city.chars().all(|c| c.is_ascii_alphabetic()),
+                    "{context}"
+                );
+                assert!(
+                    ["C", "F"].contains(&arguments["unit"].as_str().expect("unit")),
+                    "{context}"
+                );
+                assert_eq!(arguments.as_object().expect("object").len(), 2, "{context}");
+            }
+            "now" => assert_eq!(arguments, json!({}), "{context}"),
+            other => panic!("{other}: {context}"),
+        }
+        name.to_owned()
+    };
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    for (choice, parallel, kind) in [
+        (named.clone(), true, "tool_function"),
+        (json!("required"), false, "tools_required"),
+    ] {
+        for seed in 0..4 {
+            let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Weather?"}],
+                "tools": tools, "tool_choice": choice, "parallel_tool_calls": parallel,
+                "temperature": 1, "seed": seed, "max_tokens": 120});
+            let response = post_json(&d.socket, "/v1/chat/completions", &body).await;
+            assert_eq!(response.status, 200, "{:?}", response.body);
+            let answer = response.json();
+            let context = answer.to_string();
+            let choice0 = &answer["choices"][0];
+            assert_eq!(choice0["finish_reason"], "tool_calls", "{context}");
+            assert!(choice0["message"]["content"].is_null(), "{context}");
+            let calls = choice0["message"]["tool_calls"]
+                .as_array()
+                .expect("tool_calls");
+            assert_eq!(calls.len(), 1, "{context}");
+            let name = check_call(&calls[0], &context);
+            if kind == "tool_function" {
+                assert_eq!(name, "get_weather");
+            }
+            // Streamed: the same call, in OpenAI's chunk shape.
+            let mut streamed = body.clone();
+            streamed["stream"] = json!(true);
+            let response = post_json(&d.socket, "/v1/chat/completions", &streamed).await;
+            let text = String::from_utf8_lossy(&response.body).into_owned();
+            let chunks: Vec<Value> = text
+                .split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .filter(|e| *e != "[DONE]")
+                .map(|e| serde_json::from_str(e).expect("chunk"))
+                .collect();
+            let deltas: Vec<&Value> = chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+                .flatten()
+                .collect();
+            assert_eq!(deltas.len(), 1, "{text}");
+            assert_eq!(deltas[0]["index"], 0, "{text}");
+            assert_eq!(deltas[0]["function"], calls[0]["function"], "{text}");
+            let last = chunks
+                .iter()
+                .rev()
+                .find(|c| !c["choices"][0]["finish_reason"].is_null())
+                .expect("finish");
+            assert_eq!(last["choices"][0]["finish_reason"], "tool_calls", "{text}");
+        }
+        let entries = d.auditor.as_ref().expect("auditor").entries();
+        let records: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["event"] == "request" && e["details"]["constraint"] == kind)
+            .collect();
+        assert_eq!(records.len(), 8, "{kind}");
+        assert!(
+            records.iter().all(|e| e["details"]["tools"] == "2"),
+            "{kind}"
+        );
+    }
 }
 
 #[test]

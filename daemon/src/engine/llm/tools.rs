@@ -220,6 +220,15 @@ impl ToolConstraint {
         Ok(Self { schema, forced })
     }
 
+    /// At most one call (`parallel_tool_calls: false`): only `required`
+    /// could make several.
+    pub fn one_call(mut self) -> Self {
+        if self.forced == Forced::Required {
+            self.schema["maxItems"] = json!(1);
+        }
+        self
+    }
+
     /// The calls an output constrained to [`Self::schema`] makes.
     pub fn calls(&self, output: &str) -> Result<Vec<FunctionCall>, ToolsError> {
         let bad = |what: &str| ToolsError::Output(what.to_owned());
@@ -330,6 +339,11 @@ mod tests {
     fn required_is_an_array_of_calls_of_the_tools_offered() {
         let tools = [tool("a", Some(r#"{"type":"object"}"#)), tool("b", None)];
         let required = ToolConstraint::new(&tools, Forced::Required).expect("required");
+        assert!(required.schema.get("maxItems").is_none());
+        let one = ToolConstraint::new(&tools, Forced::Required)
+            .expect("required")
+            .one_call();
+        assert_eq!(one.schema["maxItems"], 1);
         let call = |name: &str| {
             json!({
                 "type": "object",

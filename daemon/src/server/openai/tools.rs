@@ -276,8 +276,11 @@ pub(super) fn asked(
                     "tool_choice.function.name",
                 ));
             }
-            let constraint =
+            let mut constraint =
                 ToolConstraint::new(&tools, forced).map_err(|e| invalid(e.to_string(), "tools"))?;
+            if body.parallel_tool_calls == Some(false) {
+                constraint = constraint.one_call();
+            }
             Ok(Asked {
                 tools,
                 offered,

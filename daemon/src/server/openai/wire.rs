@@ -187,6 +187,10 @@ pub(super) struct ApiRequest {
     pub(super) tools: Option<Box<RawValue>>,
     #[serde(default)]
     pub(super) tool_choice: Option<Box<RawValue>>,
+    /// `false`: a forced choice makes one call (`required`'s schema
+    /// allows one item); otherwise several may come.
+    #[serde(default)]
+    pub(super) parallel_tool_calls: Option<bool>,
     #[serde(default)]
     pub(super) response_format: Option<ResponseFormat>,
     #[serde(default)]
