@@ -42,6 +42,15 @@ impl OpenAiError {
         }
     }
 
+    /// A 400 for a field over one of the documented limits.
+    pub(super) fn over_limit(param: &str, what: &str, size: usize, max: usize) -> Self {
+        Self::invalid(
+            format!("{param} is {size} {what}, over the limit of {max}"),
+            Some(param),
+            None,
+        )
+    }
+
     pub(super) fn body(&self) -> Value {
         let kind = if self.status.is_server_error() {
             "server_error"

@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::OpenAiError;
-use super::prepare::over_limit;
 use crate::engine::llm::tools::{Forced, ToolConstraint};
 use crate::server::http::sha256_hex;
 
@@ -71,7 +70,12 @@ impl Format {
     fn new(kind: Kind, schema: Value, param: &str) -> Result<Self, OpenAiError> {
         let bytes = serde_json::to_vec(&schema).expect("JSON values serialize");
         if bytes.len() > MAX_SCHEMA_BYTES {
-            return Err(over_limit(param, "bytes", bytes.len(), MAX_SCHEMA_BYTES));
+            return Err(OpenAiError::over_limit(
+                param,
+                "bytes",
+                bytes.len(),
+                MAX_SCHEMA_BYTES,
+            ));
         }
         if !schema.is_object() {
             return Err(OpenAiError::invalid(
@@ -126,7 +130,7 @@ fn response_format(format: Option<ResponseFormat>) -> Result<Option<Format>, Ope
             let name = &json_schema.name;
             let param = "response_format.json_schema.name";
             if name.len() > MAX_SCHEMA_NAME_BYTES {
-                return Err(over_limit(
+                return Err(OpenAiError::over_limit(
                     param,
                     "bytes",
                     name.len(),

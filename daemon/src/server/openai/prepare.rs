@@ -160,14 +160,6 @@ fn too_many_bytes(context: usize, bytes: usize, limit: usize, param: &str) -> Op
     )
 }
 
-pub(super) fn over_limit(param: &str, what: &str, size: usize, max: usize) -> OpenAiError {
-    OpenAiError::invalid(
-        format!("{param} is {size} {what}, over the limit of {max}"),
-        Some(param),
-        None,
-    )
-}
-
 /// The completion's prompt: a string, or an array of exactly one.
 fn prompt_text(raw: &RawValue) -> Result<String, OpenAiError> {
     if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
@@ -202,7 +194,7 @@ pub(super) async fn prepare(
 ) -> Result<(Prepared, OwnedSemaphorePermit), OpenAiError> {
     let body = parse_body(bytes)?;
     if body.model.len() > MAX_MODEL_BYTES {
-        return Err(over_limit(
+        return Err(OpenAiError::over_limit(
             "model",
             "bytes",
             body.model.len(),
@@ -278,7 +270,12 @@ pub(super) async fn prepare(
         ));
     }
     if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-        return Err(over_limit("stop", "bytes", long.len(), MAX_STOP_BYTES));
+        return Err(OpenAiError::over_limit(
+            "stop",
+            "bytes",
+            long.len(),
+            MAX_STOP_BYTES,
+        ));
     }
     let parse_special = body.parse_special == Some(true);
     let context = model.info().context_length;
@@ -426,7 +423,7 @@ fn prepare_error(error: PrepareError, context: usize, param: &str) -> OpenAiErro
 /// treated as `system`.
 fn to_message(index: usize, message: ChatMessage) -> Result<Message, OpenAiError> {
     if message.role.len() > MAX_ROLE_BYTES {
-        return Err(over_limit(
+        return Err(OpenAiError::over_limit(
             &format!("messages[{index}].role"),
             "bytes",
             message.role.len(),
