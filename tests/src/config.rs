@@ -24,6 +24,16 @@ pub fn llm_table(name: &str, dir: &Path, extra: &str) -> String {
     )
 }
 
+/// [`llm_table`] for `tiny-r1-gqa`, the fixture exported the way
+/// onnxruntime-genai exports decoders: a second causal LM beside tiny-r1.
+pub fn gqa_table() -> String {
+    llm_table(
+        "tiny-r1-gqa",
+        &crate::fixtures::llm_fixture().with_file_name("tiny-r1-gqa"),
+        "",
+    )
+}
+
 /// The `[sandbox]` table the tests use: the real lockdown, switching to
 /// `nobody`, when the tests run as root (as on CI). Without root the daemon
 /// cannot empty its capability bounding set, so it runs unconfined, and the

@@ -25,7 +25,8 @@ pub use client::{
     Connection, Response, binary_request, get, metric, post_binary, post_json, request,
 };
 pub use config::{
-    integrity_table, llm_table, model_table, sandbox_table, write_config, write_config_audited,
+    gqa_table, integrity_table, llm_table, model_table, sandbox_table, write_config,
+    write_config_audited,
 };
 pub use daemon::{
     Daemon, check_config_with_models, openai_error, run_daemon, run_with_models, wait_for_model,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use deepseek_tests::{
-    Auditor, Daemon, binary, is_root, llm_fixture, llm_table, ort_library, post_json,
+    Auditor, Daemon, binary, gqa_table, is_root, llm_fixture, llm_table, ort_library, post_json,
     shared_tempdir, write_config_audited,
 };
 use serde_json::{Value, json};
@@ -158,15 +158,7 @@ fn bad_questions_and_unknown_models_are_refused_with_their_codes() {
 
 #[test]
 fn several_models_and_none_named_is_a_usage_error_listing_them() {
-    let models = [
-        llm_table(MODEL, &llm_fixture(), ""),
-        llm_table(
-            "tiny-r1-gqa",
-            &llm_fixture().with_file_name("tiny-r1-gqa"),
-            "",
-        ),
-    ]
-    .concat();
+    let models = [llm_table(MODEL, &llm_fixture(), ""), gqa_table()].concat();
     let d = Daemon::start("", &models);
     let output = run(&mut chat(&d.socket, &["hi"]), b"");
     assert_eq!(code(&output), 64);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use deepseek_tests::{Daemon, binary, llm_fixture, llm_table, post_json};
+use deepseek_tests::{Daemon, binary, gqa_table, llm_fixture, llm_table, post_json};
 use serde_json::{Value, json};
 
 use crate::smollm2::{FP32, model_dir};
@@ -147,15 +147,7 @@ fn assistant(message: &Value) -> Value {
 
 #[test]
 fn a_session_answers_remembers_and_obeys_its_commands() {
-    let models = [
-        llm_table("tiny-r1", &llm_fixture(), ""),
-        llm_table(
-            "tiny-r1-gqa",
-            &llm_fixture().with_file_name("tiny-r1-gqa"),
-            "",
-        ),
-    ]
-    .concat();
+    let models = [llm_table("tiny-r1", &llm_fixture(), ""), gqa_table()].concat();
     let d = Daemon::start("", &models);
     let files = tempfile::tempdir().expect("tempdir");
     let tmux = Tmux::start(&chat_command(

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Daemon, get, llm_expected, llm_fixture, llm_table, model_table, named, openai_error, post_json,
-    request, run_daemon, run_with_models, shared_tempdir, write_config,
+    Daemon, get, gqa_table, llm_expected, llm_fixture, llm_table, model_table, named, openai_error,
+    post_json, request, run_daemon, run_with_models, shared_tempdir, write_config,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -577,11 +577,7 @@ async fn tensor_and_causal_models_are_served_side_by_side() {
     let models = [
         model_table("demo", "demo.onnx", ""),
         llm_table(MODEL, &llm_fixture(), "sessions = 2"),
-        llm_table(
-            "tiny-r1-gqa",
-            &llm_fixture().with_file_name("tiny-r1-gqa"),
-            "",
-        ),
+        gqa_table(),
     ]
     .concat();
     let d = Daemon::start("", &models);
