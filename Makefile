@@ -11,6 +11,8 @@
 #               process; SmolLM2 through the socket against llama.cpp, the
 #               daemon's memory serving it, and continuous batching against
 #               the per-slot engine (BENCHMARKS.md)
+#   make bench-structured  structured output's cost per decoded token,
+#               SmolLM2 free against held to a JSON schema (BENCHMARKS.md)
 #   make check-llamacpp  the converted SmolLM2 against llama.cpp on its GGUF
 #               (builds llama.cpp from source first: ~20 minutes)
 #   make bench-integrity  deepseek-integrity against AIDE and sha256sum
@@ -38,7 +40,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so.1.31.1
 RUN_DIR := $(CURDIR)/run
 SOCKET := $(RUN_DIR)/deepseekd.sock
 
-.PHONY: bundle run run-config test fuzz bench bench-llm bench-audit bench-integrity check-llamacpp ort models pyvenv deps clean FORCE man deb deb-cuda check-units system-test release gpu-check gpu-check-carry gpu-check-dry
+.PHONY: bundle run run-config test fuzz bench bench-llm bench-structured bench-audit bench-integrity check-llamacpp ort models pyvenv deps clean FORCE man deb deb-cuda check-units system-test release gpu-check gpu-check-carry gpu-check-dry
 
 # ONNX Runtime's CPU library, from the pinned PyPI wheel.
 ort: $(ORT_LIB)
@@ -418,6 +420,12 @@ bench-llm: ort models $(LLAMACPP_VENV)/.deps-1
 	$(LLAMACPP_VENV)/bin/python packaging/bench-smollm2.py --ort $(ORT_LIB) $(SMOLLM2_BENCH_ARGS)
 	$(LLAMACPP_VENV)/bin/python packaging/bench-smollm2.py --ort $(ORT_LIB) --memory
 	python3 packaging/bench-batching.py --ort $(ORT_LIB)
+
+# Structured output's cost per decoded token: SmolLM2 streamed free and held
+# to a JSON schema, 1 and 8 streams (BENCHMARKS.md).
+bench-structured: ort models
+	cargo build --release --bin deepseekd --bin deepseek-audit --bin deepseek-integrity
+	python3 packaging/bench-structured.py --ort $(ORT_LIB)
 
 # BENCH_DIR=/somewhere/else for the scratch trees (default /var/tmp/deepseek-bench);
 # REPS_WARM, REPS_COLD and the other knobs are listed in the script.

@@ -43,14 +43,19 @@ def request(sock, method, path, body=None, timeout=60):
         connection.close()
 
 
-def stream(sock, model, prompt, max_tokens, on_first=None, timeout=None):
+def stream(sock, model, prompt, max_tokens, on_first=None, timeout=None, fields=None):
     """(prompt tokens, completion tokens, time to the first text event, time
     to the last one), from sending the request; `on_first` is called at the
-    first text event."""
-    body = json.dumps({
+    first text event. `fields` are added to the body (EOS is ignored unless
+    they hold a `response_format`, which refuses that)."""
+    body = {
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
         "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-    })
+    }
+    body.update(fields or {})
+    if "response_format" in body:
+        del body["ignore_eos"]
+    body = json.dumps(body)
     connection = UnixConnection(sock, timeout)
     connection.connect()
     started = time.perf_counter()

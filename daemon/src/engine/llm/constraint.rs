@@ -407,6 +407,9 @@ mod tests {
                 "",
             ),
             (json!([1, 2]), "object"),
+            // Nothing is fetched: a schema is all the client sends.
+            (json!({"$ref": "https://example.com/schema.json"}), "$ref"),
+            (json!({"type": "array", "uniqueItems": true}), "uniqueItems"),
         ] {
             let error = grammars.compile(&schema, false).expect_err("refused");
             assert!(matches!(error, ConstraintError::Schema(_)), "{error}");
