@@ -211,6 +211,17 @@ check "alice chats with the demo causal LM (OpenAI API): the recorded greedy rea
 evidence "the chat answer" runuser -u alice -- curl -sS --max-time 60 --unix-socket /run/deepseek/deepseekd.sock \
     http://localhost/v1/chat/completions -d "$chat"
 evidence "mallory's attempt" infer mallory
+check "alice asks with deepseek chat, the installed terminal client (one question, exit 0)" \
+    runuser -u alice -- deepseek chat -m tiny-r1 --max-tokens 8 "What is the capital of France?"
+check "mallory's deepseek chat is refused with exit 77 (permission denied)" sh -c \
+    'runuser -u mallory -- deepseek chat -m tiny-r1 --max-tokens 8 hi; test $? -eq 77'
+evidence "mallory's deepseek chat" runuser -u mallory -- deepseek chat -m tiny-r1 --max-tokens 8 hi
+structured='{"model":"tiny-r1","prompt":"Data:","max_tokens":200,"seed":1,"temperature":1,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object","properties":{"n":{"type":"integer","minimum":0,"maximum":9}},"required":["n"],"additionalProperties":false}}}}'
+runuser -u alice -- curl -sS --max-time 60 --unix-socket /run/deepseek/deepseekd.sock \
+    http://localhost/v1/completions -d "$structured" >/root/structured.json || true
+check "alice gets an answer held to a JSON schema (response_format): {\"n\": DIGIT}, finish_reason stop" sh -c \
+    'grep -qE "\"text\":\"[{]\\\\\"n\\\\\": [0-9][}]\"" /root/structured.json && grep -qF "\"finish_reason\":\"stop\"" /root/structured.json'
+evidence "the structured answer" cat /root/structured.json
 check "the service is active and ready (Type=notify)" sh -c \
     'test "$(systemctl show -P ActiveState deepseekd.service)" = active'
 check "systemctl status shows the daemon's STATUS=" sh -c \
