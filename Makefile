@@ -314,6 +314,9 @@ test: deps ort models $(VENV)/.deps-5 $(PROM_TOOLS)/.unpacked-1
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo run --quiet -p xtask -- structure
+	# The end-to-end tests run every binary; cargo test builds only those of
+	# packages with integration tests of their own (not the client's).
+	cargo build --workspace --bins
 	cargo test --workspace
 	$(MAKE) --no-print-directory check-units system-test
 
