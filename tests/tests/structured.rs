@@ -323,6 +323,13 @@ async fn malformed_or_unenforceable_formats_are_400s_naming_the_field() {
             "ignore_eos",
             "constrained",
         ),
+        // A stop string would cut the JSON short under finish_reason stop.
+        (
+            json!({"type": "json_object"}),
+            json!({"stop": ["\""]}),
+            "stop",
+            "constrained",
+        ),
         // No JSON can begin: refused at compile, not a failed generation.
         (
             schema_format(json!({"$ref": "#"})),
