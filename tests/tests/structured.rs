@@ -323,6 +323,28 @@ async fn malformed_or_unenforceable_formats_are_400s_naming_the_field() {
             "ignore_eos",
             "constrained",
         ),
+        // A stop string would cut the JSON short under finish_reason stop.
+        (
+            json!({"type": "json_object"}),
+            json!({"stop": ["\""]}),
+            "stop",
+            "constrained",
+        ),
+        // No JSON can begin: refused at compile, not a failed generation.
+        (
+            schema_format(json!({"$ref": "#"})),
+            json!({}),
+            "response_format",
+            "cannot be enforced",
+        ),
+        // Compiling 300 patternProperties took 6 s of the preparing threads.
+        (
+            schema_format(json!({"type": "object", "patternProperties":
+                (0..300).map(|i| (format!("^x{i}$"), json!({}))).collect::<serde_json::Map<_, _>>()})),
+            json!({}),
+            "response_format",
+            "patternProperties",
+        ),
     ];
     for (format, extra, param, says) in cases {
         let body = chat(MODEL, format, extra);

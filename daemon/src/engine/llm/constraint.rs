@@ -16,13 +16,25 @@ use std::fmt;
 use std::sync::Arc;
 
 use llguidance::api::{ParserLimits, TopLevelGrammar};
-use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
 
 /// The most bytes of llguidance's message a client is shown: it may quote
 /// the schema.
 const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `patternProperties` entries in a whole schema. llguidance checks the
+/// patterns of an object pairwise for disjointness, at a cost that grows
+/// faster than the square of their number (200 took 0.9 s, 400 took 13 s
+/// and 800 over 5 minutes of one CPU, in a 10 KB schema), off any limit it
+/// has; 32 take some 10 ms.
+pub(crate) const MAX_PATTERN_PROPERTIES: usize = 32;
+/// `properties` entries in a whole schema: compiling optional properties
+/// costs about the square of their number (4,500 took 2.7 s), and an
+/// object of more than some 500 optional ones fails at its first token
+/// anyway (llguidance's `max_items_in_row`).
+pub(crate) const MAX_PROPERTIES: usize = 1024;
 
 /// Why a schema cannot constrain this model's output.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +120,7 @@ impl Grammars {
             .factory
             .as_ref()
             .map_err(|reason| ConstraintError::Unavailable(reason.clone()))?;
+        check_size(schema)?;
         let mut schema = schema.clone();
         match schema.as_object_mut() {
             // Ours, whatever the client wrote there.
@@ -121,16 +134,60 @@ impl Grammars {
         let parser = factory
             .create_parser(TopLevelGrammar::from_json_schema(schema))
             .map_err(|e| ConstraintError::Schema(cut(&e.to_string())))?;
-        let matcher = Matcher::new(Ok(parser));
+        let mut matcher = Matcher::new(Ok(parser));
         if let Some(error) = matcher.get_error() {
             return Err(ConstraintError::Schema(cut(&error)));
         }
+        // The first mask, here rather than on the engine's thread: a schema
+        // whose JSON cannot even begin (`{"$ref": "#"}`) or that is over
+        // the parser's limits from its first token is the client's 400,
+        // not a failed generation.
+        let first = matcher
+            .compute_mask_or_eos()
+            .map_err(|e| ConstraintError::Schema(cut(&e.to_string())))?;
         Ok(Constraint {
+            first: Some(first),
             matcher,
             waiting: if reasons { self.think_end } else { None },
             eos: factory.tok_env().tok_trie().eos_token(),
         })
     }
+}
+
+/// Refuses a schema with more `patternProperties` or `properties` than
+/// llguidance compiles in reasonable time ([`MAX_PATTERN_PROPERTIES`],
+/// [`MAX_PROPERTIES`]). Every object of the document counts, whether or not
+/// it sits where a schema is read: an overcount errs on the safe side.
+fn check_size(schema: &Value) -> Result<(), ConstraintError> {
+    let (mut patterns, mut properties) = (0usize, 0usize);
+    let mut stack = vec![schema];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(object) => {
+                for (key, item) in object {
+                    match (key.as_str(), item) {
+                        ("patternProperties", Value::Object(map)) => patterns += map.len(),
+                        ("properties", Value::Object(map)) => properties += map.len(),
+                        _ => {}
+                    }
+                    stack.push(item);
+                }
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    if patterns > MAX_PATTERN_PROPERTIES {
+        return Err(ConstraintError::Schema(format!(
+            "the schema has {patterns} patternProperties, at most {MAX_PATTERN_PROPERTIES} are allowed"
+        )));
+    }
+    if properties > MAX_PROPERTIES {
+        return Err(ConstraintError::Schema(format!(
+            "the schema has {properties} properties, at most {MAX_PROPERTIES} are allowed"
+        )));
+    }
+    Ok(())
 }
 
 fn cut(message: &str) -> String {
@@ -181,6 +238,8 @@ fn token_env(
 
 /// One generation's constraint: where its JSON stands.
 pub struct Constraint {
+    /// The mask of the first token of the JSON, computed at compile.
+    first: Option<SimpleVob>,
     matcher: Matcher,
     /// `</think>`, while the reasoning is still open.
     waiting: Option<u32>,
@@ -214,10 +273,13 @@ impl Constraint {
             }
             return Ok(());
         }
-        let allowed = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| ConstraintError::Step(cut(&e.to_string())))?;
+        let allowed = match self.first.take() {
+            Some(first) => first,
+            None => self
+                .matcher
+                .compute_mask_or_eos()
+                .map_err(|e| ConstraintError::Step(cut(&e.to_string())))?,
+        };
         let end = allowed.is_allowed(self.eos);
         // The stop tokens' own logits, kept for when the JSON may end.
         let ends: Vec<(usize, f32)> = stop_ids
@@ -410,12 +472,48 @@ mod tests {
             // Nothing is fetched: a schema is all the client sends.
             (json!({"$ref": "https://example.com/schema.json"}), "$ref"),
             (json!({"type": "array", "uniqueItems": true}), "uniqueItems"),
+            // No JSON can begin: found at compile, not at the first step.
+            (json!({"$ref": "#"}), ""),
         ] {
             let error = grammars.compile(&schema, false).expect_err("refused");
             assert!(matches!(error, ConstraintError::Schema(_)), "{error}");
             assert!(error.to_string().contains(says), "{error}");
             assert!(error.to_string().len() < MAX_MESSAGE_BYTES + 100, "{error}");
         }
+    }
+
+    #[test]
+    fn schemas_whose_compilation_explodes_are_refused_before_it() {
+        let (grammars, _) = grammars();
+        let patterns = |n: usize| {
+            let map: serde_json::Map<String, Value> =
+                (0..n).map(|i| (format!("^x{i}$"), json!({}))).collect();
+            json!({"type": "object", "patternProperties": map})
+        };
+        // 400 of them took llguidance 13 s of one CPU (release build).
+        let started = std::time::Instant::now();
+        let error = grammars
+            .compile(&patterns(400), false)
+            .expect_err("refused");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(
+            error.to_string().contains("400 patternProperties"),
+            "{error}"
+        );
+        grammars
+            .compile(&patterns(MAX_PATTERN_PROPERTIES), false)
+            .expect("compiles");
+        // Counted over the whole document, nested ones too.
+        let nested = json!({"type": "array", "items": patterns(20),
+            "$defs": {"a": patterns(20)}});
+        assert!(grammars.compile(&nested, false).is_err());
+        let properties: serde_json::Map<String, Value> = (0..=MAX_PROPERTIES)
+            .map(|i| (format!("k{i}"), json!({})))
+            .collect();
+        let error = grammars
+            .compile(&json!({"type": "object", "properties": properties}), false)
+            .expect_err("refused");
+        assert!(error.to_string().contains("properties"), "{error}");
     }
 
     #[test]

@@ -277,6 +277,16 @@ pub(super) async fn prepare(
             MAX_STOP_BYTES,
         ));
     }
+    if format.is_some() && !stop.is_empty() {
+        // A stop string would cut the JSON short, and the answer would
+        // still end with `stop`.
+        return Err(OpenAiError::invalid(
+            "stop cannot be used with a constrained answer (a response_format other than text, \
+             or a tool_choice that forces a call)",
+            Some("stop"),
+            None,
+        ));
+    }
     let parse_special = body.parse_special == Some(true);
     let context = model.info().context_length;
     let (prompt, param) = match endpoint {
