@@ -175,7 +175,21 @@ pub(crate) fn model_ids(body: &[u8]) -> Result<Vec<String>, Error> {
     }
     let list: List = serde_json::from_slice(body)
         .map_err(|e| Error::Protocol(format!("GET /v1/models: {e}")))?;
-    Ok(list.data.into_iter().map(|m| m.id).collect())
+    // deepseekd's own rule for a model name: anything else is not one of
+    // its models, and is never printed to the terminal.
+    let valid = |id: &str| {
+        (1..=64).contains(&id.len())
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    Ok(list
+        .data
+        .into_iter()
+        .map(|m| m.id)
+        .filter(|id| valid(id))
+        .collect())
 }
 
 #[cfg(test)]
@@ -186,6 +200,12 @@ mod tests {
 
     fn ev(data: &str) -> Event {
         event(data, SOCKET.as_ref()).expect("event")
+    }
+
+    #[test]
+    fn model_ids_outside_deepseekds_rule_are_dropped() {
+        let body = br#"{"data": [{"id": "tiny-r1"}, {"id": "a\u001b]52;c;x\u0007"}, {"id": ".hidden"}, {"id": ""}]}"#;
+        assert_eq!(model_ids(body).expect("ids"), ["tiny-r1"]);
     }
 
     #[test]

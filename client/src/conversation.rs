@@ -135,6 +135,15 @@ impl Conversation {
             file.write_all(&json)?;
             file.sync_all()
         };
+        // A file this created and could not finish is removed; one that
+        // was there already (create_new refused it) is never touched.
+        let write_new = |target: &Path| {
+            write_new(target).inspect_err(|e| {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    let _ = fs::remove_file(target);
+                }
+            })
+        };
         if !force {
             return write_new(path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => SaveError::Exists(path.to_owned()),
@@ -144,12 +153,11 @@ impl Conversation {
         let mut temporary = path.as_os_str().to_owned();
         temporary.push(format!(".tmp-{}", std::process::id()));
         let temporary = PathBuf::from(temporary);
-        write_new(&temporary)
-            .and_then(|()| fs::rename(&temporary, path))
-            .map_err(|e| {
-                let _ = fs::remove_file(&temporary);
-                SaveError::Write(path.to_owned(), e)
-            })
+        write_new(&temporary).map_err(|e| SaveError::Write(path.to_owned(), e))?;
+        fs::rename(&temporary, path).map_err(|e| {
+            let _ = fs::remove_file(&temporary);
+            SaveError::Write(path.to_owned(), e)
+        })
     }
 }
 
@@ -219,5 +227,16 @@ mod tests {
         c.save("m", &link, true).expect("forced");
         assert_eq!(fs::read_to_string(&target).expect("read"), "keep");
         assert!(fs::symlink_metadata(&link).expect("meta").is_file());
+        // A file where the forced save's temporary would go is not ours:
+        // the save fails and leaves it.
+        let theirs = dir
+            .path()
+            .join(format!("chat.json.tmp-{}", std::process::id()));
+        fs::write(&theirs, "theirs").expect("write");
+        assert!(matches!(
+            c.save("m", &path, true),
+            Err(SaveError::Write(..))
+        ));
+        assert_eq!(fs::read_to_string(&theirs).expect("read"), "theirs");
     }
 }

@@ -211,7 +211,15 @@ impl Chat<'_> {
         }
     }
 
+    /// The models served; Ctrl-C gives up waiting (tokio holds SIGINT from
+    /// the first answer on, so nothing else would stop a daemon that does
+    /// not answer).
     fn models(&self) -> Result<Vec<String>, crate::error::Error> {
-        self.runtime.block_on(self.session.daemon.models())
+        self.runtime.block_on(async {
+            tokio::select! {
+                served = self.session.daemon.models() => served,
+                _ = tokio::signal::ctrl_c() => Err(crate::error::Error::Interrupted),
+            }
+        })
     }
 }

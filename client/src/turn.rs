@@ -42,6 +42,7 @@ pub(crate) async fn ask(
         }
     };
     let mut note = None;
+    let (mut reasoning_full, mut content_full) = (false, false);
     loop {
         let event = tokio::select! {
             event = stream.next() => event,
@@ -54,11 +55,11 @@ pub(crate) async fn ask(
         match event {
             Ok(Event::Reasoning(text)) => {
                 renderer.reasoning(&text).map_err(written)?;
-                keep(&mut answer.reasoning, &text);
+                keep(&mut answer.reasoning, &mut reasoning_full, &text);
             }
             Ok(Event::Answer(text)) => {
                 renderer.answer(&text).map_err(written)?;
-                keep(&mut answer.content, &text);
+                keep(&mut answer.content, &mut content_full, &text);
             }
             Ok(Event::Finished(reason)) if reason == "length" => {
                 note = Some(
@@ -80,9 +81,27 @@ pub(crate) async fn ask(
     Ok(answer)
 }
 
-/// Appends `text` to `kept` while it is under [`MAX_HISTORY_BYTES`].
-fn keep(kept: &mut String, text: &str) {
-    if kept.len() + text.len() <= MAX_HISTORY_BYTES {
+/// Appends `text` to `kept` while it fits in [`MAX_HISTORY_BYTES`]; the
+/// first piece that does not ends what is kept (`full`), so that a later,
+/// smaller piece cannot leave a hole in the answer the history holds.
+fn keep(kept: &mut String, full: &mut bool, text: &str) {
+    if *full || kept.len() + text.len() > MAX_HISTORY_BYTES {
+        *full = true;
+    } else {
         kept.push_str(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_piece_that_does_not_fit_ends_what_is_kept() {
+        let (mut kept, mut full) = ("a".repeat(MAX_HISTORY_BYTES - 10), false);
+        keep(&mut kept, &mut full, "0123456789-");
+        keep(&mut kept, &mut full, "abc");
+        assert!(full);
+        assert_eq!(kept.len(), MAX_HISTORY_BYTES - 10, "no hole: nothing after");
     }
 }

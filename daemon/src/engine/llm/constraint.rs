@@ -305,6 +305,14 @@ impl Constraint {
         Ok(())
     }
 
+    /// The reasoning closed on text (a `</think>` spelled in ordinary
+    /// tokens, which the splitter reads): the JSON starts with the next
+    /// token. Text the same token carried past `</think>` is not held to the
+    /// schema.
+    pub(crate) fn end_wait(&mut self) {
+        self.waiting = None;
+    }
+
     /// Takes the sampled token (not a stop token) into the constraint.
     pub(crate) fn accept(&mut self, id: u32) -> Result<(), ConstraintError> {
         if let Some(think_end) = self.waiting {

@@ -133,6 +133,11 @@ impl<'t> Generation<'t> {
         };
         self.digest.update(piece.as_bytes());
         let split = self.split.push(&piece);
+        if self.split.closed()
+            && let Some(constraint) = &mut self.constraint
+        {
+            constraint.end_wait();
+        }
         let split = self.calls_out_of(split);
         // Logprobs wait for text to go with, so that each event's are
         // those of the tokens whose text it carries.
@@ -186,7 +191,9 @@ impl<'t> Generation<'t> {
             let mut last = self.delta(last);
             last.tool_calls = calls;
             called = last.tool_calls.len();
-            if called > 0 {
+            // Cut by max_tokens, the calls may be fewer than the model
+            // meant: the answer says `length`, not that it called.
+            if called > 0 && reason != FinishReason::Length {
                 reason = FinishReason::ToolCalls;
             }
             if last != Delta::default() {

@@ -166,6 +166,12 @@ fn offered(raw: &RawValue) -> Result<Vec<Tool>, OpenAiError> {
                     &param,
                 ));
             }
+            // Kept as sent, which skipped it unparsed: parsed now, so that
+            // nesting past serde_json's 128 levels is refused here rather
+            // than dropped when the template or the constraint reads it.
+            if let Err(e) = serde_json::from_str::<Value>(parameters.get()) {
+                return Err(invalid(format!("{param} cannot be read: {e}"), &param));
+            }
         }
         tools.push(Tool {
             name: function.name,
@@ -399,6 +405,11 @@ mod tests {
                 "tools[1].function.name",
             ),
             (format!("[{}]", vec![r#"{"type":"function","function":{"name":"a"}}"#; 129].join(",")), "tools"),
+            // Past serde_json's 128 levels: refused, not dropped later.
+            (
+                one(&format!(r#"{{"name":"a","parameters":{{"d":{}{}}}}}"#, "[".repeat(200), "]".repeat(200))),
+                "tools[0].function.parameters",
+            ),
         ];
         for (json, want) in cases {
             let error = offered(&raw(&json)).expect_err(&json[..json.len().min(80)]);
