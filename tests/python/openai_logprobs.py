@@ -35,7 +35,7 @@ def chat_entries(content):
 
 
 def check_chat(client):
-    response = client.chat.completions.create(
+    request = dict(
         model=MODEL,
         messages=MESSAGES,
         temperature=0,
@@ -43,6 +43,7 @@ def check_chat(client):
         logprobs=True,
         top_logprobs=TOP,
     )
+    response = client.chat.completions.create(**request)
     choice = response.choices[0]
     content = choice.logprobs.content
     equal(len(content), response.usage.completion_tokens, "chat: one entry per token")
@@ -64,15 +65,7 @@ def check_chat(client):
     equal("".join(e.token for e in content), reasoning, "chat: the tokens spell the reasoning")
     passed(f"chat: {len(content)} tokens with {TOP} alternatives each, in reasoning_content")
 
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        temperature=0,
-        max_tokens=MAX_TOKENS,
-        logprobs=True,
-        top_logprobs=TOP,
-        stream=True,
-    )
+    stream = client.chat.completions.create(**request, stream=True)
     joined = []
     for chunk in stream:
         for c in chunk.choices:
@@ -85,9 +78,8 @@ def check_chat(client):
 
 def check_completion(client):
     prompt = "The quick brown fox"
-    response = client.completions.create(
-        model=MODEL, prompt=prompt, temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP
-    )
+    request = dict(model=MODEL, prompt=prompt, temperature=0, max_tokens=MAX_TOKENS, logprobs=TOP)
+    response = client.completions.create(**request)
     choice = response.choices[0]
     logprobs = choice.logprobs
     n = len(logprobs.tokens)
@@ -108,14 +100,7 @@ def check_completion(client):
         equal(max(top.values()), logprobs.token_logprobs[i], f"completion: token {i} is greedy")
     passed(f"completion: {n} tokens, token_logprobs, top_logprobs and text_offset")
 
-    stream = client.completions.create(
-        model=MODEL,
-        prompt=prompt,
-        temperature=0,
-        max_tokens=MAX_TOKENS,
-        logprobs=TOP,
-        stream=True,
-    )
+    stream = client.completions.create(**request, stream=True)
     joined = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for chunk in stream:
         for c in chunk.choices:

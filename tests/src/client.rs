@@ -8,6 +8,27 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+/// The `data:` events of a streamed (server-sent events) answer before
+/// its `[DONE]`, which must end it, each parsed.
+pub fn stream_events(body: &[u8]) -> Vec<Value> {
+    let text = std::str::from_utf8(body).expect("utf8");
+    let text = text
+        .strip_suffix("data: [DONE]\n\n")
+        .unwrap_or_else(|| panic!("no [DONE]: {text}"));
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").expect("data:")).expect("JSON"))
+        .collect()
+}
+
+/// The chat chunks' `delta.field` joined.
+pub fn delta_text(events: &[Value], field: &str) -> String {
+    events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"][field].as_str())
+        .collect()
+}
+
 /// An HTTP response read from the socket.
 #[derive(Debug)]
 pub struct Response {

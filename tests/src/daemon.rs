@@ -14,7 +14,29 @@ use serde_json::Value;
 use crate::auditor::Auditor;
 use crate::client::{get, post_json};
 use crate::config::{write_config, write_config_audited};
-use crate::fixtures::{binary, ort_library, shared_tempdir};
+use crate::fixtures::{binary, ort_library, python, shared_tempdir, workspace};
+
+/// Runs the Python script `tests/python/SCRIPT` (with the venv that has
+/// `modules`) on `d`'s socket and `args`; its stdout, once it succeeded.
+/// A failure shows its output and the daemon's log.
+pub fn run_client_script(d: &Daemon, script: &str, args: &[&str], modules: &[&str]) -> String {
+    let output = Command::new(python(modules))
+        .arg(workspace().join("tests/python").join(script))
+        .arg(&d.socket)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("run tests/python/{script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "tests/python/{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}\n--- daemon log\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        d.log()
+    );
+    stdout
+}
 
 /// Writes a configuration with ONNX Runtime at `library` and `models` into
 /// `dir`, runs the daemon on it and returns its exit code and stderr: for

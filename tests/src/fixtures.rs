@@ -100,6 +100,20 @@ pub fn llm_fixture() -> PathBuf {
     workspace().join("fixtures/llm/tiny-r1")
 }
 
+/// A copy of tiny-r1 at `dir/name` with `template` as its
+/// `chat_template.jinja` (which takes precedence over
+/// `tokenizer_config.json`'s), as an operator gives a model another template.
+pub fn llm_fixture_with_template(dir: &Path, name: &str, template: &str) -> PathBuf {
+    let copy = dir.join(name);
+    fs::create_dir(&copy).expect("mkdir");
+    for entry in fs::read_dir(llm_fixture()).expect("fixture") {
+        let entry = entry.expect("entry");
+        fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+    }
+    fs::write(copy.join("chat_template.jinja"), template).expect("template");
+    copy
+}
+
 /// `fixtures/llm/tiny-r1/expected.json`: the prompts and the greedy
 /// outputs recorded with Python onnxruntime.
 pub fn llm_expected() -> Value {

@@ -22,17 +22,19 @@ mod procfs;
 
 pub use auditor::Auditor;
 pub use client::{
-    Connection, Response, binary_request, get, metric, post_binary, post_json, request,
+    Connection, Response, binary_request, delta_text, get, metric, post_binary, post_json, request,
+    stream_events,
 };
 pub use config::{
     gqa_table, integrity_table, llm_table, model_table, sandbox_table, write_config,
     write_config_audited,
 };
 pub use daemon::{
-    Daemon, check_config_with_models, openai_error, run_daemon, run_with_models, wait_for_model,
+    Daemon, check_config_with_models, openai_error, run_client_script, run_daemon, run_with_models,
+    wait_for_model,
 };
 pub use fixtures::{
-    binary, is_root, llm_expected, llm_fixture, model, named, ort_library, prometheus_tool, python,
-    shared_tempdir, token_ids, workspace,
+    binary, is_root, llm_expected, llm_fixture, llm_fixture_with_template, model, named,
+    ort_library, prometheus_tool, python, shared_tempdir, token_ids, workspace,
 };
 pub use procfs::{inet_inodes, socket_inodes};

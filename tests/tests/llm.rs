@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use deepseek_tests::{
-    Daemon, get, gqa_table, llm_expected, llm_fixture, llm_table, model_table, named, openai_error,
-    post_json, request, run_daemon, run_with_models, shared_tempdir, write_config,
+    Daemon, delta_text, get, gqa_table, llm_expected, llm_fixture, llm_table, model_table, named,
+    openai_error, post_json, request, run_daemon, run_with_models, shared_tempdir, stream_events,
+    write_config,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -48,31 +49,6 @@ async fn chat_ok(d: &Daemon, body: &Value) -> Value {
 
 fn message(answer: &Value) -> &Value {
     &answer["choices"][0]["message"]
-}
-
-/// The `data:` events of a streamed answer, parsed (`[DONE]` as a string).
-fn events(body: &[u8]) -> Vec<Value> {
-    let text = std::str::from_utf8(body).expect("utf8");
-    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    text.split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| {
-            let data = e.strip_prefix("data: ").expect("data: prefix");
-            if data == "[DONE]" {
-                Value::String(data.to_owned())
-            } else {
-                serde_json::from_str(data).expect("event JSON")
-            }
-        })
-        .collect()
-}
-
-/// The deltas' `field` joined.
-fn joined(events: &[Value], field: &str) -> String {
-    events
-        .iter()
-        .filter_map(|e| e["choices"][0]["delta"][field].as_str())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,11 +108,11 @@ async fn reasoning_is_split_at_the_closing_tag_in_messages_and_streams() {
         &chat("chat_non_ascii", json!({"stream": true})),
     )
     .await;
-    let events = events(&streamed.body);
-    assert_eq!(joined(&events, "reasoning_content"), reasoning);
-    assert_eq!(joined(&events, "reasoning"), reasoning);
-    assert_eq!(joined(&events, "content"), content);
-    for e in &events[1..events.len() - 1] {
+    let events = stream_events(&streamed.body);
+    assert_eq!(delta_text(&events, "reasoning_content"), reasoning);
+    assert_eq!(delta_text(&events, "reasoning"), reasoning);
+    assert_eq!(delta_text(&events, "content"), content);
+    for e in &events[1..] {
         assert!(
             !e["choices"][0]["delta"]["content"]
                 .as_str()
@@ -166,23 +142,23 @@ async fn the_stream_has_openais_shape() {
         let response = post_json(&d.socket, "/v1/chat/completions", &body).await;
         assert_eq!(response.status, 200);
         assert_eq!(response.headers["content-type"], "text/event-stream");
-        let events = events(&response.body);
+        let events = stream_events(&response.body);
         assert_eq!(
             events[0]["choices"][0]["delta"],
             json!({"role": "assistant", "content": ""})
         );
         let id = events[0]["id"].as_str().expect("id");
         assert!(
-            events[..events.len() - 1]
+            events
                 .iter()
                 .all(|e| e["id"] == id && e["object"] == "chat.completion.chunk")
         );
         assert_eq!(
-            joined(&events, "reasoning_content"),
+            delta_text(&events, "reasoning_content"),
             "R o<｜Assistant｜>|tiG worter"
         );
-        let last = events.len() - 1;
-        assert_eq!(events[last], "[DONE]");
+        // stream_events checked that [DONE] ends the stream.
+        let last = events.len();
         let finish = if include_usage { last - 2 } else { last - 1 };
         assert_eq!(events[finish]["choices"][0]["finish_reason"], "length");
         assert_eq!(events[finish]["choices"][0]["delta"], json!({}));
@@ -241,7 +217,7 @@ async fn completions_stop_at_eos_and_at_stop_strings() {
         &json!({"model": MODEL, "prompt": prompt, "temperature": 0, "stop": "G r", "stream": true}),
     )
     .await;
-    let text: String = events(&streamed.body)
+    let text: String = stream_events(&streamed.body)
         .iter()
         .filter_map(|e| e["choices"][0]["text"].as_str())
         .collect();

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use deepseek_tests::{
     Daemon, llm_expected, llm_fixture, llm_table, named, openai_error, post_json, python,
-    token_ids, workspace,
+    run_client_script, stream_events, token_ids, workspace,
 };
 use deepseekd::engine::llm::tokenizer::Tokenizer;
 use serde_json::{Value, json};
@@ -80,18 +80,6 @@ fn close(got: &Value, want: f64, what: &str) {
     assert!((got - want).abs() <= TOLERANCE, "{what}: {got} vs {want}");
 }
 
-/// The `data:` events of a stream before `[DONE]`, parsed.
-fn events(body: &[u8]) -> Vec<Value> {
-    let text = std::str::from_utf8(body).expect("utf8");
-    let text = text
-        .strip_suffix("data: [DONE]\n\n")
-        .unwrap_or_else(|| panic!("no [DONE]: {text}"));
-    text.split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|e| serde_json::from_str(e.strip_prefix("data: ").expect("data:")).expect("JSON"))
-        .collect()
-}
-
 async fn answer(d: &Daemon, path: &str, body: &Value) -> Value {
     let response = post_json(&d.socket, path, body).await;
     assert_eq!(response.status, 200, "{:?}", response.body);
@@ -105,7 +93,7 @@ async fn streamed(d: &Daemon, path: &str, body: &Value) -> Vec<Value> {
     body["stream"] = json!(true);
     let response = post_json(&d.socket, path, &body).await;
     assert_eq!(response.status, 200, "{:?}", response.body);
-    let events = events(&response.body);
+    let events = stream_events(&response.body);
     let choice = |e: &Value| e["choices"][0].clone();
     assert!(choice(&events[0])["logprobs"].is_null());
     assert!(choice(&events[events.len() - 1])["logprobs"].is_null());
@@ -350,22 +338,9 @@ async fn logprobs_out_of_bounds_or_mistyped_are_refused_naming_the_field() {
 
 #[test]
 fn the_openai_python_client_reads_logprobs_whole_and_streamed() {
-    let python = python(&["openai", "httpx2"]);
     let d = Daemon::start("", &llm_table(MODEL, &llm_fixture(), ""));
-    let output = Command::new(&python)
-        .arg(workspace().join("tests/python/openai_logprobs.py"))
-        .arg(&d.socket)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("run tests/python/openai_logprobs.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("all logprobs checks passed"),
-        "tests/python/openai_logprobs.py failed ({}):\n{stdout}\n{}\n--- daemon log\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        d.log()
-    );
+    let stdout = run_client_script(&d, "openai_logprobs.py", &[], &["openai", "httpx2"]);
+    assert!(stdout.contains("all logprobs checks passed"), "{stdout}");
 }
 
 /// A whole answer is bounded by `server.max_response_bytes`, as a KServe

@@ -7,10 +7,9 @@
 //! counts and none of their text.
 
 use std::fs;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use deepseek_tests::{Daemon, llm_fixture, llm_table, python, workspace};
+use deepseek_tests::{Daemon, llm_fixture, llm_table, run_client_script};
 use serde_json::Value;
 
 /// The fixture's prompt named `name` in expected.json.
@@ -31,7 +30,6 @@ fn text<'a>(value: &'a Value, what: &str) -> &'a str {
 
 #[test]
 fn the_openai_python_client_gets_the_fixtures_greedy_outputs() {
-    let python = python(&["openai", "httpx2"]);
     let fixture = llm_fixture();
     let expected_path = fixture.join("expected.json");
     let expected: Value =
@@ -39,25 +37,17 @@ fn the_openai_python_client_gets_the_fixtures_greedy_outputs() {
             .expect("expected.json is JSON");
     let d = Daemon::start("", &llm_table("tiny-r1", &fixture, ""));
 
-    let output = Command::new(&python)
-        .arg(workspace().join("tests/python/openai_client.py"))
-        .arg(&d.socket)
-        .arg(&expected_path)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("run tests/python/openai_client.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected_arg = expected_path.to_str().expect("a UTF-8 path");
+    let stdout = run_client_script(
+        &d,
+        "openai_client.py",
+        &[expected_arg],
+        &["openai", "httpx2"],
+    );
     println!("{stdout}");
     assert!(
-        output.status.success(),
-        "tests/python/openai_client.py failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- daemon log\n{}",
-        output.status,
-        d.log()
-    );
-    assert!(
         stdout.contains("all openai client checks passed"),
-        "the script did not finish its checks:\n{stdout}\n{stderr}"
+        "the script did not finish its checks:\n{stdout}"
     );
 
     // The script's requests, as the auditor recorded them: three answered

@@ -9,10 +9,10 @@
 //! the field.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use deepseek_tests::{
-    Daemon, llm_fixture, llm_table, openai_error, post_json, python, shared_tempdir, workspace,
+    Daemon, delta_text, llm_fixture, llm_fixture_with_template, llm_table, openai_error, post_json,
+    run_client_script, shared_tempdir, stream_events,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -27,13 +27,7 @@ const CHAT: &str = "/v1/chat/completions";
 /// thinking is off), so the answer is constrained from its first token:
 /// the random weights seldom close a reasoning of their own within the
 /// fixture's 256 tokens.
-pub(crate) fn no_thinking_fixture(dir: &Path) -> PathBuf {
-    let copy = dir.join("tiny-r1-no-thinking");
-    std::fs::create_dir(&copy).expect("mkdir");
-    for entry in std::fs::read_dir(llm_fixture()).expect("fixture") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
-    }
+fn no_thinking_fixture(dir: &Path) -> PathBuf {
     let config: Value = serde_json::from_slice(
         &std::fs::read(llm_fixture().join("tokenizer_config.json")).expect("config"),
     )
@@ -45,28 +39,16 @@ pub(crate) fn no_thinking_fixture(dir: &Path) -> PathBuf {
         opened,
         "{{- '<｜Assistant｜><think>\\n\\n</think>\\n\\n' -}}",
     );
-    std::fs::write(copy.join("chat_template.jinja"), closed).expect("template");
-    copy
+    llm_fixture_with_template(dir, "tiny-r1-no-thinking", &closed)
 }
 
 /// Runs tests/python/openai_structured.py against `model`.
 fn parse_with_the_openai_client(d: &Daemon, model: &str, samples: usize) -> Value {
-    let python = python(&["openai", "httpx2", "jsonschema", "pydantic"]);
-    let output = Command::new(python)
-        .arg(workspace().join("tests/python/openai_structured.py"))
-        .arg(&d.socket)
-        .arg(model)
-        .arg(samples.to_string())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("run tests/python/openai_structured.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "openai_structured.py {model} failed ({}):\n{stdout}\n{}\n--- daemon log\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        d.log()
+    let stdout = run_client_script(
+        d,
+        "openai_structured.py",
+        &[model, &samples.to_string()],
+        &["openai", "httpx2", "jsonschema", "pydantic"],
     );
     serde_json::from_str(stdout.lines().last().expect("counts")).expect("JSON counts")
 }
@@ -187,18 +169,7 @@ async fn a_reasoning_model_reasons_freely_then_answers_in_json() {
                 let mut streamed = body.clone();
                 streamed["stream"] = json!(true);
                 let events = post_json(&d.socket, CHAT, &streamed).await;
-                let text = String::from_utf8_lossy(&events.body).into_owned();
-                let joined: String = text
-                    .split("\n\n")
-                    .filter_map(|e| e.strip_prefix("data: "))
-                    .filter(|e| *e != "[DONE]")
-                    .filter_map(|e| {
-                        let chunk: Value = serde_json::from_str(e).expect("chunk");
-                        chunk["choices"][0]["delta"]["content"]
-                            .as_str()
-                            .map(str::to_owned)
-                    })
-                    .collect();
+                let joined = delta_text(&stream_events(&events.body), "content");
                 assert_eq!(joined, content, "seed {seed}");
             }
             // The reasoning never closed within max_tokens: no answer.

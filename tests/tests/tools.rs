@@ -11,11 +11,11 @@
 //! `daemon/src/engine/llm/tool_parser.rs`, not here.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use deepseek_tests::{
-    Daemon, llm_fixture, llm_table, openai_error, post_json, python, shared_tempdir, workspace,
+    Daemon, llm_fixture, llm_fixture_with_template, llm_table, openai_error, post_json, python,
+    run_client_script, shared_tempdir, stream_events, workspace,
 };
 use deepseekd::engine::llm::template::{ChatTemplate, Message};
 use deepseekd::engine::llm::tools::{FunctionCall, HistoryCall, Tool, template_tools};
@@ -42,19 +42,6 @@ const COMPACT: &str = "{{ bos_token }}{% if tools %}{{ tools | tojson }}{% endif
 {% for c in m['tool_calls'] or [] %}<｜tool▁call▁begin｜>{{ c['function']['name'] }}{{ c['function']['arguments'] }}{% endfor %}\
 {{ eos_token }}{% elif m['role'] == 'tool' %}[{{ m['tool_call_id'] }}]{{ m['content'] }}{% endif %}{% endfor %}\
 <｜Assistant｜><think>\n";
-
-/// A copy of tiny-r1 in `dir` with `template` as `chat_template.jinja`,
-/// as an operator gives a model another template.
-fn tools_fixture(dir: &Path, template: &str) -> PathBuf {
-    let copy = dir.join(MODEL);
-    std::fs::create_dir(&copy).expect("mkdir");
-    for entry in std::fs::read_dir(llm_fixture()).expect("fixture") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
-    }
-    std::fs::write(copy.join("chat_template.jinja"), template).expect("template");
-    copy
-}
 
 /// Prompts rendered by jinja2 for `cases`, a JSON array of
 /// `{"messages", "tools"}` (text: the order of the keys is rendered).
@@ -226,7 +213,7 @@ fn sha256(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_renders_tools_and_tool_results_as_jinja2_does() {
     let dir = shared_tempdir();
-    let copy = tools_fixture(dir.path(), COMPACT);
+    let copy = llm_fixture_with_template(dir.path(), MODEL, COMPACT);
     let d = Daemon::start("", &llm_table(MODEL, &copy, ""));
     let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]);
     // As the template receives them: OpenAI's keys in OpenAI's order, the
@@ -291,7 +278,7 @@ async fn the_daemon_renders_tools_and_tool_results_as_jinja2_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_and_their_limits_are_400s_naming_the_field() {
     let dir = shared_tempdir();
-    let copy = tools_fixture(dir.path(), COMPACT);
+    let copy = llm_fixture_with_template(dir.path(), MODEL, COMPACT);
     let models = format!(
         "{}{}",
         llm_table(MODEL, &copy, ""),
@@ -411,7 +398,7 @@ fn compact_without_reasoning() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forced_tool_choice_answers_with_calls_its_schema_allows() {
     let dir = shared_tempdir();
-    let copy = tools_fixture(dir.path(), &compact_without_reasoning());
+    let copy = llm_fixture_with_template(dir.path(), MODEL, &compact_without_reasoning());
     let d = Daemon::start("", &llm_table(MODEL, &copy, ""));
     let tools = json!([
         {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
@@ -477,12 +464,7 @@ async fn a_forced_tool_choice_answers_with_calls_its_schema_allows() {
             streamed["stream"] = json!(true);
             let response = post_json(&d.socket, "/v1/chat/completions", &streamed).await;
             let text = String::from_utf8_lossy(&response.body).into_owned();
-            let chunks: Vec<Value> = text
-                .split("\n\n")
-                .filter_map(|e| e.strip_prefix("data: "))
-                .filter(|e| *e != "[DONE]")
-                .map(|e| serde_json::from_str(e).expect("chunk"))
-                .collect();
+            let chunks = stream_events(&response.body);
             let deltas: Vec<&Value> = chunks
                 .iter()
                 .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
@@ -513,22 +495,12 @@ async fn a_forced_tool_choice_answers_with_calls_its_schema_allows() {
 
 #[test]
 fn the_openai_python_client_sends_tools_and_tool_results() {
-    let python = python(&["openai", "httpx2"]);
     let dir = shared_tempdir();
-    let copy = tools_fixture(dir.path(), COMPACT);
+    let copy = llm_fixture_with_template(dir.path(), MODEL, COMPACT);
     let d = Daemon::start("", &llm_table(MODEL, &copy, ""));
-    let output = Command::new(&python)
-        .arg(workspace().join("tests/python/openai_tools.py"))
-        .arg(&d.socket)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("run tests/python/openai_tools.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = run_client_script(&d, "openai_tools.py", &[], &["openai", "httpx2"]);
     assert!(
-        output.status.success() && stdout.contains("all openai tools checks passed"),
-        "tests/python/openai_tools.py failed ({}):\n{stdout}\n{}\n--- daemon log\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        d.log()
+        stdout.contains("all openai tools checks passed"),
+        "{stdout}"
     );
 }

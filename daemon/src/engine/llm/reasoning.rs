@@ -160,9 +160,14 @@ mod tests {
         }
     }
 
-    /// Pushes every piece, then finishes; concatenates what came out.
+    /// [`run_with`] after a prompt that opened the reasoning.
     fn run(enabled: bool, pieces: &[&str]) -> (Split, bool) {
-        let mut s = ReasoningSplitter::new(enabled, true);
+        run_with(ReasoningSplitter::new(enabled, true), pieces)
+    }
+
+    /// Pushes every piece into `s`, then finishes; concatenates what came
+    /// out.
+    fn run_with(mut s: ReasoningSplitter, pieces: &[&str]) -> (Split, bool) {
         let mut all = Split::default();
         let mut outs: Vec<Split> = pieces.iter().map(|p| s.push(p)).collect();
         outs.push(s.finish());
@@ -190,17 +195,7 @@ mod tests {
 
     #[test]
     fn a_prompt_that_does_not_open_the_reasoning_starts_in_the_answer() {
-        let run = |pieces: &[&str]| {
-            let mut s = ReasoningSplitter::new(true, false);
-            let mut all = Split::default();
-            let mut outs: Vec<Split> = pieces.iter().map(|p| s.push(p)).collect();
-            outs.push(s.finish());
-            for out in outs {
-                all.reasoning.push_str(&out.reasoning);
-                all.content.push_str(&out.content);
-            }
-            all
-        };
+        let run = |pieces: &[&str]| run_with(ReasoningSplitter::new(true, false), pieces).0;
         assert_eq!(run(&["{\"a\"", ": 1}"]), split("", "{\"a\": 1}"));
         assert_eq!(run(&["<th", "ink>\nwhy</think>so"]), split("why", "so"));
         assert_eq!(run(&["<th"]), split("", "<th"));
