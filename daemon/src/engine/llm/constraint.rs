@@ -113,15 +113,14 @@ impl Grammars {
     /// inside the model's reasoning.
     pub(crate) fn compile(
         &self,
-        schema: &Value,
+        mut schema: Value,
         reasons: bool,
     ) -> Result<Constraint, ConstraintError> {
         let factory = self
             .factory
             .as_ref()
             .map_err(|reason| ConstraintError::Unavailable(reason.clone()))?;
-        check_size(schema)?;
-        let mut schema = schema.clone();
+        check_size(&schema)?;
         match schema.as_object_mut() {
             // Ours, whatever the client wrote there.
             Some(object) => object.insert("x-guidance".to_owned(), layout()),
@@ -413,7 +412,7 @@ mod tests {
             "additionalProperties": false,
         });
         for seed in 0..20 {
-            let mut constraint = grammars.compile(&schema, false).expect("compiles");
+            let mut constraint = grammars.compile(schema.clone(), false).expect("compiles");
             let ids = walk(&mut constraint, tokenizer.vocab_size(), seed, 400);
             let text = tokenizer.decode(&ids).expect("decode");
             let value: Value =
@@ -441,7 +440,7 @@ mod tests {
         let (grammars, tokenizer) = grammars();
         let think_end = tokenizer.token_to_id("</think>").expect("</think>");
         let mut constraint = grammars
-            .compile(&json!({"type": "object"}), true)
+            .compile(json!({"type": "object"}), true)
             .expect("compiles");
         let stop = HashSet::from([EOS]);
         let mut logits = vec![0.0; tokenizer.vocab_size()];
@@ -483,7 +482,9 @@ mod tests {
             // No JSON can begin: found at compile, not at the first step.
             (json!({"$ref": "#"}), ""),
         ] {
-            let error = grammars.compile(&schema, false).expect_err("refused");
+            let error = grammars
+                .compile(schema.clone(), false)
+                .expect_err("refused");
             assert!(matches!(error, ConstraintError::Schema(_)), "{error}");
             assert!(error.to_string().contains(says), "{error}");
             assert!(error.to_string().len() < MAX_MESSAGE_BYTES + 100, "{error}");
@@ -500,26 +501,24 @@ mod tests {
         };
         // 400 of them took llguidance 13 s of one CPU (release build).
         let started = std::time::Instant::now();
-        let error = grammars
-            .compile(&patterns(400), false)
-            .expect_err("refused");
+        let error = grammars.compile(patterns(400), false).expect_err("refused");
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         assert!(
             error.to_string().contains("400 patternProperties"),
             "{error}"
         );
         grammars
-            .compile(&patterns(MAX_PATTERN_PROPERTIES), false)
+            .compile(patterns(MAX_PATTERN_PROPERTIES), false)
             .expect("compiles");
         // Counted over the whole document, nested ones too.
         let nested = json!({"type": "array", "items": patterns(20),
             "$defs": {"a": patterns(20)}});
-        assert!(grammars.compile(&nested, false).is_err());
+        assert!(grammars.compile(nested, false).is_err());
         let properties: serde_json::Map<String, Value> = (0..=MAX_PROPERTIES)
             .map(|i| (format!("k{i}"), json!({})))
             .collect();
         let error = grammars
-            .compile(&json!({"type": "object", "properties": properties}), false)
+            .compile(json!({"type": "object", "properties": properties}), false)
             .expect_err("refused");
         assert!(error.to_string().contains("properties"), "{error}");
     }
@@ -530,7 +529,7 @@ mod tests {
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}},
             "required": ["a"], "additionalProperties": false,
             "x-guidance": {"whitespace_flexible": true, "whitespace_pattern": " *"}});
-        let mut constraint = grammars.compile(&schema, false).expect("compiles");
+        let mut constraint = grammars.compile(schema.clone(), false).expect("compiles");
         let ids = walk(&mut constraint, tokenizer.vocab_size(), 7, 200);
         let text = tokenizer.decode(&ids).expect("decode");
         assert!(
@@ -548,7 +547,7 @@ mod tests {
             None,
         );
         let error = grammars
-            .compile(&json!({"type": "object"}), false)
+            .compile(json!({"type": "object"}), false)
             .expect_err("unavailable");
         assert!(matches!(error, ConstraintError::Unavailable(_)), "{error}");
         assert!(error.to_string().contains("Metaspace"), "{error}");

@@ -188,7 +188,7 @@ impl CausalLm {
                 let opened = reasoning && chat && opens_reasoning(&text);
                 // Compiled here, off the runtime's threads like the prompt.
                 let constraint = schema
-                    .map(|schema| lm.grammars.compile(&schema, opened))
+                    .map(|schema| lm.grammars.compile(schema, opened))
                     .transpose()?;
                 Ok::<_, PrepareError>((text, ids, constraint, opened))
             })

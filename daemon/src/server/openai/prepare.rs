@@ -207,15 +207,6 @@ pub(super) async fn prepare(
     let tools = tools::asked(endpoint, &body, &model)?;
     let logprobs = asked_logprobs(endpoint, &body)?;
     let format = constraint(body.response_format, tools.constraint.as_ref())?;
-    if format.is_some() && body.ignore_eos == Some(true) {
-        // A constrained answer ends where its JSON does.
-        return Err(OpenAiError::invalid(
-            "ignore_eos cannot be used with a constrained answer (a response_format other than \
-             text, or a tool_choice that forces a call)",
-            Some("ignore_eos"),
-            None,
-        ));
-    }
     check_range("temperature", body.temperature, 0.0, 2.0)?;
     if body.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
         return Err(OpenAiError::invalid(
@@ -277,16 +268,30 @@ pub(super) async fn prepare(
             MAX_STOP_BYTES,
         ));
     }
-    if format.is_some() && !stop.is_empty() {
-        // A stop string would cut the JSON short, and the answer would
-        // still end with `stop`.
+    // A constrained answer ends where its JSON does: ignoring the end
+    // would let it run on past it, and a stop string would cut it short
+    // with the answer still ending `stop`.
+    let ends_elsewhere = [
+        (body.ignore_eos == Some(true), "ignore_eos"),
+        (!stop.is_empty(), "stop"),
+    ];
+    if format.is_some()
+        && let Some((_, param)) = ends_elsewhere.iter().find(|(given, _)| *given)
+    {
         return Err(OpenAiError::invalid(
-            "stop cannot be used with a constrained answer (a response_format other than text, \
-             or a tool_choice that forces a call)",
-            Some("stop"),
+            format!(
+                "{param} cannot be used with a constrained answer (a response_format other \
+                 than text, or a tool_choice that forces a call)"
+            ),
+            Some(param),
             None,
         ));
     }
+    // What the audit record says of it, and the schema the engine holds.
+    let (recorded, schema) = match format {
+        Some(f) => (Some((f.kind, f.schema_sha256)), Some(f.schema)),
+        None => (None, None),
+    };
     let parse_special = body.parse_special == Some(true);
     let context = model.info().context_length;
     let (prompt, param) = match endpoint {
@@ -350,10 +355,7 @@ pub(super) async fn prepare(
             && body.reasoning_format != Some(ReasoningFormat::None),
         logprobs,
         // A forced call's schema goes with it, to read its calls back.
-        schema: format
-            .as_ref()
-            .filter(|_| tools.constraint.is_none())
-            .map(|f| f.schema.clone()),
+        schema: schema.filter(|_| tools.constraint.is_none()),
         tools: tools.tools,
         forced: tools.constraint,
     };
@@ -372,7 +374,7 @@ pub(super) async fn prepare(
             .unwrap_or(false),
         seed: body.seed,
         prompt_sha256: ready.prompt_sha256,
-        constraint: format.map(|f| (f.kind, f.schema_sha256)),
+        constraint: recorded,
         tools: tools.offered,
     };
     Ok((prepared, admitted))
