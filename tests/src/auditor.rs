@@ -218,6 +218,24 @@ impl Auditor {
         )
     }
 
+    /// The first entry for which `wanted` holds, once recorded; panics
+    /// naming `what` if none is within `patience` (a hang detector).
+    pub fn wait_for(
+        &self,
+        what: &str,
+        patience: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(entry) = self.entries().into_iter().find(|e| wanted(e)) {
+                return entry;
+            }
+            assert!(Instant::now() < deadline, "no {what} record");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The entries recorded so far, parsed.
     pub fn entries(&self) -> Vec<Value> {
         fs::read_to_string(self.log_dir.join("entries.log"))

@@ -286,18 +286,7 @@ fn ctrl_c_stops_an_answer_and_the_daemon_stops_generating_it() {
     assert!(after(&screen, question).contains("(stopped)"), "{screen}");
 
     let auditor = d.auditor.as_ref().expect("auditor");
-    let deadline = Instant::now() + PATIENCE;
-    let completion = loop {
-        if let Some(c) = auditor
-            .entries()
-            .into_iter()
-            .find(|e| e["event"] == "completion")
-        {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "no completion record");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let completion = auditor.wait_for("completion", PATIENCE, |e| e["event"] == "completion");
     assert_eq!(
         completion["details"]["finish_reason"], "cancelled",
         "{completion}"

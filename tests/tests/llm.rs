@@ -520,18 +520,9 @@ fn a_client_that_leaves_cancels_its_generation() {
     drop(stream);
 
     let auditor = d.auditor.as_ref().expect("auditor");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let completion = loop {
-        if let Some(c) = auditor
-            .entries()
-            .into_iter()
-            .find(|e| e["event"] == "completion")
-        {
-            break c;
-        }
-        assert!(std::time::Instant::now() < deadline, "no completion record");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let completion = auditor.wait_for("completion", Duration::from_secs(10), |e| {
+        e["event"] == "completion"
+    });
     assert_eq!(completion["details"]["finish_reason"], "cancelled");
     let tokens = completion["tokens_out"].as_u64().expect("tokens_out");
     assert!(
