@@ -6,12 +6,14 @@ directories checked against a signed integrity database) to serve converted
 models from .models/.
 """
 
+import argparse
 import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +90,38 @@ def stream(sock, model, prompt, max_tokens, on_first=None, timeout=None, fields=
     if first is None or usage is None or last is None:
         sys.exit(f"{model}: the stream had no text or no usage")
     return usage["prompt_tokens"], usage["completion_tokens"], first, last
+
+
+def at_once(count, one):
+    """Runs `one(i)` for i in range(count) on threads started together;
+    (their results, the wall time from the first start to the last end)."""
+    results = [None] * count
+
+    def keep(i):
+        results[i] = one(i)
+
+    threads = [threading.Thread(target=keep, args=(i,)) for i in range(count)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - started
+
+
+def arguments(doc, variant):
+    """The options of a SmolLM2 benchmark: --release, --ort (made
+    absolute, as the daemon's configuration needs), --variant (a directory
+    of .models/, `variant` by default), --rounds and --threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--release", default=os.path.join(ROOT, "target", "release"))
+    parser.add_argument("--ort", required=True)
+    parser.add_argument("--variant", default=variant, help="a directory of .models/")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    args.ort = os.path.abspath(args.ort)
+    return args
 
 
 def run(cmd, **kwargs):

@@ -24,15 +24,13 @@ It prints one table with both engines side by side and their ratios.
 `make bench-llm` runs it (BENCHMARKS.md).
 """
 
-import argparse
 import json
-import os
 import statistics
 import tempfile
 import threading
 import time
 
-from appliance_bench import UnixConnection, start_appliance, status_kib, stream
+from appliance_bench import UnixConnection, arguments, at_once, start_appliance, status_kib, stream
 
 DECODE_PROMPT = "The capital of France is"
 DECODE_TOKENS = 128
@@ -45,18 +43,7 @@ ENGINES = {"per-slot": "batching = false\n", "batched": ""}
 
 def together(sock, model, streams, tokens):
     """Aggregate tokens/s of `streams` requests started at once."""
-    results = [None] * streams
-
-    def one(i):
-        results[i] = stream(sock, model, DECODE_PROMPT, tokens)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    results, wall = at_once(streams, lambda _: stream(sock, model, DECODE_PROMPT, tokens))
     return sum(r[1] for r in results) / wall
 
 
@@ -144,14 +131,7 @@ def measure(args, engine, extra):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--release", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target", "release"))
-    parser.add_argument("--ort", required=True)
-    parser.add_argument("--variant", default="smollm2-135m-int4", help="a directory of .models/")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    args.ort = os.path.abspath(args.ort)
+    args = arguments(__doc__, "smollm2-135m-int4")
     results = {engine: measure(args, engine, extra) for engine, extra in ENGINES.items()}
     old, new = results["per-slot"], results["batched"]
     print(f"{args.variant}, sessions = {SESSIONS}, {args.threads} intra-op threads, {DECODE_TOKENS} tokens a stream, {args.rounds} rounds")

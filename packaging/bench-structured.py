@@ -17,13 +17,10 @@ The first constrained request of a round pays for compiling the schema
 It prints one table. `make bench-structured` runs it (BENCHMARKS.md).
 """
 
-import argparse
-import os
 import statistics
 import tempfile
-import threading
 
-from appliance_bench import start_appliance, stream
+from appliance_bench import arguments, at_once, start_appliance, stream
 
 PROMPT = "List sixty European cities as JSON:"
 DECODE_TOKENS = 128
@@ -57,16 +54,7 @@ CONSTRAINED = {"response_format": {"type": "json_schema", "json_schema": {"name"
 
 def decode_rate(sock, model, streams, fields):
     """Summed decode tokens/s of `streams` requests started at once."""
-    results = [None] * streams
-
-    def one(i):
-        results[i] = stream(sock, model, PROMPT, DECODE_TOKENS, fields=fields)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, _ = at_once(streams, lambda _: stream(sock, model, PROMPT, DECODE_TOKENS, fields=fields))
     for _, tokens, _, _ in results:
         if tokens != DECODE_TOKENS:
             raise SystemExit(f"a stream made {tokens} tokens, not {DECODE_TOKENS}")
@@ -74,13 +62,7 @@ def decode_rate(sock, model, streams, fields):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--release", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target", "release"))
-    parser.add_argument("--ort", required=True)
-    parser.add_argument("--variant", default="smollm2-135m", help="a directory of .models/")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = arguments(__doc__, "smollm2-135m")
     model = "smollm2"
     rates = {(n, kind): [] for n in CONCURRENCY for kind in ("free", "json_schema")}
     with tempfile.TemporaryDirectory() as work:
