@@ -38,8 +38,9 @@ pub struct GenerateRequest {
 }
 
 impl GenerateRequest {
-    /// The request to run, leaving this one for the audit record: the
-    /// constraint, one generation's state, moves with it.
+    /// The request to run, leaving this one for the audit record: what
+    /// only the generation reads (the constraint, one generation's state,
+    /// and how its calls are read) moves with it rather than being copied.
     pub fn for_run(&mut self) -> Self {
         Self {
             prompt_ids: self.prompt_ids.clone(),
@@ -50,7 +51,7 @@ impl GenerateRequest {
             stop_ids: self.stop_ids.clone(),
             split_reasoning: self.split_reasoning,
             reasoning_open: self.reasoning_open,
-            calls: self.calls.clone(),
+            calls: self.calls.take(),
             logprobs: self.logprobs,
             constraint: self.constraint.take(),
         }

@@ -69,7 +69,7 @@ impl<'t> Generation<'t> {
             text: tokenizer.stream(),
             stop: StopMatcher::new(request.stop.clone()),
             split: ReasoningSplitter::new(request.split_reasoning, request.reasoning_open),
-            calls: request.calls.clone().map(CallParser::new),
+            calls: request.calls.take().map(CallParser::new),
             digest: Sha256::new(),
             generated: 0,
             matched: false,
